@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Install (if missing) and start the services the integration tests and the demo use, all bound to
+# loopback: dockerd (no bridge, no iptables), rabbitmq-server, and moto_server (S3/SQS/DynamoDB).
+#
+# Idempotent: on a machine where everything already runs it only checks and prints the endpoints.
+# Needs root to install packages and to start dockerd.
+#
+# Environment:
+#   REFLOW_SERVICES      space-separated subset of "docker rabbitmq moto" (default: all three)
+#   REFLOW_SERVICES_LOG  directory for service logs (default: /var/log/reflow-agent-dev)
+#   MOTO_PORT            port for moto_server (default: 5000)
+set -euo pipefail
+
+SERVICES=${REFLOW_SERVICES:-"docker rabbitmq moto"}
+LOG_DIR=${REFLOW_SERVICES_LOG:-/var/log/reflow-agent-dev}
+MOTO_PORT=${MOTO_PORT:-5000}
+mkdir -p "$LOG_DIR"
+
+log() { printf '[dev-services] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+want() { case " $SERVICES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND once a second until it succeeds.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local i
+  for ((i = 0; i < secs; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  die "$what did not become ready within ${secs}s (logs in $LOG_DIR)"
+}
+
+APT_UPDATED=0
+apt_install() {
+  [ "$(id -u)" -eq 0 ] || die "installing $* needs root"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOG_DIR/apt.log" 2>&1 || die "apt-get update failed (see $LOG_DIR/apt.log)"
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  # policy-rc.d exit 101 keeps package scripts from starting services themselves; we start them below
+  # with loopback-only settings.
+  local policy=/usr/sbin/policy-rc.d created_policy=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >>"$LOG_DIR/apt.log" 2>&1 \
+    || { [ "$created_policy" -eq 1 ] && rm -f "$policy"; die "apt-get install $* failed (see $LOG_DIR/apt.log)"; }
+  if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi
+}
+
+# --- dockerd -------------------------------------------------------------------------------------
+start_docker() {
+  if docker info >/dev/null 2>&1; then
+    log "docker: already running"
+  else
+    command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+    command -v docker >/dev/null 2>&1 || apt_install docker-cli || true
+    log "docker: starting dockerd (no bridge, no iptables)"
+    # setsid: the daemon must survive the shell that started it.
+    setsid nohup dockerd --bridge=none --iptables=false --ip6tables=false \
+      >"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+    wait_for "dockerd" 60 docker info
+  fi
+  echo "docker:   unix:///var/run/docker.sock ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
+}
+
+# --- rabbitmq ------------------------------------------------------------------------------------
+export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+export ERL_EPMD_ADDRESS=127.0.0.1
+export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+start_rabbitmq() {
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  if rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    log "rabbitmq: already running"
+  else
+    log "rabbitmq: starting rabbitmq-server on 127.0.0.1"
+    # Debian's package may leave the node owned by the rabbitmq user; run it as that user when it exists.
+    if id rabbitmq >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+      mkdir -p /var/lib/rabbitmq /var/log/rabbitmq
+      chown -R rabbitmq:rabbitmq /var/lib/rabbitmq /var/log/rabbitmq
+    fi
+    rabbitmq-server -detached >"$LOG_DIR/rabbitmq.log" 2>&1 || true
+    wait_for "rabbitmq" 120 rabbitmqctl await_startup
+  fi
+  echo "rabbitmq: amqp://guest:guest@127.0.0.1:5672/%2f"
+}
+
+# --- moto ----------------------------------------------------------------------------------------
+moto_up() { curl -fs -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; }
+start_moto() {
+  command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+  if moto_up; then
+    log "moto: already running"
+  else
+    if ! command -v moto_server >/dev/null 2>&1; then
+      log "moto: pip install moto[server]"
+      python3 -m pip install -q 'moto[server]' >"$LOG_DIR/pip.log" 2>&1 || die "pip install moto failed (see $LOG_DIR/pip.log)"
+      hash -r
+    fi
+    log "moto: starting moto_server on 127.0.0.1:$MOTO_PORT"
+    setsid nohup moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$LOG_DIR/moto.log" 2>&1 </dev/null &
+    wait_for "moto_server" 60 moto_up
+  fi
+  echo "moto:     http://127.0.0.1:$MOTO_PORT (S3 path-style, SQS, DynamoDB)"
+}
+
+want docker && start_docker
+want rabbitmq && start_rabbitmq
+want moto && start_moto
+exit 0

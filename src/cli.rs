@@ -1,0 +1,175 @@
+//! The command-line interface (everything but argument parsing in `main`): offline tools over a
+//! content-addressed repository. Long operations draw a progress bar on stderr when it is a
+//! terminal.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use thiserror::Error;
+
+use crate::digest::{Digest, DigestError};
+use crate::error::{Classify, Kind};
+use crate::par;
+use crate::repo::{FileRepository, RepoError};
+
+/// CLI failures.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// A repository operation failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// A digest argument is malformed.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// Writing output failed.
+    #[error("write output")]
+    Output(#[source] io::Error),
+    /// Encoding JSON output failed.
+    #[error("encode output")]
+    Encode(#[source] serde_json::Error),
+    /// Some objects failed verification.
+    #[error("{failed} of {total} objects failed verification")]
+    VerifyFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many were checked.
+        total: usize,
+    },
+}
+
+impl Classify for CliError {
+    fn kind(&self) -> Kind {
+        match self {
+            CliError::Repo(e) => e.kind(),
+            CliError::Digest(e) => e.kind(),
+            CliError::Output(_) | CliError::Encode(_) => Kind::Other,
+            CliError::VerifyFailed { .. } => Kind::Integrity,
+        }
+    }
+}
+
+/// Repository subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Store a file (or stdin with `-`) as an object; prints the file as JSON.
+    Put {
+        /// The file, or `-` for stdin.
+        path: PathBuf,
+    },
+    /// Install a file or directory tree (hard links where possible); prints the fileset as JSON.
+    Ingest {
+        /// The file or directory.
+        path: PathBuf,
+    },
+    /// Re-hash objects and check them against their names (all objects when none are named).
+    Verify {
+        /// Digests to check.
+        digests: Vec<String>,
+    },
+    /// List all objects.
+    Ls,
+    /// Write an object to stdout.
+    Cat {
+        /// The object's digest.
+        digest: String,
+    },
+}
+
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(CliError::Encode)?;
+    writeln!(out).map_err(CliError::Output)
+}
+
+fn tree_size(p: &Path) -> u64 {
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if m.is_dir() {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        m.len()
+    }
+}
+
+/// Runs a repository subcommand against the repository at `dir`.
+///
+/// # Errors
+/// Repository, argument and output errors; [`CliError::VerifyFailed`] when objects are corrupt.
+pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
+    let repo = FileRepository::open(dir)?;
+    match cmd {
+        RepoCommand::Put { path } => {
+            let f = if path.as_os_str() == "-" {
+                repo.put(io::stdin().lock())?
+            } else {
+                repo.install(&path, &|_| {})?
+            };
+            print_json(&f)
+        }
+        RepoCommand::Ingest { path } => {
+            let pb = progress_bar(tree_size(&path), "ingest");
+            let fs = repo.install_tree(&path, false, &|n| pb.inc(n))?;
+            pb.finish_and_clear();
+            tracing::info!(files = fs.n(), bytes = fs.size(), "Ingested.");
+            print_json(&fs)
+        }
+        RepoCommand::Verify { digests } => {
+            let ds: Vec<Digest> = if digests.is_empty() {
+                repo.walk()?
+            } else {
+                digests
+                    .iter()
+                    .map(|s| Digest::parse(s))
+                    .collect::<Result<_, _>>()?
+            };
+            let total_bytes = par::map(&ds, par::default_threads(), |d| {
+                repo.stat(d).map(|f| f.size).unwrap_or(0)
+            })
+            .iter()
+            .sum();
+            let pb = progress_bar(total_bytes, "verify");
+            let errs = repo.verify_many(&ds, &|n| pb.inc(n));
+            pb.finish_and_clear();
+            for e in &errs {
+                tracing::error!(error = %e, "Object failed verification.");
+            }
+            if errs.is_empty() {
+                tracing::info!(objects = ds.len(), "All objects verified.");
+                Ok(())
+            } else {
+                Err(CliError::VerifyFailed {
+                    failed: errs.len(),
+                    total: ds.len(),
+                })
+            }
+        }
+        RepoCommand::Ls => {
+            let mut out = io::stdout().lock();
+            for d in repo.walk()? {
+                writeln!(out, "{d}").map_err(CliError::Output)?;
+            }
+            Ok(())
+        }
+        RepoCommand::Cat { digest } => {
+            let d = Digest::parse(&digest)?;
+            repo.get(&d, &mut io::stdout().lock())?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! reflow-agent: a sidecar agent for batch compute fleets.
+//!
+//! Producers put alloc/exec commands (or whole jobs) on a message queue; every worker machine runs
+//! one agent, which runs each exec as a container on the local Docker engine, keeps inputs and
+//! outputs in a content-addressed repository, and publishes manifests and state changes. The
+//! semantics follow GRAIL Reflow's `local` package; the JSON shapes marked compatible there
+//! (Fileset, ExecConfig, Result, Manifest, errors) are kept so Reflow users can read them.
+//!
+//! # Layout
+//! - [`error`]: Reflow's error kinds, the one retry classifier, the wire error.
+//! - [`digest`], [`fileset`], [`resources`], [`model`], [`profile`], [`manifest`]: the data model.
+//! - [`relpath`]: validation of untrusted relative paths before any filesystem join.
+//! - [`repo`]: the content-addressed file repository.
+//! - [`persist`]: atomic, fsynced state files; bounded reads; crash leftovers.
+//! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
+//! - [`par`]: parallel map for hashing many files.
+//! - [`cli`], [`telemetry`]: the command line and logging.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod clock;
+pub mod digest;
+pub mod error;
+pub mod fileset;
+pub mod manifest;
+pub mod model;
+pub mod par;
+pub mod persist;
+pub mod profile;
+pub mod relpath;
+pub mod repo;
+pub mod resources;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,49 @@
+//! The `reflow-agent` binary: parses arguments, sets up logging and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reflow_agent::cli::{self, CliError, RepoCommand};
+use reflow_agent::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "reflow-agent",
+    version,
+    about = "Runs Reflow-compatible execs from a message queue on the local Docker engine."
+)]
+struct Args {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Offline tools for a content-addressed repository directory.
+    Repo {
+        /// The repository directory (an executor's `objects/`).
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let result: Result<(), CliError> = match args.command {
+        Command::Repo { dir, command } => cli::run_repo(&dir, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reflow-agent: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
