@@ -281,25 +281,37 @@ impl FileRepository {
     }
 
     /// Installs the file at `path` as an object: hash it, then hard-link it into place (copy and
-    /// verify when the link crosses devices or is not permitted).
+    /// verify when the link crosses devices or is not permitted). Durable on return.
     ///
     /// # Errors
     /// I/O errors, or [`RepoError::SourceChanged`] when a copy does not match the first hash.
     pub fn install(&self, path: &Path, progress: Progress) -> Result<RFile, RepoError> {
+        let (file, unsynced) = self.install_unsynced(path, progress)?;
+        if let Some(dir) = unsynced {
+            sync_dir(&dir).map_err(|e| RepoError::io("fsync dir", &dir, e))?;
+        }
+        Ok(file)
+    }
+
+    /// [`FileRepository::install`] without the final directory fsync: returns the directory that
+    /// still needs one, so a caller installing many files fsyncs each directory once.
+    fn install_unsynced(
+        &self,
+        path: &Path,
+        progress: Progress,
+    ) -> Result<(RFile, Option<PathBuf>), RepoError> {
         let f = File::open(path).map_err(|e| RepoError::io("open", path, e))?;
         let (d, size) = Digest::of_reader(f).map_err(|e| RepoError::io("read", path, e))?;
         progress(size);
+        let file = RFile::resolved(d, size);
         let obj = self.path(&d);
         if obj.is_file() {
-            return Ok(RFile::resolved(d, size));
+            return Ok((file, None));
         }
         let parent = self.ensure_parent(&obj)?;
         match fs::hard_link(path, &obj) {
-            Ok(()) => {
-                sync_dir(&parent).map_err(|e| RepoError::io("fsync dir", &parent, e))?;
-                Ok(RFile::resolved(d, size))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(RFile::resolved(d, size)),
+            Ok(()) => Ok((file, Some(parent))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((file, None)),
             Err(e) if link_needs_copy(&e) => {
                 let src = File::open(path).map_err(|e| RepoError::io("open", path, e))?;
                 let (tmp, copied, _) = self.spool("copy-", src, &no_progress)?;
@@ -311,7 +323,7 @@ impl FileRepository {
                     });
                 }
                 self.commit(tmp, &d)?;
-                Ok(RFile::resolved(d, size))
+                Ok((file, None))
             }
             Err(e) => Err(RepoError::io("hard link to", &obj, e)),
         }
@@ -335,10 +347,22 @@ impl FileRepository {
             Some(e) => e,
             None => return Ok(Fileset::default()),
         };
-        let results = par::map(&entries, self.threads, |(_, p)| self.install(p, progress));
+        let results = par::map(&entries, self.threads, |(_, p)| {
+            self.install_unsynced(p, progress)
+        });
         let mut fs = Fileset::default();
+        let mut unsynced = std::collections::BTreeSet::new();
         for ((key, _), r) in entries.iter().zip(results) {
-            fs.map.insert(key.clone(), r?);
+            let (file, dir) = r?;
+            fs.map.insert(key.clone(), file);
+            unsynced.extend(dir);
+        }
+        // One fsync per object directory (at most 256), not one per file.
+        let unsynced: Vec<PathBuf> = unsynced.into_iter().collect();
+        for r in par::map(&unsynced, self.threads, |d| {
+            sync_dir(d).map_err(|e| RepoError::io("fsync dir", d, e))
+        }) {
+            r?;
         }
         if replace {
             for (key, p) in &entries {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a short time (default 20 s each) with cargo-fuzz on the nightly
+# toolchain, installing cargo-fuzz from crates.io if it is missing. A crash fails the script and
+# leaves the input under fuzz/artifacts/.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+secs=${1:-20}
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "[fuzz] installing cargo-fuzz" >&2
+  cargo +nightly install cargo-fuzz --locked --quiet
+fi
+for t in $(cargo +nightly fuzz list); do
+  echo "[fuzz] $t for ${secs}s" >&2
+  mkdir -p "corpus/$t"
+  log=$(mktemp)
+  if ! cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "[fuzz] $t failed; the crashing input is under fuzz/artifacts/$t" >&2
+    exit 1
+  fi
+  grep -E '^Done|stat::number_of_executed_units' "$log" >&2 || true
+  rm -f "$log"
+done

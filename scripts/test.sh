@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
+# test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, and the
+# integration tests against the real services (feature `integration`).
+#
+# This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "services"
+bash scripts/dev-services.sh
+step "test image"
+bash scripts/test-image.sh
+
+# Endpoints for the integration tests (localhost defaults; override to point elsewhere).
+export AGENT_IT_AMQP_URL=${AGENT_IT_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+export AGENT_IT_AWS_ENDPOINT=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
+export AGENT_IT_IMAGE=${AGENT_IT_IMAGE:-reflow-agent-test/busybox:1}
+
+step "fmt"
+cargo fmt --check
+step "clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+step "docs"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
+step "tests (unit, component, integration)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-features --no-fail-fast
+  cargo test --doc --all-features
+else
+  cargo test --all-features --no-fail-fast
+fi
