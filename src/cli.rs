@@ -29,6 +29,24 @@ pub enum CliError {
     /// Encoding JSON output failed.
     #[error("encode output")]
     Encode(#[source] serde_json::Error),
+    /// An executor operation failed.
+    #[error(transparent)]
+    Executor(#[from] crate::executor::ExecutorError),
+    /// A config file could not be read.
+    #[error("read {what}")]
+    Input {
+        /// What was being read.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::persist::PersistError,
+    },
+    /// The async runtime could not start.
+    #[error("start the async runtime")]
+    Runtime(#[source] io::Error),
+    /// The container engine is unusable.
+    #[error(transparent)]
+    Engine(#[from] crate::docker::RuntimeError),
     /// Some objects failed verification.
     #[error("{failed} of {total} objects failed verification")]
     VerifyFailed {
@@ -44,7 +62,10 @@ impl Classify for CliError {
         match self {
             CliError::Repo(e) => e.kind(),
             CliError::Digest(e) => e.kind(),
-            CliError::Output(_) | CliError::Encode(_) => Kind::Other,
+            CliError::Executor(e) => e.kind(),
+            CliError::Input { source, .. } => source.kind(),
+            CliError::Engine(e) => e.kind(),
+            CliError::Output(_) | CliError::Encode(_) | CliError::Runtime(_) => Kind::Other,
             CliError::VerifyFailed { .. } => Kind::Integrity,
         }
     }
@@ -172,4 +193,54 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Largest exec config file accepted by [`run_exec`].
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Runs one exec on an executor hosted by this process (recovering whatever the directory holds
+/// first), waits for it, and prints its result JSON. With `promote`, the outputs are promoted
+/// into the executor repository.
+///
+/// # Errors
+/// Config, engine and executor errors; the exec's own failure is part of the printed result.
+pub fn run_exec(
+    dir: &Path,
+    executor_id: &str,
+    id: &str,
+    config: &Path,
+    promote: bool,
+) -> Result<(), CliError> {
+    let id = Digest::parse(id)?;
+    let config: crate::model::ExecConfig = crate::persist::read_json(config, MAX_CONFIG_BYTES)
+        .map_err(|source| CliError::Input {
+            what: "exec config",
+            source,
+        })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    rt.block_on(async {
+        let runtime = std::sync::Arc::new(crate::docker::bollard::BollardRuntime::connect()?);
+        let cfg = crate::executor::ExecutorConfig::new(executor_id, dir);
+        let ex = crate::executor::Executor::start(
+            cfg,
+            runtime,
+            std::sync::Arc::new(crate::clock::SystemClock),
+        )
+        .await?;
+        let exec = ex.put(id, config).await?;
+        exec.wait()
+            .await
+            .map_err(crate::executor::ExecutorError::from)?;
+        if promote {
+            ex.promote(&id).await?;
+        }
+        let result = exec
+            .result()
+            .map_err(crate::executor::ExecutorError::from)?;
+        ex.shutdown().await;
+        print_json(&result)
+    })
 }

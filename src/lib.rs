@@ -17,10 +17,13 @@
 //! - [`cli`], [`telemetry`]: the command line and logging.
 #![warn(missing_docs)]
 
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod digest;
+pub mod docker;
 pub mod error;
+pub mod executor;
 pub mod fileset;
 pub mod manifest;
 pub mod model;

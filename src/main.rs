@@ -31,6 +31,24 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// Run one exec on a local executor directory and print its result.
+    Exec {
+        /// The executor directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The executor id (used in container names and labels).
+        #[arg(long, default_value = "local")]
+        executor_id: String,
+        /// The exec id (a sha256 digest).
+        #[arg(long)]
+        id: String,
+        /// A Reflow ExecConfig JSON file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Promote the outputs into the executor repository.
+        #[arg(long)]
+        promote: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +56,13 @@ fn main() -> ExitCode {
     telemetry::init(args.log_format);
     let result: Result<(), CliError> = match args.command {
         Command::Repo { dir, command } => cli::run_repo(&dir, command),
+        Command::Exec {
+            dir,
+            executor_id,
+            id,
+            config,
+            promote,
+        } => cli::run_exec(&dir, &executor_id, &id, &config, promote),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

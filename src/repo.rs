@@ -142,6 +142,25 @@ impl FileRepository {
         })
     }
 
+    /// Opens an existing repository, e.g. a source to load from, creating nothing.
+    ///
+    /// # Errors
+    /// [`RepoError::Io`] (NotExist) when `root` is not a directory.
+    pub fn existing(root: impl Into<PathBuf>) -> Result<Self, RepoError> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(RepoError::io(
+                "open repository",
+                &root,
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        Ok(FileRepository {
+            root,
+            threads: par::default_threads(),
+        })
+    }
+
     /// Sets the number of threads used by the parallel operations.
     #[must_use]
     pub fn with_threads(mut self, threads: usize) -> Self {
@@ -373,6 +392,33 @@ impl FileRepository {
             }
         }
         Ok(fs)
+    }
+
+    /// Links the file at `src`, whose digest is already known to be `d` (e.g. an object of
+    /// another repository), into place as object `d`; copies across devices. Not re-hashed.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn link_in(&self, src: &Path, d: &Digest) -> Result<(), RepoError> {
+        let obj = self.path(d);
+        let parent = self.ensure_parent(&obj)?;
+        match fs::hard_link(src, &obj) {
+            Ok(()) => sync_dir(&parent).map_err(|e| RepoError::io("fsync dir", &parent, e)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if link_needs_copy(&e) => {
+                let f = File::open(src).map_err(|e| RepoError::io("open", src, e))?;
+                let (tmp, copied, _) = self.spool("copy-", f, &no_progress)?;
+                if copied != *d {
+                    return Err(RepoError::SourceChanged {
+                        path: src.to_path_buf(),
+                        expected: *d,
+                        actual: copied,
+                    });
+                }
+                self.commit(tmp, d)
+            }
+            Err(e) => Err(RepoError::io("hard link to", &obj, e)),
+        }
     }
 
     /// Materializes object `d` at `dst` (a hard link, or a copy across devices), creating parent

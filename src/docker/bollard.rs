@@ -1,0 +1,385 @@
+//! [`ContainerRuntime`] on a real Docker engine through `bollard`. This is the only module that
+//! names `bollard` types; every error is mapped to [`RuntimeError`] here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions, TopOptions,
+    WaitContainerOptions,
+};
+use futures_util::stream::{BoxStream, StreamExt};
+
+use super::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerSummary, LogChunk, LogStream,
+    RegistryAuth, RuntimeError,
+};
+use crate::time;
+
+/// Timeout for quick API calls (inspect, create, start, ...).
+pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(120);
+/// Timeout for calls that last as long as a container (wait, logs, pull).
+pub const LONG_API_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The Docker engine, via `DOCKER_HOST` or the local socket.
+#[derive(Debug, Clone)]
+pub struct BollardRuntime {
+    quick: Docker,
+    long: Docker,
+}
+
+impl BollardRuntime {
+    /// Connects with the local defaults (`DOCKER_HOST`, else `unix:///var/run/docker.sock`).
+    /// No request is made until the first call.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Unreachable`] when the address is unusable.
+    pub fn connect() -> Result<Self, RuntimeError> {
+        let docker =
+            Docker::connect_with_local_defaults().map_err(|e| map_err("connect", "docker", e))?;
+        Ok(BollardRuntime {
+            quick: docker.clone().with_timeout(DEFAULT_API_TIMEOUT),
+            long: docker.with_timeout(LONG_API_TIMEOUT),
+        })
+    }
+}
+
+/// Maps a bollard error to the port's error. Registry errors arrive as engine messages, so the
+/// message text decides between not-found and not-allowed.
+fn map_err(op: &'static str, target: &str, e: BollardError) -> RuntimeError {
+    let target = target.to_string();
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => classify(op, target, status_code, message),
+        BollardError::DockerStreamError { error } => classify(op, target, 500, error),
+        other => RuntimeError::Unreachable {
+            op,
+            target,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn classify(op: &'static str, target: String, status: u16, message: String) -> RuntimeError {
+    let lower = message.to_ascii_lowercase();
+    let denied = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "incorrect username or password",
+    ];
+    let missing = [
+        "not found",
+        "manifest unknown",
+        "does not exist",
+        "no such image",
+        "no such container",
+    ];
+    if status == 401 || status == 403 || denied.iter().any(|m| lower.contains(m)) {
+        RuntimeError::NotAllowed {
+            op,
+            target,
+            message,
+        }
+    } else if status == 404 || missing.iter().any(|m| lower.contains(m)) {
+        RuntimeError::NotFound {
+            op,
+            target,
+            message,
+        }
+    } else if status == 409 {
+        RuntimeError::Conflict {
+            op,
+            target,
+            message,
+        }
+    } else {
+        RuntimeError::Engine {
+            op,
+            target,
+            status,
+            message,
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for BollardRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.quick
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("ping", "docker", e))
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.quick.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) => match map_err("inspect image", image, e) {
+                RuntimeError::NotFound { .. } => Ok(false),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn pull(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), RuntimeError> {
+        let opts = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let creds = auth.map(|a| DockerCredentials {
+            username: Some(a.username),
+            password: Some(a.password),
+            serveraddress: Some(a.server),
+            ..Default::default()
+        });
+        let mut stream = self.long.create_image(Some(opts), None, creds);
+        // Consume the whole progress stream; an error item fails the pull.
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| map_err("pull", image, e))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(classify("pull", image.to_string(), 500, err));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let host = HostConfig {
+            binds: Some(
+                spec.binds
+                    .iter()
+                    .map(|b| format!("{}:{}", b.host, b.container))
+                    .collect(),
+            ),
+            network_mode: Some(spec.network_mode.clone()),
+            oom_score_adj: Some(spec.oom_score_adj),
+            memory: spec.memory,
+            memory_swap: spec.memory_swap,
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(spec.entrypoint.clone()),
+            cmd: Some(Vec::new()),
+            env: Some(spec.env.clone()),
+            labels: Some(
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<HashMap<_, _>>(),
+            ),
+            user: spec.user.clone(),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let resp = self
+            .quick
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err("create", &spec.name, e))?;
+        Ok(resp.id)
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .quick
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already started.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err("start", name, e)),
+        }
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let resp = match self
+            .quick
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return match map_err("inspect", name, e) {
+                    RuntimeError::NotFound { .. } => Ok(None),
+                    e => Err(e),
+                };
+            }
+        };
+        let raw = serde_json::to_value(&resp).unwrap_or(serde_json::Value::Null);
+        let state = resp.state.unwrap_or_default();
+        let parse = |s: Option<String>| {
+            s.and_then(|s| time::parse(&s).ok())
+                .filter(|t| !time::is_zero(t) && t.timestamp() > 0)
+        };
+        Ok(Some(ContainerInfo {
+            id: resp.id.unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            exit_code: state.exit_code.unwrap_or(0),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            pid: state.pid.unwrap_or(0),
+            started_at: parse(state.started_at),
+            finished_at: parse(state.finished_at),
+            raw,
+        }))
+    }
+
+    async fn wait(&self, name: &str) -> Result<i64, RuntimeError> {
+        let opts = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut stream = self.long.wait_container(name, Some(opts));
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports any non-zero exit as an error; it is an exit code, not a failure.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(map_err("wait", name, e)),
+            None => Err(RuntimeError::Engine {
+                op: "wait",
+                target: name.to_string(),
+                status: 0,
+                message: "wait stream ended without a status".to_string(),
+            }),
+        }
+    }
+
+    fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            follow: false,
+            ..Default::default()
+        };
+        let target = name.to_string();
+        self.long
+            .logs(name, Some(opts))
+            .filter_map(move |item| {
+                let target = target.clone();
+                async move {
+                    match item {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                            Some(Ok(LogChunk {
+                                stream: LogStream::Stdout,
+                                bytes: message.to_vec(),
+                            }))
+                        }
+                        Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk {
+                            stream: LogStream::Stderr,
+                            bytes: message.to_vec(),
+                        })),
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(map_err("logs", &target, e))),
+                    }
+                }
+            })
+            .boxed()
+    }
+
+    async fn kill(&self, name: &str) -> Result<(), RuntimeError> {
+        let opts = KillContainerOptions {
+            signal: "SIGKILL".to_string(),
+        };
+        match self.quick.kill_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err("kill", name, e) {
+                // Gone, or not running: nothing to kill.
+                RuntimeError::NotFound { .. } | RuntimeError::Conflict { .. } => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptions {
+            force,
+            ..Default::default()
+        };
+        match self.quick.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err("remove", name, e) {
+                RuntimeError::NotFound { .. } => Ok(()),
+                RuntimeError::Conflict { message, .. }
+                    if message.contains("already in progress") =>
+                {
+                    Ok(())
+                }
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn list_labeled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{key}={value}")],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .quick
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_err("list", key, e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerSummary {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn top(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let opts = TopOptions {
+            ps_args: "auwx".to_string(),
+        };
+        let top = self
+            .quick
+            .top_processes(name, Some(opts))
+            .await
+            .map_err(|e| map_err("top", name, e))?;
+        let idx = top
+            .titles
+            .unwrap_or_default()
+            .iter()
+            .position(|t| t == "COMMAND" || t == "CMD")
+            .unwrap_or(0);
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.get(idx).cloned())
+            .collect())
+    }
+}

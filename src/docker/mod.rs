@@ -1,0 +1,263 @@
+//! The container runtime port: what the executor needs from a container engine, in domain
+//! types only. [`bollard::BollardRuntime`] implements it against a real Docker engine; no
+//! `bollard` type crosses this boundary.
+
+pub mod bollard;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use thiserror::Error;
+
+use crate::error::{Classify, Kind};
+use crate::time::Time;
+
+/// A bind mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Path on the host (as the engine sees it).
+    pub host: String,
+    /// Path in the container.
+    pub container: String,
+}
+
+/// Everything needed to create a container.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct ContainerSpec {
+    /// Container name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Entrypoint and its arguments.
+    pub entrypoint: Vec<String>,
+    /// Environment, `KEY=value`.
+    pub env: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Bind mounts.
+    pub binds: Vec<Bind>,
+    /// Network mode (`host` or `none`).
+    pub network_mode: String,
+    /// `uid:gid` to run as; the image's default when `None`.
+    pub user: Option<String>,
+    /// OOM score adjustment of the container's processes.
+    pub oom_score_adj: i64,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory plus swap limit in bytes.
+    pub memory_swap: Option<i64>,
+}
+
+impl fmt::Debug for ContainerSpec {
+    /// Environment values are not shown: they may hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env_keys: Vec<&str> = self
+            .env
+            .iter()
+            .map(|e| e.split('=').next().unwrap_or(""))
+            .collect();
+        f.debug_struct("ContainerSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("entrypoint", &self.entrypoint)
+            .field("env_keys", &env_keys)
+            .field("labels", &self.labels)
+            .field("binds", &self.binds)
+            .field("network_mode", &self.network_mode)
+            .field("user", &self.user)
+            .field("oom_score_adj", &self.oom_score_adj)
+            .field("memory", &self.memory)
+            .field("memory_swap", &self.memory_swap)
+            .finish()
+    }
+}
+
+/// The state of a container, from an inspect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Whether it is running.
+    pub running: bool,
+    /// Engine status text (`created`, `running`, `exited`, ...).
+    pub status: String,
+    /// Exit code (meaningful when not running).
+    pub exit_code: i64,
+    /// Whether the engine reports an OOM kill.
+    pub oom_killed: bool,
+    /// Main process id on the host (0 when not running).
+    pub pid: i64,
+    /// When it started, if it did.
+    pub started_at: Option<Time>,
+    /// When it finished, if it did.
+    pub finished_at: Option<Time>,
+    /// The engine's full inspect JSON (stored in manifests).
+    pub raw: serde_json::Value,
+}
+
+/// A container in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    /// Container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Engine state text.
+    pub state: String,
+}
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A piece of a container's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// The stream.
+    pub stream: LogStream,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Registry credentials for a pull.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+    /// Registry address.
+    pub server: String,
+}
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// Container runtime failures.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The container or image does not exist.
+    #[error("{op} {target}: not found: {message}")]
+    NotFound {
+        /// The operation.
+        op: &'static str,
+        /// Container or image.
+        target: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// A name is already in use, or the state forbids the operation.
+    #[error("{op} {target}: conflict: {message}")]
+    Conflict {
+        /// The operation.
+        op: &'static str,
+        /// Container or image.
+        target: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The registry or engine refused the credentials.
+    #[error("{op} {target}: not allowed: {message}")]
+    NotAllowed {
+        /// The operation.
+        op: &'static str,
+        /// Container or image.
+        target: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The engine answered with another error.
+    #[error("{op} {target}: engine error {status}: {message}")]
+    Engine {
+        /// The operation.
+        op: &'static str,
+        /// Container or image.
+        target: String,
+        /// HTTP status.
+        status: u16,
+        /// The engine's message.
+        message: String,
+    },
+    /// The engine could not be reached or the connection failed.
+    #[error("{op} {target}: engine unreachable")]
+    Unreachable {
+        /// The operation.
+        op: &'static str,
+        /// Container or image.
+        target: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Classify for RuntimeError {
+    fn kind(&self) -> Kind {
+        match self {
+            RuntimeError::NotFound { .. } => Kind::NotExist,
+            RuntimeError::NotAllowed { .. } => Kind::NotAllowed,
+            RuntimeError::Conflict { .. }
+            | RuntimeError::Engine { .. }
+            | RuntimeError::Unreachable { .. } => Kind::Unavailable,
+        }
+    }
+}
+
+impl RuntimeError {
+    /// Whether the container or image does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::NotFound { .. })
+    }
+}
+
+/// A container engine.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + fmt::Debug {
+    /// Checks that the engine answers.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+    /// Whether `image` is present locally.
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Pulls `image`, consuming the whole progress stream.
+    async fn pull(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), RuntimeError>;
+    /// Creates a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Starts a container (starting a running one is not an error).
+    async fn start(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Inspects a container; `None` when it does not exist.
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
+    /// Waits until the container is not running; returns its exit code.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only stops waiting.
+    async fn wait(&self, name: &str) -> Result<i64, RuntimeError>;
+    /// The container's complete logs (not following).
+    fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
+    /// Sends SIGKILL; a container that is gone or not running is not an error.
+    async fn kill(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Removes a container; one that is gone is not an error.
+    async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError>;
+    /// All containers (running or not) with label `key=value`.
+    async fn list_labeled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError>;
+    /// Command lines of the container's processes.
+    async fn top(&self, name: &str) -> Result<Vec<String>, RuntimeError>;
+}

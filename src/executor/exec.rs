@@ -1,0 +1,870 @@
+//! One Docker exec: its durable manifest, its in-memory status, and its state machine
+//! (Init → Created → Running → Complete). Every successful step is persisted before it is
+//! published, so a restart resumes from the last durable step.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Inner, cmdfmt};
+use crate::cgroup::CgroupPaths;
+use crate::digest::Digest;
+use crate::docker::{Bind, ContainerInfo, ContainerSpec, LogStream};
+use crate::error::{Kind, ReflowError};
+use crate::fileset::Fileset;
+use crate::manifest::{ExecState, MANIFEST_FILE, Manifest};
+use crate::model::{ExecConfig, ExecInspect, ExecResult};
+use crate::profile::{self, Gauges, Stats};
+use crate::relpath;
+use crate::repo::{FileRepository, no_progress};
+use crate::{persist, time};
+
+/// Exit code an exec uses to ask for a retry (`EX_TEMPFAIL`).
+pub const TEMPORARY_EXIT_CODE: i64 = 75;
+/// Swap allowed over the memory limit with `HardMemLimit`.
+pub const HARD_LIMIT_SWAP_HEADROOM: i64 = 100 << 20;
+/// OOM score adjustment of exec containers: they die before the agent.
+pub const CONTAINER_OOM_SCORE_ADJ: i64 = 1000;
+/// Most log lines kept as hints in a DockerExec error.
+pub const MAX_HINT_LINES: usize = 20;
+/// Longest hint line kept, in bytes.
+pub const MAX_HINT_LINE: usize = 256;
+/// Label carrying the exec id on containers.
+pub const LABEL_EXEC: &str = "reflow-id";
+/// Label carrying the executor id on containers.
+pub const LABEL_EXECUTOR: &str = "reflow-executor";
+
+/// The in-memory status: the state reached and, if the state machine failed, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// The state reached.
+    pub state: ExecState,
+    /// The state machine's error.
+    pub err: Option<ReflowError>,
+}
+
+/// A Docker exec.
+#[derive(Debug)]
+pub struct Exec {
+    pub(super) id: Digest,
+    pub(super) dir: PathBuf,
+    host_dir: PathBuf,
+    pub(super) container: String,
+    pub(super) manifest: Mutex<Manifest>,
+    pub(super) status: watch::Sender<Status>,
+    pub(super) cancel: CancellationToken,
+    pub(super) killed: AtomicBool,
+    promoted: OnceCell<Result<(), ReflowError>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn err(kind: Kind, op: &str, id: &Digest, msg: impl Into<String>) -> ReflowError {
+    ReflowError::new(kind, op, msg).with_arg(id)
+}
+
+impl Exec {
+    pub(super) fn new(
+        id: Digest,
+        dir: PathBuf,
+        host_dir: PathBuf,
+        container: String,
+        manifest: Manifest,
+        status: Status,
+        cancel: CancellationToken,
+    ) -> Arc<Exec> {
+        Arc::new(Exec {
+            id,
+            dir,
+            host_dir,
+            container,
+            manifest: Mutex::new(manifest),
+            status: watch::Sender::new(status),
+            cancel,
+            killed: AtomicBool::new(false),
+            promoted: OnceCell::new(),
+        })
+    }
+
+    /// The exec id.
+    pub fn id(&self) -> Digest {
+        self.id
+    }
+
+    /// The container name.
+    pub fn container_name(&self) -> &str {
+        &self.container
+    }
+
+    /// The exec directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A copy of the manifest.
+    pub fn manifest(&self) -> Manifest {
+        lock(&self.manifest).clone()
+    }
+
+    /// Waits until the state is at least `min` or the state machine failed.
+    ///
+    /// # Errors
+    /// The state machine's error.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait_until(&self, min: ExecState) -> Result<(), ReflowError> {
+        let mut rx = self.status.subscribe();
+        let st = rx
+            .wait_for(|s| s.state >= min || s.err.is_some())
+            .await
+            .map(|s| s.clone())
+            .map_err(|_| err(Kind::Unavailable, "wait", &self.id, "exec dropped"))?;
+        match st.err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the exec completes (or its state machine fails).
+    ///
+    /// # Errors
+    /// The state machine's error.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait(&self) -> Result<(), ReflowError> {
+        self.wait_until(ExecState::Complete).await
+    }
+
+    /// The result: the state machine's error, "exec not complete", or the stored result.
+    ///
+    /// # Errors
+    /// As described.
+    pub fn result(&self) -> Result<ExecResult, ReflowError> {
+        let st = self.status();
+        if let Some(e) = st.err {
+            return Err(e);
+        }
+        if st.state != ExecState::Complete {
+            return Err(err(
+                Kind::Unavailable,
+                "result",
+                &self.id,
+                "exec not complete",
+            ));
+        }
+        Ok(lock(&self.manifest).result.clone())
+    }
+
+    /// Reflow's `ExecInspect` for this exec.
+    pub fn inspect(&self) -> ExecInspect {
+        let m = self.manifest();
+        let st = self.status();
+        let status = match st.state {
+            ExecState::Unstarted | ExecState::Init => "the exec is still initializing",
+            ExecState::Created => "the exec container was created",
+            ExecState::Running => "the exec container is running",
+            ExecState::Complete => "the exec container has completed",
+        };
+        ExecInspect {
+            created: m.created,
+            config: m.config.clone(),
+            state: st.state.name().to_string(),
+            status: status.to_string(),
+            error: st.err,
+            profile: profile::profile(&m.stats),
+            gauges: m.gauges.clone(),
+            commands: Vec::new(),
+            docker: m.docker.clone(),
+            exec_error: m.result.err.clone(),
+        }
+    }
+
+    /// The saved logs of a completed exec: stdout then stderr, as requested.
+    ///
+    /// # Errors
+    /// NotExist when the exec is not complete or a log file is missing.
+    pub fn logs(&self, stdout: bool, stderr: bool) -> Result<Vec<u8>, ReflowError> {
+        if self.status().state != ExecState::Complete {
+            return Err(err(
+                Kind::NotExist,
+                "logs",
+                &self.id,
+                "exec not yet complete",
+            ));
+        }
+        let mut out = Vec::new();
+        for (want, name) in [(stdout, "stdout"), (stderr, "stderr")] {
+            if want {
+                let bytes = fs::read(self.dir.join(name))
+                    .map_err(|e| err(Kind::NotExist, "logs", &self.id, format!("{name}: {e}")))?;
+                out.extend(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    fn publish(&self, state: ExecState, e: Option<ReflowError>) {
+        self.status.send_replace(Status { state, err: e });
+    }
+
+    async fn save(&self) -> Result<(), ReflowError> {
+        let m = self.manifest();
+        let path = self.dir.join(MANIFEST_FILE);
+        let id = self.id;
+        tokio::task::spawn_blocking(move || persist::write_json_atomic(&path, &m))
+            .await
+            .map_err(|e| err(Kind::Fatal, "save manifest", &id, e.to_string()))?
+            .map_err(|e| ReflowError::from_classified("save manifest", &e).with_arg(id))
+    }
+
+    /// Persists the manifest in state `s` (checking that the move is allowed), without
+    /// publishing it.
+    async fn persist_state(&self, s: ExecState) -> Result<(), ReflowError> {
+        let from = lock(&self.manifest).state;
+        if from != s && !from.can_transition(s) {
+            return Err(err(
+                Kind::Fatal,
+                "transition",
+                &self.id,
+                format!("{from:?} -> {s:?} is not allowed"),
+            ));
+        }
+        lock(&self.manifest).state = s;
+        self.save().await
+    }
+
+    /// Persists the manifest in state `s` and publishes it.
+    pub(super) async fn transition(&self, s: ExecState) -> Result<(), ReflowError> {
+        self.persist_state(s).await?;
+        self.publish(s, None);
+        Ok(())
+    }
+
+    /// Runs the state machine from `from` to completion, a failure, or cancellation.
+    pub(super) async fn run(self: Arc<Self>, inner: Arc<Inner>, from: ExecState) {
+        let mut state = from;
+        while state != ExecState::Complete {
+            let step = async {
+                match state {
+                    ExecState::Unstarted | ExecState::Init => self.create(&inner).await,
+                    ExecState::Created => self.start(&inner).await,
+                    ExecState::Running => self.wait_exit(&inner).await,
+                    ExecState::Complete => Ok(ExecState::Complete),
+                }
+            };
+            let next = tokio::select! {
+                r = step => r,
+                () = self.cancel.cancelled() => Err(err(Kind::Canceled, "exec", &self.id, "executor stopped")),
+            };
+            match next {
+                Ok(next) => {
+                    if let Err(e) = self.persist_state(next).await {
+                        self.publish(state, Some(e));
+                        return;
+                    }
+                    if next == ExecState::Complete {
+                        // Durable; the container is no longer needed. Removed before waiters are
+                        // told, so a completed exec never has a container. A crash in between
+                        // leaves one that recovery removes.
+                        if let Err(e) = inner.runtime.remove(&self.container, false).await {
+                            tracing::warn!(exec = %self.id, error = %e, "Removing a completed exec's container failed.");
+                        }
+                    }
+                    self.publish(next, None);
+                    state = next;
+                }
+                Err(e) => {
+                    if e.kind != Kind::Canceled {
+                        tracing::warn!(exec = %self.id, error = %e, "Exec state machine failed.");
+                    }
+                    self.publish(state, Some(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    // === create ===
+
+    async fn create(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
+        let map_rt = |op: &str, e: crate::docker::RuntimeError| {
+            ReflowError::from_classified(op, &e).with_arg(self.id)
+        };
+        if inner
+            .runtime
+            .inspect(&self.container)
+            .await
+            .map_err(|e| map_rt("create", e))?
+            .is_some()
+        {
+            return Ok(ExecState::Created); // created before a restart
+        }
+        let config = lock(&self.manifest).config.clone();
+        inner
+            .images
+            .ensure(&config.image)
+            .await
+            .map_err(|e| ReflowError::wrap(format!("ensureimage {}", config.image), e))?;
+        let spec = {
+            let dir = self.dir.clone();
+            let repo = inner.repo.clone();
+            let cfg = config.clone();
+            let id = self.id;
+            tokio::task::spawn_blocking(move || prepare_dirs(&dir, &repo, &cfg, &id))
+                .await
+                .map_err(|e| err(Kind::Fatal, "create", &self.id, e.to_string()))??
+        };
+        let spec = self.container_spec(inner, &config, spec)?;
+        match inner.runtime.create(&spec).await {
+            Ok(_) => Ok(ExecState::Created),
+            // A concurrent or earlier create won; the container exists.
+            Err(crate::docker::RuntimeError::Conflict { .. }) => Ok(ExecState::Created),
+            Err(e) => Err(map_rt("create", e)),
+        }
+    }
+
+    fn container_spec(
+        &self,
+        inner: &Inner,
+        cfg: &ExecConfig,
+        args: Vec<String>,
+    ) -> Result<ContainerSpec, ReflowError> {
+        let h = |sub: &str| self.host_dir.join(sub).to_string_lossy().into_owned();
+        let mut binds = vec![
+            Bind {
+                host: h("arg"),
+                container: "/arg".into(),
+            },
+            Bind {
+                host: h("tmp"),
+                container: "/tmp".into(),
+            },
+            Bind {
+                host: h("return"),
+                container: "/return".into(),
+            },
+        ];
+        let mut env = vec![
+            "tmp=/tmp".to_string(),
+            "TMPDIR=/tmp".to_string(),
+            "HOME=/tmp".to_string(),
+        ];
+        if cfg.output_is_dir.is_empty() {
+            env.push("out=/return/default".to_string());
+        }
+        if cfg.need_docker_access {
+            if !inner.cfg.allow_docker_socket {
+                return Err(err(
+                    Kind::NotAllowed,
+                    "create",
+                    &self.id,
+                    "the exec asks for Docker access, which this agent does not allow",
+                ));
+            }
+            binds.push(Bind {
+                host: "/var/run/docker.sock".into(),
+                container: "/var/run/docker.sock".into(),
+            });
+        }
+        if cfg.need_aws_creds {
+            match (&inner.cfg.aws_credentials, inner.cfg.allow_aws_creds) {
+                (Some(c), true) => {
+                    env.push(format!("AWS_ACCESS_KEY_ID={}", c.access_key_id));
+                    env.push(format!("AWS_SECRET_ACCESS_KEY={}", c.secret_access_key));
+                    if let Some(t) = &c.session_token {
+                        env.push(format!("AWS_SESSION_TOKEN={t}"));
+                    }
+                }
+                (_, false) => {
+                    return Err(err(
+                        Kind::NotAllowed,
+                        "create",
+                        &self.id,
+                        "the exec asks for AWS credentials, which this agent does not pass on",
+                    ));
+                }
+                (None, true) => {
+                    return Err(err(
+                        Kind::Temporary,
+                        "create",
+                        &self.id,
+                        "no AWS credentials available",
+                    ));
+                }
+            }
+        }
+        let mem = cfg.resources.mem();
+        let (memory, memory_swap) = if inner.cfg.hard_mem_limit && mem > 0.0 {
+            // `mem` is validated finite and non-negative; float-to-int casts saturate.
+            #[allow(clippy::cast_possible_truncation)]
+            let m = mem as i64;
+            (Some(m), Some(m.saturating_add(HARD_LIMIT_SWAP_HEADROOM)))
+        } else {
+            (None, None)
+        };
+        Ok(ContainerSpec {
+            name: self.container.clone(),
+            image: cfg.image.clone(),
+            entrypoint: vec![
+                "/bin/bash".into(),
+                "-e".into(),
+                "-l".into(),
+                "-o".into(),
+                "pipefail".into(),
+                "-c".into(),
+                cmdfmt::format(&cfg.cmd, &args),
+            ],
+            env,
+            labels: [
+                (LABEL_EXEC.to_string(), self.id.hex()),
+                (LABEL_EXECUTOR.to_string(), inner.cfg.id.clone()),
+            ]
+            .into_iter()
+            .collect(),
+            binds,
+            network_mode: inner.cfg.network_mode.clone(),
+            user: inner.cfg.user.clone(),
+            oom_score_adj: CONTAINER_OOM_SCORE_ADJ,
+            memory,
+            memory_swap,
+        })
+    }
+
+    // === start ===
+
+    async fn start(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
+        inner
+            .runtime
+            .start(&self.container)
+            .await
+            .map_err(|e| ReflowError::from_classified("start", &e).with_arg(self.id))?;
+        match inner.runtime.inspect(&self.container).await {
+            Ok(Some(info)) => {
+                let mut m = lock(&self.manifest);
+                m.pid = info.pid;
+                m.docker = info.raw;
+            }
+            // The PID stays unknown (0); the wait step inspects again.
+            Ok(None) | Err(_) => {
+                tracing::warn!(exec = %self.id, "Inspecting a started container failed; PID unknown.")
+            }
+        }
+        Ok(ExecState::Running)
+    }
+
+    // === wait ===
+
+    async fn wait_exit(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
+        let map_rt = |op: &str, e: crate::docker::RuntimeError| {
+            ReflowError::from_classified(op, &e).with_arg(self.id)
+        };
+        let pid = lock(&self.manifest).pid;
+        let sampler = Sampler::spawn(
+            self.dir.clone(),
+            pid,
+            inner.cfg.profile_interval,
+            inner.clock.clone(),
+        );
+        let code = match inner.runtime.wait(&self.container).await {
+            Ok(c) => c,
+            Err(e) => {
+                sampler.stop().await;
+                return Err(map_rt("wait", e));
+            }
+        };
+        self.save_logs(inner).await;
+        let info = inner
+            .runtime
+            .inspect(&self.container)
+            .await
+            .map_err(|e| map_rt("inspect", e))?;
+        let (stats, gauges) = sampler.stop().await;
+        let Some(info) = info else {
+            return Err(err(
+                Kind::Unavailable,
+                "wait",
+                &self.id,
+                "container disappeared before it could be inspected",
+            ));
+        };
+        {
+            let mut m = lock(&self.manifest);
+            m.stats = stats;
+            m.gauges = gauges;
+            m.docker = info.raw.clone();
+        }
+        let code = if code == 0 && info.exit_code != 0 {
+            info.exit_code
+        } else {
+            code
+        };
+        if info.running || info.finished_at.is_none() {
+            return Err(err(
+                Kind::Temporary,
+                "exec",
+                &self.id,
+                "container returned in running state; docker daemon likely shutting down",
+            ));
+        }
+        let result = self.classify(inner, code, &info).await?;
+        lock(&self.manifest).result = result;
+        for sub in ["arg", "tmp"] {
+            if let Err(e) = fs::remove_dir_all(self.dir.join(sub)) {
+                tracing::debug!(exec = %self.id, error = %e, dir = sub, "Cleaning an exec directory failed.");
+            }
+        }
+        Ok(ExecState::Complete)
+    }
+
+    async fn classify(
+        &self,
+        _inner: &Inner,
+        code: i64,
+        info: &ContainerInfo,
+    ) -> Result<ExecResult, ReflowError> {
+        let e = |kind, msg: String| Some(err(kind, "exec", &self.id, msg));
+        let killed = self.killed.load(Ordering::SeqCst);
+        let err = if code == 0 && !killed {
+            let dir = self.dir.clone();
+            let id = self.id;
+            let cfg = lock(&self.manifest).config.clone();
+            let fileset = tokio::task::spawn_blocking(move || collect_outputs(&dir, &cfg, &id))
+                .await
+                .map_err(|e| err(Kind::Fatal, "install", &self.id, e.to_string()))??;
+            return Ok(ExecResult { fileset, err: None });
+        } else if killed {
+            e(
+                Kind::Canceled,
+                format!("killed by the agent (exit code {code})"),
+            )
+        } else if code == TEMPORARY_EXIT_CODE {
+            e(
+                Kind::Temporary,
+                format!("exec returned exit code {TEMPORARY_EXIT_CODE} (considered temporary)"),
+            )
+        } else if info.oom_killed {
+            e(Kind::Oom, "killed by OOM killer (docker)".to_string())
+        } else if self.logs_show_go_oom() {
+            e(Kind::Oom, "detected golang OOM error".to_string())
+        } else {
+            let hints = self.hints();
+            let mut msg = format!("exited with code {code}");
+            if !hints.is_empty() {
+                msg.push_str(" (hints from exec logs):\n");
+                msg.push_str(&hints);
+            }
+            e(Kind::DockerExec, msg)
+        };
+        Ok(ExecResult {
+            fileset: Fileset::default(),
+            err,
+        })
+    }
+
+    async fn save_logs(&self, inner: &Inner) {
+        let open = |name: &str| fs::File::create(self.dir.join(name));
+        let (mut out, mut errf) = match (open("stdout"), open("stderr")) {
+            (Ok(o), Ok(e)) => (o, e),
+            _ => {
+                tracing::warn!(exec = %self.id, "Creating log files failed.");
+                return;
+            }
+        };
+        let mut stream = inner.runtime.logs(&self.container);
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    let f = if c.stream == LogStream::Stdout {
+                        &mut out
+                    } else {
+                        &mut errf
+                    };
+                    if let Err(e) = f.write_all(&c.bytes) {
+                        tracing::warn!(exec = %self.id, error = %e, "Writing exec logs failed.");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(exec = %self.id, error = %e, "Reading exec logs failed.");
+                    return;
+                }
+            }
+        }
+        let _ = out.sync_all();
+        let _ = errf.sync_all();
+    }
+
+    fn log_lines(&self, name: &str) -> impl Iterator<Item = String> {
+        fs::File::open(self.dir.join(name))
+            .map(|f| {
+                BufReader::new(f)
+                    .split(b'\n')
+                    .map_while(Result::ok)
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+            })
+            .into_iter()
+            .flatten()
+    }
+
+    fn logs_show_go_oom(&self) -> bool {
+        ["stdout", "stderr"].iter().any(|n| {
+            self.log_lines(n).any(|l| {
+                l.contains("runtime: out of memory")
+                    || l.contains("runtime: cannot allocate memory")
+            })
+        })
+    }
+
+    /// Up to [`MAX_HINT_LINES`] log lines that look like errors, each cut to [`MAX_HINT_LINE`].
+    fn hints(&self) -> String {
+        let mut out = String::new();
+        let mut n = 0;
+        for name in ["stderr", "stdout"] {
+            for (i, line) in self.log_lines(name).enumerate() {
+                if n >= MAX_HINT_LINES {
+                    return out;
+                }
+                if ["panic", "error", "Error", "ERROR"]
+                    .iter()
+                    .any(|k| line.contains(k))
+                {
+                    let cut: String = line.chars().take(MAX_HINT_LINE).collect();
+                    out.push_str(&format!("({name}) line {}: {cut}\n", i + 1));
+                    n += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Promotes the result's objects from the staging repository into the executor's, once.
+    ///
+    /// # Errors
+    /// The result's error, or a repository error (memoized).
+    pub(super) async fn promote(&self, inner: &Arc<Inner>) -> Result<(), ReflowError> {
+        self.promoted
+            .get_or_init(|| async {
+                let result = self.result()?;
+                if let Some(e) = result.err {
+                    return Err(e);
+                }
+                let staging = self.dir.join("objects");
+                let inner = inner.clone();
+                let id = self.id;
+                tokio::task::spawn_blocking(move || {
+                    inner.promote_blocking(&result.fileset, &staging, &id)
+                })
+                .await
+                .map_err(|e| err(Kind::Fatal, "promote", &id, e.to_string()))?
+            })
+            .await
+            .clone()
+    }
+}
+
+/// Cleans and lays out the exec directory, materializes the inputs, and returns the argument
+/// strings for the command template.
+fn prepare_dirs(
+    dir: &Path,
+    repo: &FileRepository,
+    cfg: &ExecConfig,
+    id: &Digest,
+) -> Result<Vec<String>, ReflowError> {
+    let io = |op: &str, p: &Path, e: std::io::Error| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            Kind::NotExist
+        } else {
+            Kind::Unavailable
+        };
+        ReflowError::new(kind, op, format!("{}: {e}", p.display())).with_arg(id)
+    };
+    for sub in ["arg", "tmp", "return"] {
+        let p = dir.join(sub);
+        match fs::remove_dir_all(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("clean", &p, e)),
+        }
+        fs::create_dir_all(&p).map_err(|e| io("create", &p, e))?;
+    }
+    for (i, is_dir) in cfg.output_is_dir.iter().enumerate() {
+        if *is_dir {
+            let p = dir.join("return").join(i.to_string());
+            fs::create_dir_all(&p).map_err(|e| io("create", &p, e))?;
+        }
+    }
+    let mut args = Vec::with_capacity(cfg.args.len());
+    for (i, arg) in cfg.args.iter().enumerate() {
+        if arg.out {
+            args.push(format!("/return/{}", arg.index));
+            continue;
+        }
+        let Some(fs_) = &arg.fileset else {
+            return Err(ReflowError::new(
+                Kind::Invalid,
+                "create",
+                format!("argument {i} has no fileset"),
+            )
+            .with_arg(id));
+        };
+        let mut paths = Vec::new();
+        for (j, elem) in fs_.flatten().into_iter().enumerate() {
+            let base = dir.join("arg").join(i.to_string()).join(j.to_string());
+            for (key, file) in &elem.map {
+                let dst = relpath::join(&base, key)
+                    .map_err(|e| ReflowError::from_classified("create", &e).with_arg(id))?;
+                if file.is_ref() {
+                    return Err(ReflowError::new(
+                        Kind::Invalid,
+                        "create",
+                        format!("argument {i}: unresolved file {key}; load it first"),
+                    )
+                    .with_arg(id));
+                }
+                repo.link_out(&file.id, &dst)
+                    .map_err(|e| ReflowError::from_classified("materialize", &e).with_arg(id))?;
+            }
+            paths.push(format!("/arg/{i}/{j}"));
+        }
+        args.push(paths.join(" "));
+    }
+    Ok(args)
+}
+
+/// Installs the exec's outputs into its staging repository (originals become digest symlinks).
+fn collect_outputs(dir: &Path, cfg: &ExecConfig, id: &Digest) -> Result<Fileset, ReflowError> {
+    let staging = FileRepository::open(dir.join("objects"))
+        .map_err(|e| ReflowError::from_classified("install", &e).with_arg(id))?;
+    let install = |p: PathBuf| {
+        staging
+            .install_tree(&p, true, &no_progress)
+            .map_err(|e| ReflowError::from_classified("install", &e).with_arg(id))
+    };
+    let ret = dir.join("return");
+    if cfg.output_is_dir.is_empty() {
+        install(ret.join("default"))
+    } else {
+        let list = (0..cfg.output_is_dir.len())
+            .map(|i| install(ret.join(i.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Fileset::from_list(list))
+    }
+}
+
+/// Bytes of regular files under `p` (not following links).
+pub(super) fn du(p: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if m.is_dir() {
+        fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
+            .unwrap_or(0)
+    } else if m.is_file() {
+        m.len()
+    } else {
+        0
+    }
+}
+
+/// Polls an exec's resource use while it runs: `disk` and `tmp` from the exec directory, `mem`
+/// and `cpu` from the container's cgroup files.
+///
+/// Polling the kernel's cgroup files costs dockerd nothing, whereas a streaming `docker stats`
+/// per container keeps one long-lived HTTP stream and a once-a-second stats collection per
+/// container in dockerd; with many small execs that is measurable load on the engine the
+/// benchmark shows is already the bottleneck. So profiles come from polling cgroups.
+struct Sampler {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<(Stats, Gauges)>,
+}
+
+impl Sampler {
+    fn spawn(
+        dir: PathBuf,
+        pid: i64,
+        every: Duration,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Sampler {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut stats = Stats::new();
+            let mut gauges = Gauges::new();
+            let cg = CgroupPaths::resolve(pid);
+            let mut last_cpu: Option<(u64, tokio::time::Instant)> = None;
+            loop {
+                let now = clock.now();
+                let (d, t) = {
+                    let dir = dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        (du(&dir.join("return")), du(&dir.join("tmp")))
+                    })
+                    .await
+                    .unwrap_or((0, 0))
+                };
+                for (name, v) in [("disk", d as f64), ("tmp", t as f64)] {
+                    profile::observe(&mut stats, now, name, v);
+                    gauges.insert(name.to_string(), v);
+                }
+                if let Some(cg) = &cg {
+                    if let Some(mem) = cg.memory_usage() {
+                        profile::observe(&mut stats, now, "mem", mem as f64);
+                        gauges.insert("mem".to_string(), mem as f64);
+                    }
+                    if let Some(ns) = cg.cpu_usage_ns() {
+                        let at = tokio::time::Instant::now();
+                        if let Some((prev, then)) = last_cpu {
+                            let secs = at.duration_since(then).as_secs_f64();
+                            if secs > 0.0 && ns >= prev {
+                                let cores = (ns - prev) as f64 / 1e9 / secs;
+                                profile::observe(&mut stats, now, "cpu", cores);
+                                gauges.insert("cpu".to_string(), cores);
+                            }
+                        }
+                        last_cpu = Some((ns, at));
+                    }
+                }
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+            // One final disk sample at stop, so every exec has at least one.
+            let now = clock.now();
+            let (d, t) = (du(&dir.join("return")), du(&dir.join("tmp")));
+            for (name, v) in [("disk", d as f64), ("tmp", t as f64)] {
+                profile::observe(&mut stats, now, name, v);
+                gauges.insert(name.to_string(), v);
+            }
+            (stats, gauges)
+        });
+        Sampler { stop, handle }
+    }
+
+    async fn stop(self) -> (Stats, Gauges) {
+        self.stop.cancel();
+        self.handle.await.unwrap_or_default()
+    }
+}
+
+/// Now, as the manifest's creation time.
+pub(super) fn created_now(inner: &Inner) -> time::Time {
+    inner.clock.now()
+}

@@ -1,0 +1,1063 @@
+//! The executor: Reflow's `local.Executor` on a real container engine. It owns one directory (an
+//! alloc's), a content-addressed repository in it, and the execs under `execs/<hex>/`.
+//!
+//! Layout under the executor directory:
+//! ```text
+//! objects/                 the executor repository
+//! execs/<hex>/manifest.json
+//! execs/<hex>/{arg,tmp,return}/   bind-mounted at /arg, /tmp, /return
+//! execs/<hex>/objects/     staging repository for outputs (moved by promote)
+//! execs/<hex>/{stdout,stderr}
+//! ```
+//!
+//! Containers are named `reflow-<executor>-<exec hex>-<short>` and labelled with the exec and
+//! executor ids, so a restarted agent finds them. Stopping the agent (cancelling the executor)
+//! leaves containers running on purpose: the manifests let the next start re-attach. Only
+//! [`Executor::kill`] and [`Executor::remove`] kill containers.
+
+pub mod cmdfmt;
+mod exec;
+pub mod recover;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use exec::{Exec, LABEL_EXEC, LABEL_EXECUTOR, Status, TEMPORARY_EXIT_CODE};
+
+use crate::clock::Clock;
+use crate::digest::Digest;
+use crate::docker::{ContainerRuntime, RuntimeError};
+use crate::error::{Classify, Kind, ReflowError};
+use crate::fileset::{File, Fileset};
+use crate::manifest::{ExecState, ExecType, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
+use crate::model::{ConfigError, ExecConfig, TYPE_EXEC};
+use crate::persist;
+use crate::repo::{FileRepository, RepoError, no_progress};
+use crate::resources::Resources;
+use recover::{DirScan, LabeledContainer, RecoveryAction, ScannedExec};
+
+/// Image pull attempts before giving up.
+pub const PULL_ATTEMPTS: u32 = 6;
+/// Default period of the resource sampler.
+pub const DEFAULT_PROFILE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// AWS credentials passed to execs that ask for them (when allowed). Never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AwsCredentials(<redacted>)")
+    }
+}
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Executor id (the alloc id): 1 to 64 of `[A-Za-z0-9_.-]`.
+    pub id: String,
+    /// The executor directory, as this process sees it.
+    pub dir: PathBuf,
+    /// The same directory as the engine sees it (for bind mounts), when the agent runs in a
+    /// container with the host filesystem under a prefix. Default: `dir`.
+    pub host_dir: Option<PathBuf>,
+    /// Limit each container's memory to its exec's `mem` resource (plus 100 MiB swap).
+    pub hard_mem_limit: bool,
+    /// Allow execs that ask for it to mount the Docker socket.
+    pub allow_docker_socket: bool,
+    /// Allow execs that ask for them to receive AWS credentials.
+    pub allow_aws_creds: bool,
+    /// The credentials to pass when allowed.
+    pub aws_credentials: Option<AwsCredentials>,
+    /// `uid:gid` for containers. Default: the agent's own.
+    pub user: Option<String>,
+    /// Container network mode. Default `host`.
+    pub network_mode: String,
+    /// Resource sampling period.
+    pub profile_interval: Duration,
+    /// First delay between image pull attempts (then x1.5, at most 10 s).
+    pub pull_backoff: Duration,
+}
+
+impl ExecutorConfig {
+    /// Defaults for executor `id` in `dir`.
+    pub fn new(id: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        ExecutorConfig {
+            id: id.into(),
+            dir: dir.into(),
+            host_dir: None,
+            hard_mem_limit: false,
+            allow_docker_socket: false,
+            allow_aws_creds: false,
+            aws_credentials: None,
+            user: None,
+            network_mode: "host".to_string(),
+            profile_interval: DEFAULT_PROFILE_INTERVAL,
+            pull_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Executor errors.
+#[derive(Debug, Error)]
+pub enum ExecutorError {
+    /// The executor was killed.
+    #[error("executor {id} is dead")]
+    Dead {
+        /// Executor id.
+        id: String,
+    },
+    /// No exec with this id.
+    #[error("exec {id} does not exist")]
+    NoSuchExec {
+        /// Exec id.
+        id: Digest,
+    },
+    /// The executor id is not usable in container names.
+    #[error("invalid executor id {id:?}: use 1 to 64 of [A-Za-z0-9_.-]")]
+    BadId {
+        /// The id (truncated).
+        id: String,
+    },
+    /// The exec config was rejected.
+    #[error("invalid exec config")]
+    Config(#[from] ConfigError),
+    /// The exec type is not handled by this executor yet.
+    #[error("exec type {kind:?} is not supported by this executor")]
+    Unsupported {
+        /// The type.
+        kind: String,
+    },
+    /// An exec's state machine failed, or the exec failed.
+    #[error(transparent)]
+    Exec(#[from] ReflowError),
+    /// A repository operation failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The container engine failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A state file could not be written or read.
+    #[error(transparent)]
+    Persist(#[from] persist::PersistError),
+    /// A directory operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Objects do not match their digests.
+    #[error("digest mismatches: {mismatches}")]
+    Integrity {
+        /// `expected (ID) != actual (digest)` entries, comma-separated.
+        mismatches: String,
+    },
+    /// Unload of an object that was never loaded (or already unloaded).
+    #[error("unload {digest}: not loaded")]
+    NotLoaded {
+        /// The object.
+        digest: Digest,
+    },
+    /// A fileset passed to verify or unload still has references.
+    #[error("unresolved file {digest} in fileset")]
+    Unresolved {
+        /// The reference's digest.
+        digest: Digest,
+    },
+    /// The source repository URL is not supported.
+    #[error("unsupported repository URL {url:?} (want file:///path)")]
+    RepoUrl {
+        /// The URL (truncated).
+        url: String,
+    },
+}
+
+impl Classify for ExecutorError {
+    fn kind(&self) -> Kind {
+        match self {
+            ExecutorError::Dead { .. } | ExecutorError::NoSuchExec { .. } => Kind::NotExist,
+            ExecutorError::BadId { .. }
+            | ExecutorError::Unresolved { .. }
+            | ExecutorError::RepoUrl { .. } => Kind::Invalid,
+            ExecutorError::Config(e) => e.kind(),
+            ExecutorError::Unsupported { .. } => Kind::NotSupported,
+            ExecutorError::Exec(e) => e.kind,
+            ExecutorError::Repo(e) => e.kind(),
+            ExecutorError::Runtime(e) => e.kind(),
+            ExecutorError::Persist(e) => e.kind(),
+            ExecutorError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Kind::NotExist
+            }
+            ExecutorError::Io { .. } => Kind::Unavailable,
+            ExecutorError::Integrity { .. } => Kind::Integrity,
+            ExecutorError::NotLoaded { .. } => Kind::Precondition,
+        }
+    }
+}
+
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ExecutorError + 'a {
+    move |source| ExecutorError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An integrity failure, as published on the integrity signal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IntegritySignal {
+    /// How many integrity failures this executor has seen.
+    pub count: u64,
+    /// The latest failure.
+    pub last: String,
+}
+
+/// The shared outcome of one image check-or-pull.
+type PullOutcome = Arc<OnceCell<Result<(), ReflowError>>>;
+
+/// Single-flight image presence checks and pulls, per image reference.
+#[derive(Debug)]
+struct Images {
+    runtime: Arc<dyn ContainerRuntime>,
+    backoff: Duration,
+    inflight: Mutex<HashMap<String, PullOutcome>>,
+}
+
+impl Images {
+    async fn ensure(&self, image: &str) -> Result<(), ReflowError> {
+        let cell = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(image.to_string()).or_default().clone()
+        };
+        let r = cell.get_or_init(|| self.check_or_pull(image)).await.clone();
+        // Forget the outcome either way: a failure is retried by the next caller, and a success
+        // is re-checked cheaply (someone may remove the image).
+        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(image).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            m.remove(image);
+        }
+        r
+    }
+
+    async fn check_or_pull(&self, image: &str) -> Result<(), ReflowError> {
+        let rt = |e: RuntimeError| ReflowError::from_classified("ensureimage", &e).with_arg(image);
+        if self.runtime.image_present(image).await.map_err(rt)? {
+            return Ok(());
+        }
+        let mut delay = self.backoff;
+        let mut last = None;
+        for attempt in 1..=PULL_ATTEMPTS {
+            match self.runtime.pull(image, None).await {
+                Ok(()) => return Ok(()),
+                Err(e @ (RuntimeError::NotFound { .. } | RuntimeError::NotAllowed { .. })) => {
+                    let kind = e.kind();
+                    return Err(ReflowError::new(
+                        kind,
+                        "pull",
+                        format!("image {image} is not present and cannot be pulled: {e}"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(image, attempt, error = %e, "Image pull failed; retrying.");
+                    last = Some(e);
+                }
+            }
+            if attempt < PULL_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay = (delay.mul_f64(1.5)).min(Duration::from_secs(10));
+            }
+        }
+        // Absent locally and not pullable after every attempt: the image does not exist for this
+        // agent. The last cause is kept in the message.
+        let msg = last.map(|e| e.to_string()).unwrap_or_default();
+        Err(ReflowError::new(
+            Kind::NotExist,
+            "pull",
+            format!(
+                "image {image} is not present and could not be pulled after {PULL_ATTEMPTS} attempts: {msg}"
+            ),
+        ))
+    }
+}
+
+/// Shared executor state.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    cfg: ExecutorConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    clock: Arc<dyn Clock>,
+    repo: FileRepository,
+    images: Images,
+    execs: Mutex<HashMap<Digest, Arc<Exec>>>,
+    put_lock: tokio::sync::Mutex<()>,
+    refs: Mutex<HashMap<Digest, u64>>,
+    gc: TaskTracker,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    dead: AtomicBool,
+    integrity: watch::Sender<IntegritySignal>,
+    resources: Mutex<Resources>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn signal_integrity(&self, what: String) {
+        tracing::error!(executor = %self.cfg.id, detail = %what, "Integrity error.");
+        // send_modify never blocks, whether or not anyone listens.
+        self.integrity.send_modify(|s| {
+            s.count += 1;
+            s.last = what;
+        });
+    }
+
+    fn incr(&self, d: &Digest) {
+        *lock(&self.refs).entry(*d).or_insert(0) += 1;
+    }
+
+    fn decr(&self, d: &Digest) {
+        let mut refs = lock(&self.refs);
+        if let Some(c) = refs.get_mut(d) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                refs.remove(d);
+            }
+        }
+    }
+
+    /// Moves a completed exec's outputs from its staging repository into the executor's and
+    /// counts a reference to each.
+    fn promote_blocking(
+        &self,
+        result: &Fileset,
+        staging_dir: &Path,
+        id: &Digest,
+    ) -> Result<(), ReflowError> {
+        let staging = FileRepository::open(staging_dir)
+            .map_err(|e| ReflowError::from_classified("promote", &e).with_arg(id))?;
+        for f in result.files() {
+            if !self.repo.contains(&f.id) {
+                self.repo
+                    .link_in(&staging.path(&f.id), &f.id)
+                    .map_err(|e| ReflowError::from_classified("promote", &e).with_arg(id))?;
+            }
+            self.incr(&f.id);
+        }
+        for d in staging
+            .walk()
+            .map_err(|e| ReflowError::from_classified("promote", &e).with_arg(id))?
+        {
+            let _ = staging.delete(&d);
+        }
+        Ok(())
+    }
+}
+
+/// A handle to an executor; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// The agent's own `uid:gid`, read from `/proc/self` (owned by the process's effective ids).
+fn own_user() -> Option<String> {
+    fs::metadata("/proc/self")
+        .ok()
+        .map(|m| format!("{}:{}", m.uid(), m.gid()))
+}
+
+impl Executor {
+    /// Builds the executor on `cfg.dir` and recovers its execs from disk (see [`recover`]).
+    ///
+    /// # Errors
+    /// A bad id, an unusable directory, or an engine that cannot list containers.
+    pub async fn start(
+        mut cfg: ExecutorConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Executor, ExecutorError> {
+        if !valid_id(&cfg.id) {
+            return Err(ExecutorError::BadId {
+                id: cfg.id.chars().take(80).collect(),
+            });
+        }
+        if cfg.user.is_none() {
+            cfg.user = own_user();
+        }
+        let execs_dir = cfg.dir.join("execs");
+        fs::create_dir_all(&execs_dir).map_err(io_err("create", &execs_dir))?;
+        let repo = FileRepository::open(cfg.dir.join("objects"))?;
+        repo.clean_tmp()?;
+        let inner = Arc::new(Inner {
+            images: Images {
+                runtime: runtime.clone(),
+                backoff: cfg.pull_backoff,
+                inflight: Mutex::new(HashMap::new()),
+            },
+            cfg,
+            runtime,
+            clock,
+            repo,
+            execs: Mutex::new(HashMap::new()),
+            put_lock: tokio::sync::Mutex::new(()),
+            refs: Mutex::new(HashMap::new()),
+            gc: TaskTracker::new(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            dead: AtomicBool::new(false),
+            integrity: watch::Sender::new(IntegritySignal::default()),
+            resources: Mutex::new(Resources::default()),
+        });
+        let ex = Executor { inner };
+        ex.recover().await?;
+        Ok(ex)
+    }
+
+    /// The executor id (its URI).
+    pub fn uri(&self) -> &str {
+        &self.inner.cfg.id
+    }
+
+    /// The executor repository.
+    pub fn repository(&self) -> &FileRepository {
+        &self.inner.repo
+    }
+
+    /// The resources assigned to this executor.
+    pub fn resources(&self) -> Resources {
+        lock(&self.inner.resources).clone()
+    }
+
+    /// Sets the resources assigned to this executor.
+    pub fn set_resources(&self, r: Resources) {
+        *lock(&self.inner.resources) = r;
+    }
+
+    /// Subscribes to integrity failures (a load or verify that found corrupt data).
+    pub fn integrity_signal(&self) -> watch::Receiver<IntegritySignal> {
+        self.inner.integrity.subscribe()
+    }
+
+    fn check_alive(&self) -> Result<(), ExecutorError> {
+        if self.inner.dead.load(Ordering::SeqCst) {
+            return Err(ExecutorError::Dead {
+                id: self.inner.cfg.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn exec_dir(&self, id: &Digest) -> PathBuf {
+        self.inner.cfg.dir.join("execs").join(id.hex())
+    }
+
+    fn new_exec(&self, id: Digest, manifest: Manifest, status: Status) -> Arc<Exec> {
+        let dir = self.exec_dir(&id);
+        let host_dir = self
+            .inner
+            .cfg
+            .host_dir
+            .as_ref()
+            .unwrap_or(&self.inner.cfg.dir)
+            .join("execs")
+            .join(id.hex());
+        let short = Digest::of(dir.to_string_lossy().as_bytes()).short();
+        let container = format!("reflow-{}-{}-{}", self.inner.cfg.id, id.hex(), short);
+        Exec::new(
+            id,
+            dir,
+            host_dir,
+            container,
+            manifest,
+            status,
+            self.inner.cancel.child_token(),
+        )
+    }
+
+    fn spawn(&self, exec: Arc<Exec>, from: ExecState) {
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(async move { exec.run(inner, from).await });
+    }
+
+    /// Starts exec `id` with `config`, or returns the existing one when it is running or
+    /// succeeded. A failed exec (state machine error, or a result error) is killed and re-run
+    /// from a clean directory. Returns once the exec's Init manifest is durable.
+    ///
+    /// # Errors
+    /// Dead executor, invalid config, or failing to write the manifest.
+    pub async fn put(&self, id: Digest, config: ExecConfig) -> Result<Arc<Exec>, ExecutorError> {
+        self.check_alive()?;
+        config.validate()?;
+        if config.kind != TYPE_EXEC {
+            return Err(ExecutorError::Unsupported { kind: config.kind });
+        }
+        let _g = self.inner.put_lock.lock().await;
+        self.check_alive()?;
+        let existing = lock(&self.inner.execs).get(&id).cloned();
+        if let Some(e) = existing {
+            let st = e.status();
+            let failed = st.err.is_some()
+                || (st.state == ExecState::Complete && e.manifest().result.err.is_some());
+            if !failed {
+                return Ok(e);
+            }
+            tracing::info!(exec = %id, "Replacing a failed exec.");
+            self.stop_exec(&e).await;
+            lock(&self.inner.execs).remove(&id);
+        }
+        let dir = self.exec_dir(&id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("clean", &dir)(e)),
+        }
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let manifest = Manifest::new(ExecType::Docker, config, exec::created_now(&self.inner));
+        let exec = self.new_exec(
+            id,
+            manifest,
+            Status {
+                state: ExecState::Unstarted,
+                err: None,
+            },
+        );
+        exec.transition(ExecState::Init).await?;
+        lock(&self.inner.execs).insert(id, exec.clone());
+        tracing::info!(exec = %id, executor = %self.inner.cfg.id, "Started exec.");
+        self.spawn(exec.clone(), ExecState::Init);
+        Ok(exec)
+    }
+
+    /// Kills an exec's container (as the agent's own kill: the result is Canceled) and waits
+    /// for its state machine to stop.
+    async fn stop_exec(&self, e: &Arc<Exec>) {
+        if e.status().state != ExecState::Complete {
+            e.killed.store(true, Ordering::SeqCst);
+            if let Err(err) = self.inner.runtime.kill(e.container_name()).await {
+                tracing::warn!(exec = %e.id(), error = %err, "Killing an exec's container failed.");
+            }
+            // A state machine that is not waiting on the container stops on cancellation.
+            let _ = tokio::time::timeout(Duration::from_secs(30), e.wait()).await;
+            e.cancel.cancel();
+        }
+        if let Err(err) = self.inner.runtime.remove(e.container_name(), true).await {
+            tracing::warn!(exec = %e.id(), error = %err, "Removing an exec's container failed.");
+        }
+    }
+
+    /// The exec `id`.
+    ///
+    /// # Errors
+    /// Dead executor, or no such exec.
+    pub fn get(&self, id: &Digest) -> Result<Arc<Exec>, ExecutorError> {
+        self.check_alive()?;
+        lock(&self.inner.execs)
+            .get(id)
+            .cloned()
+            .ok_or(ExecutorError::NoSuchExec { id: *id })
+    }
+
+    /// All registered execs, in id order.
+    pub fn execs(&self) -> Vec<Arc<Exec>> {
+        let mut v: Vec<_> = lock(&self.inner.execs).values().cloned().collect();
+        v.sort_by_key(|e| e.id());
+        v
+    }
+
+    /// Removes exec `id`: kills it if still running, removes its container and directory, and
+    /// forgets it. Unknown ids and a dead executor are fine (idempotent).
+    ///
+    /// # Errors
+    /// Deleting the exec directory.
+    pub async fn remove(&self, id: &Digest) -> Result<(), ExecutorError> {
+        if self.inner.dead.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _g = self.inner.put_lock.lock().await;
+        let Some(e) = lock(&self.inner.execs).get(id).cloned() else {
+            return Ok(());
+        };
+        self.stop_exec(&e).await;
+        match fs::remove_dir_all(e.dir()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("remove", e.dir())(err)),
+        }
+        lock(&self.inner.execs).remove(id);
+        Ok(())
+    }
+
+    /// Kills the executor: it becomes dead, its execs' state machines stop, its containers are
+    /// killed and removed, and its repository is emptied. Exec directories are kept for
+    /// inspection.
+    ///
+    /// # Errors
+    /// Already dead, or the engine cannot list containers.
+    pub async fn kill(&self) -> Result<(), ExecutorError> {
+        if self.inner.dead.swap(true, Ordering::SeqCst) {
+            return Err(ExecutorError::Dead {
+                id: self.inner.cfg.id.clone(),
+            });
+        }
+        for e in self.execs() {
+            e.killed.store(true, Ordering::SeqCst);
+        }
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        let containers = self
+            .inner
+            .runtime
+            .list_labeled(LABEL_EXECUTOR, &self.inner.cfg.id)
+            .await?;
+        for c in containers {
+            if let Err(e) = self.inner.runtime.kill(&c.name).await {
+                tracing::warn!(container = %c.name, error = %e, "Killing a container failed.");
+            }
+            if let Err(e) = self.inner.runtime.remove(&c.name, true).await {
+                tracing::warn!(container = %c.name, error = %e, "Removing a container failed.");
+            }
+        }
+        self.wait_gc().await;
+        let repo = self.inner.repo.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), RepoError> {
+            for d in repo.walk()? {
+                repo.delete(&d)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ExecutorError::Exec(ReflowError::new(Kind::Fatal, "kill", e.to_string())))??;
+        lock(&self.inner.refs).clear();
+        Ok(())
+    }
+
+    /// Stops this executor's state machines without touching containers, as an agent shutdown
+    /// does: the next start re-attaches.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.wait_gc().await;
+    }
+
+    /// Promotes exec `id`'s outputs into the executor repository (once).
+    ///
+    /// # Errors
+    /// No such exec, the exec's error, or a repository error.
+    pub async fn promote(&self, id: &Digest) -> Result<(), ExecutorError> {
+        let e = self.get(id)?;
+        Ok(e.promote(&self.inner).await?)
+    }
+
+    /// Makes every file of `fileset` present in the executor repository, fetching from the
+    /// source repository at `repo_url` (`file:///path`), and returns the resolved fileset.
+    /// Every loaded file is counted once more (see [`Executor::unload`]).
+    ///
+    /// # Errors
+    /// Missing objects (NotExist), content that does not match its digest (Integrity; the
+    /// integrity signal is raised), an unsupported URL or reference source.
+    pub async fn load(&self, repo_url: &str, fileset: &Fileset) -> Result<Fileset, ExecutorError> {
+        self.check_alive()?;
+        fileset
+            .validate_paths()
+            .map_err(|e| ExecutorError::Exec(ReflowError::from_classified("load", &e)))?;
+        let src = match repo_url.strip_prefix("file://") {
+            Some(p) if p.starts_with('/') => PathBuf::from(p),
+            _ => {
+                return Err(ExecutorError::RepoUrl {
+                    url: repo_url.chars().take(200).collect(),
+                });
+            }
+        };
+        let files = fileset.files();
+        let inner = self.inner.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            crate::par::map(&files, crate::par::default_threads() * 2, |f| {
+                (f.digest(), load_one(&inner, &src, f))
+            })
+        })
+        .await
+        .map_err(|e| ExecutorError::Exec(ReflowError::new(Kind::Fatal, "load", e.to_string())))?;
+        let mut subst = HashMap::new();
+        let mut first_err = None;
+        for (key, r) in results {
+            match r {
+                Ok(f) => {
+                    subst.insert(key, f);
+                }
+                Err(e) => {
+                    if e.kind() == Kind::Integrity {
+                        self.inner.signal_integrity(e.to_string());
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            // Release what this call counted, so a failed load leaks no references.
+            for f in subst.values() {
+                self.inner.decr(&f.id);
+            }
+            return Err(e);
+        }
+        let (out, resolved) = fileset.subst(&subst);
+        if !resolved {
+            return Err(ExecutorError::Exec(ReflowError::new(
+                Kind::Invalid,
+                "load",
+                "fileset not resolved",
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Drops one reference to every file of `fileset`; objects that reach zero are deleted in
+    /// the background. Unloading a file that is not loaded is an error, and then nothing is
+    /// decremented.
+    ///
+    /// # Errors
+    /// [`ExecutorError::NotLoaded`] or [`ExecutorError::Unresolved`].
+    pub fn unload(&self, fileset: &Fileset) -> Result<(), ExecutorError> {
+        let files = fileset.files();
+        let dead: Vec<Digest> = {
+            let mut refs = lock(&self.inner.refs);
+            for f in &files {
+                if f.is_ref() {
+                    return Err(ExecutorError::Unresolved { digest: f.digest() });
+                }
+                if !refs.contains_key(&f.id) {
+                    return Err(ExecutorError::NotLoaded { digest: f.id });
+                }
+            }
+            let mut dead = Vec::new();
+            for f in &files {
+                if let Some(c) = refs.get_mut(&f.id) {
+                    *c -= 1;
+                    if *c == 0 {
+                        refs.remove(&f.id);
+                        dead.push(f.id);
+                    }
+                }
+            }
+            dead
+        };
+        if !dead.is_empty() {
+            let inner = self.inner.clone();
+            self.inner.gc.spawn_blocking(move || {
+                for d in dead {
+                    // Holding the refcount lock makes "still unreferenced" and the delete atomic
+                    // with respect to a concurrent load, which counts before it looks.
+                    let refs = lock(&inner.refs);
+                    if !refs.contains_key(&d)
+                        && let Err(e) = inner.repo.delete(&d)
+                    {
+                        tracing::warn!(object = %d, error = %e, "Garbage collection failed.");
+                    }
+                    drop(refs);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for background garbage collection to finish.
+    pub async fn wait_gc(&self) {
+        self.inner.gc.close();
+        self.inner.gc.wait().await;
+        self.inner.gc.reopen();
+    }
+
+    /// The reference count of object `d`.
+    pub fn refcount(&self, d: &Digest) -> u64 {
+        lock(&self.inner.refs).get(d).copied().unwrap_or(0)
+    }
+
+    /// Re-hashes every file of `fileset` in the repository, in parallel.
+    ///
+    /// # Errors
+    /// [`ExecutorError::Integrity`] listing every mismatch (and the integrity signal is raised),
+    /// or the first other error (a reference, a missing object).
+    pub async fn verify_integrity(&self, fileset: &Fileset) -> Result<(), ExecutorError> {
+        let files = fileset.files();
+        if let Some(f) = files.iter().find(|f| f.is_ref()) {
+            return Err(ExecutorError::Unresolved { digest: f.digest() });
+        }
+        let ids: Vec<Digest> = files.iter().map(|f| f.id).collect();
+        let repo = self.inner.repo.clone();
+        let errs = tokio::task::spawn_blocking(move || repo.verify_many(&ids, &no_progress))
+            .await
+            .map_err(|e| {
+                ExecutorError::Exec(ReflowError::new(Kind::Fatal, "verify", e.to_string()))
+            })?;
+        let mismatches: Vec<String> = errs
+            .iter()
+            .filter_map(|e| match e {
+                RepoError::Integrity { expected, actual } => {
+                    Some(format!("{expected} (ID) != {actual} (digest)"))
+                }
+                _ => None,
+            })
+            .collect();
+        if !mismatches.is_empty() {
+            let m = mismatches.join(", ");
+            self.inner.signal_integrity(format!("verify: {m}"));
+            return Err(ExecutorError::Integrity { mismatches: m });
+        }
+        match errs.into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    // === recovery ===
+
+    async fn recover(&self) -> Result<(), ExecutorError> {
+        let execs_dir = self.inner.cfg.dir.join("execs");
+        let scanned = {
+            let d = execs_dir.clone();
+            tokio::task::spawn_blocking(move || scan_execs(&d))
+                .await
+                .map_err(|e| {
+                    ExecutorError::Exec(ReflowError::new(Kind::Fatal, "recover", e.to_string()))
+                })??
+        };
+        let containers: Vec<LabeledContainer> = self
+            .inner
+            .runtime
+            .list_labeled(LABEL_EXECUTOR, &self.inner.cfg.id)
+            .await?
+            .into_iter()
+            .map(|c| LabeledContainer {
+                exec: c
+                    .labels
+                    .get(LABEL_EXEC)
+                    .and_then(|h| Digest::parse(h).ok())
+                    .filter(|d| !d.is_zero()),
+                name: c.name,
+            })
+            .collect();
+        let plan = recover::plan(&scanned, &containers);
+        let manifests: HashMap<String, Manifest> = scanned
+            .into_iter()
+            .filter_map(|s| match s.scan {
+                DirScan::Manifest(_) => persist::read_json(
+                    &execs_dir.join(&s.name).join(MANIFEST_FILE),
+                    MAX_MANIFEST_BYTES,
+                )
+                .ok()
+                .map(|m| (s.name, m)),
+                _ => None,
+            })
+            .collect();
+        for action in plan {
+            tracing::info!(executor = %self.inner.cfg.id, action = ?action, "Recovery.");
+            self.apply(action, &execs_dir, &manifests).await;
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        action: RecoveryAction,
+        execs_dir: &Path,
+        manifests: &HashMap<String, Manifest>,
+    ) {
+        let register = |id: Digest, status: Status| -> Option<Arc<Exec>> {
+            let m = manifests.get(&id.hex())?.clone();
+            let e = self.new_exec(id, m, status);
+            lock(&self.inner.execs).insert(id, e.clone());
+            Some(e)
+        };
+        match action {
+            RecoveryAction::Resume { id, from } => {
+                let state = manifests.get(&id.hex()).map(|m| m.state).unwrap_or(from);
+                if let Some(e) = register(id, Status { state, err: None }) {
+                    lock(&e.manifest).state = from.min(state);
+                    self.spawn(e, from);
+                }
+            }
+            RecoveryAction::Serve { id } => {
+                register(
+                    id,
+                    Status {
+                        state: ExecState::Complete,
+                        err: None,
+                    },
+                );
+            }
+            RecoveryAction::MarkLost { id } => {
+                let err = ReflowError::new(
+                    Kind::Unavailable,
+                    "exec",
+                    "container disappeared while the agent was down",
+                )
+                .with_arg(id);
+                tracing::error!(exec = %id, "Exec lost: its container disappeared while no agent ran.");
+                register(
+                    id,
+                    Status {
+                        state: ExecState::Running,
+                        err: Some(err),
+                    },
+                );
+            }
+            RecoveryAction::Quarantine { name, reason } => {
+                let from = execs_dir.join(&name).join(MANIFEST_FILE);
+                let to = execs_dir.join(&name).join(format!(
+                    "{MANIFEST_FILE}.corrupt-{}",
+                    self.inner.clock.now().timestamp()
+                ));
+                tracing::error!(exec_dir = %name, %reason, quarantined = %to.display(), "Unreadable manifest quarantined; its container, if any, is left running.");
+                if let Err(e) = fs::rename(&from, &to) {
+                    tracing::error!(error = %e, "Quarantining a manifest failed.");
+                }
+            }
+            RecoveryAction::RemoveDir { name } => {
+                tracing::warn!(exec_dir = %name, "Removing an exec directory that never reached Init.");
+                let _ = fs::remove_dir_all(execs_dir.join(name));
+            }
+            RecoveryAction::Ignore { name } => {
+                tracing::warn!(entry = %name, "Ignoring a foreign entry in the execs directory.");
+            }
+            RecoveryAction::RemoveContainer { name } => {
+                tracing::warn!(container = %name, "Removing a container without a live exec.");
+                if let Err(e) = self.inner.runtime.remove(&name, true).await {
+                    tracing::warn!(container = %name, error = %e, "Removing a container failed.");
+                }
+            }
+        }
+    }
+}
+
+/// Loads one file into the executor repository; see [`Executor::load`].
+fn load_one(inner: &Inner, src: &Path, f: &File) -> Result<File, ExecutorError> {
+    let repo = &inner.repo;
+    if !f.is_ref() {
+        inner.incr(&f.id);
+        let r = (|| {
+            if !repo.contains(&f.id) {
+                let source = FileRepository::existing(src)?;
+                let reader = source.open_object(&f.id)?;
+                let got = repo.put(reader)?;
+                if got.id != f.id {
+                    return Err(ExecutorError::Integrity {
+                        mismatches: format!("{} ({}) != {} ({})", f.id, f.size, got.id, got.size),
+                    });
+                }
+            }
+            Ok(repo.stat(&f.id)?)
+        })();
+        if r.is_err() {
+            inner.decr(&f.id);
+        }
+        return r;
+    }
+    let carry = |mut local: File| {
+        local.source = f.source.clone();
+        local.etag = f.etag.clone();
+        local.last_modified = f.last_modified;
+        local
+    };
+    if !f.content_hash.is_zero() && repo.contains(&f.content_hash) {
+        inner.incr(&f.content_hash);
+        return Ok(carry(repo.stat(&f.content_hash)?));
+    }
+    let Some(path) = f
+        .source
+        .strip_prefix("file://")
+        .filter(|p| p.starts_with('/'))
+    else {
+        return Err(ExecutorError::Unsupported {
+            kind: format!(
+                "reference source {}",
+                f.source.chars().take(200).collect::<String>()
+            ),
+        });
+    };
+    let got = repo.put(fs::File::open(path).map_err(io_err("open", Path::new(path)))?)?;
+    if got.size != f.size {
+        return Err(ExecutorError::Integrity {
+            mismatches: format!("size {} (expected) != {} (actual)", f.size, got.size),
+        });
+    }
+    if !f.content_hash.is_zero() && got.id != f.content_hash {
+        return Err(ExecutorError::Integrity {
+            mismatches: format!(
+                "digest {} (expected) != {} (actual)",
+                f.content_hash, got.id
+            ),
+        });
+    }
+    inner.incr(&got.id);
+    Ok(carry(got))
+}
+
+/// Scans `execs/` for recovery: each entry's name, id and manifest state.
+fn scan_execs(dir: &Path) -> Result<Vec<ScannedExec>, ExecutorError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let id = (name.len() == 64)
+            .then(|| Digest::parse(&name).ok())
+            .flatten();
+        let _ = persist::clean_leftovers(&entry.path());
+        let p = entry.path().join(MANIFEST_FILE);
+        let scan = match persist::read_json::<Manifest>(&p, MAX_MANIFEST_BYTES) {
+            Ok(m) => match m.check_version() {
+                Ok(()) => DirScan::Manifest(m.state),
+                Err(e) => DirScan::Corrupt(e.to_string()),
+            },
+            Err(e) if e.is_not_found() => DirScan::NoManifest,
+            Err(e) => DirScan::Corrupt(format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )),
+        };
+        out.push(ScannedExec { name, id, scan });
+    }
+    Ok(out)
+}

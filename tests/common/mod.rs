@@ -1,0 +1,91 @@
+//! Shared helpers for the integration tests: the real Docker engine, the offline test image, and
+//! executors in temporary directories. Endpoints come from the environment with localhost
+//! defaults (see README, "Development").
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reflow_agent::clock::SystemClock;
+use reflow_agent::digest::Digest;
+use reflow_agent::docker::bollard::BollardRuntime;
+use reflow_agent::executor::{Executor, ExecutorConfig};
+use reflow_agent::model::{Arg, ExecConfig};
+
+/// The offline test image (built by scripts/test-image.sh).
+pub fn image() -> String {
+    std::env::var("AGENT_IT_IMAGE").unwrap_or_else(|_| "reflow-agent-test/busybox:1".to_string())
+}
+
+/// The real Docker engine.
+pub fn runtime() -> Arc<BollardRuntime> {
+    Arc::new(BollardRuntime::connect().expect("docker client"))
+}
+
+/// An executor config with a unique id in `dir`, sampling fast.
+pub fn config(dir: &Path) -> ExecutorConfig {
+    let id = format!(
+        "it{}",
+        &Digest::of(dir.to_string_lossy().as_bytes()).hex()[..10]
+    );
+    let mut c = ExecutorConfig::new(id, dir);
+    c.profile_interval = Duration::from_millis(200);
+    c.pull_backoff = Duration::from_millis(10);
+    c
+}
+
+/// Starts an executor on `dir`.
+pub async fn executor(dir: &Path) -> Executor {
+    Executor::start(config(dir), runtime(), Arc::new(SystemClock))
+        .await
+        .expect("start executor")
+}
+
+/// A docker exec config running `cmd` in the test image.
+pub fn exec(cmd: &str, args: Vec<Arg>) -> ExecConfig {
+    ExecConfig {
+        kind: "exec".into(),
+        image: image(),
+        cmd: cmd.into(),
+        args,
+        ..ExecConfig::default()
+    }
+}
+
+/// A fresh exec id.
+pub fn new_id(label: &str) -> Digest {
+    use reflow_agent::clock::Clock;
+    Digest::of(format!("{label}-{:?}", SystemClock.now()).as_bytes())
+}
+
+/// sha256 of `data` computed by coreutils' `sha256sum`, independently of the code under test.
+pub fn sha256sum(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("data");
+    std::fs::write(&p, data).unwrap();
+    let out = Command::new("sha256sum").arg(&p).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs `docker` with `args`; returns stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a container with this name exists (any state).
+pub fn container_exists(name: &str) -> bool {
+    !docker(&["ps", "-a", "-q", "--filter", &format!("name=^/{name}$")])
+        .trim()
+        .is_empty()
+}
