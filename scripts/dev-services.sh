@@ -6,12 +6,17 @@
 # Needs root to install packages and to start dockerd.
 #
 # Environment:
-#   REFLOW_SERVICES      space-separated subset of "docker rabbitmq moto" (default: all three)
+#   REFLOW_SERVICES      space-separated subset of "docker rabbitmq moto registry" (default: all)
 #   REFLOW_SERVICES_LOG  directory for service logs (default: /var/log/reflow-agent-dev)
 #   MOTO_PORT            port for moto_server (default: 5000)
 set -euo pipefail
 
-SERVICES=${REFLOW_SERVICES:-"docker rabbitmq moto"}
+SERVICES=${REFLOW_SERVICES:-"docker rabbitmq moto registry"}
+STATE_DIR=${REFLOW_SERVICES_STATE:-/var/lib/reflow-agent-dev}
+# Test-only registry credentials (the registry listens on loopback and holds only test images).
+REGISTRY_ADDR=127.0.0.1:5001
+REGISTRY_USER=reflow
+REGISTRY_PASSWORD=reflow-test
 LOG_DIR=${REFLOW_SERVICES_LOG:-/var/log/reflow-agent-dev}
 MOTO_PORT=${MOTO_PORT:-5000}
 mkdir -p "$LOG_DIR"
@@ -106,7 +111,61 @@ start_moto() {
   echo "moto:     http://127.0.0.1:$MOTO_PORT (S3 path-style, SQS, DynamoDB)"
 }
 
+# --- docker-registry (htpasswd auth, loopback) ---------------------------------------------------
+registry_up() { curl -s -o /dev/null -w '%{http_code}' "http://$REGISTRY_ADDR/v2/" 2>/dev/null | grep -q 401; }
+start_registry() {
+  command -v docker-registry >/dev/null 2>&1 || apt_install docker-registry
+  command -v htpasswd >/dev/null 2>&1 || apt_install apache2-utils
+  local dir=$STATE_DIR/registry
+  mkdir -p "$dir/data"
+  if registry_up; then
+    log "registry: already running"
+  else
+    htpasswd -Bbc "$dir/htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" >/dev/null 2>&1
+    cat >"$dir/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+auth:
+  htpasswd:
+    realm: reflow-agent-test
+    path: $dir/htpasswd
+YAML
+    log "registry: starting docker-registry on $REGISTRY_ADDR (htpasswd auth)"
+    setsid nohup docker-registry serve "$dir/config.yml" >"$LOG_DIR/registry.log" 2>&1 </dev/null &
+    wait_for "docker-registry" 30 registry_up
+  fi
+  echo "registry: http://$REGISTRY_ADDR (user $REGISTRY_USER; test-only)"
+}
+
+# Pushes the offline test image to the local registry, with a throwaway docker config so the
+# user's own credentials are never touched.
+push_test_image() {
+  local image=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
+  local remote=$REGISTRY_ADDR/$image
+  docker image inspect "$image" >/dev/null 2>&1 || bash "$(dirname "$0")/test-image.sh" >/dev/null
+  local cfg; cfg=$(mktemp -d)
+  DOCKER_CONFIG=$cfg docker login -u "$REGISTRY_USER" --password-stdin "$REGISTRY_ADDR" <<<"$REGISTRY_PASSWORD" >/dev/null 2>&1 \
+    || { rm -rf "$cfg"; die "docker login to $REGISTRY_ADDR failed"; }
+  docker tag "$image" "$remote"
+  DOCKER_CONFIG=$cfg docker push "$remote" >"$LOG_DIR/registry-push.log" 2>&1 \
+    || { rm -rf "$cfg"; die "docker push $remote failed (see $LOG_DIR/registry-push.log)"; }
+  rm -rf "$cfg"
+  echo "registry: pushed $remote"
+}
+
 want docker && start_docker
 want rabbitmq && start_rabbitmq
 want moto && start_moto
+if want registry; then
+  start_registry
+  want docker && push_test_image
+fi
 exit 0

@@ -199,8 +199,9 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Runs one exec on an executor hosted by this process (recovering whatever the directory holds
-/// first), waits for it, and prints its result JSON. With `promote`, the outputs are promoted
-/// into the executor repository.
+/// first), waits for it, and prints its result JSON. With `inputs_from` (a repository URL), every
+/// input fileset is first loaded from there. With `promote`, the outputs are promoted into the
+/// executor repository.
 ///
 /// # Errors
 /// Config, engine and executor errors; the exec's own failure is part of the printed result.
@@ -209,10 +210,11 @@ pub fn run_exec(
     executor_id: &str,
     id: &str,
     config: &Path,
+    inputs_from: Option<&str>,
     promote: bool,
 ) -> Result<(), CliError> {
     let id = Digest::parse(id)?;
-    let config: crate::model::ExecConfig = crate::persist::read_json(config, MAX_CONFIG_BYTES)
+    let mut config: crate::model::ExecConfig = crate::persist::read_json(config, MAX_CONFIG_BYTES)
         .map_err(|source| CliError::Input {
             what: "exec config",
             source,
@@ -230,6 +232,13 @@ pub fn run_exec(
             std::sync::Arc::new(crate::clock::SystemClock),
         )
         .await?;
+        if let Some(url) = inputs_from {
+            for arg in config.args.iter_mut() {
+                if let Some(fs) = &arg.fileset {
+                    arg.fileset = Some(ex.load(url, fs).await?);
+                }
+            }
+        }
         let exec = ex.put(id, config).await?;
         exec.wait()
             .await

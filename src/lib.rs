@@ -12,11 +12,16 @@
 //! - [`relpath`]: validation of untrusted relative paths before any filesystem join.
 //! - [`repo`]: the content-addressed file repository.
 //! - [`persist`]: atomic, fsynced state files; bounded reads; crash leftovers.
+//! - [`docker`]: the container runtime port, its bollard adapter, registry authentication.
+//! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
+//! - [`cgroup`]: cgroup v1/v2 discovery and counters.
+//! - [`aws`]: AWS SDK configuration from the standard chain.
 //! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
 //! - [`par`]: parallel map for hashing many files.
 //! - [`cli`], [`telemetry`]: the command line and logging.
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

@@ -45,6 +45,9 @@ enum Command {
         /// A Reflow ExecConfig JSON file.
         #[arg(long)]
         config: PathBuf,
+        /// Load every input fileset from this repository URL (`file:///path`) first.
+        #[arg(long)]
+        inputs_from: Option<String>,
         /// Promote the outputs into the executor repository.
         #[arg(long)]
         promote: bool,
@@ -61,8 +64,16 @@ fn main() -> ExitCode {
             executor_id,
             id,
             config,
+            inputs_from,
             promote,
-        } => cli::run_exec(&dir, &executor_id, &id, &config, promote),
+        } => cli::run_exec(
+            &dir,
+            &executor_id,
+            &id,
+            &config,
+            inputs_from.as_deref(),
+            promote,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

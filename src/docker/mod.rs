@@ -2,7 +2,10 @@
 //! types only. [`bollard::BollardRuntime`] implements it against a real Docker engine; no
 //! `bollard` type crosses this boundary.
 
+pub mod auth;
 pub mod bollard;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 
 use std::collections::BTreeMap;
 use std::fmt;

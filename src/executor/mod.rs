@@ -37,6 +37,7 @@ pub use exec::{Exec, LABEL_EXEC, LABEL_EXECUTOR, Status, TEMPORARY_EXIT_CODE};
 
 use crate::clock::Clock;
 use crate::digest::Digest;
+use crate::docker::auth::Authenticator;
 use crate::docker::{ContainerRuntime, RuntimeError};
 use crate::error::{Classify, Kind, ReflowError};
 use crate::fileset::{File, Fileset};
@@ -49,6 +50,8 @@ use recover::{DirScan, LabeledContainer, RecoveryAction, ScannedExec};
 
 /// Image pull attempts before giving up.
 pub const PULL_ATTEMPTS: u32 = 6;
+/// Period of the hanging-exec monitor.
+pub const HANG_CHECK_PERIOD: Duration = Duration::from_secs(600);
 /// Default period of the resource sampler.
 pub const DEFAULT_PROFILE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -95,6 +98,8 @@ pub struct ExecutorConfig {
     pub profile_interval: Duration,
     /// First delay between image pull attempts (then x1.5, at most 10 s).
     pub pull_backoff: Duration,
+    /// Registry credentials for pulls.
+    pub auth: Option<Arc<dyn Authenticator>>,
 }
 
 impl ExecutorConfig {
@@ -112,6 +117,7 @@ impl ExecutorConfig {
             network_mode: "host".to_string(),
             profile_interval: DEFAULT_PROFILE_INTERVAL,
             pull_backoff: Duration::from_secs(1),
+            auth: None,
         }
     }
 }
@@ -238,6 +244,14 @@ pub struct IntegritySignal {
     pub last: String,
 }
 
+/// Why one pull attempt failed.
+enum PullFailure {
+    /// Retrying will not help.
+    Final(ReflowError),
+    /// Worth another attempt; the cause.
+    Retry(String),
+}
+
 /// The shared outcome of one image check-or-pull.
 type PullOutcome = Arc<OnceCell<Result<(), ReflowError>>>;
 
@@ -245,6 +259,7 @@ type PullOutcome = Arc<OnceCell<Result<(), ReflowError>>>;
 #[derive(Debug)]
 struct Images {
     runtime: Arc<dyn ContainerRuntime>,
+    auth: Option<Arc<dyn Authenticator>>,
     backoff: Duration,
     inflight: Mutex<HashMap<String, PullOutcome>>,
 }
@@ -265,27 +280,43 @@ impl Images {
         r
     }
 
+    /// One pull attempt, with credentials when an authenticator has them.
+    async fn pull_once(&self, image: &str) -> Result<(), PullFailure> {
+        let creds = match &self.auth {
+            Some(a) => a
+                .authenticate(image)
+                .await
+                .map_err(|e| PullFailure::Retry(e.to_string()))?,
+            None => None,
+        };
+        match self.runtime.pull(image, creds).await {
+            Ok(()) => Ok(()),
+            // The registry answered: the image is missing or the credentials are refused.
+            Err(e @ (RuntimeError::NotFound { .. } | RuntimeError::NotAllowed { .. })) => {
+                Err(PullFailure::Final(ReflowError::new(
+                    e.kind(),
+                    "pull",
+                    format!("image {image} is not present and cannot be pulled: {e}"),
+                )))
+            }
+            Err(e) => Err(PullFailure::Retry(e.to_string())),
+        }
+    }
+
     async fn check_or_pull(&self, image: &str) -> Result<(), ReflowError> {
         let rt = |e: RuntimeError| ReflowError::from_classified("ensureimage", &e).with_arg(image);
         if self.runtime.image_present(image).await.map_err(rt)? {
             return Ok(());
         }
         let mut delay = self.backoff;
-        let mut last = None;
+        let mut last = String::new();
         for attempt in 1..=PULL_ATTEMPTS {
-            match self.runtime.pull(image, None).await {
+            match self.pull_once(image).await {
                 Ok(()) => return Ok(()),
-                Err(e @ (RuntimeError::NotFound { .. } | RuntimeError::NotAllowed { .. })) => {
-                    let kind = e.kind();
-                    return Err(ReflowError::new(
-                        kind,
-                        "pull",
-                        format!("image {image} is not present and cannot be pulled: {e}"),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(image, attempt, error = %e, "Image pull failed; retrying.");
-                    last = Some(e);
+                Err(PullFailure::Final(e)) => return Err(e),
+                Err(PullFailure::Retry(msg)) => {
+                    tracing::warn!(image, attempt, error = %msg, "Image pull failed; retrying.");
+                    last = msg;
                 }
             }
             if attempt < PULL_ATTEMPTS {
@@ -295,7 +326,7 @@ impl Images {
         }
         // Absent locally and not pullable after every attempt: the image does not exist for this
         // agent. The last cause is kept in the message.
-        let msg = last.map(|e| e.to_string()).unwrap_or_default();
+        let msg = last;
         Err(ReflowError::new(
             Kind::NotExist,
             "pull",
@@ -427,6 +458,7 @@ impl Executor {
             images: Images {
                 runtime: runtime.clone(),
                 backoff: cfg.pull_backoff,
+                auth: cfg.auth.clone(),
                 inflight: Mutex::new(HashMap::new()),
             },
             cfg,
@@ -445,6 +477,19 @@ impl Executor {
         });
         let ex = Executor { inner };
         ex.recover().await?;
+        let monitor = ex.clone();
+        ex.inner.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = monitor.inner.cancel.cancelled() => return,
+                    () = tokio::time::sleep(HANG_CHECK_PERIOD) => {}
+                }
+                let n = monitor.check_hanging().await;
+                if n > 0 {
+                    tracing::warn!(executor = %monitor.inner.cfg.id, removed = n, "Removed hanging exec containers.");
+                }
+            }
+        });
         Ok(ex)
     }
 
@@ -676,6 +721,57 @@ impl Executor {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.wait_gc().await;
+    }
+
+    /// Finds running execs whose container the engine reports running with no processes (twice,
+    /// 100 ms apart) and force-removes their containers, so their wait fails with Unavailable
+    /// and a re-put runs them again. Returns how many were removed. Errors are expected races
+    /// and only logged.
+    pub async fn check_hanging(&self) -> usize {
+        let mut removed = 0;
+        for e in self.execs() {
+            let st = e.status();
+            if st.state != ExecState::Running || st.err.is_some() {
+                continue;
+            }
+            let mut hanging = true;
+            for round in 0..2 {
+                if round > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let running = matches!(self.inner.runtime.inspect(e.container_name()).await, Ok(Some(ref i)) if i.running);
+                let idle = matches!(self.inner.runtime.top(e.container_name()).await, Ok(ref p) if p.is_empty());
+                hanging &= running && idle;
+            }
+            if hanging {
+                tracing::warn!(exec = %e.id(), container = %e.container_name(), "Exec is hanging (running, no processes); removing its container.");
+                match self.inner.runtime.remove(e.container_name(), true).await {
+                    Ok(()) => removed += 1,
+                    Err(err) => {
+                        tracing::debug!(exec = %e.id(), error = %err, "Removing a hanging container failed.")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Reflow's `ExecInspect` of exec `id`; while it runs, `Commands` lists its processes.
+    ///
+    /// # Errors
+    /// No such exec.
+    pub async fn inspect(&self, id: &Digest) -> Result<crate::model::ExecInspect, ExecutorError> {
+        let e = self.get(id)?;
+        let mut insp = e.inspect();
+        if e.status().state == ExecState::Running {
+            match self.inner.runtime.top(e.container_name()).await {
+                Ok(cmds) => insp.commands = cmds,
+                Err(err) => {
+                    tracing::debug!(exec = %id, error = %err, "Listing exec processes failed.")
+                }
+            }
+        }
+        Ok(insp)
     }
 
     /// Promotes exec `id`'s outputs into the executor repository (once).

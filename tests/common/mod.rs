@@ -89,3 +89,29 @@ pub fn container_exists(name: &str) -> bool {
         .trim()
         .is_empty()
 }
+
+/// The local registry started by scripts/dev-services.sh (htpasswd auth, test-only user).
+pub const REGISTRY: &str = "127.0.0.1:5001";
+/// The registry's test user and password.
+pub const REGISTRY_CREDS: (&str, &str) = ("reflow", "reflow-test");
+
+/// The AWS emulator endpoint.
+pub fn aws_endpoint() -> String {
+    std::env::var("AGENT_IT_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".to_string())
+}
+
+/// SDK config for the emulator, with fixed test credentials.
+pub async fn aws_sdk() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(aws_endpoint())
+        .credentials_provider(aws_sdk_ecr::config::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "reflow-agent-tests",
+        ))
+        .load()
+        .await
+}

@@ -1,0 +1,363 @@
+//! An in-memory [`ContainerRuntime`] for component tests (feature `test-util`): containers
+//! "run" as timers, write their scripted outputs into the bind-mounted `/return`, and exit with
+//! scripted codes. Every call is recorded so tests can count creates and pulls.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use super::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerSummary, LogChunk, LogStream,
+    RegistryAuth, RuntimeError,
+};
+use crate::clock::Clock;
+
+/// What a fake container does when started.
+#[derive(Debug, Clone, Default)]
+pub struct FakeExit {
+    /// Exit code.
+    pub code: i64,
+    /// Whether the engine reports an OOM kill.
+    pub oom_killed: bool,
+    /// Bytes written to stdout.
+    pub stdout: Vec<u8>,
+    /// Bytes written to stderr.
+    pub stderr: Vec<u8>,
+    /// Files written under `/return` (relative path, contents) before exiting.
+    pub outputs: Vec<(String, Vec<u8>)>,
+    /// How long it runs.
+    pub runtime: Duration,
+    /// Never exits, and `top` shows no processes (a hanging container).
+    pub hang: bool,
+}
+
+/// Decides each container's behaviour from its spec.
+pub type Script = Arc<dyn Fn(&ContainerSpec) -> FakeExit + Send + Sync>;
+
+#[derive(Debug)]
+struct Container {
+    spec: ContainerSpec,
+    id: String,
+    running: bool,
+    exit: Option<(i64, bool)>,
+    logs: (Vec<u8>, Vec<u8>),
+    hang: bool,
+    done: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    containers: BTreeMap<String, Container>,
+    images: BTreeSet<String>,
+    calls: Vec<String>,
+    next_id: u64,
+}
+
+/// The fake engine.
+pub struct FakeRuntime {
+    state: Arc<Mutex<State>>,
+    script: Script,
+    clock: Arc<dyn Clock>,
+    pull_outcome: Mutex<HashMap<String, Result<(), String>>>,
+}
+
+impl std::fmt::Debug for FakeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeRuntime").finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeRuntime {
+    /// A fake engine where `images` are present and containers behave as `script` says.
+    pub fn new(images: &[&str], script: Script, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let state = State {
+            images: images.iter().map(|s| s.to_string()).collect(),
+            ..State::default()
+        };
+        Arc::new(FakeRuntime {
+            state: Arc::new(Mutex::new(state)),
+            script,
+            clock,
+            pull_outcome: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes pulls of `image` succeed (`Ok`) or fail with a "not found" message (`Err`).
+    pub fn set_pull(&self, image: &str, outcome: Result<(), String>) {
+        self.pull_outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_string(), outcome);
+    }
+
+    /// Every call made, as `op name` strings, in order.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.state).calls.clone()
+    }
+
+    /// How many calls started with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        lock(&self.state)
+            .calls
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+
+    fn record(&self, call: String) {
+        lock(&self.state).calls.push(call);
+    }
+
+    fn finish(state: &Mutex<State>, name: &str, code: i64, oom: bool) {
+        let mut st = lock(state);
+        if let Some(c) = st.containers.get_mut(name)
+            && c.running
+        {
+            c.running = false;
+            c.exit = Some((code, oom));
+            c.done.send_replace(true);
+        }
+    }
+}
+
+fn return_dir(spec: &ContainerSpec) -> Option<PathBuf> {
+    spec.binds
+        .iter()
+        .find(|b| b.container == "/return")
+        .map(|b| PathBuf::from(&b.host))
+}
+
+fn not_found(op: &'static str, target: &str) -> RuntimeError {
+    RuntimeError::NotFound {
+        op,
+        target: target.to_string(),
+        message: "no such container".to_string(),
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        Ok(lock(&self.state).images.contains(image))
+    }
+
+    async fn pull(&self, image: &str, _auth: Option<RegistryAuth>) -> Result<(), RuntimeError> {
+        self.record(format!("pull {image}"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let outcome = self
+            .pull_outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image)
+            .cloned();
+        match outcome {
+            Some(Ok(())) => {
+                lock(&self.state).images.insert(image.to_string());
+                Ok(())
+            }
+            Some(Err(message)) => Err(RuntimeError::NotFound {
+                op: "pull",
+                target: image.to_string(),
+                message,
+            }),
+            None => Err(RuntimeError::Engine {
+                op: "pull",
+                target: image.to_string(),
+                status: 500,
+                message: "registry unreachable".into(),
+            }),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.record(format!("create {}", spec.name));
+        let mut st = lock(&self.state);
+        if st.containers.contains_key(&spec.name) {
+            return Err(RuntimeError::Conflict {
+                op: "create",
+                target: spec.name.clone(),
+                message: "name in use".into(),
+            });
+        }
+        st.next_id += 1;
+        let id = format!("fake{:060}", st.next_id);
+        let c = Container {
+            spec: spec.clone(),
+            id: id.clone(),
+            running: false,
+            exit: None,
+            logs: (Vec::new(), Vec::new()),
+            hang: false,
+            done: watch::Sender::new(false),
+        };
+        st.containers.insert(spec.name.clone(), c);
+        Ok(id)
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        self.record(format!("start {name}"));
+        let exit = {
+            let mut st = lock(&self.state);
+            let c = st
+                .containers
+                .get_mut(name)
+                .ok_or_else(|| not_found("start", name))?;
+            if c.running || c.exit.is_some() {
+                return Ok(());
+            }
+            let exit = (self.script)(&c.spec);
+            c.running = true;
+            c.hang = exit.hang;
+            c.logs = (exit.stdout.clone(), exit.stderr.clone());
+            (exit, return_dir(&c.spec))
+        };
+        let (exit, ret) = exit;
+        if exit.hang {
+            return Ok(());
+        }
+        let state = self.state.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(exit.runtime).await;
+            if let Some(ret) = ret {
+                for (rel, bytes) in &exit.outputs {
+                    let p = ret.join(rel);
+                    if let Some(parent) = p.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    let _ = std::fs::write(p, bytes);
+                }
+            }
+            FakeRuntime::finish(&state, &name, exit.code, exit.oom_killed);
+        });
+        Ok(())
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let st = lock(&self.state);
+        let now = self.clock.now();
+        Ok(st.containers.get(name).map(|c| ContainerInfo {
+            id: c.id.clone(),
+            running: c.running,
+            status: if c.running {
+                "running"
+            } else if c.exit.is_some() {
+                "exited"
+            } else {
+                "created"
+            }
+            .to_string(),
+            exit_code: c.exit.map(|e| e.0).unwrap_or(0),
+            oom_killed: c.exit.map(|e| e.1).unwrap_or(false),
+            pid: if c.running { 4_000_000 } else { 0 },
+            started_at: Some(now),
+            finished_at: c.exit.map(|_| now),
+            raw: serde_json::json!({"Id": c.id, "Name": format!("/{name}")}),
+        }))
+    }
+
+    async fn wait(&self, name: &str) -> Result<i64, RuntimeError> {
+        let mut rx = {
+            let st = lock(&self.state);
+            st.containers
+                .get(name)
+                .ok_or_else(|| not_found("wait", name))?
+                .done
+                .subscribe()
+        };
+        let _ = rx.wait_for(|d| *d).await;
+        let st = lock(&self.state);
+        Ok(st
+            .containers
+            .get(name)
+            .and_then(|c| c.exit)
+            .map(|e| e.0)
+            .unwrap_or(137))
+    }
+
+    fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let logs = lock(&self.state)
+            .containers
+            .get(name)
+            .map(|c| c.logs.clone())
+            .unwrap_or_default();
+        stream::iter(vec![
+            Ok(LogChunk {
+                stream: LogStream::Stdout,
+                bytes: logs.0,
+            }),
+            Ok(LogChunk {
+                stream: LogStream::Stderr,
+                bytes: logs.1,
+            }),
+        ])
+        .boxed()
+    }
+
+    async fn kill(&self, name: &str) -> Result<(), RuntimeError> {
+        self.record(format!("kill {name}"));
+        FakeRuntime::finish(&self.state, name, 137, false);
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
+        self.record(format!("remove {name}"));
+        let mut st = lock(&self.state);
+        if let Some(c) = st.containers.get(name) {
+            if c.running && !force {
+                return Err(RuntimeError::Conflict {
+                    op: "remove",
+                    target: name.to_string(),
+                    message: "container is running".into(),
+                });
+            }
+            c.done.send_replace(true);
+            st.containers.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn list_labeled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        Ok(lock(&self.state)
+            .containers
+            .iter()
+            .filter(|(_, c)| c.spec.labels.get(key).is_some_and(|v| v == value))
+            .map(|(name, c)| ContainerSummary {
+                id: c.id.clone(),
+                name: name.clone(),
+                labels: c.spec.labels.clone(),
+                state: if c.running { "running" } else { "exited" }.to_string(),
+            })
+            .collect())
+    }
+
+    async fn top(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let st = lock(&self.state);
+        let c = st
+            .containers
+            .get(name)
+            .ok_or_else(|| not_found("top", name))?;
+        Ok(if c.running && !c.hang {
+            vec![c.spec.entrypoint.join(" ")]
+        } else {
+            Vec::new()
+        })
+    }
+}

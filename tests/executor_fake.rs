@@ -1,0 +1,207 @@
+//! Component tests of the executor on the fake container runtime: exit classification, agent
+//! kills, hanging containers, single-flight pulls and restart without a second create. No
+//! network, no Docker.
+#![cfg(feature = "test-util")]
+// Every function in an integration-test crate is a test; the lint is for src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reflow_agent::clock::SystemClock;
+use reflow_agent::digest::Digest;
+use reflow_agent::docker::ContainerSpec;
+use reflow_agent::docker::fake::{FakeExit, FakeRuntime, Script};
+use reflow_agent::error::Kind;
+use reflow_agent::executor::{Executor, ExecutorConfig};
+use reflow_agent::manifest::ExecState;
+use reflow_agent::model::ExecConfig;
+
+const IMAGE: &str = "fake/image:1";
+
+fn cfg(cmd: &str) -> ExecConfig {
+    ExecConfig {
+        kind: "exec".into(),
+        image: IMAGE.into(),
+        cmd: cmd.into(),
+        ..ExecConfig::default()
+    }
+}
+
+/// Each container behaves as the table entry named by its command.
+fn script() -> Script {
+    Arc::new(|spec: &ContainerSpec| {
+        let cmd = spec.entrypoint.last().cloned().unwrap_or_default();
+        let ms = |n| Duration::from_millis(n);
+        match cmd.as_str() {
+            "ok" => FakeExit {
+                outputs: vec![("default".into(), b"x".to_vec())],
+                runtime: ms(10),
+                ..FakeExit::default()
+            },
+            "fail" => FakeExit {
+                code: 1,
+                stderr: b"starting\nError: boom\n".to_vec(),
+                runtime: ms(10),
+                ..FakeExit::default()
+            },
+            "exit137" => FakeExit {
+                code: 137,
+                runtime: ms(10),
+                ..FakeExit::default()
+            },
+            "oom" => FakeExit {
+                code: 137,
+                oom_killed: true,
+                runtime: ms(10),
+                ..FakeExit::default()
+            },
+            "temp" => FakeExit {
+                code: 75,
+                runtime: ms(10),
+                ..FakeExit::default()
+            },
+            "gooom" => FakeExit {
+                code: 2,
+                stderr: b"fatal error: runtime: out of memory\n".to_vec(),
+                runtime: ms(10),
+                ..FakeExit::default()
+            },
+            "hang" => FakeExit {
+                hang: true,
+                ..FakeExit::default()
+            },
+            _ => FakeExit {
+                runtime: Duration::from_secs(3600),
+                ..FakeExit::default()
+            },
+        }
+    })
+}
+
+async fn start(dir: &std::path::Path, rt: Arc<FakeRuntime>) -> Executor {
+    Executor::start(ExecutorConfig::new("fake", dir), rt, Arc::new(SystemClock))
+        .await
+        .unwrap()
+}
+
+fn id(s: &str) -> Digest {
+    Digest::of(s.as_bytes())
+}
+
+#[tokio::test]
+async fn exit_classification_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(dir.path(), rt).await;
+    let cases: &[(&str, Option<Kind>)] = &[
+        ("ok", None),
+        ("fail", Some(Kind::DockerExec)),
+        ("exit137", Some(Kind::DockerExec)), // exit 137 alone is not OOM
+        ("oom", Some(Kind::Oom)),
+        ("temp", Some(Kind::Temporary)),
+        ("gooom", Some(Kind::Oom)),
+    ];
+    for (cmd, want) in cases {
+        let e = ex.put(id(cmd), cfg(cmd)).await.unwrap();
+        e.wait().await.unwrap();
+        let r = e.result().unwrap();
+        assert_eq!(r.err.as_ref().map(|e| e.kind), *want, "{cmd}: {:?}", r.err);
+        if *cmd == "ok" {
+            assert_eq!(r.fileset.file().unwrap().id, Digest::of(b"x"));
+        }
+        if *cmd == "fail" {
+            let text = r.err.unwrap().to_string();
+            assert!(
+                text.contains(
+                    "exited with code 1 (hints from exec logs):\n(stderr) line 2: Error: boom"
+                ),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_agent_kill_is_canceled_not_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(dir.path(), rt.clone()).await;
+    let e = ex.put(id("long"), cfg("long")).await.unwrap();
+    e.wait_until(ExecState::Running).await.unwrap();
+    ex.remove(&id("long")).await.unwrap();
+    let err = e.result().unwrap().err.expect("a killed exec has an error");
+    assert_eq!(err.kind, Kind::Canceled, "{err}");
+    assert_eq!(rt.count("kill "), 1);
+}
+
+#[tokio::test]
+async fn hanging_containers_are_removed_and_the_exec_fails_retryably() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(dir.path(), rt.clone()).await;
+    let hang = ex.put(id("hang"), cfg("hang")).await.unwrap();
+    let busy = ex.put(id("busy"), cfg("busy")).await.unwrap();
+    hang.wait_until(ExecState::Running).await.unwrap();
+    busy.wait_until(ExecState::Running).await.unwrap();
+    let insp = ex.inspect(&id("busy")).await.unwrap();
+    assert_eq!(insp.state, "running");
+    assert_eq!(insp.commands.len(), 1, "a live inspect lists processes");
+    assert_eq!(
+        ex.check_hanging().await,
+        1,
+        "only the container with no processes"
+    );
+    let err = hang.wait().await.unwrap_err();
+    assert!(err.kind.is_retryable(), "{err}");
+    assert_eq!(busy.status().state, ExecState::Running);
+}
+
+#[tokio::test]
+async fn concurrent_execs_share_one_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[], script(), Arc::new(SystemClock));
+    rt.set_pull(IMAGE, Ok(()));
+    let ex = start(dir.path(), rt.clone()).await;
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        let ex = ex.clone();
+        handles.push(tokio::spawn(async move {
+            let e = ex.put(id(&format!("pull{i}")), cfg("ok")).await.unwrap();
+            e.wait().await.unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(rt.count("pull "), 1, "{:?}", rt.calls());
+
+    rt.set_pull("fake/missing:1", Err("manifest unknown".into()));
+    let mut c = cfg("ok");
+    c.image = "fake/missing:1".into();
+    let err = ex
+        .put(id("missing"), c)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, Kind::NotExist);
+    assert!(err.to_string().contains("fake/missing:1"), "{err}");
+}
+
+#[tokio::test]
+async fn restart_reattaches_without_a_second_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let first = start(dir.path(), rt.clone()).await;
+    let e = first.put(id("r"), cfg("long")).await.unwrap();
+    e.wait_until(ExecState::Running).await.unwrap();
+    first.shutdown().await;
+    // A redelivered put after the restart finds the running exec instead of creating another.
+    let second = start(dir.path(), rt.clone()).await;
+    let again = second.put(id("r"), cfg("long")).await.unwrap();
+    assert_eq!(again.status().state, ExecState::Running);
+    assert_eq!(rt.count("create "), 1, "{:?}", rt.calls());
+    second.kill().await.unwrap();
+}
