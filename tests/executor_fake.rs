@@ -205,3 +205,103 @@ async fn restart_reattaches_without_a_second_create() {
     assert_eq!(rt.count("create "), 1, "{:?}", rt.calls());
     second.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn docker_socket_and_aws_credentials_only_when_allowed_and_never_in_manifests() {
+    use reflow_agent::executor::AwsCredentials;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let mut asking = cfg("ok");
+    asking.need_docker_access = true;
+    asking.need_aws_creds = true;
+
+    // Not allowed: the exec fails with NotAllowed and no container is created.
+    let ex = start(&dir.path().join("strict"), rt.clone()).await;
+    let err = ex
+        .put(id("strict"), asking.clone())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, Kind::NotAllowed, "{err}");
+    assert_eq!(rt.count("create "), 0);
+
+    // Allowed: the socket is mounted and the credentials are in the environment only.
+    let mut c = ExecutorConfig::new("open", dir.path().join("open"));
+    c.allow_docker_socket = true;
+    c.allow_aws_creds = true;
+    c.aws_credentials = Some(AwsCredentials {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: "very-secret-key".into(),
+        session_token: Some("session-token-value".into()),
+    });
+    let ex = Executor::start(c, rt.clone(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let e = ex.put(id("open"), asking).await.unwrap();
+    e.wait().await.unwrap();
+    assert!(e.result().unwrap().err.is_none());
+    let spec = rt.specs().remove(e.container_name()).unwrap();
+    assert!(
+        spec.binds
+            .iter()
+            .any(|b| b.container == "/var/run/docker.sock")
+    );
+    assert!(
+        spec.env
+            .contains(&"AWS_SECRET_ACCESS_KEY=very-secret-key".to_string())
+    );
+    assert!(
+        !format!("{spec:?}").contains("very-secret-key"),
+        "the spec's Debug hides values"
+    );
+    let manifest = std::fs::read_to_string(e.dir().join("manifest.json")).unwrap();
+    assert!(!manifest.contains("very-secret-key") && !manifest.contains("session-token-value"));
+}
+
+#[tokio::test]
+async fn references_reuse_local_objects_and_file_sources_are_verified() {
+    use reflow_agent::fileset::{File, Fileset};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(&dir.path().join("alloc"), rt).await;
+    let local = ex.repository().put_bytes(b"already here").unwrap();
+    let src = format!("file://{}", dir.path().join("no-such-repo").display());
+
+    // A reference whose content hash is present locally needs no source at all.
+    let mut r = File::reference("s3://bucket/key", "etag-1", 12);
+    r.content_hash = local.id;
+    let out = ex.load(&src, &Fileset::single(r)).await.unwrap();
+    let f = out.file().unwrap();
+    assert_eq!(
+        (f.id, f.size, f.source.as_str(), f.etag.as_str()),
+        (local.id, 12, "s3://bucket/key", "etag-1")
+    );
+    assert_eq!(ex.refcount(&local.id), 1);
+
+    // A file:// reference is read and checked against its content hash.
+    let path = dir.path().join("input.txt");
+    std::fs::write(&path, b"contents").unwrap();
+    let mut good = File::reference(format!("file://{}", path.display()), "", 8);
+    good.content_hash = Digest::of(b"contents");
+    assert_eq!(
+        ex.load(&src, &Fileset::single(good))
+            .await
+            .unwrap()
+            .file()
+            .unwrap()
+            .id,
+        Digest::of(b"contents")
+    );
+    let mut bad = File::reference(format!("file://{}", path.display()), "", 8);
+    bad.content_hash = Digest::of(b"something else");
+    let mut sig = ex.integrity_signal();
+    let err = ex.load(&src, &Fileset::single(bad)).await.unwrap_err();
+    assert_eq!(
+        reflow_agent::error::Classify::kind(&err),
+        Kind::Integrity,
+        "{err}"
+    );
+    assert!(sig.has_changed().unwrap());
+}

@@ -55,6 +55,7 @@ struct State {
     containers: BTreeMap<String, Container>,
     images: BTreeSet<String>,
     calls: Vec<String>,
+    specs: BTreeMap<String, ContainerSpec>,
     next_id: u64,
 }
 
@@ -102,6 +103,11 @@ impl FakeRuntime {
     /// Every call made, as `op name` strings, in order.
     pub fn calls(&self) -> Vec<String> {
         lock(&self.state).calls.clone()
+    }
+
+    /// The spec of every container created so far, by name (removed ones included).
+    pub fn specs(&self) -> BTreeMap<String, ContainerSpec> {
+        lock(&self.state).specs.clone()
     }
 
     /// How many calls started with `prefix`.
@@ -193,6 +199,7 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         st.next_id += 1;
+        st.specs.insert(spec.name.clone(), spec.clone());
         let id = format!("fake{:060}", st.next_id);
         let c = Container {
             spec: spec.clone(),

@@ -306,15 +306,6 @@ impl Exec {
         let map_rt = |op: &str, e: crate::docker::RuntimeError| {
             ReflowError::from_classified(op, &e).with_arg(self.id)
         };
-        if inner
-            .runtime
-            .inspect(&self.container)
-            .await
-            .map_err(|e| map_rt("create", e))?
-            .is_some()
-        {
-            return Ok(ExecState::Created); // created before a restart
-        }
         let config = lock(&self.manifest).config.clone();
         inner
             .images
@@ -331,11 +322,23 @@ impl Exec {
                 .map_err(|e| err(Kind::Fatal, "create", &self.id, e.to_string()))??
         };
         let spec = self.container_spec(inner, &config, spec)?;
-        match inner.runtime.create(&spec).await {
-            Ok(_) => Ok(ExecState::Created),
-            // A concurrent or earlier create won; the container exists.
-            Err(crate::docker::RuntimeError::Conflict { .. }) => Ok(ExecState::Created),
-            Err(e) => Err(map_rt("create", e)),
+        // No existence check first: a container left by an earlier incarnation (a crash after
+        // create, before Created was durable) makes create answer Conflict, which means Created.
+        let mut image_retry = true;
+        loop {
+            match inner.runtime.create(&spec).await {
+                Ok(_) => return Ok(ExecState::Created),
+                Err(crate::docker::RuntimeError::Conflict { .. }) => return Ok(ExecState::Created),
+                // The image vanished since it was last seen: check (and pull) again, once.
+                Err(crate::docker::RuntimeError::NotFound { .. }) if image_retry => {
+                    image_retry = false;
+                    inner.images.forget(&config.image);
+                    inner.images.ensure(&config.image).await.map_err(|e| {
+                        ReflowError::wrap(format!("ensureimage {}", config.image), e)
+                    })?;
+                }
+                Err(e) => return Err(map_rt("create", e)),
+            }
         }
     }
 

@@ -50,6 +50,9 @@ use recover::{DirScan, LabeledContainer, RecoveryAction, ScannedExec};
 
 /// Image pull attempts before giving up.
 pub const PULL_ATTEMPTS: u32 = 6;
+/// How long an image seen present is trusted without asking the engine again. A create that
+/// finds it gone makes the executor check (and pull) again.
+pub const IMAGE_PRESENT_TTL: Duration = Duration::from_secs(60);
 /// Period of the hanging-exec monitor.
 pub const HANG_CHECK_PERIOD: Duration = Duration::from_secs(600);
 /// Default period of the resource sampler.
@@ -259,6 +262,8 @@ type PullOutcome = Arc<OnceCell<Result<(), ReflowError>>>;
 #[derive(Debug)]
 struct Images {
     runtime: Arc<dyn ContainerRuntime>,
+    /// Images seen present, and when; trusted for [`IMAGE_PRESENT_TTL`].
+    present: Mutex<HashMap<String, tokio::time::Instant>>,
     auth: Option<Arc<dyn Authenticator>>,
     backoff: Duration,
     inflight: Mutex<HashMap<String, PullOutcome>>,
@@ -266,18 +271,33 @@ struct Images {
 
 impl Images {
     async fn ensure(&self, image: &str) -> Result<(), ReflowError> {
+        let fresh = lock(&self.present)
+            .get(image)
+            .is_some_and(|t| t.elapsed() < IMAGE_PRESENT_TTL);
+        if fresh {
+            return Ok(());
+        }
         let cell = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(image.to_string()).or_default().clone()
         };
         let r = cell.get_or_init(|| self.check_or_pull(image)).await.clone();
-        // Forget the outcome either way: a failure is retried by the next caller, and a success
-        // is re-checked cheaply (someone may remove the image).
+        // Forget the shared outcome either way: a failure is retried by the next caller; a
+        // success is remembered in `present` for a while.
         let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if m.get(image).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             m.remove(image);
         }
+        drop(m);
+        if r.is_ok() {
+            lock(&self.present).insert(image.to_string(), tokio::time::Instant::now());
+        }
         r
+    }
+
+    /// Forgets that `image` was seen present.
+    fn forget(&self, image: &str) {
+        lock(&self.present).remove(image);
     }
 
     /// One pull attempt, with credentials when an authenticator has them.
@@ -457,6 +477,7 @@ impl Executor {
         let inner = Arc::new(Inner {
             images: Images {
                 runtime: runtime.clone(),
+                present: Mutex::new(HashMap::new()),
                 backoff: cfg.pull_backoff,
                 auth: cfg.auth.clone(),
                 inflight: Mutex::new(HashMap::new()),
