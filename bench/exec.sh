@@ -5,7 +5,8 @@
 #
 #   bench/exec.sh [RUNS]       (default 3 runs of each measurement; medians reported)
 #
-# All variants run the same image, entrypoint (`/bin/bash -e -l -o pipefail -c true`) and host
+# Floor and executor runs are interleaved (floor, executor, floor, ...) so drift on this noisy
+# machine affects both alike. All variants run the same image, entrypoint (`/bin/bash -e -l -o pipefail -c true`) and host
 # networking. Sequential: 50 containers one after another. Concurrent: 50 containers, 8 at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,34 +18,31 @@ cargo build --release --quiet --example exec_bench
 BENCH=target/release/examples/exec_bench
 RUN=(docker run --rm --network host --entrypoint /bin/bash "$IMAGE" -e -l -o pipefail -c true)
 
-median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
-secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
-json_secs() { "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'; }
+source bench/lib.sh
+# json_secs CMD...: runs an exec_bench mode, prints its seconds, and appends its CPU seconds per
+# container to $WORK_CPU/<mode>.
+WORK_CPU=$(mktemp -d)
+json_secs() {
+  "$@" | python3 -c 'import json,sys,os
+d = json.load(sys.stdin)
+open(os.path.join(sys.argv[1], d["mode"] + str(d["concurrency"])), "a").write(str(d["cpu_seconds"] / d["n"] * 1000) + "\n")
+print(d["seconds"])' "$WORK_CPU"
+}
 cli_seq() { for _ in $(seq $N); do "${RUN[@]}"; done; }
 cli_par() { seq $N | xargs -P8 -I{} "${RUN[@]}"; }
 
-declare -A T
-measure() { # name cmd...
-  local name=$1; shift; local xs=() i
-  for ((i = 0; i < RUNS; i++)); do xs+=("$("$@")"); done
-  T[$name]=$(printf '%s\n' "${xs[@]}" | median)
-  printf '%-16s %s s for %d containers (median of %d)\n' "$name" "${T[$name]}" "$N" "$RUNS" >&2
-}
 measure cli_seq secs cli_seq
-measure floor_seq json_secs "$BENCH" floor $N 1 "$IMAGE"
-measure agent_seq json_secs "$BENCH" executor $N 1 "$IMAGE"
+measure_interleaved floor_seq "json_secs $BENCH floor $N 1 $IMAGE" agent_seq "json_secs $BENCH executor $N 1 $IMAGE"
 measure cli_par secs cli_par
-measure floor_par json_secs "$BENCH" floor $N 8 "$IMAGE"
-measure agent_par json_secs "$BENCH" executor $N 8 "$IMAGE"
+measure_interleaved floor_par "json_secs $BENCH floor $N 8 $IMAGE" agent_par "json_secs $BENCH executor $N 8 $IMAGE"
 rss=$("$BENCH" rss 100 "$IMAGE")
 
 per() { echo "scale=4; $1 / $N" | bc -l | sed 's/^\./0./'; }
 rate() { echo "scale=2; $N / $1" | bc -l | sed 's/^\./0./'; }
-ratio() { echo "scale=3; $1 / $2" | bc -l | sed 's/^\./0./'; }
-ovh_ms() { echo "scale=1; ($1 - $2) * 1000 / $N" | bc -l | sed 's/^\./0./;s/^-\./-0./'; }
 rss_idle=$(echo "$rss" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rss_kib_idle"])')
 rss_run=$(echo "$rss" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rss_kib_running"])')
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+cpu=$(cpu_model)
+DIGITS=3
 {
   echo "## Exec latency and throughput"
   echo
@@ -67,10 +65,12 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
   echo "| executor / floor throughput (concurrency 8) | $(ratio "${T[floor_par]}" "${T[agent_par]}") | >= 0.95 |"
   echo "| executor / xargs -P8 docker run throughput | $(ratio "${T[cli_par]}" "${T[agent_par]}") | |"
   echo
-  echo "Agent's own overhead per exec over the floor (manifests with fsync, exec directories, saved logs, output install): $(ovh_ms "${T[agent_seq]}" "${T[floor_seq]}") ms sequential."
+  echo "The agent's own work per exec (manifests with fsync, exec directories, saved logs, output install, the extra"
+  echo "inspect/logs calls), as CPU time of the process hosting the executor: $(median <"$WORK_CPU/executor1") ms sequential and"
+  echo "$(median <"$WORK_CPU/executor8") ms at concurrency 8, against $(median <"$WORK_CPU/floor1") ms and $(median <"$WORK_CPU/floor8") ms for the bare API client (medians)."
   echo
   echo "RSS of a process hosting an executor: ${rss_idle} KiB idle, ${rss_run} KiB with 100 execs running."
 } >bench/work-exec-section.md
 bash bench/update-results.sh exec bench/work-exec-section.md
 cat bench/work-exec-section.md
-rm -f bench/work-exec-section.md
+rm -rf bench/work-exec-section.md "$WORK_CPU"

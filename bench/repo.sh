@@ -35,13 +35,7 @@ if [ ! -d "$small" ] || [ "$(find "$small" -type f | wc -l)" -ne 10000 ]; then
 fi
 cat "$big" >/dev/null; find "$small" -type f -exec cat {} + >/dev/null   # warm the page cache
 
-# time_cmd CMD...: prints seconds (wall) taken by CMD.
-time_cmd() {
-  local s e
-  s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
-  echo "$e - $s" | bc -l
-}
-median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
+source bench/lib.sh
 
 ingest() { "$BIN" --log-format json repo --dir "$WORK/repo" ingest "$1"; }
 fresh_repo() { rm -rf "$WORK/repo"; }
@@ -49,31 +43,18 @@ verify() { "$BIN" --log-format json repo --dir "$WORK/repo" verify; }
 ssl_loop() { for f in "$small"/*; do openssl dgst -sha256 "$f"; done; }
 ssl_batch() { find "$small" -type f -print0 | xargs -0 openssl dgst -sha256; }
 
-declare -A T
-measure() { # name cmd...   (runs $PREP, untimed, before each timed run when set)
-  local name=$1; shift
-  local xs=() i
-  for ((i = 0; i < RUNS; i++)); do
-    if [ -n "${PREP:-}" ]; then $PREP; fi
-    xs+=("$(time_cmd "$@")")
-  done
-  T[$name]=$(printf '%s\n' "${xs[@]}" | median)
-  printf '%-28s %s s (median of %d)\n' "$name" "${T[$name]}" "$RUNS" >&2
-}
-
-measure openssl_big openssl dgst -sha256 "$big"
-measure sha256sum_big sha256sum "$big"
-PREP=fresh_repo measure ingest_big ingest "$big"
-measure verify_big verify
-measure openssl_small_loop ssl_loop
-measure openssl_small_batch ssl_batch
-measure sha256sum_small_batch bash -c "find '$small' -type f -print0 | xargs -0 sha256sum"
-PREP=fresh_repo measure ingest_small ingest "$small"
-measure verify_small verify
+measure openssl_big secs openssl dgst -sha256 "$big"
+measure sha256sum_big secs sha256sum "$big"
+PREP=fresh_repo measure ingest_big secs ingest "$big"
+measure verify_big secs verify
+measure openssl_small_loop secs ssl_loop
+measure openssl_small_batch secs ssl_batch
+measure sha256sum_small_batch secs bash -c "find '$small' -type f -print0 | xargs -0 sha256sum"
+PREP=fresh_repo measure ingest_small secs ingest "$small"
+measure verify_small secs verify
 rm -rf "$WORK/repo"
 
-ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+cpu=$(cpu_model)
 {
   echo "## Repository ingest and verify"
   echo

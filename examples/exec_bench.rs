@@ -93,6 +93,20 @@ where
     t.elapsed()
 }
 
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0] + f[1]) as f64 / 100.0
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -102,6 +116,17 @@ fn rss_kib() -> u64 {
                 .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap())
         })
         .unwrap()
+}
+
+async fn executor(prefix: &str, dir: &std::path::Path) -> Executor {
+    let cfg = ExecutorConfig::new(format!("{prefix}{}", std::process::id()), dir);
+    Executor::start(
+        cfg,
+        Arc::new(BollardRuntime::connect().unwrap()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap()
 }
 
 fn trivial(image: &str, cmd: &str) -> ExecConfig {
@@ -133,8 +158,9 @@ async fn main() {
             })
             .await;
             println!(
-                "{{\"mode\":\"floor\",\"n\":{n},\"concurrency\":{c},\"seconds\":{}}}",
-                elapsed.as_secs_f64()
+                "{{\"mode\":\"floor\",\"n\":{n},\"concurrency\":{c},\"seconds\":{},\"cpu_seconds\":{}}}",
+                elapsed.as_secs_f64(),
+                cpu_seconds()
             );
         }
         "executor" => {
@@ -143,13 +169,7 @@ async fn main() {
                 args[3].parse().unwrap(),
                 args[4].clone(),
             );
-            let ex = Executor::start(
-                ExecutorConfig::new(format!("bench{}", std::process::id()), dir.path()),
-                Arc::new(BollardRuntime::connect().unwrap()),
-                Arc::new(SystemClock),
-            )
-            .await
-            .unwrap();
+            let ex = executor("bench", dir.path()).await;
             let run = format!("{:?}", Instant::now());
             let elapsed = run_concurrent(n, c, |i| {
                 let (ex, image, run) = (ex.clone(), image.clone(), run.clone());
@@ -163,19 +183,14 @@ async fn main() {
             .await;
             ex.shutdown().await;
             println!(
-                "{{\"mode\":\"executor\",\"n\":{n},\"concurrency\":{c},\"seconds\":{}}}",
-                elapsed.as_secs_f64()
+                "{{\"mode\":\"executor\",\"n\":{n},\"concurrency\":{c},\"seconds\":{},\"cpu_seconds\":{}}}",
+                elapsed.as_secs_f64(),
+                cpu_seconds()
             );
         }
         "rss" => {
             let (n, image): (usize, String) = (args[2].parse().unwrap(), args[3].clone());
-            let ex = Executor::start(
-                ExecutorConfig::new(format!("benchrss{}", std::process::id()), dir.path()),
-                Arc::new(BollardRuntime::connect().unwrap()),
-                Arc::new(SystemClock),
-            )
-            .await
-            .unwrap();
+            let ex = executor("benchrss", dir.path()).await;
             let before = rss_kib();
             let mut execs = Vec::new();
             for i in 0..n {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
-# test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, and the
-# integration tests against the real services (feature `integration`).
+# test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, the
+# integration tests against the real services (feature `integration`), and a short run of every
+# fuzz target (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it).
 #
 # This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
 set -euo pipefail
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "toolchain"
+bash scripts/toolchain.sh
 step "services"
 bash scripts/dev-services.sh
 step "test image"
@@ -25,10 +28,15 @@ step "clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
+fuzz_secs=${REFLOW_FUZZ_SECONDS:-10}
+if [ "$fuzz_secs" -gt 0 ]; then
+  step "fuzz (${fuzz_secs}s per target)"
+  bash scripts/fuzz.sh "$fuzz_secs"
+fi
+# Last, so the runner's summary closes the output. (The crate has no doctests.)
 step "tests (unit, component, integration)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-features --no-fail-fast
-  cargo test --doc --all-features
 else
   cargo test --all-features --no-fail-fast
 fi

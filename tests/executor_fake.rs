@@ -296,7 +296,7 @@ async fn references_reuse_local_objects_and_file_sources_are_verified() {
     );
     let mut bad = File::reference(format!("file://{}", path.display()), "", 8);
     bad.content_hash = Digest::of(b"something else");
-    let mut sig = ex.integrity_signal();
+    let sig = ex.integrity_signal();
     let err = ex.load(&src, &Fileset::single(bad)).await.unwrap_err();
     assert_eq!(
         reflow_agent::error::Classify::kind(&err),

@@ -219,6 +219,15 @@ impl Exec {
         Ok(out)
     }
 
+    /// A module error as this exec's wire error for `op`.
+    fn classified<E: crate::error::Classify + std::error::Error>(
+        &self,
+        op: &str,
+        e: &E,
+    ) -> ReflowError {
+        ReflowError::from_classified(op, e).with_arg(self.id)
+    }
+
     fn publish(&self, state: ExecState, e: Option<ReflowError>) {
         self.status.send_replace(Status { state, err: e });
     }
@@ -303,9 +312,6 @@ impl Exec {
     // === create ===
 
     async fn create(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
-        let map_rt = |op: &str, e: crate::docker::RuntimeError| {
-            ReflowError::from_classified(op, &e).with_arg(self.id)
-        };
         let config = lock(&self.manifest).config.clone();
         inner
             .images
@@ -337,7 +343,7 @@ impl Exec {
                         ReflowError::wrap(format!("ensureimage {}", config.image), e)
                     })?;
                 }
-                Err(e) => return Err(map_rt("create", e)),
+                Err(e) => return Err(self.classified("create", &e)),
             }
         }
     }
@@ -456,7 +462,7 @@ impl Exec {
             .runtime
             .start(&self.container)
             .await
-            .map_err(|e| ReflowError::from_classified("start", &e).with_arg(self.id))?;
+            .map_err(|e| self.classified("start", &e))?;
         match inner.runtime.inspect(&self.container).await {
             Ok(Some(info)) => {
                 let mut m = lock(&self.manifest);
@@ -474,9 +480,6 @@ impl Exec {
     // === wait ===
 
     async fn wait_exit(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
-        let map_rt = |op: &str, e: crate::docker::RuntimeError| {
-            ReflowError::from_classified(op, &e).with_arg(self.id)
-        };
         let pid = lock(&self.manifest).pid;
         let sampler = Sampler::spawn(
             self.dir.clone(),
@@ -488,7 +491,7 @@ impl Exec {
             Ok(c) => c,
             Err(e) => {
                 sampler.stop().await;
-                return Err(map_rt("wait", e));
+                return Err(self.classified("wait", &e));
             }
         };
         self.save_logs(inner).await;
@@ -496,7 +499,7 @@ impl Exec {
             .runtime
             .inspect(&self.container)
             .await
-            .map_err(|e| map_rt("inspect", e))?;
+            .map_err(|e| self.classified("inspect", &e))?;
         let (stats, gauges) = sampler.stop().await;
         let Some(info) = info else {
             return Err(err(
@@ -789,12 +792,16 @@ pub(super) fn du(p: &Path) -> u64 {
 /// Polls an exec's resource use while it runs: `disk` and `tmp` from the exec directory, `mem`
 /// and `cpu` from the container's cgroup files.
 ///
-/// Polling the kernel's cgroup files costs dockerd nothing, whereas a streaming `docker stats`
-/// per container keeps one long-lived HTTP stream and a once-a-second stats collection per
-/// container in dockerd; with many small execs that is measurable load on the engine the
-/// benchmark shows is already the bottleneck. So profiles come from polling cgroups.
+/// Polling the kernel's cgroup files costs dockerd nothing. A streaming `docker stats` per
+/// container does not: measured here (dockerd 20.10, 2 cores), 20 running containers cost
+/// dockerd 0 CPU ticks in 10 s when idle and 16 ticks (1.6% of a core, ~0.08% per container)
+/// with one stats stream each, on the engine that is already the bottleneck for short execs
+/// (bench/RESULTS.md). So profiles come from polling cgroups.
 struct Sampler {
     stop: CancellationToken,
+    /// Stops the polling task when the sampler is dropped without `stop` (the wait step was
+    /// cancelled by an agent shutdown).
+    _guard: tokio_util::sync::DropGuard,
     handle: tokio::task::JoinHandle<(Stats, Gauges)>,
 }
 
@@ -858,7 +865,12 @@ impl Sampler {
             }
             (stats, gauges)
         });
-        Sampler { stop, handle }
+        let _guard = stop.clone().drop_guard();
+        Sampler {
+            stop,
+            _guard,
+            handle,
+        }
     }
 
     async fn stop(self) -> (Stats, Gauges) {

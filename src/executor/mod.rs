@@ -991,18 +991,13 @@ impl Executor {
                 name: c.name,
             })
             .collect();
+        let (scanned, manifests): (Vec<ScannedExec>, Vec<Option<Manifest>>) =
+            scanned.into_iter().unzip();
         let plan = recover::plan(&scanned, &containers);
         let manifests: HashMap<String, Manifest> = scanned
-            .into_iter()
-            .filter_map(|s| match s.scan {
-                DirScan::Manifest(_) => persist::read_json(
-                    &execs_dir.join(&s.name).join(MANIFEST_FILE),
-                    MAX_MANIFEST_BYTES,
-                )
-                .ok()
-                .map(|m| (s.name, m)),
-                _ => None,
-            })
+            .iter()
+            .zip(manifests)
+            .filter_map(|(s, m)| Some((s.name.clone(), m?)))
             .collect();
         for action in plan {
             tracing::info!(executor = %self.inner.cfg.id, action = ?action, "Recovery.");
@@ -1147,8 +1142,9 @@ fn load_one(inner: &Inner, src: &Path, f: &File) -> Result<File, ExecutorError> 
     Ok(carry(got))
 }
 
-/// Scans `execs/` for recovery: each entry's name, id and manifest state.
-fn scan_execs(dir: &Path) -> Result<Vec<ScannedExec>, ExecutorError> {
+/// Scans `execs/` for recovery: each entry's name, id and manifest state, with the manifest
+/// itself when it is usable.
+fn scan_execs(dir: &Path) -> Result<Vec<(ScannedExec, Option<Manifest>)>, ExecutorError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
@@ -1161,20 +1157,20 @@ fn scan_execs(dir: &Path) -> Result<Vec<ScannedExec>, ExecutorError> {
             .flatten();
         let _ = persist::clean_leftovers(&entry.path());
         let p = entry.path().join(MANIFEST_FILE);
-        let scan = match persist::read_json::<Manifest>(&p, MAX_MANIFEST_BYTES) {
+        let (scan, manifest) = match persist::read_json::<Manifest>(&p, MAX_MANIFEST_BYTES) {
             Ok(m) => match m.check_version() {
-                Ok(()) => DirScan::Manifest(m.state),
-                Err(e) => DirScan::Corrupt(e.to_string()),
+                Ok(()) => (DirScan::Manifest(m.state), Some(m)),
+                Err(e) => (DirScan::Corrupt(e.to_string()), None),
             },
-            Err(e) if e.is_not_found() => DirScan::NoManifest,
-            Err(e) => DirScan::Corrupt(format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
+            Err(e) if e.is_not_found() => (DirScan::NoManifest, None),
+            Err(e) => {
+                let cause = std::error::Error::source(&e)
                     .map(|s| s.to_string())
-                    .unwrap_or_default()
-            )),
+                    .unwrap_or_default();
+                (DirScan::Corrupt(format!("{e}: {cause}")), None)
+            }
         };
-        out.push(ScannedExec { name, id, scan });
+        out.push((ScannedExec { name, id, scan }, manifest));
     }
     Ok(out)
 }

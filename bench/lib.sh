@@ -1,0 +1,47 @@
+# Helpers shared by the bench scripts (source it). Each measurement runs RUNS times and keeps the
+# median; T[name] holds it.
+
+declare -A T
+
+# median: the median of the numbers on stdin, three decimals.
+median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
+
+# secs CMD...: wall seconds CMD takes (its output discarded).
+secs() {
+  local s e
+  s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+  echo "$e - $s" | bc -l
+}
+
+# ratio A B: A / B with DIGITS decimals (default 2).
+ratio() { echo "scale=${DIGITS:-2}; $1 / $2" | bc -l | sed 's/^\./0./'; }
+
+# measure NAME CMD...: runs CMD (which prints seconds) RUNS times, after the untimed $PREP when
+# set, and stores the median in T[NAME].
+measure() {
+  local name=$1; shift
+  local xs=() i
+  for ((i = 0; i < RUNS; i++)); do
+    if [ -n "${PREP:-}" ]; then $PREP; fi
+    xs+=("$("$@")")
+  done
+  T[$name]=$(printf '%s\n' "${xs[@]}" | median)
+  printf '%-28s %s s (median of %d)\n' "$name" "${T[$name]}" "$RUNS" >&2
+}
+
+# cpu_model: the CPU's model name.
+cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'; }
+
+# measure_interleaved NAME_A CMD_A NAME_B CMD_B: like measure for two commands, alternating
+# A and B in each round so machine drift affects both alike. The commands are strings (eval'd).
+measure_interleaved() {
+  local na=$1 ca=$2 nb=$3 cb=$4
+  local xa=() xb=() i
+  for ((i = 0; i < RUNS; i++)); do
+    xa+=("$(eval "$ca")")
+    xb+=("$(eval "$cb")")
+  done
+  T[$na]=$(printf '%s\n' "${xa[@]}" | median)
+  T[$nb]=$(printf '%s\n' "${xb[@]}" | median)
+  printf "%-28s %s s (median of %d, interleaved)\n" "$na" "${T[$na]}" "$RUNS" "$nb" "${T[$nb]}" "$RUNS" >&2
+}
