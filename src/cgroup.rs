@@ -126,6 +126,46 @@ impl CgroupPaths {
     }
 }
 
+impl CgroupPaths {
+    /// The memory cgroup's OOM and usage counters; `None` once the cgroup is gone.
+    pub fn memory_counters(&self) -> Option<crate::oom::CgroupMemory> {
+        match self {
+            CgroupPaths::V1 { memory, .. } => {
+                let oom = fs::read_to_string(memory.join("memory.oom_control")).ok()?;
+                Some(crate::oom::CgroupMemory {
+                    oom_kills: parse_flat_keyed(&oom, "oom_kill"),
+                    failcnt: read_u64(&memory.join("memory.failcnt")),
+                    peak: read_u64(&memory.join("memory.max_usage_in_bytes")),
+                    limit: read_u64(&memory.join("memory.limit_in_bytes"))
+                        .filter(|l| *l < V1_UNLIMITED),
+                })
+            }
+            CgroupPaths::V2 { dir } => {
+                let events = fs::read_to_string(dir.join("memory.events")).ok()?;
+                let kills = parse_flat_keyed(&events, "oom_kill");
+                let group = parse_flat_keyed(&events, "oom_group_kill").unwrap_or(0);
+                Some(crate::oom::CgroupMemory {
+                    oom_kills: kills.map(|k| k + group),
+                    failcnt: parse_flat_keyed(&events, "max"),
+                    peak: read_u64(&dir.join("memory.peak")),
+                    limit: fs::read_to_string(dir.join("memory.max"))
+                        .ok()
+                        .and_then(|s| parse_v2_max(&s)),
+                })
+            }
+        }
+    }
+}
+
+/// cgroup v1 reports "no limit" as a huge number (page-aligned `i64::MAX`); anything at or
+/// above this is unlimited.
+pub const V1_UNLIMITED: u64 = 1 << 62;
+
+/// Parses v2 `memory.max`: a number, or `max` for no limit (`None`).
+pub fn parse_v2_max(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
 fn read_u64(p: &Path) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
@@ -173,6 +213,59 @@ mod tests {
     fn malformed_lines_are_skipped() {
         assert!(parse_proc_cgroup("garbage\nx:y\n1:memory:relative\n:::\n").is_empty());
         assert!(CgroupPaths::from_lines(&[], Path::new("/")).is_none());
+    }
+
+    #[test]
+    fn memory_counters_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("memory/docker/abc");
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        fs::write(v1.join("memory.failcnt"), "17\n").unwrap();
+        fs::write(v1.join("memory.max_usage_in_bytes"), "33554432\n").unwrap();
+        fs::write(v1.join("memory.limit_in_bytes"), "33554432\n").unwrap();
+        let p = CgroupPaths::V1 {
+            memory: v1.clone(),
+            cpuacct: None,
+        };
+        let c = p.memory_counters().unwrap();
+        assert_eq!(
+            (c.oom_kills, c.failcnt, c.peak, c.limit),
+            (Some(2), Some(17), Some(32 << 20), Some(32 << 20))
+        );
+        fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        assert_eq!(p.memory_counters().unwrap().limit, None, "v1 unlimited");
+
+        let v2 = dir.path().join("system.slice/docker-abc.scope");
+        fs::create_dir_all(&v2).unwrap();
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 1\n",
+        )
+        .unwrap();
+        fs::write(v2.join("memory.peak"), "40000000\n").unwrap();
+        fs::write(v2.join("memory.max"), "max\n").unwrap();
+        let c = CgroupPaths::V2 { dir: v2.clone() }
+            .memory_counters()
+            .unwrap();
+        assert_eq!(
+            (c.oom_kills, c.failcnt, c.peak, c.limit),
+            (Some(2), Some(12), Some(40_000_000), None)
+        );
+        assert_eq!(parse_v2_max("33554432\n"), Some(32 << 20));
+
+        // Gone (the container exited and its cgroup was removed): no reading, no panic.
+        assert!(
+            CgroupPaths::V2 {
+                dir: dir.path().join("gone")
+            }
+            .memory_counters()
+            .is_none()
+        );
     }
 
     #[test]

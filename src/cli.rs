@@ -198,26 +198,46 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
 /// Largest exec config file accepted by [`run_exec`].
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
+/// Options of the `exec` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct ExecOptions {
+    /// The executor directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The executor id (used in container names and labels).
+    #[arg(long, default_value = "local")]
+    pub executor_id: String,
+    /// The exec id (a sha256 digest).
+    #[arg(long)]
+    pub id: String,
+    /// A Reflow ExecConfig JSON file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Load every input fileset from this repository URL (`file:///path`) first.
+    #[arg(long)]
+    pub inputs_from: Option<String>,
+    /// Promote the outputs into the executor repository.
+    #[arg(long)]
+    pub promote: bool,
+    /// Limit the container's memory to the exec's `mem` resource (plus 100 MiB swap).
+    #[arg(long)]
+    pub hard_mem_limit: bool,
+}
+
 /// Runs one exec on an executor hosted by this process (recovering whatever the directory holds
-/// first), waits for it, and prints its result JSON. With `inputs_from` (a repository URL), every
-/// input fileset is first loaded from there. With `promote`, the outputs are promoted into the
-/// executor repository.
+/// first), waits for it, and prints its result JSON. Inputs are loaded from `inputs_from` first
+/// when given; outputs are promoted with `promote`. One kernel log reader serves OOM evidence.
 ///
 /// # Errors
 /// Config, engine and executor errors; the exec's own failure is part of the printed result.
-pub fn run_exec(
-    dir: &Path,
-    executor_id: &str,
-    id: &str,
-    config: &Path,
-    inputs_from: Option<&str>,
-    promote: bool,
-) -> Result<(), CliError> {
-    let id = Digest::parse(id)?;
-    let mut config: crate::model::ExecConfig = crate::persist::read_json(config, MAX_CONFIG_BYTES)
-        .map_err(|source| CliError::Input {
-            what: "exec config",
-            source,
+pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
+    let id = Digest::parse(&opts.id)?;
+    let mut config: crate::model::ExecConfig =
+        crate::persist::read_json(&opts.config, MAX_CONFIG_BYTES).map_err(|source| {
+            CliError::Input {
+                what: "exec config",
+                source,
+            }
         })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -225,14 +245,17 @@ pub fn run_exec(
         .map_err(CliError::Runtime)?;
     rt.block_on(async {
         let runtime = std::sync::Arc::new(crate::docker::bollard::BollardRuntime::connect()?);
-        let cfg = crate::executor::ExecutorConfig::new(executor_id, dir);
+        let mut cfg = crate::executor::ExecutorConfig::new(&opts.executor_id, &opts.dir);
+        cfg.hard_mem_limit = opts.hard_mem_limit;
+        let kmsg = crate::oom::kmsg::KmsgMonitor::start();
+        cfg.kmsg = Some(kmsg.clone());
         let ex = crate::executor::Executor::start(
             cfg,
             runtime,
             std::sync::Arc::new(crate::clock::SystemClock),
         )
         .await?;
-        if let Some(url) = inputs_from {
+        if let Some(url) = opts.inputs_from.as_deref() {
             for arg in config.args.iter_mut() {
                 if let Some(fs) = &arg.fileset {
                     arg.fileset = Some(ex.load(url, fs).await?);
@@ -243,7 +266,7 @@ pub fn run_exec(
         exec.wait()
             .await
             .map_err(crate::executor::ExecutorError::from)?;
-        if promote {
+        if opts.promote {
             ex.promote(&id).await?;
         }
         let result = exec

@@ -15,6 +15,7 @@
 //! - [`docker`]: the container runtime port, its bollard adapter, registry authentication.
 //! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
 //! - [`cgroup`]: cgroup v1/v2 discovery and counters.
+//! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
 //! - [`aws`]: AWS SDK configuration from the standard chain.
 //! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
 //! - [`par`]: parallel map for hashing many files.
@@ -32,6 +33,7 @@ pub mod executor;
 pub mod fileset;
 pub mod manifest;
 pub mod model;
+pub mod oom;
 pub mod par;
 pub mod persist;
 pub mod profile;

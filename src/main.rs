@@ -32,26 +32,7 @@ enum Command {
         command: RepoCommand,
     },
     /// Run one exec on a local executor directory and print its result.
-    Exec {
-        /// The executor directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// The executor id (used in container names and labels).
-        #[arg(long, default_value = "local")]
-        executor_id: String,
-        /// The exec id (a sha256 digest).
-        #[arg(long)]
-        id: String,
-        /// A Reflow ExecConfig JSON file.
-        #[arg(long)]
-        config: PathBuf,
-        /// Load every input fileset from this repository URL (`file:///path`) first.
-        #[arg(long)]
-        inputs_from: Option<String>,
-        /// Promote the outputs into the executor repository.
-        #[arg(long)]
-        promote: bool,
-    },
+    Exec(cli::ExecOptions),
 }
 
 fn main() -> ExitCode {
@@ -59,21 +40,7 @@ fn main() -> ExitCode {
     telemetry::init(args.log_format);
     let result: Result<(), CliError> = match args.command {
         Command::Repo { dir, command } => cli::run_repo(&dir, command),
-        Command::Exec {
-            dir,
-            executor_id,
-            id,
-            config,
-            inputs_from,
-            promote,
-        } => cli::run_exec(
-            &dir,
-            &executor_id,
-            &id,
-            &config,
-            inputs_from.as_deref(),
-            promote,
-        ),
+        Command::Exec(opts) => cli::run_exec(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

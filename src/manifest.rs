@@ -169,6 +169,9 @@ pub struct Manifest {
         deserialize_with = "crate::fileset::null_default"
     )]
     pub gauges: Gauges,
+    /// OOM evidence, when any source showed an OOM (also for an exec that exited 0).
+    #[serde(rename = "Oom", default, skip_serializing_if = "Option::is_none")]
+    pub oom: Option<crate::oom::OomEvidence>,
 }
 
 impl Manifest {
@@ -186,6 +189,7 @@ impl Manifest {
             resources: None,
             stats: Stats::new(),
             gauges: Gauges::new(),
+            oom: None,
         }
     }
 

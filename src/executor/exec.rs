@@ -485,22 +485,20 @@ impl Exec {
             self.dir.clone(),
             pid,
             inner.cfg.profile_interval,
+            inner.cfg.oom_poll_interval,
             inner.clock.clone(),
         );
-        let code = match inner.runtime.wait(&self.container).await {
-            Ok(c) => c,
-            Err(e) => {
-                sampler.stop().await;
-                return Err(self.classified("wait", &e));
-            }
-        };
+        let waited = inner.runtime.wait(&self.container).await;
+        let exited_at = std::time::Instant::now();
+        // Stop at once: the final cgroup reading races the engine removing the cgroup.
+        let sampled = sampler.stop().await;
+        let code = waited.map_err(|e| self.classified("wait", &e))?;
         self.save_logs(inner).await;
         let info = inner
             .runtime
             .inspect(&self.container)
             .await
             .map_err(|e| self.classified("inspect", &e))?;
-        let (stats, gauges) = sampler.stop().await;
         let Some(info) = info else {
             return Err(err(
                 Kind::Unavailable,
@@ -511,8 +509,8 @@ impl Exec {
         };
         {
             let mut m = lock(&self.manifest);
-            m.stats = stats;
-            m.gauges = gauges;
+            m.stats = sampled.stats;
+            m.gauges = sampled.gauges;
             m.docker = info.raw.clone();
         }
         let code = if code == 0 && info.exit_code != 0 {
@@ -528,7 +526,21 @@ impl Exec {
                 "container returned in running state; docker daemon likely shutting down",
             ));
         }
-        let result = self.classify(inner, code, &info).await?;
+        let inputs = crate::oom::OomInputs {
+            exit_code: code,
+            docker_oom_killed: info.oom_killed,
+            cgroup: sampled.cgroup,
+            kmsg: self.kmsg_evidence(inner, &info, pid, code, exited_at).await,
+            golang: self.go_oom_line(),
+            node: sampled.node.explain(),
+            exit_time: Some(inner.clock.now()),
+        };
+        let evidence = crate::oom::decide(&inputs);
+        if let Some(ev) = &evidence {
+            tracing::warn!(exec = %self.id, exit_code = code, source = %ev.source, detail = %ev.detail, "OOM evidence.");
+        }
+        lock(&self.manifest).oom = evidence.clone();
+        let result = self.classify(code, evidence).await?;
         lock(&self.manifest).result = result;
         for sub in ["arg", "tmp"] {
             if let Err(e) = fs::remove_dir_all(self.dir.join(sub)) {
@@ -538,15 +550,53 @@ impl Exec {
         Ok(ExecState::Complete)
     }
 
+    /// A kernel OOM record for this container in its run window, asked only for abnormal exits.
+    /// Waits until the kernel log reader has drained the log after the exit (no fixed sleep).
+    async fn kmsg_evidence(
+        &self,
+        inner: &Inner,
+        info: &ContainerInfo,
+        pid: i64,
+        code: i64,
+        exited_at: std::time::Instant,
+    ) -> Option<(crate::oom::kmsg::OomRecord, time::Time)> {
+        let monitor = inner.cfg.kmsg.as_ref()?;
+        if code == 0 && !info.oom_killed {
+            return None;
+        }
+        if !monitor.caught_up(exited_at, Duration::from_secs(2)).await {
+            tracing::warn!(exec = %self.id, "The kernel log reader did not catch up; kmsg evidence may be missing.");
+        }
+        let now = inner.clock.now();
+        let boot = crate::oom::kmsg::boot_time(now)?;
+        let usec =
+            |t: time::Time| u64::try_from((t - boot).num_microseconds().unwrap_or(0)).unwrap_or(0);
+        // A second of slack on both sides: the engine's timestamps and the kernel's differ a little.
+        let start = info
+            .started_at
+            .map(|t| usec(t).saturating_sub(1_000_000))
+            .unwrap_or(0);
+        let end = usec(now) + 1_000_000;
+        let target = crate::oom::kmsg::OomTarget {
+            pid,
+            container_id: info.id.clone(),
+            cgroup: None,
+        };
+        let r = crate::oom::kmsg::find(&monitor.records(), &target, start, end)?;
+        let at = boot + chrono::Duration::microseconds(i64::try_from(r.usec).unwrap_or(0));
+        Some((r, at))
+    }
+
     async fn classify(
         &self,
-        _inner: &Inner,
         code: i64,
-        info: &ContainerInfo,
+        oom: Option<crate::oom::OomEvidence>,
     ) -> Result<ExecResult, ReflowError> {
         let e = |kind, msg: String| Some(err(kind, "exec", &self.id, msg));
         let killed = self.killed.load(Ordering::SeqCst);
         let err = if code == 0 && !killed {
+            // A process of the exec may have been OOM-killed while the exec still succeeded by its
+            // own account; the evidence stays in the manifest.
             let dir = self.dir.clone();
             let id = self.id;
             let cfg = lock(&self.manifest).config.clone();
@@ -564,10 +614,11 @@ impl Exec {
                 Kind::Temporary,
                 format!("exec returned exit code {TEMPORARY_EXIT_CODE} (considered temporary)"),
             )
-        } else if info.oom_killed {
-            e(Kind::Oom, "killed by OOM killer (docker)".to_string())
-        } else if self.logs_show_go_oom() {
-            e(Kind::Oom, "detected golang OOM error".to_string())
+        } else if let Some(ev) = oom {
+            e(
+                Kind::Oom,
+                format!("killed by OOM killer ({}): {}", ev.source, ev.detail),
+            )
         } else {
             let hints = self.hints();
             let mut msg = format!("exited with code {code}");
@@ -628,12 +679,15 @@ impl Exec {
             .flatten()
     }
 
-    fn logs_show_go_oom(&self) -> bool {
-        ["stdout", "stderr"].iter().any(|n| {
-            self.log_lines(n).any(|l| {
-                l.contains("runtime: out of memory")
-                    || l.contains("runtime: cannot allocate memory")
-            })
+    /// The first Go runtime out-of-memory line in the saved logs.
+    fn go_oom_line(&self) -> Option<String> {
+        ["stdout", "stderr"].iter().find_map(|n| {
+            self.log_lines(n)
+                .find(|l| {
+                    l.contains("runtime: out of memory")
+                        || l.contains("runtime: cannot allocate memory")
+                })
+                .map(|l| l.chars().take(MAX_HINT_LINE).collect())
         })
     }
 
@@ -802,50 +856,74 @@ struct Sampler {
     /// Stops the polling task when the sampler is dropped without `stop` (the wait step was
     /// cancelled by an agent shutdown).
     _guard: tokio_util::sync::DropGuard,
-    handle: tokio::task::JoinHandle<(Stats, Gauges)>,
+    handle: tokio::task::JoinHandle<Sampled>,
+}
+
+/// What a [`Sampler`] saw over an exec's run.
+#[derive(Debug, Default)]
+struct Sampled {
+    stats: Stats,
+    gauges: Gauges,
+    cgroup: crate::oom::CgroupMemory,
+    node: crate::oom::node::NodeWindow,
+}
+
+impl Sampled {
+    fn observe(&mut self, now: time::Time, name: &str, v: f64) {
+        profile::observe(&mut self.stats, now, name, v);
+        self.gauges.insert(name.to_string(), v);
+    }
+
+    fn sample_disk(&mut self, dir: &Path, now: time::Time) {
+        self.observe(now, "disk", du(&dir.join("return")) as f64);
+        self.observe(now, "tmp", du(&dir.join("tmp")) as f64);
+    }
 }
 
 impl Sampler {
+    /// Polls every `counters` the cgroup's memory and OOM counters and the node's memory (cheap
+    /// file reads), and every `every` the exec directory's disk use.
     fn spawn(
         dir: PathBuf,
         pid: i64,
         every: Duration,
+        counters: Duration,
         clock: Arc<dyn crate::clock::Clock>,
     ) -> Sampler {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let handle = tokio::spawn(async move {
-            let mut stats = Stats::new();
-            let mut gauges = Gauges::new();
+            let mut s = Sampled::default();
             let cg = CgroupPaths::resolve(pid);
             let mut last_cpu: Option<(u64, tokio::time::Instant)> = None;
+            let mut last_disk: Option<tokio::time::Instant> = None;
             loop {
                 let now = clock.now();
-                let (d, t) = {
-                    let dir = dir.clone();
-                    tokio::task::spawn_blocking(move || {
-                        (du(&dir.join("return")), du(&dir.join("tmp")))
+                let at = tokio::time::Instant::now();
+                if last_disk.is_none_or(|t| at.duration_since(t) >= every) {
+                    let d = dir.clone();
+                    let disk = tokio::task::spawn_blocking(move || {
+                        (du(&d.join("return")), du(&d.join("tmp")))
                     })
                     .await
-                    .unwrap_or((0, 0))
-                };
-                for (name, v) in [("disk", d as f64), ("tmp", t as f64)] {
-                    profile::observe(&mut stats, now, name, v);
-                    gauges.insert(name.to_string(), v);
+                    .unwrap_or((0, 0));
+                    s.observe(now, "disk", disk.0 as f64);
+                    s.observe(now, "tmp", disk.1 as f64);
+                    last_disk = Some(at);
                 }
+                s.node.observe(crate::oom::node::NodeSnapshot::read());
                 if let Some(cg) = &cg {
+                    if let Some(c) = cg.memory_counters() {
+                        s.cgroup.merge(c);
+                    }
                     if let Some(mem) = cg.memory_usage() {
-                        profile::observe(&mut stats, now, "mem", mem as f64);
-                        gauges.insert("mem".to_string(), mem as f64);
+                        s.observe(now, "mem", mem as f64);
                     }
                     if let Some(ns) = cg.cpu_usage_ns() {
-                        let at = tokio::time::Instant::now();
                         if let Some((prev, then)) = last_cpu {
                             let secs = at.duration_since(then).as_secs_f64();
                             if secs > 0.0 && ns >= prev {
-                                let cores = (ns - prev) as f64 / 1e9 / secs;
-                                profile::observe(&mut stats, now, "cpu", cores);
-                                gauges.insert("cpu".to_string(), cores);
+                                s.observe(now, "cpu", (ns - prev) as f64 / 1e9 / secs);
                             }
                         }
                         last_cpu = Some((ns, at));
@@ -853,17 +931,17 @@ impl Sampler {
                 }
                 tokio::select! {
                     () = token.cancelled() => break,
-                    () = tokio::time::sleep(every) => {}
+                    () = tokio::time::sleep(counters.min(every)) => {}
                 }
             }
-            // One final disk sample at stop, so every exec has at least one.
-            let now = clock.now();
-            let (d, t) = (du(&dir.join("return")), du(&dir.join("tmp")));
-            for (name, v) in [("disk", d as f64), ("tmp", t as f64)] {
-                profile::observe(&mut stats, now, name, v);
-                gauges.insert(name.to_string(), v);
+            // Final readings at stop: the cgroup may still be there, and every exec gets at
+            // least one disk sample.
+            if let Some(c) = cg.as_ref().and_then(CgroupPaths::memory_counters) {
+                s.cgroup.merge(c);
             }
-            (stats, gauges)
+            s.node.observe(crate::oom::node::NodeSnapshot::read());
+            s.sample_disk(&dir, clock.now());
+            s
         });
         let _guard = stop.clone().drop_guard();
         Sampler {
@@ -873,7 +951,7 @@ impl Sampler {
         }
     }
 
-    async fn stop(self) -> (Stats, Gauges) {
+    async fn stop(self) -> Sampled {
         self.stop.cancel();
         self.handle.await.unwrap_or_default()
     }

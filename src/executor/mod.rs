@@ -103,6 +103,10 @@ pub struct ExecutorConfig {
     pub pull_backoff: Duration,
     /// Registry credentials for pulls.
     pub auth: Option<Arc<dyn Authenticator>>,
+    /// The agent's kernel log reader (one per agent, shared by its executors), for OOM evidence.
+    pub kmsg: Option<crate::oom::kmsg::KmsgMonitor>,
+    /// How often a running exec's cgroup OOM counters and the node's memory are read.
+    pub oom_poll_interval: Duration,
 }
 
 impl ExecutorConfig {
@@ -121,6 +125,8 @@ impl ExecutorConfig {
             profile_interval: DEFAULT_PROFILE_INTERVAL,
             pull_backoff: Duration::from_secs(1),
             auth: None,
+            kmsg: None,
+            oom_poll_interval: Duration::from_millis(500),
         }
     }
 }

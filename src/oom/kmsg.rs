@@ -1,0 +1,472 @@
+//! The kernel log (`/dev/kmsg`) as an OOM evidence source: a pure parser for OOM records in both
+//! kernel formats, and one bounded reader per agent.
+//!
+//! Formats (the text after `;` in a kmsg record `<prio>,<seq>,<usec>,<flags>;<text>`):
+//! - old kernels: `Out of memory: Kill process <pid> (<comm>) score ...` and
+//!   `Memory cgroup out of memory: Kill process <pid> (<comm>) score ...`
+//! - kernels from about 5.0: `oom-kill:constraint=...,task_memcg=<path>,task=<comm>,pid=<pid>,uid=...`
+//!   followed by `Memory cgroup out of memory: Killed process <pid> (<comm>) total-vm:...`
+//!   (or `Out of memory: Killed process ...` for a global OOM).
+//!
+//! A record matches an exec when its cgroup path names the container's id (so a child process of
+//! the container counts) or its pid is the container's main pid, and its time is in the exec's
+//! window.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::time::Time;
+
+/// The kernel log device.
+pub const KMSG_PATH: &str = "/dev/kmsg";
+/// Most OOM records kept in memory; older ones are dropped first.
+pub const MAX_RECORDS: usize = 4096;
+/// How long the reader sleeps when the log has nothing new.
+pub const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Largest kmsg record (the kernel's limit is about 1 KiB of text; 8 KiB is safe).
+const RECORD_BUF: usize = 8192;
+
+/// What kind of OOM line a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomLineKind {
+    /// `oom-kill:constraint=...,task_memcg=...,pid=...` (new kernels).
+    OomKill,
+    /// `... Killed process <pid> (...)` (new kernels).
+    KilledProcess,
+    /// `... Kill process <pid> (...)` (old kernels).
+    KillProcess,
+}
+
+/// One OOM record from the kernel log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomRecord {
+    /// kmsg sequence number.
+    pub seq: u64,
+    /// Microseconds since boot.
+    pub usec: u64,
+    /// The kind of line.
+    pub kind: OomLineKind,
+    /// The killed process.
+    pub pid: Option<u32>,
+    /// Its command name.
+    pub task: Option<String>,
+    /// The cgroup of the killed task (`task_memcg=`), when the line names it.
+    pub task_memcg: Option<String>,
+    /// Whether the kill was within a memory cgroup (vs. the whole machine).
+    pub memcg: bool,
+    /// The message text, cut to 512 bytes.
+    pub text: String,
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split(',').find_map(|kv| {
+        kv.trim()
+            .strip_prefix(key)
+            .and_then(|v| v.strip_prefix('='))
+    })
+}
+
+fn pid_after(text: &str, marker: &str) -> Option<(u32, Option<String>)> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let mut it = rest.trim_start().splitn(2, ' ');
+    let pid = it.next()?.parse().ok()?;
+    let comm = it
+        .next()
+        .and_then(|r| r.strip_prefix('('))
+        .and_then(|r| r.split_once(')'))
+        .map(|(c, _)| c.to_string());
+    Some((pid, comm))
+}
+
+/// Parses one kmsg record; `None` unless it is a well-formed OOM record. Never panics.
+pub fn parse_record(line: &str) -> Option<OomRecord> {
+    let (header, text) = line.split_once(';')?;
+    let mut h = header.split(',');
+    let _prio: u32 = h.next()?.trim().parse().ok()?;
+    let seq: u64 = h.next()?.trim().parse().ok()?;
+    let usec: u64 = h.next()?.trim().parse().ok()?;
+    // Continuation lines (` KEY=value`) follow the first line; only the first matters here.
+    let text = text.lines().next().unwrap_or("").trim_end();
+    let cut: String = text.chars().take(512).collect();
+    if let Some(rest) = text.strip_prefix("oom-kill:") {
+        let pid = field(rest, "pid").and_then(|p| p.parse().ok());
+        let constraint = field(rest, "constraint").unwrap_or("");
+        return Some(OomRecord {
+            seq,
+            usec,
+            kind: OomLineKind::OomKill,
+            pid,
+            task: field(rest, "task").map(str::to_string),
+            task_memcg: field(rest, "task_memcg").map(str::to_string),
+            memcg: constraint == "CONSTRAINT_MEMCG",
+            text: cut,
+        });
+    }
+    let memcg = text.contains("Memory cgroup out of memory");
+    if !(memcg || text.contains("Out of memory")) {
+        return None;
+    }
+    let (kind, marker) = if text.contains("Killed process ") {
+        (OomLineKind::KilledProcess, "Killed process ")
+    } else if text.contains("Kill process ") {
+        (OomLineKind::KillProcess, "Kill process ")
+    } else {
+        return None;
+    };
+    let (pid, task) = pid_after(text, marker)?;
+    Some(OomRecord {
+        seq,
+        usec,
+        kind,
+        pid: Some(pid),
+        task,
+        task_memcg: None,
+        memcg,
+        text: cut,
+    })
+}
+
+/// What an exec is, for matching kernel records.
+#[derive(Debug, Clone, Default)]
+pub struct OomTarget {
+    /// Container main process pid (0 when unknown).
+    pub pid: i64,
+    /// Container id (full hex).
+    pub container_id: String,
+    /// The container's memory cgroup path, when known (e.g. `/docker/<id>`).
+    pub cgroup: Option<String>,
+}
+
+impl OomTarget {
+    fn matches(&self, r: &OomRecord, related: &[OomRecord]) -> bool {
+        let by_cgroup = |memcg: &Option<String>| {
+            memcg.as_deref().is_some_and(|m| {
+                (!self.container_id.is_empty() && m.contains(&self.container_id))
+                    || self
+                        .cgroup
+                        .as_deref()
+                        .is_some_and(|c| !c.is_empty() && m == c)
+            })
+        };
+        if by_cgroup(&r.task_memcg) {
+            return true;
+        }
+        // A "Killed process N" line belongs to the oom-kill line with the same pid just before it.
+        if r.kind != OomLineKind::OomKill
+            && related.iter().any(|o| {
+                o.kind == OomLineKind::OomKill
+                    && o.pid == r.pid
+                    && o.seq < r.seq
+                    && r.seq - o.seq <= 8
+                    && by_cgroup(&o.task_memcg)
+            })
+        {
+            return true;
+        }
+        self.pid > 0 && r.pid.is_some_and(|p| i64::from(p) == self.pid)
+    }
+}
+
+/// Finds the first record for `target` with boot-relative time in `(start, end]` (microseconds).
+pub fn find(
+    records: &[OomRecord],
+    target: &OomTarget,
+    start_usec: u64,
+    end_usec: u64,
+) -> Option<OomRecord> {
+    records
+        .iter()
+        .filter(|r| r.usec > start_usec && r.usec <= end_usec)
+        // Prefer the human-readable "Killed process" line when both are there.
+        .filter(|r| target.matches(r, records))
+        .min_by_key(|r| (r.kind == OomLineKind::OomKill, r.seq))
+        .cloned()
+}
+
+/// Boot time, as `now - /proc/uptime`.
+pub fn boot_time(now: Time) -> Option<Time> {
+    let up = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = up.split_whitespace().next()?.parse().ok()?;
+    // Microsecond precision is plenty; uptime has centiseconds.
+    #[allow(clippy::cast_possible_truncation)]
+    let us = (secs * 1e6) as i64;
+    Some(now - chrono::Duration::microseconds(us))
+}
+
+/// One reader of `/dev/kmsg` per agent, keeping the last [`MAX_RECORDS`] OOM records. It reads
+/// the whole ring buffer first, so an OOM that happened while no agent ran is still found.
+#[derive(Debug, Clone)]
+pub struct KmsgMonitor {
+    records: Arc<Mutex<VecDeque<OomRecord>>>,
+    last_seq: Arc<Mutex<Option<u64>>>,
+    /// When the reader last found the log drained: every record logged before then is read.
+    drained_at: Arc<Mutex<Option<Instant>>>,
+    stop: CancellationToken,
+}
+
+impl KmsgMonitor {
+    /// Starts the reader thread. Without a readable `/dev/kmsg` it logs once and stays empty.
+    pub fn start() -> Self {
+        let m = KmsgMonitor {
+            records: Arc::new(Mutex::new(VecDeque::new())),
+            last_seq: Arc::new(Mutex::new(None)),
+            drained_at: Arc::new(Mutex::new(None)),
+            stop: CancellationToken::new(),
+        };
+        let (records, last_seq, drained_at, stop) = (
+            m.records.clone(),
+            m.last_seq.clone(),
+            m.drained_at.clone(),
+            m.stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("kmsg".into())
+            .spawn(move || {
+                if let Err(e) = read_loop(&records, &last_seq, &drained_at, &stop) {
+                    tracing::warn!(error = %e, "Reading the kernel log stopped; OOM evidence from it is unavailable.");
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::warn!(error = %e, "Starting the kernel log reader failed."));
+        m
+    }
+
+    /// A monitor over fixed records; for tests.
+    pub fn from_records(records: Vec<OomRecord>) -> Self {
+        KmsgMonitor {
+            last_seq: Arc::new(Mutex::new(records.iter().map(|r| r.seq).max())),
+            records: Arc::new(Mutex::new(records.into())),
+            drained_at: Arc::new(Mutex::new(Some(Instant::now()))),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// The OOM records kept.
+    pub fn records(&self) -> Vec<OomRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The sequence number of the last record read (any record, not only OOM ones).
+    pub fn last_seq(&self) -> Option<u64> {
+        *self.last_seq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the reader has drained the log at some point after `since` (so every record
+    /// logged before `since` has been read), for at most `max`. Returns whether it caught up.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn caught_up(&self, since: Instant, max: Duration) -> bool {
+        let deadline = Instant::now() + max;
+        loop {
+            if self
+                .drained_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t >= since)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the reader thread (within [`IDLE_POLL`]).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+fn read_loop(
+    records: &Mutex<VecDeque<OomRecord>>,
+    last_seq: &Mutex<Option<u64>>,
+    drained_at: &Mutex<Option<Instant>>,
+    stop: &CancellationToken,
+) -> io::Result<()> {
+    // Non-blocking, so the thread notices a stop request within IDLE_POLL.
+    let mut f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(KMSG_PATH)?;
+    let mut buf = vec![0u8; RECORD_BUF];
+    while !stop.is_cancelled() {
+        match f.read(&mut buf) {
+            Ok(0) => {
+                *drained_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                std::thread::sleep(IDLE_POLL);
+            }
+            Ok(n) => {
+                let line = String::from_utf8_lossy(&buf[..n]);
+                if let Some(seq) = line.split(',').nth(1).and_then(|s| s.parse().ok()) {
+                    *last_seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+                }
+                if let Some(r) = parse_record(&line) {
+                    let mut q = records.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.len() == MAX_RECORDS {
+                        q.pop_front();
+                    }
+                    q.push_back(r);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *drained_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                std::thread::sleep(IDLE_POLL);
+            }
+            // Records were overwritten before we read them; continue with the next ones.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f1d0e7c2b3a49586a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b";
+
+    fn new_format() -> Vec<String> {
+        vec![
+            "6,1001,30000000,-;bash invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=1000".into(),
+            format!("6,1002,30000100,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset={ID},mems_allowed=0,oom_memcg=/docker/{ID},task_memcg=/docker/{ID},task=sh,pid=4242,uid=0"),
+            "3,1003,30000200,-;Memory cgroup out of memory: Killed process 4242 (sh) total-vm:40000kB, anon-rss:32000kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:100kB oom_score_adj:1000".into(),
+        ]
+    }
+
+    #[test]
+    fn parses_new_format() {
+        let recs: Vec<_> = new_format()
+            .iter()
+            .filter_map(|l| parse_record(l))
+            .collect();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].kind, OomLineKind::OomKill);
+        assert_eq!(recs[0].pid, Some(4242));
+        assert_eq!(recs[0].task.as_deref(), Some("sh"));
+        assert_eq!(
+            recs[0].task_memcg.as_deref(),
+            Some(format!("/docker/{ID}").as_str())
+        );
+        assert!(recs[0].memcg);
+        assert_eq!(recs[1].kind, OomLineKind::KilledProcess);
+        assert_eq!(
+            (recs[1].pid, recs[1].task.as_deref(), recs[1].usec),
+            (Some(4242), Some("sh"), 30000200)
+        );
+    }
+
+    #[test]
+    fn parses_old_format() {
+        let r = parse_record("3,55,180000000,-;Memory cgroup out of memory: Kill process 3 (java) score 999 or sacrifice child").unwrap();
+        assert_eq!(
+            (r.kind, r.pid, r.memcg),
+            (OomLineKind::KillProcess, Some(3), true)
+        );
+        let g = parse_record(
+            "3,56,190000000,-;Out of memory: Kill process 7 (x) score 1 or sacrifice child",
+        )
+        .unwrap();
+        assert_eq!((g.pid, g.memcg), (Some(7), false));
+        let k = parse_record("3,57,190000001,-;Out of memory: Killed process 8 (y) total-vm:1kB")
+            .unwrap();
+        assert_eq!((k.kind, k.pid), (OomLineKind::KilledProcess, Some(8)));
+    }
+
+    #[test]
+    fn continuation_lines_and_other_records_are_ignored() {
+        let with_dict =
+            "3,9,100,-;Out of memory: Killed process 9 (z) total-vm:1kB\n SUBSYSTEM=memory\n";
+        assert_eq!(parse_record(with_dict).unwrap().pid, Some(9));
+        assert!(parse_record("6,10,100,-;eth0: link up").is_none());
+    }
+
+    #[test]
+    fn malformed_lines_never_panic() {
+        let bad = [
+            "",
+            ";",
+            "garbage",
+            "6,x,1,-;Out of memory: Kill process 1 (a)",
+            "6,1,x,-;Out of memory: Kill process 1 (a)",
+            "6,1,1,-;Out of memory: Kill process",
+            "6,1,1,-;Out of memory: Kill process notanumber (a)",
+            "6,1,1,-;Out of memory: Killed process 99999999999 (a)",
+            "6,1,1,-;oom-kill:",
+            "6,1,1,-;oom-kill:pid=,task_memcg",
+            "6,1,1,-;Out of memory: Kill process 5 (unterminated",
+            "é,ü,ß;Out of memory",
+        ];
+        for l in bad {
+            let _ = parse_record(l);
+        }
+        assert!(parse_record("6,1,1,-;Out of memory: Kill process").is_none());
+        let unterminated =
+            parse_record("6,1,1,-;Out of memory: Kill process 5 (unterminated").unwrap();
+        assert_eq!((unterminated.pid, unterminated.task), (Some(5), None));
+        assert_eq!(
+            parse_record("6,1,1,-;oom-kill:pid=,task_memcg")
+                .unwrap()
+                .pid,
+            None
+        );
+    }
+
+    #[test]
+    fn matching_by_cgroup_pid_and_window() {
+        let mut recs: Vec<_> = new_format()
+            .iter()
+            .filter_map(|l| parse_record(l))
+            .collect();
+        recs.push(
+            parse_record(
+                "3,2000,90000000,-;Memory cgroup out of memory: Kill process 3 (old) score 1",
+            )
+            .unwrap(),
+        );
+        let by_id = OomTarget {
+            pid: 1,
+            container_id: ID.into(),
+            cgroup: None,
+        };
+        // A child (pid 4242, not the main pid 1) of the container counts; the readable line wins.
+        let hit = find(&recs, &by_id, 29_000_000, 31_000_000).unwrap();
+        assert_eq!(hit.kind, OomLineKind::KilledProcess);
+        assert!(
+            find(&recs, &by_id, 30_000_200, 31_000_000).is_none(),
+            "window is (start, end]"
+        );
+        let other = OomTarget {
+            pid: 1,
+            container_id: "ffff".repeat(16),
+            cgroup: None,
+        };
+        assert!(find(&recs, &other, 0, u64::MAX).is_none());
+        // Old kernels name only the pid.
+        let by_pid = OomTarget {
+            pid: 3,
+            container_id: "ffff".repeat(16),
+            cgroup: None,
+        };
+        assert_eq!(
+            find(&recs, &by_pid, 60_000_000, 660_000_000).unwrap().pid,
+            Some(3)
+        );
+        assert!(find(&recs, &by_pid, 0, 60_000_000).is_none());
+    }
+}

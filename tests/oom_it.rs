@@ -1,0 +1,137 @@
+//! Real OOM kills in containers under a 32 MiB limit (HardMemLimit), with the kernel log reader
+//! running: the main process killed, a child killed while the shell survives, a process that
+//! SIGKILLs itself (not OOM), and an exec under the limit.
+#![cfg(feature = "integration")]
+// Every function in an integration-test crate is a test; the lint is for src/.
+#![allow(clippy::tests_outside_test_module)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use reflow_agent::clock::SystemClock;
+use reflow_agent::error::Kind;
+use reflow_agent::executor::Executor;
+use reflow_agent::manifest::Manifest;
+use reflow_agent::model::ExecConfig;
+use reflow_agent::oom::OomSource;
+use reflow_agent::oom::kmsg::KmsgMonitor;
+
+const LIMIT: f64 = (32u64 << 20) as f64;
+/// Grows bash's memory (a command substitution holds the whole output) far past 32 MiB.
+const HOG: &str = "x=$(head -c 200000000 /dev/zero | tr '\\0' a)";
+
+async fn limited_executor(dir: &std::path::Path) -> (Executor, KmsgMonitor) {
+    let kmsg = KmsgMonitor::start();
+    let mut cfg = config(dir);
+    cfg.hard_mem_limit = true;
+    cfg.kmsg = Some(kmsg.clone());
+    (
+        Executor::start(cfg, runtime(), Arc::new(SystemClock))
+            .await
+            .unwrap(),
+        kmsg,
+    )
+}
+
+fn limited(cmd: &str) -> ExecConfig {
+    let mut c = exec(cmd, vec![]);
+    c.resources.set("mem", LIMIT);
+    c
+}
+
+fn manifest(e: &reflow_agent::executor::Exec) -> Manifest {
+    serde_json::from_slice(&std::fs::read(e.dir().join("manifest.json")).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn main_process_oom_is_reported_with_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ex, kmsg) = limited_executor(dir.path()).await;
+    let e = ex.put(new_id("oom-main"), limited(HOG)).await.unwrap();
+    e.wait().await.unwrap();
+    let err = e.result().unwrap().err.expect("an OOM is an exec error");
+    assert_eq!(err.kind, Kind::Oom, "{err}");
+    let m = manifest(&e);
+    let ev = m.oom.expect("evidence in the manifest");
+    assert_eq!(ev.source, OomSource::Docker);
+    assert!(ev.corroborated_by.contains(&OomSource::Kmsg), "{ev:?}");
+    assert!(ev.detail.contains("Killed process"), "{}", ev.detail);
+    assert_eq!(ev.limit, Some(32 << 20));
+    // HardMemLimit came from the exec's resources.
+    assert_eq!(m.docker["HostConfig"]["Memory"], 32 << 20);
+    assert_eq!(
+        m.docker["HostConfig"]["MemorySwap"],
+        (32 << 20) + (100 << 20)
+    );
+    kmsg.stop();
+}
+
+#[tokio::test]
+async fn child_oom_while_the_shell_survives_is_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ex, kmsg) = limited_executor(dir.path()).await;
+    // Single quotes: the child bash, not the main one, expands the hog.
+    let cmd =
+        r#"bash -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a)' || echo child died >&2; exit 1"#;
+    let e = ex.put(new_id("oom-child"), limited(cmd)).await.unwrap();
+    e.wait().await.unwrap();
+    let err = e.result().unwrap().err.expect("exec error");
+    assert_eq!(err.kind, Kind::Oom, "{err}");
+    let stderr = String::from_utf8(e.logs(false, true).unwrap()).unwrap();
+    assert!(
+        stderr.contains("Killed") && stderr.ends_with("child died\n"),
+        "the main shell survived: {stderr:?}"
+    );
+    let ev = manifest(&e).oom.expect("evidence");
+    let sources: Vec<OomSource> = std::iter::once(ev.source)
+        .chain(ev.corroborated_by.iter().copied())
+        .collect();
+    assert!(
+        sources.contains(&OomSource::Kmsg),
+        "the kernel record names the container's cgroup: {ev:?}"
+    );
+    kmsg.stop();
+}
+
+#[tokio::test]
+async fn a_process_that_kills_itself_is_not_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ex, kmsg) = limited_executor(dir.path()).await;
+    // Not in the main shell: PID 1 of a container ignores SIGKILL from inside it. The second
+    // command keeps bash from exec'ing the child (which would make it PID 1 again); with -e the
+    // main shell then exits 137.
+    let e = ex
+        .put(
+            new_id("kill9"),
+            limited("bash -c 'kill -9 $$'; echo unreachable"),
+        )
+        .await
+        .unwrap();
+    e.wait().await.unwrap();
+    let err = e.result().unwrap().err.expect("exec error");
+    assert_eq!(err.kind, Kind::DockerExec, "{err}");
+    assert!(err.to_string().contains("exited with code 137"), "{err}");
+    assert!(manifest(&e).oom.is_none());
+    kmsg.stop();
+}
+
+#[tokio::test]
+async fn an_exec_under_the_limit_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ex, kmsg) = limited_executor(dir.path()).await;
+    let e = ex
+        .put(
+            new_id("under"),
+            limited("x=$(head -c 1000000 /dev/zero | tr '\\0' a); echo ok > $out"),
+        )
+        .await
+        .unwrap();
+    e.wait().await.unwrap();
+    let r = e.result().unwrap();
+    assert!(r.err.is_none(), "{:?}", r.err);
+    assert_eq!(r.fileset.file().unwrap().id.hex(), sha256sum(b"ok\n"));
+    assert!(manifest(&e).oom.is_none());
+    kmsg.stop();
+}
