@@ -248,7 +248,7 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
         let mut cfg = crate::executor::ExecutorConfig::new(&opts.executor_id, &opts.dir);
         cfg.hard_mem_limit = opts.hard_mem_limit;
         let kmsg = crate::oom::kmsg::KmsgMonitor::start();
-        cfg.kmsg = Some(kmsg.clone());
+        cfg.oom_detectors = vec![std::sync::Arc::new(kmsg.clone())];
         let ex = crate::executor::Executor::start(
             cfg,
             runtime,

@@ -26,7 +26,7 @@ async fn limited_executor(dir: &std::path::Path) -> (Executor, KmsgMonitor) {
     let kmsg = KmsgMonitor::start();
     let mut cfg = config(dir);
     cfg.hard_mem_limit = true;
-    cfg.kmsg = Some(kmsg.clone());
+    cfg.oom_detectors = vec![Arc::new(kmsg.clone())];
     (
         Executor::start(cfg, runtime(), Arc::new(SystemClock))
             .await

@@ -489,7 +489,6 @@ impl Exec {
             inner.clock.clone(),
         );
         let waited = inner.runtime.wait(&self.container).await;
-        let exited_at = std::time::Instant::now();
         // Stop at once: the final cgroup reading races the engine removing the cgroup.
         let sampled = sampler.stop().await;
         let code = waited.map_err(|e| self.classified("wait", &e))?;
@@ -530,7 +529,7 @@ impl Exec {
             exit_code: code,
             docker_oom_killed: info.oom_killed,
             cgroup: sampled.cgroup,
-            kmsg: self.kmsg_evidence(inner, &info, pid, code, exited_at).await,
+            detections: self.detections(inner, &info, pid, code).await,
             golang: self.go_oom_line(),
             node: sampled.node.explain(),
             exit_time: Some(inner.clock.now()),
@@ -550,41 +549,35 @@ impl Exec {
         Ok(ExecState::Complete)
     }
 
-    /// A kernel OOM record for this container in its run window, asked only for abnormal exits.
-    /// Waits until the kernel log reader has drained the log after the exit (no fixed sleep).
-    async fn kmsg_evidence(
+    /// Detections for this container in its run window from the configured detectors, asked
+    /// only for abnormal exits.
+    async fn detections(
         &self,
         inner: &Inner,
         info: &ContainerInfo,
         pid: i64,
         code: i64,
-        exited_at: std::time::Instant,
-    ) -> Option<(crate::oom::kmsg::OomRecord, time::Time)> {
-        let monitor = inner.cfg.kmsg.as_ref()?;
+    ) -> Vec<crate::oom::Detection> {
         if code == 0 && !info.oom_killed {
-            return None;
+            return Vec::new();
         }
-        if !monitor.caught_up(exited_at, Duration::from_secs(2)).await {
-            tracing::warn!(exec = %self.id, "The kernel log reader did not catch up; kmsg evidence may be missing.");
-        }
-        let now = inner.clock.now();
-        let boot = crate::oom::kmsg::boot_time(now)?;
-        let usec =
-            |t: time::Time| u64::try_from((t - boot).num_microseconds().unwrap_or(0)).unwrap_or(0);
-        // A second of slack on both sides: the engine's timestamps and the kernel's differ a little.
-        let start = info
-            .started_at
-            .map(|t| usec(t).saturating_sub(1_000_000))
-            .unwrap_or(0);
-        let end = usec(now) + 1_000_000;
-        let target = crate::oom::kmsg::OomTarget {
+        let target = crate::oom::OomTarget {
             pid,
             container_id: info.id.clone(),
             cgroup: None,
         };
-        let r = crate::oom::kmsg::find(&monitor.records(), &target, start, end)?;
-        let at = boot + chrono::Duration::microseconds(i64::try_from(r.usec).unwrap_or(0));
-        Some((r, at))
+        // A second of slack on both sides: the engine's clock and the kernel's differ a little.
+        let slack = chrono::Duration::seconds(1);
+        let end = inner.clock.now() + slack;
+        let start = info
+            .started_at
+            .map(|t| t - slack)
+            .unwrap_or_else(time::zero);
+        let mut out = Vec::new();
+        for d in &inner.cfg.oom_detectors {
+            out.extend(d.oom(&target, start, end).await);
+        }
+        out
     }
 
     async fn classify(

@@ -103,8 +103,9 @@ pub struct ExecutorConfig {
     pub pull_backoff: Duration,
     /// Registry credentials for pulls.
     pub auth: Option<Arc<dyn Authenticator>>,
-    /// The agent's kernel log reader (one per agent, shared by its executors), for OOM evidence.
-    pub kmsg: Option<crate::oom::kmsg::KmsgMonitor>,
+    /// OOM detectors consulted after an abnormal exit, e.g. the agent's one kernel log reader
+    /// (shared by its executors).
+    pub oom_detectors: Vec<Arc<dyn crate::oom::OomDetector>>,
     /// How often a running exec's cgroup OOM counters and the node's memory are read.
     pub oom_poll_interval: Duration,
 }
@@ -125,7 +126,7 @@ impl ExecutorConfig {
             profile_interval: DEFAULT_PROFILE_INTERVAL,
             pull_backoff: Duration::from_secs(1),
             auth: None,
-            kmsg: None,
+            oom_detectors: Vec::new(),
             oom_poll_interval: Duration::from_millis(500),
         }
     }

@@ -189,6 +189,25 @@ pub fn find(
         .cloned()
 }
 
+#[async_trait::async_trait]
+impl super::OomDetector for KmsgMonitor {
+    /// Waits until the reader has drained the log after this call (so a kill that ended the
+    /// exec has been read; at most 2 s), then looks for a record for `target` in the window.
+    async fn oom(&self, target: &OomTarget, start: Time, end: Time) -> Option<super::Detection> {
+        if !self.caught_up(Instant::now(), Duration::from_secs(2)).await {
+            tracing::warn!("The kernel log reader did not catch up; kmsg evidence may be missing.");
+        }
+        let boot = boot_time(end)?;
+        let usec = |t: Time| u64::try_from((t - boot).num_microseconds().unwrap_or(0)).unwrap_or(0);
+        let r = find(&self.records(), target, usec(start), usec(end))?;
+        Some(super::Detection {
+            source: super::OomSource::Kmsg,
+            time: boot + chrono::Duration::microseconds(i64::try_from(r.usec).unwrap_or(0)),
+            detail: r.text,
+        })
+    }
+}
+
 /// Boot time, as `now - /proc/uptime`.
 pub fn boot_time(now: Time) -> Option<Time> {
     let up = std::fs::read_to_string("/proc/uptime").ok()?;

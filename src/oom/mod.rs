@@ -18,7 +18,10 @@
 pub mod kmsg;
 pub mod node;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+pub use kmsg::OomTarget;
 
 use crate::time::{self, Time};
 
@@ -48,6 +51,29 @@ impl std::fmt::Display for OomSource {
             OomSource::Node => "node",
         })
     }
+}
+
+/// One source's finding about one exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// The source.
+    pub source: OomSource,
+    /// What it showed.
+    pub detail: String,
+    /// When the kill happened.
+    pub time: Time,
+}
+
+/// The seed's detector port: was `target` OOM-killed in the window `(start, end]`? Sources that
+/// observe something outside the exec (the kernel log) sit behind it; the engine's flag and the
+/// cgroup counters are read by the exec itself.
+#[async_trait]
+pub trait OomDetector: Send + Sync + std::fmt::Debug {
+    /// A detection for `target` in `(start, end]`, if this source has one.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn oom(&self, target: &OomTarget, start: Time, end: Time) -> Option<Detection>;
 }
 
 /// Why the agent believes an exec was OOM-killed; stored in the manifest under `Oom`.
@@ -108,8 +134,8 @@ pub struct OomInputs {
     pub docker_oom_killed: bool,
     /// The container's cgroup readings.
     pub cgroup: CgroupMemory,
-    /// A matching kernel record and its time.
-    pub kmsg: Option<(kmsg::OomRecord, Time)>,
+    /// Detections from the [`OomDetector`]s (the kernel log).
+    pub detections: Vec<Detection>,
     /// A Go runtime OOM line from the logs.
     pub golang: Option<String>,
     /// A node-level explanation ([`node::NodeWindow::explain`]).
@@ -133,8 +159,8 @@ pub fn decide(i: &OomInputs) -> Option<OomEvidence> {
             format!("memory cgroup oom_kill count {n}"),
         ));
     }
-    if let Some((r, _)) = &i.kmsg {
-        found.push((OomSource::Kmsg, r.text.clone()));
+    for d in &i.detections {
+        found.push((d.source, d.detail.clone()));
     }
     if let Some(l) = &i.golang {
         found.push((OomSource::Golang, l.clone()));
@@ -149,15 +175,15 @@ pub fn decide(i: &OomInputs) -> Option<OomEvidence> {
     let (source, mut detail) = it.next()?;
     let corroborated_by: Vec<OomSource> = it.map(|(s, _)| s).collect();
     // The kernel's line is the most useful detail; keep it even when another source decided.
+    let kernel = i.detections.iter().find(|d| d.source == OomSource::Kmsg);
     if source != OomSource::Kmsg
-        && let Some((r, _)) = &i.kmsg
+        && let Some(k) = kernel
     {
-        detail = format!("{detail}; kernel: {}", r.text);
+        detail = format!("{detail}; kernel: {}", k.detail);
     }
-    let time = i
-        .kmsg
-        .as_ref()
-        .map(|(_, t)| *t)
+    let time = kernel
+        .or(i.detections.first())
+        .map(|d| d.time)
         .or(i.exit_time)
         .unwrap_or_else(time::zero);
     Some(OomEvidence {
@@ -174,12 +200,16 @@ pub fn decide(i: &OomInputs) -> Option<OomEvidence> {
 mod tests {
     use super::*;
 
-    fn rec() -> (kmsg::OomRecord, Time) {
+    fn rec() -> Detection {
         let r = kmsg::parse_record(
             "3,9,100,-;Memory cgroup out of memory: Killed process 9 (sh) total-vm:1kB",
         )
         .unwrap();
-        (r, time::parse("2026-01-01T00:00:00Z").unwrap())
+        Detection {
+            source: OomSource::Kmsg,
+            detail: r.text,
+            time: time::parse("2026-01-01T00:00:00Z").unwrap(),
+        }
     }
 
     #[test]
@@ -211,7 +241,7 @@ mod tests {
                 "docker + kmsg + cgroup",
                 OomInputs {
                     docker_oom_killed: true,
-                    kmsg: Some(rec()),
+                    detections: vec![rec()],
                     cgroup: CgroupMemory {
                         oom_kills: Some(1),
                         ..CgroupMemory::default()
@@ -223,7 +253,7 @@ mod tests {
             (
                 "kmsg only (a child)",
                 OomInputs {
-                    kmsg: Some(rec()),
+                    detections: vec![rec()],
                     ..base.clone()
                 },
                 Some((OomSource::Kmsg, vec![])),
@@ -276,7 +306,7 @@ mod tests {
         let i = OomInputs {
             exit_code: 1,
             docker_oom_killed: true,
-            kmsg: Some(rec()),
+            detections: vec![rec()],
             cgroup: CgroupMemory {
                 oom_kills: Some(1),
                 failcnt: Some(4),
@@ -287,7 +317,7 @@ mod tests {
         };
         let e = decide(&i).unwrap();
         assert!(e.detail.contains("Killed process 9 (sh)"), "{}", e.detail);
-        assert_eq!(e.time, rec().1);
+        assert_eq!(e.time, rec().time);
         assert_eq!((e.peak_memory, e.limit), (Some(33 << 20), Some(32 << 20)));
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(j["Source"], "docker");
