@@ -4,6 +4,7 @@
 //! exec_bench floor    N CONCURRENCY IMAGE   bare create/start/wait/remove on the Docker API
 //! exec_bench executor N CONCURRENCY IMAGE   N trivial execs (`true`) through the Executor
 //! exec_bench rss      N IMAGE               RSS of this process with N execs running
+//! exec_bench oom      N IMAGE               OOM detection delay over N real OOM kills
 //! ```
 //! The floor uses the same container definition as the executor (entrypoint, binds, host
 //! network), so the difference is the agent's own work: manifests, fsyncs, directories, logs.
@@ -209,8 +210,50 @@ async fn main() {
                 "{{\"mode\":\"rss\",\"n\":{n},\"rss_kib_idle\":{before},\"rss_kib_running\":{during}}}"
             );
         }
+        "oom" => {
+            let (n, image): (usize, String) = (args[2].parse().unwrap(), args[3].clone());
+            let kmsg = reflow_agent::oom::kmsg::KmsgMonitor::start(Arc::new(SystemClock));
+            let mut cfg =
+                ExecutorConfig::new(format!("benchoom{}", std::process::id()), dir.path());
+            cfg.hard_mem_limit = true;
+            cfg.oom_detectors = vec![Arc::new(kmsg.clone())];
+            let ex = Executor::start(
+                cfg,
+                Arc::new(BollardRuntime::connect().unwrap()),
+                Arc::new(SystemClock),
+            )
+            .await
+            .unwrap();
+            let mut delays_ms = Vec::new();
+            for i in 0..n {
+                let id = Digest::of(format!("oom-{}-{i}", std::process::id()).as_bytes());
+                let mut c = trivial(&image, "x=$(head -c 200000000 /dev/zero | tr '\\0' a)");
+                c.resources.set("mem", (32u64 << 20) as f64);
+                let e = ex.put(id, c).await.unwrap();
+                e.wait().await.unwrap();
+                let classified = reflow_agent::clock::Clock::now(&SystemClock);
+                let m = e.manifest();
+                let ev = m.oom.expect("an OOM with evidence");
+                assert!(
+                    ev.corroborated_by
+                        .contains(&reflow_agent::oom::OomSource::Kmsg)
+                        || ev.source == reflow_agent::oom::OomSource::Kmsg
+                );
+                delays_ms.push((classified - ev.time).num_microseconds().unwrap() as f64 / 1000.0);
+            }
+            kmsg.stop();
+            delays_ms.sort_by(f64::total_cmp);
+            let med = delays_ms[delays_ms.len() / 2];
+            println!(
+                "{{\"mode\":\"oom\",\"n\":{n},\"delay_ms_min\":{},\"delay_ms_median\":{med},\"delay_ms_max\":{}}}",
+                delays_ms[0],
+                delays_ms[delays_ms.len() - 1]
+            );
+        }
         _ => {
-            eprintln!("usage: exec_bench floor|executor N CONCURRENCY IMAGE | rss N IMAGE");
+            eprintln!(
+                "usage: exec_bench floor|executor N CONCURRENCY IMAGE | rss N IMAGE | oom N IMAGE"
+            );
             std::process::exit(2);
         }
     }

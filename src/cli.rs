@@ -247,7 +247,8 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
         let runtime = std::sync::Arc::new(crate::docker::bollard::BollardRuntime::connect()?);
         let mut cfg = crate::executor::ExecutorConfig::new(&opts.executor_id, &opts.dir);
         cfg.hard_mem_limit = opts.hard_mem_limit;
-        let kmsg = crate::oom::kmsg::KmsgMonitor::start();
+        let kmsg =
+            crate::oom::kmsg::KmsgMonitor::start(std::sync::Arc::new(crate::clock::SystemClock));
         cfg.oom_detectors = vec![std::sync::Arc::new(kmsg.clone())];
         let ex = crate::executor::Executor::start(
             cfg,

@@ -23,7 +23,7 @@ const LIMIT: f64 = (32u64 << 20) as f64;
 const HOG: &str = "x=$(head -c 200000000 /dev/zero | tr '\\0' a)";
 
 async fn limited_executor(dir: &std::path::Path) -> (Executor, KmsgMonitor) {
-    let kmsg = KmsgMonitor::start();
+    let kmsg = KmsgMonitor::start(Arc::new(SystemClock));
     let mut cfg = config(dir);
     cfg.hard_mem_limit = true;
     cfg.oom_detectors = vec![Arc::new(kmsg.clone())];

@@ -197,7 +197,7 @@ impl super::OomDetector for KmsgMonitor {
         if !self.caught_up(Instant::now(), Duration::from_secs(2)).await {
             tracing::warn!("The kernel log reader did not catch up; kmsg evidence may be missing.");
         }
-        let boot = boot_time(end)?;
+        let boot = boot_time(self.clock.now())?;
         let usec = |t: Time| u64::try_from((t - boot).num_microseconds().unwrap_or(0)).unwrap_or(0);
         let r = find(&self.records(), target, usec(start), usec(end))?;
         Some(super::Detection {
@@ -222,6 +222,7 @@ pub fn boot_time(now: Time) -> Option<Time> {
 /// the whole ring buffer first, so an OOM that happened while no agent ran is still found.
 #[derive(Debug, Clone)]
 pub struct KmsgMonitor {
+    clock: Arc<dyn crate::clock::Clock>,
     records: Arc<Mutex<VecDeque<OomRecord>>>,
     last_seq: Arc<Mutex<Option<u64>>>,
     /// When the reader last found the log drained: every record logged before then is read.
@@ -231,8 +232,10 @@ pub struct KmsgMonitor {
 
 impl KmsgMonitor {
     /// Starts the reader thread. Without a readable `/dev/kmsg` it logs once and stays empty.
-    pub fn start() -> Self {
+    /// `clock` turns the kernel's boot-relative timestamps into wall-clock times.
+    pub fn start(clock: Arc<dyn crate::clock::Clock>) -> Self {
         let m = KmsgMonitor {
+            clock,
             records: Arc::new(Mutex::new(VecDeque::new())),
             last_seq: Arc::new(Mutex::new(None)),
             drained_at: Arc::new(Mutex::new(None)),
@@ -257,11 +260,15 @@ impl KmsgMonitor {
     }
 
     /// A monitor over fixed records; for tests.
-    pub fn from_records(records: Vec<OomRecord>) -> Self {
+    pub fn from_records(records: Vec<OomRecord>, clock: Arc<dyn crate::clock::Clock>) -> Self {
         KmsgMonitor {
+            clock,
             last_seq: Arc::new(Mutex::new(records.iter().map(|r| r.seq).max())),
             records: Arc::new(Mutex::new(records.into())),
-            drained_at: Arc::new(Mutex::new(Some(Instant::now()))),
+            // Fixed records are always "read": no waiting for a reader.
+            drained_at: Arc::new(Mutex::new(Some(
+                Instant::now() + Duration::from_secs(365 * 24 * 3600),
+            ))),
             stop: CancellationToken::new(),
         }
     }
@@ -444,6 +451,36 @@ mod tests {
                 .pid,
             None
         );
+    }
+
+    #[tokio::test]
+    async fn the_detector_port_finds_a_child_kill_with_its_kernel_time() {
+        use crate::clock::{Clock, ManualClock};
+        use crate::oom::{OomDetector, OomSource};
+        let recs: Vec<_> = new_format()
+            .iter()
+            .filter_map(|l| parse_record(l))
+            .collect();
+        let clock = ManualClock::new(crate::time::parse("2026-06-01T12:00:00Z").unwrap());
+        let m = KmsgMonitor::from_records(recs, Arc::new(clock.clone()));
+        let boot = boot_time(clock.now()).unwrap();
+        let target = OomTarget {
+            pid: 1,
+            container_id: ID.into(),
+            cgroup: None,
+        };
+        let d = m.oom(&target, boot, clock.now()).await.unwrap();
+        assert_eq!(d.source, OomSource::Kmsg);
+        assert!(d.detail.contains("Killed process 4242"), "{}", d.detail);
+        // The record's 30.0002 s after boot, give or take the uptime read between the two calls.
+        let off = (d.time - boot).num_milliseconds();
+        assert!((29_000..31_000).contains(&off), "{off}");
+        let other = OomTarget {
+            pid: 1,
+            container_id: "ffff".repeat(16),
+            cgroup: None,
+        };
+        assert!(m.oom(&other, boot, clock.now()).await.is_none());
     }
 
     #[test]
