@@ -305,3 +305,39 @@ async fn references_reuse_local_objects_and_file_sources_are_verified() {
     );
     assert!(sig.has_changed().unwrap());
 }
+
+#[tokio::test]
+async fn concurrent_load_unload_loops_end_empty() {
+    use reflow_agent::fileset::Fileset;
+    use reflow_agent::repo::FileRepository;
+    let dir = tempfile::tempdir().unwrap();
+    let src_dir = dir.path().join("src");
+    let src = FileRepository::open(&src_dir).unwrap();
+    let mut fs = Fileset::default();
+    for i in 0..10u8 {
+        fs.map
+            .insert(format!("f{i}"), src.put_bytes(&[i; 1000]).unwrap());
+    }
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(&dir.path().join("alloc"), rt).await;
+    let url = format!("file://{}", src_dir.display());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (ex, url, fs) = (ex.clone(), url.clone(), fs.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let loaded = ex.load(&url, &fs).await.unwrap();
+                ex.verify_integrity(&loaded).await.unwrap();
+                ex.unload(&loaded).unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    ex.wait_gc().await;
+    for f in fs.files() {
+        assert_eq!(ex.refcount(&f.id), 0);
+    }
+    assert!(ex.repository().walk().unwrap().is_empty());
+}
