@@ -45,3 +45,10 @@ measure_interleaved() {
   T[$nb]=$(printf '%s\n' "${xb[@]}" | median)
   printf "%-28s %s s (median of %d, interleaved)\n" "$na" "${T[$na]}" "$RUNS" "$nb" "${T[$nb]}" "$RUNS" >&2
 }
+
+# row CELL...: one markdown table row.
+row() {
+  local out="|" c
+  for c in "$@"; do out+=" $c |"; done
+  echo "$out"
+}
