@@ -15,6 +15,8 @@
 //! - [`docker`]: the container runtime port, its bollard adapter, registry authentication.
 //! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
 //! - [`cgroup`]: cgroup v1/v2 discovery and counters.
+//! - [`pool`]: the pool of allocs (offers, keepalives, reclaim, restore, zombies).
+//! - [`taskdb`]: the TaskDB port (pool and alloc rows).
 //! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
 //! - [`aws`]: AWS SDK configuration from the standard chain.
 //! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
@@ -36,9 +38,11 @@ pub mod model;
 pub mod oom;
 pub mod par;
 pub mod persist;
+pub mod pool;
 pub mod profile;
 pub mod relpath;
 pub mod repo;
 pub mod resources;
+pub mod taskdb;
 pub mod telemetry;
 pub mod time;

@@ -1,0 +1,866 @@
+//! The pool: Reflow's local pool of allocs on one machine. It offers the machine's resources,
+//! creates allocs (each with its own [`Executor`] in `allocs/<id>/`), keeps them alive, reclaims
+//! expired ones when room is needed, and restores them after a restart. Dead allocs stay
+//! readable as zombies.
+//!
+//! On disk (under the pool directory):
+//! ```text
+//! state.json            {alloc id: resources} of the live allocs, written atomically on every change
+//! allocs/<id>/meta.json the alloc's request (Want, Owner, Labels), written atomically
+//! allocs/<id>/...       the alloc's executor directory
+//! ```
+
+pub mod accounting;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Duration;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::digest::Digest;
+use crate::docker::ContainerRuntime;
+use crate::error::{Classify, Kind};
+use crate::executor::{Executor, ExecutorConfig, ExecutorError};
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
+use crate::persist::{self, PersistError};
+use crate::resources::{CPU, DISK, MEM, Resources};
+use crate::taskdb::{self, TaskDb};
+use crate::time::{self, Time};
+use accounting::{AdmitError, AllocView, MetaScan, Offer, RestoreAction, StateScan};
+
+/// Fraction of memory kept back for the agent and the system.
+pub const MEM_RESERVE: f64 = 0.05;
+/// Disk assumed when the filesystem cannot be measured.
+pub const DEFAULT_DISK: f64 = 2e12;
+/// Largest `state.json` or `meta.json` read.
+pub const MAX_STATE_BYTES: u64 = 4 << 20;
+/// How often the pool's TaskDB row is kept alive, and for how long each time.
+pub const POOL_ROW_PERIOD: std::time::Duration = std::time::Duration::from_secs(90);
+/// The pool row's keepalive horizon.
+pub const POOL_ROW_TTL: Duration = Duration::minutes(2);
+
+/// What a producer asks an alloc for (Reflow's `AllocMeta`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocMeta {
+    /// Resources wanted.
+    #[serde(default)]
+    pub want: Resources,
+    /// Who asked.
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels.
+    #[serde(default, deserialize_with = "crate::fileset::null_default")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An alloc's description (Reflow's `AllocInspect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocInspect {
+    /// Alloc id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its TaskDB row.
+    #[serde(rename = "TaskDBAllocID")]
+    pub taskdb_alloc_id: Digest,
+    /// Resources held.
+    pub resources: Resources,
+    /// The request.
+    pub meta: AllocMeta,
+    /// Creation time.
+    #[serde(with = "time::go")]
+    pub created: Time,
+    /// Last keepalive.
+    #[serde(with = "time::go")]
+    pub last_keepalive: Time,
+    /// Expiry.
+    #[serde(with = "time::go")]
+    pub expires: Time,
+}
+
+/// Pool failures.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// The machine has less usable memory than the pool was told to expect.
+    #[error("unviable pool: available mem ({available}) < expected mem ({expected})")]
+    Unviable {
+        /// Usable memory, bytes.
+        available: f64,
+        /// Expected, bytes.
+        expected: f64,
+    },
+    /// No live alloc with this id.
+    #[error("alloc {id} does not exist")]
+    NoSuchAlloc {
+        /// Alloc id.
+        id: String,
+    },
+    /// The alloc expired and was reclaimed or is no longer alive.
+    #[error("alloc {id} expired")]
+    Expired {
+        /// Alloc id.
+        id: String,
+    },
+    /// An alloc id is not 16 lowercase hex characters.
+    #[error("invalid alloc id {id:?}")]
+    BadId {
+        /// The id (truncated).
+        id: String,
+    },
+    /// The request could not be admitted.
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    /// The alloc's executor failed.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+    /// A state file failed.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// A directory operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The random source failed.
+    #[error("random alloc id: {0}")]
+    Random(String),
+}
+
+impl Classify for PoolError {
+    fn kind(&self) -> Kind {
+        match self {
+            PoolError::Unviable { .. } => Kind::ResourcesExhausted,
+            PoolError::NoSuchAlloc { .. } | PoolError::Expired { .. } => Kind::NotExist,
+            PoolError::BadId { .. } => Kind::Invalid,
+            PoolError::Admit(e) => e.kind(),
+            PoolError::Executor(e) => e.kind(),
+            PoolError::Persist(e) => e.kind(),
+            PoolError::Io { .. } | PoolError::Random(_) => Kind::Unavailable,
+        }
+    }
+}
+
+/// `MemTotal` from `/proc/meminfo`, bytes.
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let kb: u64 = l
+            .strip_prefix("MemTotal:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kb.checked_mul(1024)
+    })
+}
+
+/// CPU feature resource keys from the first `flags` line of `/proc/cpuinfo` (none without one).
+pub fn cpu_features(cpuinfo: &str) -> Vec<&'static str> {
+    let Some(flags) = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("flags")
+            .map(|r| r.trim_start_matches([' ', '\t', ':']))
+    }) else {
+        return Vec::new();
+    };
+    let have: std::collections::BTreeSet<&str> = flags.split_whitespace().collect();
+    [
+        ("avx", "intel_avx"),
+        ("avx2", "intel_avx2"),
+        ("avx512f", "intel_avx512"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| have.contains(f))
+    .map(|(_, k)| k)
+    .collect()
+}
+
+/// The pool's resources: 95% of memory, the CPU count, a key per CPU feature (valued at the CPU
+/// count) and the disk holding the pool directory.
+pub fn machine_resources(
+    mem_total: u64,
+    cpus: usize,
+    features: &[&str],
+    disk: Option<u64>,
+) -> Resources {
+    let cpus = cpus as f64;
+    let mut r = Resources::from_pairs([
+        (MEM, (mem_total as f64 * (1.0 - MEM_RESERVE)).floor()),
+        (CPU, cpus),
+        (DISK, disk.map(|d| d as f64).unwrap_or(DEFAULT_DISK)),
+    ]);
+    for f in features {
+        r.set(f, cpus);
+    }
+    r
+}
+
+fn disk_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    s.f_blocks.checked_mul(s.f_frsize)
+}
+
+/// A fresh alloc id: 16 hex characters from 8 bytes of the OS's CSPRNG.
+///
+/// # Errors
+/// The OS random source failed.
+pub fn new_alloc_id() -> Result<String, PoolError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| PoolError::Random(e.to_string()))?;
+    Ok(hex::encode(b))
+}
+
+fn valid_alloc_id(id: &str) -> bool {
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Pool id (names the TaskDB pool row), e.g. the instance id.
+    pub id: String,
+    /// The pool directory.
+    pub dir: PathBuf,
+    /// Settings every alloc's executor gets (its id and directory are the alloc's).
+    pub executor: ExecutorConfig,
+    /// Fail to start when usable memory is below this many bytes (0 disables the check).
+    pub expected_usable_mem: f64,
+}
+
+/// A live alloc.
+#[derive(Debug)]
+pub struct Alloc {
+    id: String,
+    executor: Executor,
+    meta: AllocMeta,
+    created: Time,
+    row: Digest,
+    /// (last keepalive, expiry)
+    times: Mutex<(Time, Time)>,
+}
+
+impl Alloc {
+    /// Alloc id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The alloc's executor.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// When it expires unless kept alive.
+    pub fn expires(&self) -> Time {
+        self.times.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Reflow's `AllocInspect`.
+    pub fn inspect(&self) -> AllocInspect {
+        let (last, expires) = *self.times.lock().unwrap_or_else(|p| p.into_inner());
+        AllocInspect {
+            id: self.id.clone(),
+            taskdb_alloc_id: self.row,
+            resources: self.meta.want.clone(),
+            meta: self.meta.clone(),
+            created: self.created,
+            last_keepalive: last,
+            expires,
+        }
+    }
+
+    fn view(&self) -> AllocView {
+        AllocView {
+            id: self.id.clone(),
+            resources: self.meta.want.clone(),
+            expires: self.expires(),
+        }
+    }
+}
+
+/// A dead alloc's directory, readable until garbage-collected.
+#[derive(Debug, Clone)]
+pub struct Zombie {
+    /// Alloc id.
+    pub id: String,
+    dir: PathBuf,
+}
+
+impl Zombie {
+    /// The alloc's request.
+    ///
+    /// # Errors
+    /// An unreadable `meta.json`.
+    pub fn meta(&self) -> Result<AllocMeta, PoolError> {
+        Ok(persist::read_json(
+            &self.dir.join("meta.json"),
+            MAX_STATE_BYTES,
+        )?)
+    }
+
+    /// Its execs (directory names that are exec ids).
+    pub fn execs(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = fs::read_dir(self.dir.join("execs"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| Digest::parse(&e.file_name().to_string_lossy()).ok())
+                    .filter(|d| !d.is_zero())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// An exec's manifest (its result, config and inspect).
+    ///
+    /// # Errors
+    /// An unreadable manifest.
+    pub fn manifest(&self, exec: &Digest) -> Result<Manifest, PoolError> {
+        Ok(persist::read_json(
+            &self.dir.join("execs").join(exec.hex()).join(MANIFEST_FILE),
+            MAX_MANIFEST_BYTES,
+        )?)
+    }
+
+    /// An exec's saved stdout then stderr.
+    ///
+    /// # Errors
+    /// A missing log file.
+    pub fn logs(&self, exec: &Digest) -> Result<Vec<u8>, PoolError> {
+        let d = self.dir.join("execs").join(exec.hex());
+        let mut out = Vec::new();
+        for name in ["stdout", "stderr"] {
+            let p = d.join(name);
+            out.extend(fs::read(&p).map_err(|source| PoolError::Io {
+                op: "read",
+                path: p,
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    cfg: PoolConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    clock: Arc<dyn Clock>,
+    taskdb: Arc<dyn TaskDb>,
+    total: Resources,
+    pool_row: Digest,
+    allocs: tokio::sync::Mutex<BTreeMap<String, Arc<Alloc>>>,
+    stopped: AtomicBool,
+}
+
+/// The pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+impl Pool {
+    /// Measures the machine, checks the expected memory, and restores allocs from disk (see
+    /// [`accounting::plan_restore`]). Restored allocs start expired until a keepalive arrives.
+    ///
+    /// # Errors
+    /// Too little memory, an unusable directory, or a failing executor start.
+    pub async fn start(
+        cfg: PoolConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+        clock: Arc<dyn Clock>,
+        taskdb: Arc<dyn TaskDb>,
+    ) -> Result<Pool, PoolError> {
+        let allocs_dir = cfg.dir.join("allocs");
+        fs::create_dir_all(&allocs_dir).map_err(|source| PoolError::Io {
+            op: "create",
+            path: allocs_dir.clone(),
+            source,
+        })?;
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let total = machine_resources(
+            parse_mem_total(&meminfo).unwrap_or(0),
+            cpus,
+            &cpu_features(&cpuinfo),
+            disk_bytes(&cfg.dir),
+        );
+        if cfg.expected_usable_mem > 0.0 && total.mem() < cfg.expected_usable_mem {
+            return Err(PoolError::Unviable {
+                available: total.mem(),
+                expected: cfg.expected_usable_mem,
+            });
+        }
+        tracing::info!(pool = %cfg.id, resources = %total, "Pool resources.");
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                pool_row: taskdb::pool_row(&cfg.id),
+                cfg,
+                runtime,
+                clock,
+                taskdb,
+                total,
+                allocs: tokio::sync::Mutex::new(BTreeMap::new()),
+                stopped: AtomicBool::new(false),
+            }),
+        };
+        pool.restore().await?;
+        Ok(pool)
+    }
+
+    /// The pool's total resources.
+    pub fn resources(&self) -> Resources {
+        self.inner.total.clone()
+    }
+
+    /// The pool's TaskDB row.
+    pub fn taskdb_row(&self) -> Digest {
+        self.inner.pool_row
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.inner.cfg.dir.join("state.json")
+    }
+
+    fn alloc_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.dir.join("allocs").join(id)
+    }
+
+    async fn executor_for(&self, id: &str) -> Result<Executor, PoolError> {
+        let mut cfg = self.inner.cfg.executor.clone();
+        cfg.id = id.to_string();
+        cfg.dir = self.alloc_dir(id);
+        Ok(Executor::start(cfg, self.inner.runtime.clone(), self.inner.clock.clone()).await?)
+    }
+
+    /// Writes `state.json` for `allocs`, atomically.
+    fn save_state(&self, allocs: &BTreeMap<String, Arc<Alloc>>) -> Result<(), PoolError> {
+        let state: BTreeMap<&String, &Resources> =
+            allocs.iter().map(|(id, a)| (id, &a.meta.want)).collect();
+        Ok(persist::write_json_atomic(&self.state_path(), &state)?)
+    }
+
+    async fn restore(&self) -> Result<(), PoolError> {
+        let state = match persist::read_json::<BTreeMap<String, Resources>>(
+            &self.state_path(),
+            MAX_STATE_BYTES,
+        ) {
+            Ok(m) => StateScan::Ok(m),
+            Err(e) if e.is_not_found() => StateScan::Missing,
+            Err(e) => StateScan::Corrupt(format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )),
+        };
+        let mut dirs = Vec::new();
+        let allocs_dir = self.inner.cfg.dir.join("allocs");
+        for e in fs::read_dir(&allocs_dir)
+            .map_err(|source| PoolError::Io {
+                op: "list",
+                path: allocs_dir.clone(),
+                source,
+            })?
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !e.path().is_dir() || !valid_alloc_id(&id) {
+                continue;
+            }
+            let scan =
+                match persist::read_json::<AllocMeta>(&e.path().join("meta.json"), MAX_STATE_BYTES)
+                {
+                    Ok(_) => MetaScan::Ok,
+                    Err(err) if err.is_not_found() => MetaScan::Missing,
+                    Err(err) => MetaScan::Corrupt(err.to_string()),
+                };
+            dirs.push((id, scan));
+        }
+        let now = self.inner.clock.now();
+        let mut allocs = self.inner.allocs.lock().await;
+        for action in accounting::plan_restore(&state, &dirs) {
+            match action {
+                RestoreAction::QuarantineState { reason } => {
+                    let to = self
+                        .inner
+                        .cfg
+                        .dir
+                        .join(format!("state.json.corrupt-{}", now.timestamp()));
+                    tracing::error!(%reason, quarantined = %to.display(), "Corrupt pool state quarantined; restoring every alloc directory instead of killing any.");
+                    let _ = fs::rename(self.state_path(), &to);
+                }
+                RestoreAction::Restore { id } => {
+                    let meta: AllocMeta = persist::read_json(
+                        &self.alloc_dir(&id).join("meta.json"),
+                        MAX_STATE_BYTES,
+                    )?;
+                    let executor = self.executor_for(&id).await?;
+                    executor.set_resources(meta.want.clone());
+                    let row = taskdb::alloc_row(&self.inner.cfg.id, &id);
+                    if let Err(e) = self
+                        .inner
+                        .taskdb
+                        .start_alloc(row, self.inner.pool_row, &id, &meta.want, now)
+                        .await
+                    {
+                        tracing::warn!(alloc = %id, error = %e, "TaskDB start_alloc failed.");
+                    }
+                    tracing::info!(alloc = %id, execs = executor.execs().len(), "Restored alloc (expired until kept alive).");
+                    allocs.insert(
+                        id.clone(),
+                        Arc::new(Alloc {
+                            id,
+                            executor,
+                            meta,
+                            created: now,
+                            row,
+                            times: Mutex::new((now, now)),
+                        }),
+                    );
+                }
+                RestoreAction::EndUnlisted { id } => {
+                    tracing::warn!(alloc = %id, "Alloc was freed before the restart; killing its containers.");
+                    let executor = self.executor_for(&id).await?;
+                    if let Err(e) = executor.kill().await {
+                        tracing::warn!(alloc = %id, error = %e, "Killing a freed alloc failed.");
+                    }
+                    let _ = self
+                        .inner
+                        .taskdb
+                        .set_end_time(taskdb::alloc_row(&self.inner.cfg.id, &id), now)
+                        .await;
+                }
+                RestoreAction::Skip { id, reason } => {
+                    tracing::warn!(alloc = %id, %reason, "Alloc directory skipped.")
+                }
+                RestoreAction::Orphan { id } => {
+                    tracing::warn!(alloc = %id, "Orphaned alloc in state.json (no directory).")
+                }
+            }
+        }
+        self.save_state(&allocs)
+    }
+
+    /// The pool's offers now.
+    pub async fn offers(&self) -> Vec<Offer> {
+        let views: Vec<AllocView> = self
+            .inner
+            .allocs
+            .lock()
+            .await
+            .values()
+            .map(|a| a.view())
+            .collect();
+        accounting::offers(
+            &self.inner.total,
+            &views,
+            self.inner.clock.now(),
+            self.inner.stopped.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Creates an alloc for `meta`, reclaiming expired allocs when room is needed.
+    ///
+    /// # Errors
+    /// No room, a stopped pool, or a failing executor or state write (then nothing is kept).
+    pub async fn new_alloc(&self, meta: AllocMeta) -> Result<Arc<Alloc>, PoolError> {
+        meta.want
+            .validate()
+            .map_err(|e| PoolError::Executor(ExecutorError::Config(e.into())))?;
+        let mut allocs = self.inner.allocs.lock().await;
+        let now = self.inner.clock.now();
+        let views: Vec<AllocView> = allocs.values().map(|a| a.view()).collect();
+        let reclaim = accounting::admit(
+            &self.inner.total,
+            &views,
+            &meta.want,
+            now,
+            self.inner.stopped.load(Ordering::SeqCst),
+        )?;
+        let id = new_alloc_id()?;
+        let dir = self.alloc_dir(&id);
+        fs::create_dir_all(&dir).map_err(|source| PoolError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        persist::write_json_atomic(&dir.join("meta.json"), &meta)?;
+        let executor = self.executor_for(&id).await?;
+        executor.set_resources(meta.want.clone());
+        let row = taskdb::alloc_row(&self.inner.cfg.id, &id);
+        let expires = now + accounting::INITIAL_KEEPALIVE;
+        let alloc = Arc::new(Alloc {
+            id: id.clone(),
+            executor,
+            meta,
+            created: now,
+            row,
+            times: Mutex::new((now, expires)),
+        });
+        let mut reclaimed = Vec::new();
+        for r in &reclaim {
+            if let Some(a) = allocs.remove(r) {
+                reclaimed.push(a);
+            }
+        }
+        allocs.insert(id.clone(), alloc.clone());
+        if let Err(e) = self.save_state(&allocs) {
+            allocs.remove(&id);
+            let _ = alloc.executor.kill().await;
+            for a in reclaimed {
+                allocs.insert(a.id.clone(), a);
+            }
+            return Err(e);
+        }
+        drop(allocs);
+        for a in reclaimed {
+            tracing::info!(alloc = %a.id, "Reclaiming an expired alloc.");
+            self.end(&a).await;
+        }
+        if let Err(e) = self
+            .inner
+            .taskdb
+            .start_alloc(row, self.inner.pool_row, &id, &alloc.meta.want, now)
+            .await
+        {
+            tracing::warn!(alloc = %id, error = %e, "TaskDB start_alloc failed.");
+        }
+        tracing::info!(alloc = %id, want = %alloc.meta.want, owner = %alloc.meta.owner, "New alloc.");
+        Ok(alloc)
+    }
+
+    /// Kills an alloc's executor and records its end; the directory stays (a zombie).
+    async fn end(&self, a: &Alloc) {
+        if let Err(e) = a.executor.kill().await {
+            tracing::warn!(alloc = %a.id, error = %e, "Killing an alloc's executor failed.");
+        }
+        if let Err(e) = self
+            .inner
+            .taskdb
+            .set_end_time(a.row, self.inner.clock.now())
+            .await
+        {
+            tracing::warn!(alloc = %a.id, error = %e, "TaskDB end time failed.");
+        }
+    }
+
+    /// Extends alloc `id` by `interval` (at most [`accounting::MAX_KEEPALIVE`]); returns what was
+    /// granted. An expired alloc that was not reclaimed yet is revived.
+    ///
+    /// # Errors
+    /// [`PoolError::Expired`] when the alloc is gone.
+    pub async fn keepalive(&self, id: &str, interval: Duration) -> Result<Duration, PoolError> {
+        let a = self
+            .inner
+            .allocs
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| PoolError::Expired { id: id.to_string() })?;
+        let granted = accounting::grant_keepalive(interval);
+        let now = self.inner.clock.now();
+        let expires = now + granted;
+        *a.times.lock().unwrap_or_else(|p| p.into_inner()) = (now, expires);
+        let (db, row) = (self.inner.taskdb.clone(), a.row);
+        tokio::spawn(async move {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                db.keepalive(row, expires),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "TaskDB alloc keepalive failed."),
+                Err(_) => tracing::warn!("TaskDB alloc keepalive timed out."),
+            }
+        });
+        Ok(granted)
+    }
+
+    /// Frees alloc `id`: it is forgotten, `state.json` is rewritten, its containers are killed and
+    /// its end recorded. Its directory stays, readable as a zombie.
+    ///
+    /// # Errors
+    /// No such alloc, or a failing state write.
+    pub async fn free(&self, id: &str) -> Result<(), PoolError> {
+        let mut allocs = self.inner.allocs.lock().await;
+        let a = allocs
+            .remove(id)
+            .ok_or_else(|| PoolError::NoSuchAlloc { id: id.to_string() })?;
+        self.save_state(&allocs)?;
+        drop(allocs);
+        self.end(&a).await;
+        tracing::info!(alloc = %id, "Freed alloc.");
+        Ok(())
+    }
+
+    /// The live alloc `id`.
+    ///
+    /// # Errors
+    /// [`PoolError::NoSuchAlloc`].
+    pub async fn alloc(&self, id: &str) -> Result<Arc<Alloc>, PoolError> {
+        self.inner
+            .allocs
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| PoolError::NoSuchAlloc { id: id.to_string() })
+    }
+
+    /// A dead alloc's directory, read-only.
+    ///
+    /// # Errors
+    /// A bad id, or no such directory.
+    pub fn zombie(&self, id: &str) -> Result<Zombie, PoolError> {
+        if !valid_alloc_id(id) {
+            return Err(PoolError::BadId {
+                id: id.chars().take(40).collect(),
+            });
+        }
+        let dir = self.alloc_dir(id);
+        if !dir.is_dir() {
+            return Err(PoolError::NoSuchAlloc { id: id.to_string() });
+        }
+        Ok(Zombie {
+            id: id.to_string(),
+            dir,
+        })
+    }
+
+    /// The live allocs, by id.
+    pub async fn allocs(&self) -> Vec<Arc<Alloc>> {
+        self.inner.allocs.lock().await.values().cloned().collect()
+    }
+
+    /// Whether every alloc has been expired for at least `d` (scale-in); if so the pool stops
+    /// taking allocs. Otherwise how long until it could be idle.
+    pub async fn stop_if_idle_for(&self, d: Duration) -> (bool, Duration) {
+        let allocs = self.inner.allocs.lock().await;
+        let views: Vec<AllocView> = allocs.values().map(|a| a.view()).collect();
+        let (idle, wait) = accounting::idle_for(&views, self.inner.clock.now(), d);
+        if idle {
+            self.inner.stopped.store(true, Ordering::SeqCst);
+        }
+        (idle, wait)
+    }
+
+    /// Stops every alloc's state machines without killing containers (agent shutdown); the next
+    /// start restores them.
+    pub async fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        for a in self.allocs().await {
+            a.executor.shutdown().await;
+        }
+    }
+
+    /// Keeps the pool's TaskDB row current until `cancel`: records the pool's resources and start,
+    /// renews its keepalive every [`POOL_ROW_PERIOD`] (failures are retried with backoff and never
+    /// end the loop), and sets its end time on cancel (within 10 s).
+    pub async fn maintain_taskdb_row(&self, cancel: CancellationToken) {
+        let (db, row) = (self.inner.taskdb.clone(), self.inner.pool_row);
+        let now = self.inner.clock.now();
+        retry("start pool row", &cancel, || {
+            db.start_pool(row, &self.inner.cfg.id, &self.inner.total, now)
+        })
+        .await;
+        loop {
+            let until = self.inner.clock.now() + POOL_ROW_TTL;
+            retry("pool row keepalive", &cancel, || db.keepalive(row, until)).await;
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(POOL_ROW_PERIOD) => {}
+            }
+        }
+        let end = self.inner.clock.now();
+        let budget = CancellationToken::new();
+        let guard = budget.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            guard.cancel();
+        });
+        retry("pool row end time", &budget, || db.set_end_time(row, end)).await;
+        timer.abort();
+    }
+}
+
+/// Retries `f` with backoff (10 s, x1.2, at most 2 min, 5 tries) until it succeeds, the tries run
+/// out, or `cancel` fires. Failures are logged, never returned.
+async fn retry<F, Fut>(what: &str, cancel: &CancellationToken, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::taskdb::TaskDbError>>,
+{
+    let mut delay = std::time::Duration::from_secs(10);
+    for attempt in 1..=5 {
+        match f().await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(what, attempt, error = %e, "TaskDB update failed; retrying."),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = delay.mul_f64(1.2).min(std::time::Duration::from_secs(120));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_parsers() {
+        assert_eq!(
+            parse_mem_total("MemTotal:       24683656 kB\nMemFree: 1 kB\n"),
+            Some(24683656 * 1024)
+        );
+        assert_eq!(parse_mem_total("nothing\n"), None);
+        let x86 =
+            "processor\t: 0\nflags\t\t: fpu sse avx avx2 avx512f\nprocessor\t: 1\nflags\t\t: fpu\n";
+        assert_eq!(
+            cpu_features(x86),
+            vec!["intel_avx", "intel_avx2", "intel_avx512"]
+        );
+        // ARM has no flags line (Reflow's pool failed to start on it).
+        assert!(cpu_features("processor\t: 0\nFeatures\t: fp asimd\n").is_empty());
+        let r = machine_resources(100 << 30, 8, &["intel_avx"], Some(1 << 40));
+        assert_eq!(r.mem(), ((100u64 << 30) as f64 * 0.95).floor());
+        assert_eq!(
+            (r.get(CPU), r.get("intel_avx"), r.get(DISK)),
+            (8.0, 8.0, (1u64 << 40) as f64)
+        );
+        assert_eq!(machine_resources(1, 1, &[], None).get(DISK), DEFAULT_DISK);
+    }
+
+    #[test]
+    fn alloc_ids_are_random_hex() {
+        let a = new_alloc_id().unwrap();
+        let b = new_alloc_id().unwrap();
+        assert!(valid_alloc_id(&a) && valid_alloc_id(&b));
+        assert_ne!(a, b);
+        assert!(!valid_alloc_id("../../etc") && !valid_alloc_id("ABCDEF0123456789"));
+    }
+}

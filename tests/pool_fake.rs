@@ -1,0 +1,212 @@
+//! Component tests of the pool on the fake container runtime, a manual clock and a recording
+//! TaskDB: offers, keepalive caps, expiry, reclaim, zombies, idleness and TaskDB rows.
+#![cfg(feature = "test-util")]
+// Every function in an integration-test crate is a test; the lint is for src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use reflow_agent::clock::{Clock, ManualClock, SystemClock};
+use reflow_agent::digest::Digest;
+use reflow_agent::docker::ContainerSpec;
+use reflow_agent::docker::fake::{FakeExit, FakeRuntime};
+use reflow_agent::executor::ExecutorConfig;
+use reflow_agent::model::ExecConfig;
+use reflow_agent::pool::{AllocMeta, Pool, PoolConfig, PoolError};
+use reflow_agent::resources::{CPU, DISK, MEM, Resources};
+use reflow_agent::taskdb::{MemoryTaskDb, TaskDbCall};
+
+const IMAGE: &str = "fake/image:1";
+
+fn fake() -> Arc<FakeRuntime> {
+    FakeRuntime::new(
+        &[IMAGE],
+        Arc::new(|_: &ContainerSpec| FakeExit {
+            stdout: b"logthis\n".to_vec(),
+            outputs: vec![("default".into(), b"out".to_vec())],
+            runtime: StdDuration::from_millis(10),
+            ..FakeExit::default()
+        }),
+        Arc::new(SystemClock),
+    )
+}
+
+fn config(dir: &std::path::Path) -> PoolConfig {
+    PoolConfig {
+        id: "pool-under-test".into(),
+        dir: dir.to_path_buf(),
+        executor: ExecutorConfig::new("template", dir),
+        expected_usable_mem: 0.0,
+    }
+}
+
+fn half(total: &Resources) -> AllocMeta {
+    AllocMeta {
+        want: Resources::from_pairs([
+            (MEM, total.mem() / 2.0),
+            (DISK, total.get(DISK) / 2.0),
+            (CPU, 0.0),
+        ]),
+        owner: "test".into(),
+        ..AllocMeta::default()
+    }
+}
+
+#[tokio::test]
+async fn offers_keepalive_expiry_reclaim_and_zombies() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let db = Arc::new(MemoryTaskDb::default());
+    let pool = Pool::start(
+        config(dir.path()),
+        fake(),
+        Arc::new(clock.clone()),
+        db.clone(),
+    )
+    .await
+    .unwrap();
+    let total = pool.resources();
+    let offers = pool.offers().await;
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].available, total);
+
+    // Accept half of mem and disk: the next offer shows the remainder.
+    let a = pool.new_alloc(half(&total)).await.unwrap();
+    let rest = pool.offers().await[0].available.clone();
+    assert!((rest.mem() - total.mem() / 2.0).abs() < 1.0);
+    assert_eq!(rest.get(CPU), total.get(CPU));
+
+    // Run an exec on it.
+    let id = Digest::of(b"pool-exec");
+    let cfg = ExecConfig {
+        kind: "exec".into(),
+        image: IMAGE.into(),
+        cmd: "x".into(),
+        ..ExecConfig::default()
+    };
+    let e = a.executor().put(id, cfg).await.unwrap();
+    e.wait().await.unwrap();
+    let result = e.result().unwrap();
+
+    // Keepalive is granted as asked, capped at 5 minutes.
+    assert_eq!(
+        pool.keepalive(a.id(), Duration::nanoseconds(1))
+            .await
+            .unwrap(),
+        Duration::nanoseconds(1)
+    );
+    assert_eq!(
+        pool.keepalive(a.id(), Duration::hours(1)).await.unwrap(),
+        Duration::minutes(5)
+    );
+    clock.advance(Duration::minutes(6));
+    // Expired: the offer shows everything again.
+    assert_eq!(pool.offers().await[0].available, total);
+
+    // Accepting everything reclaims the expired alloc.
+    let all = AllocMeta {
+        want: total.clone(),
+        ..AllocMeta::default()
+    };
+    let b = pool.new_alloc(all).await.unwrap();
+    assert!(pool.alloc(a.id()).await.is_err());
+    assert!(pool.keepalive(a.id(), Duration::minutes(1)).await.is_err());
+    let z = pool.zombie(a.id()).unwrap();
+    assert_eq!(z.meta().unwrap().owner, "test");
+    assert_eq!(z.execs(), vec![id]);
+    assert_eq!(z.manifest(&id).unwrap().result, result);
+    assert_eq!(z.logs(&id).unwrap(), b"logthis\n");
+    assert!(pool.offers().await.is_empty(), "no room left");
+
+    // TaskDB rows: both allocs started, a's keepalives and end recorded.
+    tokio::time::sleep(StdDuration::from_millis(50)).await; // keepalives are sent asynchronously
+    let calls = db.calls();
+    let a_row = a.inspect().taskdb_alloc_id;
+    assert!(calls.contains(&TaskDbCall::StartAlloc(a_row, a.id().to_string())));
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, TaskDbCall::Keepalive(r, _) if *r == a_row))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, TaskDbCall::End(r, _) if *r == a_row))
+    );
+    assert!(calls.contains(&TaskDbCall::StartAlloc(
+        b.inspect().taskdb_alloc_id,
+        b.id().to_string()
+    )));
+
+    // state.json lists only the live alloc.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        state.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec![b.id()]
+    );
+}
+
+#[tokio::test]
+async fn free_rewrites_state_and_idle_pools_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let pool = Pool::start(
+        config(dir.path()),
+        fake(),
+        Arc::new(clock.clone()),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap();
+    let (idle, _) = pool.stop_if_idle_for(Duration::minutes(10)).await;
+    assert!(idle, "an empty pool is idle");
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let pool = Pool::start(
+        config(dir2.path()),
+        fake(),
+        Arc::new(clock.clone()),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap();
+    let a = pool.new_alloc(half(&pool.resources())).await.unwrap();
+    let (idle, wait) = pool.stop_if_idle_for(Duration::minutes(10)).await;
+    assert!(!idle);
+    assert_eq!(
+        wait,
+        Duration::minutes(12),
+        "initial keepalive 2 min + 10 min idle"
+    );
+    pool.free(a.id()).await.unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir2.path().join("state.json")).unwrap()).unwrap();
+    assert!(
+        state.as_object().unwrap().is_empty(),
+        "freed allocs leave state.json"
+    );
+    assert!(matches!(
+        pool.free(a.id()).await,
+        Err(PoolError::NoSuchAlloc { .. })
+    ));
+    assert!(pool.zombie("../../etc/passwd").is_err());
+}
+
+#[tokio::test]
+async fn an_absurd_memory_expectation_fails_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.expected_usable_mem = 1e18;
+    let err = Pool::start(
+        cfg,
+        fake(),
+        Arc::new(SystemClock),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, PoolError::Unviable { .. }), "{err}");
+}
