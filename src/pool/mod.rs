@@ -750,6 +750,49 @@ impl Pool {
         })
     }
 
+    /// Removes zombie directories (dead allocs) whose last change is older than `max_age`;
+    /// returns how many were removed. Live allocs are never touched.
+    ///
+    /// # Errors
+    /// Listing the allocs directory.
+    pub async fn collect_zombies(&self, max_age: Duration) -> Result<usize, PoolError> {
+        let live: std::collections::BTreeSet<String> =
+            self.inner.allocs.lock().await.keys().cloned().collect();
+        let now = self.inner.clock.now();
+        let allocs_dir = self.inner.cfg.dir.join("allocs");
+        let mut removed = 0;
+        for e in fs::read_dir(&allocs_dir)
+            .map_err(|source| PoolError::Io {
+                op: "list",
+                path: allocs_dir.clone(),
+                source,
+            })?
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !valid_alloc_id(&id) || live.contains(&id) {
+                continue;
+            }
+            let changed = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(chrono::DateTime::<chrono::Utc>::from);
+            if changed.is_some_and(|t| now - t > max_age) {
+                match fs::remove_dir_all(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(alloc = %id, "Garbage-collected a zombie alloc.");
+                        removed += 1;
+                    }
+                    Err(err) => {
+                        tracing::warn!(alloc = %id, error = %err, "Removing a zombie alloc failed.")
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// The live allocs, by id.
     pub async fn allocs(&self) -> Vec<Arc<Alloc>> {
         self.inner.allocs.lock().await.values().cloned().collect()

@@ -1,6 +1,8 @@
 //! The TaskDB port: rows recording a pool's and its allocs' lives (resources, start, keepalive,
 //! end) for fleet accounting. [`NoopTaskDb`] when none is configured; [`MemoryTaskDb`] records
-//! calls for tests.
+//! calls for tests; [`dynamodb::DynamoDbTaskDb`] for fleets.
+
+pub mod dynamodb;
 
 use std::fmt;
 use std::sync::Mutex;
