@@ -15,6 +15,7 @@
 //! - [`docker`]: the container runtime port, its bollard adapter, registry authentication.
 //! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
 //! - [`cgroup`]: cgroup v1/v2 discovery and counters.
+//! - [`protocol`]: the versioned command/event envelope and its strict decoder.
 //! - [`pool`]: the pool of allocs (offers, keepalives, reclaim, restore, zombies).
 //! - [`taskdb`]: the TaskDB port (pool and alloc rows).
 //! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
@@ -40,6 +41,7 @@ pub mod par;
 pub mod persist;
 pub mod pool;
 pub mod profile;
+pub mod protocol;
 pub mod relpath;
 pub mod repo;
 pub mod resources;
