@@ -47,6 +47,12 @@ pub enum CliError {
     /// The container engine is unusable.
     #[error(transparent)]
     Engine(#[from] crate::docker::RuntimeError),
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The configuration could not be read.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Some objects failed verification.
     #[error("{failed} of {total} objects failed verification")]
     VerifyFailed {
@@ -65,6 +71,8 @@ impl Classify for CliError {
             CliError::Executor(e) => e.kind(),
             CliError::Input { source, .. } => source.kind(),
             CliError::Engine(e) => e.kind(),
+            CliError::Agent(e) => e.kind(),
+            CliError::Config(e) => e.kind(),
             CliError::Output(_) | CliError::Encode(_) | CliError::Runtime(_) => Kind::Other,
             CliError::VerifyFailed { .. } => Kind::Integrity,
         }
@@ -276,4 +284,49 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
         ex.shutdown().await;
         print_json(&result)
     })
+}
+
+/// Options of the `serve` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct ServeOptions {
+    /// A TOML config file (see docs/configuration.md); defaults apply without one.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `agent.state_dir`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Overrides `executor.hard_mem_limit` (sets it).
+    #[arg(long)]
+    pub hard_mem_limit: bool,
+    /// Overrides `agent.idle_exit_after_secs`.
+    #[arg(long)]
+    pub idle_exit_after_secs: Option<u64>,
+}
+
+/// Loads the config, applies the command-line overrides and runs the agent until SIGTERM/SIGINT
+/// or idleness.
+///
+/// # Errors
+/// Config, engine, TaskDB or pool errors.
+pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
+    let mut cfg = match &opts.config {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::default(),
+    };
+    if let Some(d) = &opts.state_dir {
+        cfg.agent.state_dir = d.clone();
+    }
+    if opts.hard_mem_limit {
+        cfg.executor.hard_mem_limit = true;
+    }
+    if opts.idle_exit_after_secs.is_some() {
+        cfg.agent.idle_exit_after_secs = opts.idle_exit_after_secs;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let exit = rt.block_on(crate::agent::run(cfg, crate::agent::signals()))?;
+    tracing::info!(?exit, "Agent stopped.");
+    Ok(())
 }

@@ -22,13 +22,16 @@
 //! - [`aws`]: AWS SDK configuration from the standard chain.
 //! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
 //! - [`par`]: parallel map for hashing many files.
+//! - [`config`], [`agent`]: the configuration and the wiring that runs the agent (`serve`).
 //! - [`cli`], [`telemetry`]: the command line and logging.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod aws;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod digest;
 pub mod docker;
 pub mod error;

@@ -33,6 +33,8 @@ enum Command {
     },
     /// Run one exec on a local executor directory and print its result.
     Exec(cli::ExecOptions),
+    /// Run the agent: the pool of allocs on this machine, until SIGTERM/SIGINT or idleness.
+    Serve(cli::ServeOptions),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result: Result<(), CliError> = match args.command {
         Command::Repo { dir, command } => cli::run_repo(&dir, command),
         Command::Exec(opts) => cli::run_exec(&opts),
+        Command::Serve(opts) => cli::run_serve(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
