@@ -123,19 +123,6 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     writeln!(out).map_err(CliError::Output)
 }
 
-fn tree_size(p: &Path) -> u64 {
-    let Ok(m) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if m.is_dir() {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
-            .unwrap_or(0)
-    } else {
-        m.len()
-    }
-}
-
 /// Runs a repository subcommand against the repository at `dir`.
 ///
 /// # Errors
@@ -152,7 +139,7 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
             print_json(&f)
         }
         RepoCommand::Ingest { path } => {
-            let pb = progress_bar(tree_size(&path), "ingest");
+            let pb = progress_bar(crate::repo::tree_bytes(&path), "ingest");
             let fs = repo.install_tree(&path, false, &|n| pb.inc(n))?;
             pb.finish_and_clear();
             tracing::info!(files = fs.n(), bytes = fs.size(), "Ingested.");

@@ -545,6 +545,22 @@ impl FileRepository {
     }
 }
 
+/// Bytes of the regular files under `p` (links are not followed; 0 when missing).
+pub fn tree_bytes(p: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if m.is_dir() {
+        fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| tree_bytes(&e.path())).sum())
+            .unwrap_or(0)
+    } else if m.is_file() {
+        m.len()
+    } else {
+        0
+    }
+}
+
 /// Lists the regular files under `root` as (relative key, path); `None` when `root` is missing.
 fn walk_tree(root: &Path) -> Result<Option<Vec<(String, PathBuf)>>, RepoError> {
     let meta = match fs::metadata(root) {

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, cmdfmt};
+use super::{Inner, cmdfmt, lock};
 use crate::cgroup::CgroupPaths;
 use crate::digest::Digest;
 use crate::docker::{Bind, ContainerInfo, ContainerSpec, LogStream};
@@ -62,10 +62,6 @@ pub struct Exec {
     pub(super) cancel: CancellationToken,
     pub(super) killed: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn err(kind: Kind, op: &str, id: &Digest, msg: impl Into<String>) -> ReflowError {
@@ -820,22 +816,6 @@ fn collect_outputs(dir: &Path, cfg: &ExecConfig, id: &Digest) -> Result<Fileset,
     }
 }
 
-/// Bytes of regular files under `p` (not following links).
-pub(super) fn du(p: &Path) -> u64 {
-    let Ok(m) = fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if m.is_dir() {
-        fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
-            .unwrap_or(0)
-    } else if m.is_file() {
-        m.len()
-    } else {
-        0
-    }
-}
-
 /// Polls an exec's resource use while it runs: `disk` and `tmp` from the exec directory, `mem`
 /// and `cpu` from the container's cgroup files.
 ///
@@ -868,8 +848,12 @@ impl Sampled {
     }
 
     fn sample_disk(&mut self, dir: &Path, now: time::Time) {
-        self.observe(now, "disk", du(&dir.join("return")) as f64);
-        self.observe(now, "tmp", du(&dir.join("tmp")) as f64);
+        self.observe(
+            now,
+            "disk",
+            crate::repo::tree_bytes(&dir.join("return")) as f64,
+        );
+        self.observe(now, "tmp", crate::repo::tree_bytes(&dir.join("tmp")) as f64);
     }
 }
 
@@ -896,7 +880,10 @@ impl Sampler {
                 if last_disk.is_none_or(|t| at.duration_since(t) >= every) {
                     let d = dir.clone();
                     let disk = tokio::task::spawn_blocking(move || {
-                        (du(&d.join("return")), du(&d.join("tmp")))
+                        (
+                            crate::repo::tree_bytes(&d.join("return")),
+                            crate::repo::tree_bytes(&d.join("tmp")),
+                        )
                     })
                     .await
                     .unwrap_or((0, 0));
@@ -948,9 +935,4 @@ impl Sampler {
         self.stop.cancel();
         self.handle.await.unwrap_or_default()
     }
-}
-
-/// Now, as the manifest's creation time.
-pub(super) fn created_now(inner: &Inner) -> time::Time {
-    inner.clock.now()
 }

@@ -383,7 +383,8 @@ pub(crate) struct Inner {
     resources: Mutex<Resources>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, recovering the data if a panicking thread poisoned it.
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -622,7 +623,7 @@ impl Executor {
             Err(e) => return Err(io_err("clean", &dir)(e)),
         }
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let manifest = Manifest::new(ExecType::Docker, config, exec::created_now(&self.inner));
+        let manifest = Manifest::new(ExecType::Docker, config, self.inner.clock.now());
         let exec = self.new_exec(
             id,
             manifest,
