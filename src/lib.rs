@@ -16,6 +16,7 @@
 //! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
 //! - [`cgroup`]: cgroup v1/v2 discovery and counters.
 //! - [`protocol`]: the versioned command/event envelope and its strict decoder.
+//! - [`queue`]: the queue port and its backends (today `spool://`).
 //! - [`pool`]: the pool of allocs (offers, keepalives, reclaim, restore, zombies).
 //! - [`taskdb`]: the TaskDB port (pool and alloc rows).
 //! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
@@ -45,6 +46,7 @@ pub mod persist;
 pub mod pool;
 pub mod profile;
 pub mod protocol;
+pub mod queue;
 pub mod relpath;
 pub mod repo;
 pub mod resources;

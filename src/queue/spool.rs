@@ -1,0 +1,397 @@
+//! `spool://DIR`: the embedded, zero-dependency queue, for a single machine and the demo.
+//!
+//! ```text
+//! DIR/incoming/NAME     producers drop commands here by atomic rename (write .NAME.tmp, rename)
+//! DIR/processing/NAME   claimed by an agent (rename from incoming: exactly one agent wins)
+//! DIR/dead/NAME         dead-lettered, with DIR/dead/NAME.reason.json
+//! DIR/events/ID.json    published events, one file per event id (a republish is a no-op)
+//! ```
+//!
+//! Commands are taken in name order, so producers that name files by time get FIFO. Files whose
+//! names start with `.` are in-progress writes and are never claimed. At start, files left in
+//! `processing/` by a crashed agent go back to `incoming/` and are delivered again, marked
+//! redelivered.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{CommandSource, Delivery, EventSink, QueueError, Settle};
+use crate::persist::{self, sync_dir};
+use crate::protocol::{Event, MAX_COMMAND_BYTES};
+
+const INCOMING: &str = "incoming";
+const PROCESSING: &str = "processing";
+const DEAD: &str = "dead";
+const EVENTS: &str = "events";
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> QueueError + 'a {
+    move |source| QueueError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating) the spool at `dir`. Files a crashed agent left in `processing/` go back
+    /// to `incoming/`; their names are returned, to be marked redelivered.
+    ///
+    /// # Errors
+    /// Creating the directories or moving the files.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<(Spool, BTreeSet<String>), QueueError> {
+        let dir = dir.into();
+        for sub in [INCOMING, PROCESSING, DEAD, EVENTS] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(io("create", &p))?;
+        }
+        let processing = dir.join(PROCESSING);
+        let mut returned = BTreeSet::new();
+        for e in fs::read_dir(&processing)
+            .map_err(io("list", &processing))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let to = dir.join(INCOMING).join(&name);
+            fs::rename(e.path(), &to).map_err(io("return", &to))?;
+            tracing::warn!(command_file = %name, "Returning a command claimed before a crash; it will be redelivered.");
+            returned.insert(name);
+        }
+        Ok((Spool { dir }, returned))
+    }
+
+    /// A command source over this spool, polling every `poll` until `close` fires. `redelivered`
+    /// names are marked redelivered (from [`Spool::open`]).
+    pub fn source(
+        &self,
+        poll: Duration,
+        close: CancellationToken,
+        redelivered: BTreeSet<String>,
+    ) -> SpoolSource {
+        SpoolSource {
+            dir: self.dir.clone(),
+            poll,
+            close,
+            redelivered,
+        }
+    }
+
+    /// The event sink of this spool.
+    pub fn sink(&self) -> SpoolSink {
+        SpoolSink {
+            dir: self.dir.join(EVENTS),
+        }
+    }
+
+    /// Drops a command into `incoming/` atomically, as a producer does.
+    ///
+    /// # Errors
+    /// Writing the file.
+    pub fn submit(&self, name: &str, body: &[u8]) -> Result<(), QueueError> {
+        let dir = self.dir.join(INCOMING);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, body).map_err(io("write", &tmp))?;
+        let to = dir.join(name);
+        fs::rename(&tmp, &to).map_err(io("rename", &to))
+    }
+
+    /// Names in a subdirectory (`incoming`, `processing`, `dead`, `events`), sorted.
+    pub fn list(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.dir.join(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Claims the first claimable file of `incoming/`; `None` when there is none.
+fn claim(dir: &Path) -> Result<Option<(String, Vec<u8>)>, QueueError> {
+    let incoming = dir.join(INCOMING);
+    let mut names: Vec<String> = fs::read_dir(&incoming)
+        .map_err(io("list", &incoming))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for name in names {
+        let to = dir.join(PROCESSING).join(&name);
+        match fs::rename(incoming.join(&name), &to) {
+            Ok(()) => {
+                // Read one byte past the limit, so the decoder can reject an oversized command
+                // without the agent reading all of it.
+                let f = fs::File::open(&to).map_err(io("open", &to))?;
+                let mut body = Vec::new();
+                f.take(MAX_COMMAND_BYTES as u64 + 1)
+                    .read_to_end(&mut body)
+                    .map_err(io("read", &to))?;
+                return Ok(Some((name, body)));
+            }
+            // Another consumer claimed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("claim", &to)(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Commands from a spool.
+#[derive(Debug)]
+pub struct SpoolSource {
+    dir: PathBuf,
+    poll: Duration,
+    close: CancellationToken,
+    redelivered: BTreeSet<String>,
+}
+
+#[async_trait]
+impl CommandSource for SpoolSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+        loop {
+            if self.close.is_cancelled() {
+                return Ok(None);
+            }
+            let dir = self.dir.clone();
+            let claimed = tokio::task::spawn_blocking(move || claim(&dir))
+                .await
+                .map_err(|e| QueueError::Io {
+                    op: "claim",
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+            if let Some((name, body)) = claimed {
+                let redelivered = self.redelivered.remove(&name);
+                return Ok(Some(Delivery {
+                    body,
+                    redelivered,
+                    settle: Box::new(SpoolSettle {
+                        dir: self.dir.clone(),
+                        name,
+                    }),
+                }));
+            }
+            tokio::select! {
+                () = self.close.cancelled() => return Ok(None),
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+}
+
+/// Settles one spool file.
+#[derive(Debug)]
+struct SpoolSettle {
+    dir: PathBuf,
+    name: String,
+}
+
+impl SpoolSettle {
+    fn processing(&self) -> PathBuf {
+        self.dir.join(PROCESSING).join(&self.name)
+    }
+}
+
+#[async_trait]
+impl Settle for SpoolSettle {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        let p = self.processing();
+        fs::remove_file(&p).map_err(io("ack", &p))?;
+        let d = self.dir.join(PROCESSING);
+        sync_dir(&d).map_err(io("fsync dir", &d))
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        let to = self.dir.join(INCOMING).join(&self.name);
+        fs::rename(self.processing(), &to).map_err(io("requeue", &to))
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
+        let dead = self.dir.join(DEAD);
+        #[derive(serde::Serialize)]
+        struct Reason<'a> {
+            reason: &'a str,
+        }
+        persist::write_json_atomic(
+            &dead.join(format!("{}.reason.json", self.name)),
+            &Reason { reason },
+        )
+        .map_err(QueueError::Publish)?;
+        let to = dead.join(&self.name);
+        fs::rename(self.processing(), &to).map_err(io("dead-letter", &to))?;
+        sync_dir(&dead).map_err(io("fsync dir", &dead))
+    }
+}
+
+/// Events into a spool's `events/`.
+#[derive(Debug, Clone)]
+pub struct SpoolSink {
+    dir: PathBuf,
+}
+
+#[async_trait]
+impl EventSink for SpoolSink {
+    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+        // Event ids are hex (see protocol::event_id), so they are safe file names; others are
+        // hashed to be safe.
+        let name = if event
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !event.id.is_empty()
+        {
+            event.id.clone()
+        } else {
+            crate::digest::Digest::of(event.id.as_bytes()).hex()
+        };
+        let path = self.dir.join(format!("{name}.json"));
+        if path.exists() {
+            return Ok(()); // already published
+        }
+        let (path, event) = (path, event.clone());
+        tokio::task::spawn_blocking(move || persist::write_json_atomic(&path, &event))
+            .await
+            .map_err(|e| QueueError::Io {
+                op: "publish",
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(QueueError::Publish)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventBody, PROTOCOL_VERSION};
+
+    fn src(s: &Spool) -> SpoolSource {
+        s.source(
+            Duration::from_millis(5),
+            CancellationToken::new(),
+            BTreeSet::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn claim_ack_requeue_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        spool.submit("0001-a", b"A").unwrap();
+        spool.submit("0002-b", b"B").unwrap();
+        spool.submit("0003-c", b"C").unwrap();
+        std::fs::write(dir.path().join("incoming/.0000-partial.tmp"), b"half").unwrap();
+        let mut s = src(&spool);
+        let a = s.next().await.unwrap().unwrap();
+        assert_eq!(
+            (a.body.as_slice(), a.redelivered),
+            (&b"A"[..], false),
+            "name order, partial writes skipped"
+        );
+        a.settle.ack().await.unwrap();
+        let b = s.next().await.unwrap().unwrap();
+        b.settle.requeue().await.unwrap();
+        let b_again = s.next().await.unwrap().unwrap();
+        assert_eq!(b_again.body, b"B");
+        b_again
+            .settle
+            .dead_letter("bad input: reasons are kept")
+            .await
+            .unwrap();
+        let c = s.next().await.unwrap().unwrap();
+        assert_eq!(c.body, b"C");
+        drop(c); // a crash: left in processing/
+        assert_eq!(spool.list("processing"), vec!["0003-c"]);
+        assert_eq!(spool.list("dead"), vec!["0002-b", "0002-b.reason.json"]);
+        let reason = std::fs::read_to_string(dir.path().join("dead/0002-b.reason.json")).unwrap();
+        assert!(reason.contains("reasons are kept"));
+
+        // The next start returns it and marks it redelivered.
+        let (spool, returned) = Spool::open(dir.path()).unwrap();
+        let mut s = spool.source(Duration::from_millis(5), CancellationToken::new(), returned);
+        let c = s.next().await.unwrap().unwrap();
+        assert_eq!((c.body.as_slice(), c.redelivered), (&b"C"[..], true));
+        c.settle.ack().await.unwrap();
+        assert!(spool.list("incoming").iter().all(|n| n.starts_with('.')));
+    }
+
+    #[tokio::test]
+    async fn competing_consumers_never_share_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        for i in 0..200 {
+            spool
+                .submit(&format!("{i:04}"), format!("{i}").as_bytes())
+                .unwrap();
+        }
+        let close = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut s = spool.source(Duration::from_millis(1), close.clone(), BTreeSet::new());
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), s.next())
+                    .await
+                    .unwrap_or(Ok(None))
+                {
+                    got.push(String::from_utf8(d.body.clone()).unwrap());
+                    d.settle.ack().await.unwrap();
+                }
+                got
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        close.cancel();
+        all.sort_by_key(|s| s.parse::<u32>().unwrap());
+        assert_eq!(
+            all,
+            (0..200).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "each exactly once"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_ends_the_source_and_events_are_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let close = CancellationToken::new();
+        let mut s = spool.source(Duration::from_millis(5), close.clone(), BTreeSet::new());
+        let waiter = tokio::spawn(async move { s.next().await.unwrap().is_none() });
+        close.cancel();
+        assert!(waiter.await.unwrap(), "a closed source returns None");
+
+        let e = Event {
+            v: PROTOCOL_VERSION,
+            id: crate::protocol::event_id("cmd", "agent.started", 0),
+            agent: "a".into(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            time: crate::time::parse("2026-01-01T00:00:00Z").unwrap(),
+            body: EventBody::AgentStopped {},
+            labels: Default::default(),
+        };
+        let sink = spool.sink();
+        sink.publish(&e).await.unwrap();
+        sink.publish(&e).await.unwrap();
+        assert_eq!(spool.list("events"), vec![format!("{}.json", e.id)]);
+    }
+}
