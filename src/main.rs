@@ -35,6 +35,8 @@ enum Command {
     Exec(cli::ExecOptions),
     /// Run the agent: the pool of allocs on this machine, until SIGTERM/SIGINT or idleness.
     Serve(cli::ServeOptions),
+    /// Read allocs and exec manifests from a state directory, offline (post-mortems).
+    Inspect(cli::InspectOptions),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Repo { dir, command } => cli::run_repo(&dir, command),
         Command::Exec(opts) => cli::run_exec(&opts),
         Command::Serve(opts) => cli::run_serve(&opts),
+        Command::Inspect(opts) => cli::run_inspect(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

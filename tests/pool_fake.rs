@@ -210,3 +210,78 @@ async fn an_absurd_memory_expectation_fails_start() {
     .unwrap_err();
     assert!(matches!(err, PoolError::Unviable { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn inspect_reads_a_state_directory_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::start(
+        config(dir.path()),
+        fake(),
+        Arc::new(SystemClock),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap();
+    let live = pool.new_alloc(half(&pool.resources())).await.unwrap();
+    let gone = pool
+        .new_alloc(AllocMeta {
+            want: Resources::from_pairs([(MEM, 1e6)]),
+            owner: "old".into(),
+            ..AllocMeta::default()
+        })
+        .await
+        .unwrap();
+    let id = Digest::of(b"inspected");
+    let mut cfg = ExecConfig {
+        kind: "exec".into(),
+        image: IMAGE.into(),
+        cmd: "x".into(),
+        ..ExecConfig::default()
+    };
+    cfg.ident = "align.sample1".into();
+    live.executor()
+        .put(id, cfg)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    pool.free(gone.id()).await.unwrap();
+    pool.shutdown().await;
+
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let d = dir.path().to_str().unwrap();
+    let list = run(&["inspect", "--dir", d]);
+    assert!(
+        list.contains(&format!("alloc {} (live)", live.id())),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("alloc {} (zombie) owner=old", gone.id())),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("{} complete", id.short())) && list.contains("align.sample1"),
+        "{list}"
+    );
+    let one = run(&["inspect", "--dir", d, &id.hex()]);
+    assert!(
+        one.contains("state      complete")
+            && one.contains(&format!("output     . {}", Digest::of(b"out"))),
+        "{one}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["inspect", "--dir", d, "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+}
