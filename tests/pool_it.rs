@@ -115,3 +115,71 @@ async fn a_corrupt_state_file_does_not_kill_live_containers() {
         "free kills the alloc's containers"
     );
 }
+
+/// The child half of `sigkilled_process_restart_restores_alloc_and_exec`: creates a pool, an
+/// alloc and a running exec, records the ids, then waits to be killed. Not a test by itself.
+#[tokio::test]
+#[ignore = "helper: run in a child process by sigkilled_process_restart_restores_alloc_and_exec"]
+async fn pool_child_process_for_restart_test() {
+    let Ok(dir) = std::env::var("REFLOW_POOL_CHILD_DIR") else {
+        return;
+    }; // only as the child
+    let dir = std::path::PathBuf::from(dir);
+    let p = pool(&dir).await;
+    let a = p.new_alloc(meta()).await.unwrap();
+    let id = new_id("pool-sigkill");
+    let e = a
+        .executor()
+        .put(id, exec("sleep 3; echo after the crash > $out", vec![]))
+        .await
+        .unwrap();
+    e.wait_until(ExecState::Running).await.unwrap();
+    std::fs::write(dir.join("ids"), format!("{} {}", a.id(), id.hex())).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await; // killed long before this
+}
+
+#[tokio::test]
+async fn sigkilled_process_restart_restores_alloc_and_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "pool_child_process_for_restart_test",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("REFLOW_POOL_CHILD_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ids = dir.path().join("ids");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ids.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child never started the exec"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL, mid-exec
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&ids).unwrap();
+    let (alloc_id, exec_hex) = text.split_once(' ').unwrap();
+    let exec_id = reflow_agent::digest::Digest::parse(exec_hex).unwrap();
+
+    let p = pool(dir.path()).await;
+    let a = p
+        .alloc(alloc_id)
+        .await
+        .expect("the alloc is restored after the crash");
+    let e = a.executor().get(&exec_id).expect("its exec is re-attached");
+    e.wait().await.unwrap();
+    let r = e.result().unwrap();
+    assert!(r.err.is_none(), "{:?}", r.err);
+    assert_eq!(
+        r.fileset.file().unwrap().id.hex(),
+        sha256sum(b"after the crash\n")
+    );
+    p.free(alloc_id).await.unwrap();
+}
