@@ -446,6 +446,21 @@ impl Pool {
         self.inner.cfg.dir.join("allocs").join(id)
     }
 
+    /// The alloc directories (valid alloc ids only), with their paths.
+    fn alloc_dirs(&self) -> Result<Vec<(String, PathBuf)>, PoolError> {
+        let dir = self.inner.cfg.dir.join("allocs");
+        let rd = fs::read_dir(&dir).map_err(|source| PoolError::Io {
+            op: "list",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(rd
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .filter(|(id, path)| path.is_dir() && valid_alloc_id(id))
+            .collect())
+    }
+
     async fn executor_for(&self, id: &str) -> Result<Executor, PoolError> {
         let mut cfg = self.inner.cfg.executor.clone();
         cfg.id = id.to_string();
@@ -475,22 +490,9 @@ impl Pool {
             )),
         };
         let mut dirs = Vec::new();
-        let allocs_dir = self.inner.cfg.dir.join("allocs");
-        for e in fs::read_dir(&allocs_dir)
-            .map_err(|source| PoolError::Io {
-                op: "list",
-                path: allocs_dir.clone(),
-                source,
-            })?
-            .flatten()
-        {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if !e.path().is_dir() || !valid_alloc_id(&id) {
-                continue;
-            }
+        for (id, path) in self.alloc_dirs()? {
             let scan =
-                match persist::read_json::<AllocMeta>(&e.path().join("meta.json"), MAX_STATE_BYTES)
-                {
+                match persist::read_json::<AllocMeta>(&path.join("meta.json"), MAX_STATE_BYTES) {
                     Ok(_) => MetaScan::Ok,
                     Err(err) if err.is_not_found() => MetaScan::Missing,
                     Err(err) => MetaScan::Corrupt(err.to_string()),
@@ -759,27 +761,17 @@ impl Pool {
         let live: std::collections::BTreeSet<String> =
             self.inner.allocs.lock().await.keys().cloned().collect();
         let now = self.inner.clock.now();
-        let allocs_dir = self.inner.cfg.dir.join("allocs");
         let mut removed = 0;
-        for e in fs::read_dir(&allocs_dir)
-            .map_err(|source| PoolError::Io {
-                op: "list",
-                path: allocs_dir.clone(),
-                source,
-            })?
-            .flatten()
-        {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if !valid_alloc_id(&id) || live.contains(&id) {
+        for (id, path) in self.alloc_dirs()? {
+            if live.contains(&id) {
                 continue;
             }
-            let changed = e
-                .metadata()
+            let changed = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
                 .map(chrono::DateTime::<chrono::Utc>::from);
             if changed.is_some_and(|t| now - t > max_age) {
-                match fs::remove_dir_all(e.path()) {
+                match fs::remove_dir_all(&path) {
                     Ok(()) => {
                         tracing::info!(alloc = %id, "Garbage-collected a zombie alloc.");
                         removed += 1;
