@@ -67,6 +67,7 @@ async fn offers_keepalive_expiry_reclaim_and_zombies() {
     )
     .await
     .unwrap();
+    assert_eq!(pool.name(), "pool-under-test");
     let total = pool.resources();
     let offers = pool.offers().await;
     assert_eq!(offers.len(), 1);

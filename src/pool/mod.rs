@@ -428,6 +428,11 @@ impl Pool {
         Ok(pool)
     }
 
+    /// The pool's name: its id (e.g. the instance id), which names its TaskDB row.
+    pub fn name(&self) -> &str {
+        &self.inner.cfg.id
+    }
+
     /// The pool's total resources.
     pub fn resources(&self) -> Resources {
         self.inner.total.clone()
