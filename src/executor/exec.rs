@@ -847,14 +847,19 @@ impl Sampled {
         self.gauges.insert(name.to_string(), v);
     }
 
-    fn sample_disk(&mut self, dir: &Path, now: time::Time) {
-        self.observe(
-            now,
-            "disk",
-            crate::repo::tree_bytes(&dir.join("return")) as f64,
-        );
-        self.observe(now, "tmp", crate::repo::tree_bytes(&dir.join("tmp")) as f64);
+    /// Records a [`disk_use`] reading.
+    fn record_disk(&mut self, now: time::Time, (disk, tmp): (u64, u64)) {
+        self.observe(now, "disk", disk as f64);
+        self.observe(now, "tmp", tmp as f64);
     }
+}
+
+/// Bytes under an exec's `return/` (metric `disk`) and `tmp/` (metric `tmp`).
+fn disk_use(dir: &Path) -> (u64, u64) {
+    (
+        crate::repo::tree_bytes(&dir.join("return")),
+        crate::repo::tree_bytes(&dir.join("tmp")),
+    )
 }
 
 impl Sampler {
@@ -879,16 +884,10 @@ impl Sampler {
                 let at = tokio::time::Instant::now();
                 if last_disk.is_none_or(|t| at.duration_since(t) >= every) {
                     let d = dir.clone();
-                    let disk = tokio::task::spawn_blocking(move || {
-                        (
-                            crate::repo::tree_bytes(&d.join("return")),
-                            crate::repo::tree_bytes(&d.join("tmp")),
-                        )
-                    })
-                    .await
-                    .unwrap_or((0, 0));
-                    s.observe(now, "disk", disk.0 as f64);
-                    s.observe(now, "tmp", disk.1 as f64);
+                    let disk = tokio::task::spawn_blocking(move || disk_use(&d))
+                        .await
+                        .unwrap_or((0, 0));
+                    s.record_disk(now, disk);
                     last_disk = Some(at);
                 }
                 s.node.observe(crate::oom::node::NodeSnapshot::read());
@@ -920,7 +919,7 @@ impl Sampler {
                 s.cgroup.merge(c);
             }
             s.node.observe(crate::oom::node::NodeSnapshot::read());
-            s.sample_disk(&dir, clock.now());
+            s.record_disk(clock.now(), disk_use(&dir));
             s
         });
         let _guard = stop.clone().drop_guard();

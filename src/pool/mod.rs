@@ -495,10 +495,15 @@ impl Pool {
             )),
         };
         let mut dirs = Vec::new();
+        // The metas read by the scan, so restoring does not read them again.
+        let mut metas: BTreeMap<String, AllocMeta> = BTreeMap::new();
         for (id, path) in self.alloc_dirs()? {
             let scan =
                 match persist::read_json::<AllocMeta>(&path.join("meta.json"), MAX_STATE_BYTES) {
-                    Ok(_) => MetaScan::Ok,
+                    Ok(meta) => {
+                        metas.insert(id.clone(), meta);
+                        MetaScan::Ok
+                    }
                     Err(err) if err.is_not_found() => MetaScan::Missing,
                     Err(err) => MetaScan::Corrupt(err.to_string()),
                 };
@@ -518,10 +523,10 @@ impl Pool {
                     let _ = fs::rename(self.state_path(), &to);
                 }
                 RestoreAction::Restore { id } => {
-                    let meta: AllocMeta = persist::read_json(
-                        &self.alloc_dir(&id).join("meta.json"),
-                        MAX_STATE_BYTES,
-                    )?;
+                    // The plan restores only allocs whose meta the scan read.
+                    let Some(meta) = metas.remove(&id) else {
+                        continue;
+                    };
                     let executor = self.executor_for(&id).await?;
                     executor.set_resources(meta.want.clone());
                     let row = taskdb::alloc_row(&self.inner.cfg.id, &id);
