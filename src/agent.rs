@@ -3,8 +3,8 @@
 //! Containers keep running across an agent stop on purpose: the manifests let the next start
 //! re-attach.
 //!
-//! The queue consumer (commands in, events out) plugs in here; until it exists `serve` runs the
-//! pool, keeps its TaskDB row and exits on idleness or a signal.
+//! Commands come from the queue named by `queue.url` through [`crate::control`]; on a signal or
+//! idleness the control plane drains before the pool shuts down.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,11 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
+use crate::control::security::Policy;
+use crate::control::{Control, ControlConfig};
 use crate::docker::bollard::BollardRuntime;
 use crate::docker::{ContainerRuntime, RuntimeError};
 use crate::error::{Classify, Kind};
 use crate::oom::kmsg::KmsgMonitor;
 use crate::pool::{Pool, PoolConfig, PoolError};
+use crate::queue::QueueSettings;
 use crate::taskdb::dynamodb::DynamoDbTaskDb;
 use crate::taskdb::{NoopTaskDb, TaskDb, TaskDbError};
 
@@ -38,6 +41,42 @@ pub enum AgentError {
     /// The pool could not start.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The queue could not be reached or set up.
+    #[error("queue {url}")]
+    Queue {
+        /// The queue URL (no credentials).
+        url: String,
+        /// Cause.
+        #[source]
+        source: crate::queue::QueueError,
+    },
+    /// The control plane's state could not be opened.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// The HMAC key file could not be read.
+    #[error("read the HMAC key file {path}")]
+    HmacKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: crate::persist::PersistError,
+    },
+}
+
+/// Secrets given to the agent outside its config (never logged).
+#[derive(Default, Clone)]
+pub struct Secrets {
+    /// The HMAC key commands must be signed with (overrides `security.hmac_key_file`).
+    pub hmac_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Classify for AgentError {
@@ -47,6 +86,9 @@ impl Classify for AgentError {
             AgentError::Engine(e) => e.kind(),
             AgentError::TaskDb(e) => e.kind(),
             AgentError::Pool(e) => e.kind(),
+            AgentError::Queue { source, .. } => source.kind(),
+            AgentError::Control(e) => e.kind(),
+            AgentError::HmacKey { source, .. } => source.kind(),
         }
     }
 }
@@ -77,11 +119,27 @@ fn hostname() -> String {
 ///
 /// # Cancel safety
 /// Not cancel safe: drive it to completion (use `shutdown` to stop it).
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Exit, AgentError> {
+pub async fn run(
+    cfg: Config,
+    secrets: Secrets,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, AgentError> {
     let errs = cfg.validate();
     if !errs.is_empty() {
         return Err(AgentError::Config(errs));
     }
+    let hmac_key = match (&secrets.hmac_key, &cfg.security.hmac_key_file) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(path)) => Some(
+            crate::persist::read_bounded(path, 64 << 10)
+                .map(|k| k.trim_ascii().to_vec())
+                .map_err(|source| AgentError::HmacKey {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        (None, None) => None,
+    };
     let runtime = Arc::new(BollardRuntime::connect().map_err(AgentError::Engine)?);
     runtime.ping().await.map_err(AgentError::Engine)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -104,13 +162,82 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Exit
         executor,
         expected_usable_mem: cfg.agent.expected_usable_mem,
     };
-    let pool = Pool::start(pool_cfg, runtime, clock, taskdb).await?;
-    tracing::info!(state_dir = %cfg.agent.state_dir.display(), resources = %pool.resources(), hard_mem_limit = cfg.executor.hard_mem_limit, "Agent started.");
+    let agent_id = pool_cfg.id.clone();
+    let pool = Pool::start(pool_cfg, runtime, clock.clone(), taskdb).await?;
+    let queue_url = cfg.queue_url();
+    let close = CancellationToken::new();
+    let max_jobs = cfg.max_jobs();
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    let settings = QueueSettings {
+        agent_id: agent_id.clone(),
+        prefetch: u16::try_from(match cfg.queue.prefetch {
+            0 => 2 * max_jobs,
+            n => n,
+        })
+        .unwrap_or(u16::MAX),
+        delivery_limit: match cfg.queue.max_deliveries {
+            0 => 5,
+            n => n,
+        },
+        visibility: Duration::from_secs(or(cfg.queue.visibility_timeout_secs, 120)),
+        aws: cfg.aws.clone(),
+        close: close.clone(),
+    };
+    let backend = crate::queue::open(&queue_url, &settings)
+        .await
+        .map_err(|source| AgentError::Queue {
+            url: crate::queue::redact(&queue_url),
+            source,
+        })?;
+    let control_cfg = ControlConfig {
+        agent_id,
+        state_dir: cfg.agent.state_dir.clone(),
+        repository: cfg.repository_url(),
+        max_jobs,
+        prefetch: usize::from(settings.prefetch),
+        max_deliveries: settings.delivery_limit,
+        drain_grace: Duration::from_secs(or(cfg.queue.drain_grace_secs, 300)),
+        heartbeat: Duration::from_secs(or(cfg.queue.heartbeat_secs, 30)),
+        lease: settings.visibility,
+        job_attempts: match cfg.queue.job_attempts {
+            0 => 3,
+            n => n,
+        },
+        retry_base: Duration::from_secs(1),
+        security: Policy {
+            hmac_key,
+            image_allowlist: cfg.security.image_allowlist.clone(),
+            max_resources: cfg.security.max_resources.clone(),
+            allow_docker_socket: cfg.executor.allow_docker_socket,
+            allow_aws_creds: cfg.executor.allow_aws_creds,
+        },
+    };
+    let control = Control::new(
+        control_cfg,
+        pool.clone(),
+        clock,
+        backend.sink.clone(),
+        backend.policy,
+    )?;
+    tracing::info!(
+        state_dir = %cfg.agent.state_dir.display(),
+        queue = %backend.display,
+        repository = %cfg.repository_url(),
+        resources = %pool.resources(),
+        max_jobs,
+        hard_mem_limit = cfg.executor.hard_mem_limit,
+        "Agent started."
+    );
 
     let cancel = CancellationToken::new();
     let maintain = {
         let (pool, cancel) = (pool.clone(), cancel.clone());
         tokio::spawn(async move { pool.maintain_taskdb_row(cancel).await })
+    };
+    let stop = CancellationToken::new();
+    let control_task = {
+        let (control, stop) = (control.clone(), stop.clone());
+        tokio::spawn(async move { control.run(backend.source, stop).await })
     };
     let idle = cfg.agent.idle_exit_after_secs;
     let check_every = Duration::from_secs(idle.unwrap_or(60).clamp(1, 60));
@@ -129,9 +256,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Exit
             }
         }
     };
+    tracing::info!(?exit, "Stopping.");
+    stop.cancel();
+    close.cancel();
+    if let Err(e) = control_task.await {
+        tracing::warn!(error = %e, "The control plane task failed.");
+    }
     tracing::info!(
-        ?exit,
-        "Stopping; running containers keep running and are re-attached at the next start."
+        "Stopped taking work; running containers keep running and are re-attached at the next start."
     );
     pool.shutdown().await;
     cancel.cancel();

@@ -53,6 +53,26 @@ pub enum CliError {
     /// The configuration could not be read.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A queue operation failed.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    /// The command to submit is not valid.
+    #[error("the command is not valid")]
+    Command(#[from] crate::protocol::ProtocolError),
+    /// The submitted command failed or was rejected (the event was printed).
+    #[error("{what}: {error}")]
+    Failed {
+        /// What failed.
+        what: &'static str,
+        /// The error the agent reported.
+        error: crate::error::ReflowError,
+    },
+    /// No outcome arrived in time.
+    #[error("no outcome within {secs} s")]
+    Timeout {
+        /// The wait, seconds.
+        secs: u64,
+    },
     /// Some objects failed verification.
     #[error("{failed} of {total} objects failed verification")]
     VerifyFailed {
@@ -75,6 +95,10 @@ impl Classify for CliError {
             CliError::Config(e) => e.kind(),
             CliError::Output(_) | CliError::Encode(_) | CliError::Runtime(_) => Kind::Other,
             CliError::VerifyFailed { .. } => Kind::Integrity,
+            CliError::Queue(e) => e.kind(),
+            CliError::Command(e) => e.kind(),
+            CliError::Failed { error, .. } => error.kind,
+            CliError::Timeout { .. } => Kind::Timeout,
         }
     }
 }
@@ -273,15 +297,30 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
     })
 }
 
-/// Options of the `serve` subcommand.
+/// Options of the `serve` subcommand. Flags override environment variables, which override the
+/// config file.
 #[derive(Debug, clap::Args)]
 pub struct ServeOptions {
     /// A TOML config file (see docs/configuration.md); defaults apply without one.
-    #[arg(long)]
+    #[arg(long, env = "REFLOW_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Overrides `queue.url` (`amqp://...`, `sqs://NAME`, `spool:///DIR`).
+    #[arg(long, env = "REFLOW_AGENT_QUEUE")]
+    pub queue: Option<String>,
     /// Overrides `agent.state_dir`.
-    #[arg(long)]
+    #[arg(long, env = "REFLOW_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Overrides `repository.url` (`file:///DIR`).
+    #[arg(long, env = "REFLOW_AGENT_REPOSITORY")]
+    pub repository: Option<String>,
+    /// The HMAC key commands must be signed with (environment only; never logged).
+    #[arg(
+        long,
+        env = "REFLOW_AGENT_HMAC_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub hmac_key: Option<String>,
     /// Overrides `executor.hard_mem_limit` (sets it).
     #[arg(long)]
     pub hard_mem_limit: bool,
@@ -303,6 +342,23 @@ pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
     if let Some(d) = &opts.state_dir {
         cfg.agent.state_dir = d.clone();
     }
+    if let Some(q) = &opts.queue {
+        cfg.queue.url = Some(q.clone());
+    }
+    if let Some(r) = &opts.repository {
+        cfg.repository.url = Some(r.clone());
+    }
+    if opts.config.is_none() && cfg.queue.url.is_none() {
+        eprintln!(
+            "reflow-agent: no config; embedded defaults: queue {} (drop commands into its incoming/), repository {}, state {}",
+            cfg.queue_url(),
+            cfg.repository_url(),
+            cfg.agent.state_dir.display()
+        );
+    }
+    let secrets = crate::agent::Secrets {
+        hmac_key: opts.hmac_key.as_ref().map(|k| k.as_bytes().to_vec()),
+    };
     if opts.hard_mem_limit {
         cfg.executor.hard_mem_limit = true;
     }
@@ -313,7 +369,7 @@ pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    let exit = rt.block_on(crate::agent::run(cfg, crate::agent::signals()))?;
+    let exit = rt.block_on(crate::agent::run(cfg, secrets, crate::agent::signals()))?;
     tracing::info!(?exit, "Agent stopped.");
     Ok(())
 }
@@ -492,4 +548,250 @@ pub fn run_inspect(opts: &InspectOptions) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+/// Options of the `submit` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct SubmitOptions {
+    /// The command file (a protocol envelope, e.g. a `job`).
+    pub file: PathBuf,
+    /// The queue (`amqp://...`, `sqs://NAME`, `spool:///DIR`).
+    #[arg(long, env = "REFLOW_AGENT_QUEUE")]
+    pub queue: String,
+    /// Wait for the outcome, show progress, and print the final event.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_secs: u64,
+    /// Signs the command with this HMAC key when it has no signature (environment only).
+    #[arg(
+        long,
+        env = "REFLOW_AGENT_HMAC_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub hmac_key: Option<String>,
+}
+
+/// Whether `e` ends command `id`: its job's `exec.completed`, a request's `command.result`, or
+/// a rejection.
+fn is_outcome(e: &crate::protocol::Event, id: &str, job: bool) -> bool {
+    use crate::protocol::EventBody;
+    if e.command.as_deref() != Some(id) {
+        return false;
+    }
+    match &e.body {
+        EventBody::ExecCompleted { .. } => job,
+        EventBody::CommandResult { .. } => !job,
+        EventBody::CommandRejected { .. } => true,
+        _ => false,
+    }
+}
+
+/// Validates (and, with a key, signs) a command, sends it, and with `--wait` prints its outcome.
+///
+/// # Errors
+/// An invalid command, a queue error, a timeout, or (with `--wait`) a failed or rejected command.
+pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
+    use crate::protocol::EventBody;
+    let bytes =
+        crate::persist::read_bounded(&opts.file, crate::protocol::MAX_COMMAND_BYTES as u64 + 1)
+            .map_err(|source| CliError::Input {
+                what: "command file",
+                source,
+            })?;
+    let req = crate::protocol::decode_command(&bytes)?;
+    let bytes = match &opts.hmac_key {
+        Some(k) => {
+            let mut env: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(CliError::Encode)?;
+            if env.get("signature").is_none() {
+                env["signature"] = crate::control::security::sign(k.as_bytes(), &env).into();
+            }
+            serde_json::to_vec(&env).map_err(CliError::Encode)?
+        }
+        None => bytes,
+    };
+    let job = matches!(req.command, crate::protocol::Command::Job(_));
+    runtime()?.block_on(async {
+        let client = crate::queue::client(&opts.queue, &Default::default()).await?;
+        let mut watch = match opts.wait {
+            true => Some(client.watch(Some(&req.id)).await?),
+            false => None,
+        };
+        client.submit(&req.id, &bytes).await?;
+        eprintln!("submitted {} ({})", req.id, req.command.kind());
+        let Some(watch) = watch.as_mut() else {
+            return Ok(());
+        };
+        let bar = spinner(&format!("{} {}", req.command.kind(), req.id));
+        let deadline = std::time::Duration::from_secs(opts.timeout_secs);
+        let outcome = tokio::time::timeout(deadline, async {
+            loop {
+                let e = watch.next().await?;
+                if e.command.as_deref() == Some(req.id.as_str()) {
+                    bar.set_message(format!(
+                        "{} {}: {}",
+                        req.command.kind(),
+                        req.id,
+                        e.body.kind()
+                    ));
+                }
+                if is_outcome(&e, &req.id, job) {
+                    return Ok::<_, CliError>(e);
+                }
+            }
+        })
+        .await
+        .map_err(|_| CliError::Timeout {
+            secs: opts.timeout_secs,
+        })??;
+        bar.finish_and_clear();
+        print_json(&outcome)?;
+        match outcome.body {
+            EventBody::ExecCompleted { result, .. } => match result.err {
+                Some(error) => Err(CliError::Failed {
+                    what: "the exec failed",
+                    error,
+                }),
+                None => Ok(()),
+            },
+            EventBody::CommandRejected { error, .. } => Err(CliError::Failed {
+                what: "the command was rejected",
+                error,
+            }),
+            EventBody::CommandResult {
+                error: Some(error), ..
+            } => Err(CliError::Failed {
+                what: "the command failed",
+                error,
+            }),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// A spinner on stderr (hidden when stderr is not a terminal).
+fn spinner(msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(msg.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print dead-lettered commands (JSON lines: reason, id, kind, command), leaving them there.
+    List {
+        /// The queue whose dead-letter queue to read.
+        #[arg(long, env = "REFLOW_AGENT_QUEUE")]
+        queue: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+    /// Move dead-lettered commands back to the command queue, oldest first.
+    Replay {
+        /// The queue whose dead-letter queue to replay.
+        #[arg(long, env = "REFLOW_AGENT_QUEUE")]
+        queue: String,
+        /// Only print what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Commands per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+}
+
+fn dead_line(body: &[u8], reason: &str) -> serde_json::Value {
+    let cmd: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |k: &str| {
+        cmd.as_ref()
+            .and_then(|c| c.get(k))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    serde_json::json!({
+        "reason": reason,
+        "id": field("id"),
+        "kind": field("kind"),
+        "command": cmd.clone().unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(4096)]).into()),
+    })
+}
+
+/// Lists or replays a dead-letter queue.
+///
+/// # Errors
+/// Queue errors, or a rate that is not positive.
+pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        match cmd {
+            DlqCommand::List { queue, max } => {
+                let client = crate::queue::client(queue, &Default::default()).await?;
+                let mut out = io::stdout().lock();
+                for d in client.dead_letters(*max).await? {
+                    writeln!(out, "{}", dead_line(&d.body, &d.reason)).map_err(CliError::Output)?;
+                }
+                Ok(())
+            }
+            DlqCommand::Replay {
+                queue,
+                dry_run,
+                rate,
+                max,
+            } => {
+                if !(rate.is_finite() && *rate > 0.0) {
+                    return Err(CliError::Failed {
+                        what: "--rate",
+                        error: crate::error::ReflowError::new(
+                            Kind::Invalid,
+                            "dlq replay",
+                            "must be a positive number",
+                        ),
+                    });
+                }
+                let client = crate::queue::client(queue, &Default::default()).await?;
+                if *dry_run {
+                    let mut out = io::stdout().lock();
+                    for d in client.dead_letters(*max).await? {
+                        writeln!(out, "would replay {}", dead_line(&d.body, &d.reason))
+                            .map_err(CliError::Output)?;
+                    }
+                    return Ok(());
+                }
+                let bar = spinner("replaying");
+                let pause = std::time::Duration::from_secs_f64(1.0 / rate);
+                let mut n = 0;
+                while n < *max {
+                    let Some(body) = client.replay_one().await? else {
+                        break;
+                    };
+                    n += 1;
+                    bar.set_message(format!("replayed {n}"));
+                    println!("replayed {}", dead_line(&body, "")["id"]);
+                    tokio::time::sleep(pause).await;
+                }
+                bar.finish_and_clear();
+                eprintln!("replayed {n} command(s)");
+                Ok(())
+            }
+        }
+    })
 }

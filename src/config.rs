@@ -22,7 +22,29 @@
 //! [taskdb]
 //! table = "reflow-taskdb"             # absent: no TaskDB
 //! create_table = false                # create it at start (development)
+//!
+//! [queue]
+//! url = "amqp://agent:secret@broker:5672/%2f"  # or sqs://NAME, spool://DIR; default spool://STATE/spool
+//! max_jobs = 4                        # jobs at once; default: CPU cores
+//! prefetch = 8                        # commands received, not started; default 2 x max_jobs
+//! max_deliveries = 5                  # then the command is dead-lettered
+//! drain_grace_secs = 300              # running jobs' time to finish at shutdown
+//! heartbeat_secs = 30
+//! visibility_timeout_secs = 120       # SQS lease per extension
+//! job_attempts = 3                    # tries of a job step failing with a retryable error
+//!
+//! [repository]
+//! url = "file:///var/lib/reflow-agent/repository"  # default: file://STATE/repository
+//!
+//! [security]
+//! hmac_key_file = "/etc/reflow-agent/hmac.key"     # commands must be signed with this key
+//! image_allowlist = ["reflow-agent-test/", "123456789012.dkr.ecr.us-west-2.amazonaws.com/"]
+//! max_resources = { mem = 68719476736.0, cpu = 16.0 }
 //! ```
+//!
+//! Environment variables override the file and flags override both (see `reflow-agent serve
+//! --help`): `REFLOW_AGENT_CONFIG`, `REFLOW_AGENT_QUEUE`, `REFLOW_AGENT_STATE_DIR`,
+//! `REFLOW_AGENT_REPOSITORY`, `REFLOW_AGENT_HMAC_KEY`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,6 +124,51 @@ pub struct TaskDbSection {
     pub create_table: bool,
 }
 
+/// `[queue]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSection {
+    /// Queue URL: `amqp://user:pass@host:port/vhost`, `sqs://NAME[?results=R&dlq=D]` or
+    /// `spool://DIR`. Default: `spool://STATE_DIR/spool`.
+    pub url: Option<String>,
+    /// Jobs running at once. Default (0): the number of CPU cores.
+    pub max_jobs: usize,
+    /// Commands received and not yet started. Default (0): twice `max_jobs`.
+    pub prefetch: usize,
+    /// Deliveries of one command before it is dead-lettered. Default (0): 5.
+    pub max_deliveries: u32,
+    /// Seconds running jobs get to finish at shutdown. Default (0): 300.
+    pub drain_grace_secs: u64,
+    /// Heartbeat period, seconds. Default (0): 30.
+    pub heartbeat_secs: u64,
+    /// SQS visibility per receive and per extension, seconds. Default (0): 120.
+    pub visibility_timeout_secs: u64,
+    /// Tries of a job step that fails with a retryable error. Default (0): 3.
+    pub job_attempts: u32,
+}
+
+/// `[repository]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositorySection {
+    /// The agent's repository, the default source and destination of job files
+    /// (`file:///...`). Default: `file://STATE_DIR/repository`.
+    pub url: Option<String>,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// A file holding the HMAC key; when set (here or by `REFLOW_AGENT_HMAC_KEY`), unsigned or
+    /// badly signed commands are rejected. Never logged.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Image prefixes execs may use; empty allows any image.
+    pub image_allowlist: Vec<String>,
+    /// The most one command may ask for, per resource (`mem` and `disk` in bytes, `cpu` in cores).
+    pub max_resources: crate::resources::Resources,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,6 +181,12 @@ pub struct Config {
     pub aws: AwsSettings,
     /// `[taskdb]`.
     pub taskdb: TaskDbSection,
+    /// `[queue]`.
+    pub queue: QueueSection,
+    /// `[repository]`.
+    pub repository: RepositorySection,
+    /// `[security]`.
+    pub security: SecuritySection,
 }
 
 /// Configuration problems.
@@ -233,7 +306,62 @@ impl Config {
         if self.taskdb.create_table && self.taskdb.table.is_none() {
             bad("taskdb.create_table", "needs taskdb.table");
         }
+        let url = self.queue_url();
+        if !["amqp://", "amqps://", "sqs://", "spool:///"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            bad(
+                "queue.url",
+                "must be amqp://..., sqs://NAME or spool:///ABSOLUTE/DIR",
+            );
+        }
+        if !self
+            .repository_url()
+            .strip_prefix("file://")
+            .is_some_and(|p| p.starts_with('/'))
+        {
+            bad("repository.url", "must be file:///ABSOLUTE/DIR");
+        }
+        if self.security.max_resources.validate().is_err() {
+            bad(
+                "security.max_resources",
+                "values must be finite and non-negative",
+            );
+        }
+        if self.security.image_allowlist.iter().any(|p| p.is_empty()) {
+            bad(
+                "security.image_allowlist",
+                "an empty prefix would allow every image; leave the list empty instead",
+            );
+        }
         errs
+    }
+
+    /// The queue URL, with its default.
+    pub fn queue_url(&self) -> String {
+        self.queue
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("spool://{}", self.agent.state_dir.join("spool").display()))
+    }
+
+    /// The repository URL, with its default.
+    pub fn repository_url(&self) -> String {
+        self.repository.url.clone().unwrap_or_else(|| {
+            format!(
+                "file://{}",
+                self.agent.state_dir.join("repository").display()
+            )
+        })
+    }
+
+    /// Jobs at once, with its default.
+    pub fn max_jobs(&self) -> usize {
+        match self.queue.max_jobs {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The settings every alloc's executor gets (its id and directory are filled in per alloc).

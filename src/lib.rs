@@ -16,7 +16,8 @@
 //! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
 //! - [`cgroup`]: cgroup v1/v2 discovery and counters.
 //! - [`protocol`]: the versioned command/event envelope and its strict decoder.
-//! - [`queue`]: the queue port and its backends (today `spool://`).
+//! - [`queue`]: the queue port and its backends (`spool://`, `amqp://`, `sqs://`).
+//! - [`control`]: the control plane: commands to pool calls, journal, outbox, drain.
 //! - [`pool`]: the pool of allocs (offers, keepalives, reclaim, restore, zombies).
 //! - [`taskdb`]: the TaskDB port (pool and alloc rows).
 //! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
@@ -33,6 +34,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod digest;
 pub mod docker;
 pub mod error;

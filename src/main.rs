@@ -37,6 +37,13 @@ enum Command {
     Serve(cli::ServeOptions),
     /// Read allocs and exec manifests from a state directory, offline (post-mortems).
     Inspect(cli::InspectOptions),
+    /// Send a command (e.g. a job) to a queue; with --wait, print its outcome event.
+    Submit(cli::SubmitOptions),
+    /// List or replay a queue's dead-lettered commands.
+    Dlq {
+        #[command(subcommand)]
+        command: cli::DlqCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +54,8 @@ fn main() -> ExitCode {
         Command::Exec(opts) => cli::run_exec(&opts),
         Command::Serve(opts) => cli::run_serve(&opts),
         Command::Inspect(opts) => cli::run_inspect(&opts),
+        Command::Submit(opts) => cli::run_submit(&opts),
+        Command::Dlq { command } => cli::run_dlq(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -130,7 +130,8 @@ pub struct Envelope {
     /// When it was sent.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
     pub time: Option<Time>,
-    /// An optional signature over the message (carried; not verified by this version).
+    /// An optional HMAC-SHA256 signature (see [`crate::control::security`]); required when the
+    /// agent has a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
     /// Kind-specific content.
@@ -163,10 +164,13 @@ mod opt_time {
 pub struct JobSpec {
     /// The exec to run (reflow-compatible).
     pub config: ExecConfig,
-    /// Repository the inputs are loaded from (`file:///...` or `s3://bucket/prefix`).
-    pub inputs_from: String,
-    /// Repository the outputs are sent to.
-    pub outputs_to: String,
+    /// Repository the inputs are loaded from (`file:///...` or `s3://bucket/prefix`); the
+    /// agent's own repository when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_from: Option<String>,
+    /// Repository the outputs are sent to; the agent's own repository when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_to: Option<String>,
     /// Resources to allocate; the exec's own resources when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::resources::Resources>,
@@ -571,6 +575,12 @@ pub enum EventBody {
     ExecCompleted {
         /// The result.
         result: ExecResult,
+        /// The repository holding the result's files (a job's `outputs_to`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repository: Option<String>,
+        /// True when an identical exec had already completed and its stored result is returned.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
     },
     /// An alloc expired.
     #[serde(rename = "alloc.expired")]
@@ -627,6 +637,25 @@ pub enum EventBody {
     },
 }
 
+impl EventBody {
+    /// The wire name of the event's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::ExecState { .. } => "exec.state",
+            EventBody::ExecCompleted { .. } => "exec.completed",
+            EventBody::AllocExpired {} => "alloc.expired",
+            EventBody::AllocFreed {} => "alloc.freed",
+            EventBody::IntegrityError { .. } => "integrity.error",
+            EventBody::AgentStarted { .. } => "agent.started",
+            EventBody::AgentHeartbeat { .. } => "agent.heartbeat",
+            EventBody::AgentDraining {} => "agent.draining",
+            EventBody::AgentStopped {} => "agent.stopped",
+            EventBody::CommandRejected { .. } => "command.rejected",
+            EventBody::CommandResult { .. } => "command.result",
+        }
+    }
+}
+
 /// An event: envelope fields plus a typed body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -645,6 +674,9 @@ pub struct Event {
     /// The correlation id of the command that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// The id of the command that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
     /// When it happened.
     #[serde(with = "time::go")]
     pub time: Time,
@@ -815,14 +847,18 @@ mod tests {
             alloc: Some(ALLOC.into()),
             exec: Some(Digest::of(b"x")),
             correlation_id: Some("corr".into()),
+            command: Some("cmd-1".into()),
             time: time::parse("2026-11-29T12:00:00Z").unwrap(),
             body: EventBody::ExecCompleted {
                 result: ExecResult::default(),
+                repository: Some("file:///repo".into()),
+                cached: false,
             },
             labels: BTreeMap::new(),
         };
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(j["kind"], "exec.completed");
+        assert_eq!(e.body.kind(), "exec.completed");
         assert!(j["body"]["result"]["Fileset"].is_object());
         assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
         assert_eq!(event_id("a", "b", 1), event_id("a", "b", 1));

@@ -43,9 +43,11 @@ impl AllocView {
 }
 
 /// An offer of resources.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Offer {
     /// Offer id (always [`OFFER_ID`]).
+    #[serde(rename = "ID")]
     pub id: String,
     /// What is available.
     pub available: Resources,

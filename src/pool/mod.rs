@@ -597,10 +597,36 @@ impl Pool {
     /// # Errors
     /// No room, a stopped pool, or a failing executor or state write (then nothing is kept).
     pub async fn new_alloc(&self, meta: AllocMeta) -> Result<Arc<Alloc>, PoolError> {
+        self.create_alloc(meta, None).await
+    }
+
+    /// Like [`Pool::new_alloc`], with the caller's alloc id (16 lowercase hex), idempotently: when
+    /// alloc `id` is live it is returned as is. A queue command derives `id` from its command id,
+    /// so a redelivered command finds the alloc its first delivery made.
+    ///
+    /// # Errors
+    /// A malformed id, or what [`Pool::new_alloc`] returns.
+    pub async fn new_alloc_as(&self, id: &str, meta: AllocMeta) -> Result<Arc<Alloc>, PoolError> {
+        if !valid_alloc_id(id) {
+            return Err(PoolError::BadId {
+                id: id.chars().take(40).collect(),
+            });
+        }
+        self.create_alloc(meta, Some(id.to_string())).await
+    }
+
+    async fn create_alloc(
+        &self,
+        meta: AllocMeta,
+        id: Option<String>,
+    ) -> Result<Arc<Alloc>, PoolError> {
         meta.want
             .validate()
             .map_err(|e| PoolError::Executor(ExecutorError::Config(e.into())))?;
         let mut allocs = self.inner.allocs.lock().await;
+        if let Some(a) = id.as_ref().and_then(|id| allocs.get(id)) {
+            return Ok(a.clone());
+        }
         let now = self.inner.clock.now();
         let views: Vec<AllocView> = allocs.values().map(|a| a.view()).collect();
         let reclaim = accounting::admit(
@@ -610,7 +636,10 @@ impl Pool {
             now,
             self.inner.stopped.load(Ordering::SeqCst),
         )?;
-        let id = new_alloc_id()?;
+        let id = match id {
+            Some(id) => id,
+            None => new_alloc_id()?,
+        };
         let dir = self.alloc_dir(&id);
         fs::create_dir_all(&dir).map_err(|source| PoolError::Io {
             op: "create",

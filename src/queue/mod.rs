@@ -2,10 +2,20 @@
 //! ([`Settle`]: ack, requeue, dead-letter), and where events go ([`EventSink`]). Backends are
 //! chosen by URL scheme; only domain types (bytes, [`crate::protocol::Event`]) cross the port.
 //!
-//! Backends: [`spool`] (`spool://DIR`, the embedded zero-dependency default). AMQP and SQS follow
-//! the same contract.
+//! Backends: [`spool`] (`spool://DIR`, the embedded zero-dependency default), [`amqp`]
+//! (`amqp://`, RabbitMQ) and [`sqs`] (`sqs://QUEUE`). [`open`] picks one by URL scheme.
+//!
+//! # When a command is settled
+//! Each backend names its [`SettlePolicy`]. `OnAccept` (AMQP): the command is acked once its
+//! journal entry is fsynced; from then on the agent owns it and resumes it after a crash, so a
+//! broker restart or a lost connection can never hand a running job to a second agent.
+//! `OnOutcome` (SQS, spool): the message is kept in flight, its visibility extended while the
+//! job progresses, and deleted once the outcome is durable; the lease (receipt handle) is
+//! journaled so a restarted agent re-owns it.
 
+pub mod amqp;
 pub mod spool;
+pub mod sqs;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,6 +25,15 @@ use thiserror::Error;
 
 use crate::error::{Classify, Kind};
 use crate::protocol::Event;
+
+/// When a backend settles a command (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettlePolicy {
+    /// Ack once the command is journaled.
+    OnAccept,
+    /// Ack once the command's outcome is durable; extend the lease meanwhile.
+    OnOutcome,
+}
 
 /// Queue failures.
 #[derive(Debug, Error)]
@@ -39,13 +58,40 @@ pub enum QueueError {
     /// An event could not be written.
     #[error("publish event")]
     Publish(#[source] crate::persist::PersistError),
+    /// The AMQP broker failed or refused.
+    #[error("AMQP {op}: {message}")]
+    Amqp {
+        /// What was being done.
+        op: &'static str,
+        /// The client's message.
+        message: String,
+    },
+    /// An SQS call failed.
+    #[error("SQS {op}: {message}")]
+    Sqs {
+        /// What was being done.
+        op: &'static str,
+        /// The SDK's message (no credentials).
+        message: String,
+        /// Whether the service said the request itself is wrong (permanent).
+        permanent: bool,
+    },
 }
 
 impl Classify for QueueError {
     fn kind(&self) -> Kind {
         match self {
             QueueError::Url { .. } => Kind::Invalid,
-            QueueError::Io { .. } | QueueError::Publish(_) => Kind::Unavailable,
+            QueueError::Io { .. } | QueueError::Publish(_) | QueueError::Amqp { .. } => {
+                Kind::Unavailable
+            }
+            QueueError::Sqs { permanent, .. } => {
+                if *permanent {
+                    Kind::Invalid
+                } else {
+                    Kind::Unavailable
+                }
+            }
         }
     }
 }
@@ -58,29 +104,204 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// Whether the broker says it was delivered before.
     pub redelivered: bool,
+    /// Which delivery this is, 1 for the first (from the broker's count where it keeps one).
+    pub attempt: u32,
     /// How to settle it.
     pub settle: Box<dyn Settle>,
 }
 
 /// Settling a delivery: exactly one of these, once.
 #[async_trait]
-pub trait Settle: Send + fmt::Debug {
+pub trait Settle: Send + Sync + fmt::Debug {
     /// Done: the outcome is durable; remove the message.
     async fn ack(self: Box<Self>) -> Result<(), QueueError>;
     /// Not done: give it back for this or another agent (retryable failure, drain).
     async fn requeue(self: Box<Self>) -> Result<(), QueueError>;
     /// Never: move it to the dead-letter queue with `reason`.
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError>;
+    /// Keeps the message in flight for `for_at_least` more (SQS visibility); a no-op where the
+    /// broker has no lease.
+    async fn extend(&self, _for_at_least: std::time::Duration) -> Result<(), QueueError> {
+        Ok(())
+    }
+    /// A token that lets a restarted agent re-own this message ([`CommandSource::reown`]).
+    fn lease(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Where commands come from.
 #[async_trait]
-pub trait CommandSource: Send + fmt::Debug {
+pub trait CommandSource: Send + Sync + fmt::Debug {
     /// The next command, waiting for one; `None` once the source is closed.
     ///
     /// # Cancel safety
     /// Cancel safe: a command is claimed only when it is returned.
     async fn next(&mut self) -> Result<Option<Delivery>, QueueError>;
+    /// Stops consuming and hands every received-but-unreturned message back to the broker.
+    async fn close(&mut self) {}
+    /// Re-owns a message from a lease journaled by an earlier run, if the broker still has it.
+    async fn reown(&self, _lease: &str) -> Option<Box<dyn Settle>> {
+        None
+    }
+}
+
+/// A dead-lettered command, as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The raw command.
+    pub body: Vec<u8>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+}
+
+/// A producer's and operator's handle on a queue: submit commands, watch events, list and
+/// replay the dead-letter queue.
+#[async_trait]
+pub trait Client: Send + Sync + fmt::Debug {
+    /// Sends a command (`id` is its command id; the spool names its file after it).
+    async fn submit(&self, id: &str, body: &[u8]) -> Result<(), QueueError>;
+    /// Starts watching events; `command` narrows them to one command's where the backend
+    /// must consume them to read them (SQS).
+    async fn watch(&self, command: Option<&str>) -> Result<Box<dyn EventWatch>, QueueError>;
+    /// Up to `max` dead-lettered commands, oldest first, left in place.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Moves the oldest dead-lettered command back to the command queue and returns it; `None`
+    /// when the dead-letter queue is empty.
+    async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError>;
+}
+
+/// A stream of events.
+#[async_trait]
+pub trait EventWatch: Send {
+    /// The next event, waiting for one.
+    async fn next(&mut self) -> Result<Event, QueueError>;
+}
+
+/// A client for `url`.
+///
+/// # Errors
+/// An unsupported URL, or a backend that cannot be set up.
+pub async fn client(
+    url: &str,
+    aws: &crate::aws::AwsSettings,
+) -> Result<Box<dyn Client>, QueueError> {
+    if let Some(dir) = url.strip_prefix("spool://") {
+        let (spool, _) = spool::Spool::open(dir)?;
+        return Ok(Box::new(spool));
+    }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        return Ok(Box::new(amqp::AmqpClient::new(url, DEFAULT_DELIVERY_LIMIT)));
+    }
+    if url.starts_with("sqs://") {
+        return Ok(Box::new(
+            sqs::SqsClient::new(url, aws, DEFAULT_DELIVERY_LIMIT).await?,
+        ));
+    }
+    Err(QueueError::Url { url: redact(url) })
+}
+
+/// Deliveries before a message is dead-lettered, unless configured.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+/// A connected backend.
+#[derive(Debug)]
+pub struct Backend {
+    /// Commands in.
+    pub source: Box<dyn CommandSource>,
+    /// Events out.
+    pub sink: std::sync::Arc<dyn EventSink>,
+    /// When commands are settled.
+    pub policy: SettlePolicy,
+    /// The URL with any credentials removed, for logs.
+    pub display: String,
+}
+
+/// Settings shared by every backend.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// This agent's id (names its own AMQP queue).
+    pub agent_id: String,
+    /// Most messages received and not yet started or settled.
+    pub prefetch: u16,
+    /// Redeliveries before the broker dead-letters a message.
+    pub delivery_limit: u32,
+    /// SQS visibility granted per receive and per extension.
+    pub visibility: std::time::Duration,
+    /// AWS overrides (`sqs://`).
+    pub aws: crate::aws::AwsSettings,
+    /// Closes the source (drain).
+    pub close: tokio_util::sync::CancellationToken,
+}
+
+/// `url` without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+    .chars()
+    .take(300)
+    .collect()
+}
+
+/// Connects the backend named by `url`'s scheme.
+///
+/// # Errors
+/// An unsupported URL, or a backend that cannot be reached or set up.
+pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueError> {
+    let display = redact(url);
+    if let Some(dir) = url.strip_prefix("spool://") {
+        let (spool, returned) = spool::Spool::open(dir)?;
+        return Ok(Backend {
+            source: Box::new(spool.source(
+                std::time::Duration::from_millis(100),
+                settings.close.clone(),
+                returned,
+            )),
+            sink: std::sync::Arc::new(spool.sink()),
+            policy: SettlePolicy::OnOutcome,
+            display,
+        });
+    }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        let (source, sink) = amqp::connect(url, settings).await?;
+        return Ok(Backend {
+            source: Box::new(source),
+            sink: std::sync::Arc::new(sink),
+            policy: SettlePolicy::OnAccept,
+            display,
+        });
+    }
+    if url.starts_with("sqs://") {
+        let (source, sink) = sqs::connect(url, settings).await?;
+        return Ok(Backend {
+            source: Box::new(source),
+            sink: std::sync::Arc::new(sink),
+            policy: SettlePolicy::OnOutcome,
+            display,
+        });
+    }
+    Err(QueueError::Url { url: display })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("amqp://guest:s3cret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("sqs://jobs"), "sqs://jobs");
+        assert_eq!(redact("spool:///var/spool/x"), "spool:///var/spool/x");
+    }
 }
 
 /// Where events go.

@@ -84,6 +84,7 @@ impl Spool {
             poll,
             close,
             redelivered,
+            attempts: std::collections::HashMap::new(),
         }
     }
 
@@ -104,6 +105,36 @@ impl Spool {
         fs::write(&tmp, body).map_err(io("write", &tmp))?;
         let to = dir.join(name);
         fs::rename(&tmp, &to).map_err(io("rename", &to))
+    }
+
+    /// Moves dead-lettered command `name` back to `incoming/` (its reason file is removed).
+    ///
+    /// # Errors
+    /// No such dead-lettered command, or a failed rename.
+    pub fn replay(&self, name: &str) -> Result<(), QueueError> {
+        let from = self.dir.join(DEAD).join(name);
+        let to = self.dir.join(INCOMING).join(name);
+        fs::rename(&from, &to).map_err(io("replay", &from))?;
+        let _ = fs::remove_file(self.dir.join(DEAD).join(format!("{name}.reason.json")));
+        Ok(())
+    }
+
+    /// The raw bytes of dead-lettered command `name` and its reason.
+    ///
+    /// # Errors
+    /// Reading the files.
+    pub fn dead(&self, name: &str) -> Result<(Vec<u8>, String), QueueError> {
+        let p = self.dir.join(DEAD).join(name);
+        let body =
+            persist::read_bounded(&p, MAX_COMMAND_BYTES as u64 + 1).map_err(QueueError::Publish)?;
+        let reason = persist::read_json::<serde_json::Value>(
+            &self.dir.join(DEAD).join(format!("{name}.reason.json")),
+            64 << 10,
+        )
+        .ok()
+        .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+        .unwrap_or_default();
+        Ok((body, reason))
     }
 
     /// Names in a subdirectory (`incoming`, `processing`, `dead`, `events`), sorted.
@@ -158,6 +189,7 @@ pub struct SpoolSource {
     poll: Duration,
     close: CancellationToken,
     redelivered: BTreeSet<String>,
+    attempts: std::collections::HashMap<String, u32>,
 }
 
 #[async_trait]
@@ -176,10 +208,16 @@ impl CommandSource for SpoolSource {
                     source: std::io::Error::other(e),
                 })??;
             if let Some((name, body)) = claimed {
-                let redelivered = self.redelivered.remove(&name);
+                let returned = self.redelivered.remove(&name);
+                let attempt = self
+                    .attempts
+                    .entry(name.clone())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(if returned { 2 } else { 1 });
                 return Ok(Some(Delivery {
                     body,
-                    redelivered,
+                    redelivered: *attempt > 1,
+                    attempt: *attempt,
                     settle: Box::new(SpoolSettle {
                         dir: self.dir.clone(),
                         name,
@@ -275,6 +313,109 @@ impl EventSink for SpoolSink {
     }
 }
 
+/// The file name a submitted command gets: the time (for FIFO order) and a safe form of its id.
+fn submit_name(id: &str) -> String {
+    use crate::clock::Clock;
+    let nanos = crate::clock::SystemClock
+        .now()
+        .timestamp_nanos_opt()
+        .unwrap_or(0);
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{nanos:024}-{safe}.json")
+}
+
+#[async_trait]
+impl super::Client for Spool {
+    async fn submit(&self, id: &str, body: &[u8]) -> Result<(), QueueError> {
+        Spool::submit(self, &submit_name(id), body)
+    }
+
+    async fn watch(
+        &self,
+        _command: Option<&str>,
+    ) -> Result<Box<dyn super::EventWatch>, QueueError> {
+        Ok(Box::new(SpoolWatch {
+            dir: self.dir.join(EVENTS),
+            seen: std::collections::HashSet::new(),
+            ready: std::collections::VecDeque::new(),
+        }))
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
+        let mut out = Vec::new();
+        for name in self
+            .list(DEAD)
+            .into_iter()
+            .filter(|n| !n.ends_with(".reason.json"))
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (body, reason) = self.dead(&name)?;
+            out.push(super::DeadLetter { body, reason });
+        }
+        Ok(out)
+    }
+
+    async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError> {
+        let Some(name) = self
+            .list(DEAD)
+            .into_iter()
+            .find(|n| !n.ends_with(".reason.json"))
+        else {
+            return Ok(None);
+        };
+        let (body, _) = self.dead(&name)?;
+        self.replay(&name)?;
+        Ok(Some(body))
+    }
+}
+
+/// Events of a spool, including those already there (a replayed outcome is not rewritten).
+struct SpoolWatch {
+    dir: PathBuf,
+    seen: std::collections::HashSet<String>,
+    ready: std::collections::VecDeque<Event>,
+}
+
+#[async_trait]
+impl super::EventWatch for SpoolWatch {
+    async fn next(&mut self) -> Result<Event, QueueError> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(e);
+            }
+            let mut names: Vec<String> = fs::read_dir(&self.dir)
+                .map_err(io("list", &self.dir))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".json") && !persist::is_leftover(n))
+                .collect();
+            names.sort();
+            for n in names {
+                if self.seen.insert(n.clone()) {
+                    if let Ok(e) = persist::read_json::<Event>(&self.dir.join(&n), 16 << 20) {
+                        self.ready.push_back(e);
+                    }
+                }
+            }
+            if self.ready.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +448,7 @@ mod tests {
         let b = s.next().await.unwrap().unwrap();
         b.settle.requeue().await.unwrap();
         let b_again = s.next().await.unwrap().unwrap();
-        assert_eq!(b_again.body, b"B");
+        assert_eq!((b_again.body.as_slice(), b_again.attempt), (&b"B"[..], 2));
         b_again
             .settle
             .dead_letter("bad input: reasons are kept")
@@ -325,7 +466,10 @@ mod tests {
         let (spool, returned) = Spool::open(dir.path()).unwrap();
         let mut s = spool.source(Duration::from_millis(5), CancellationToken::new(), returned);
         let c = s.next().await.unwrap().unwrap();
-        assert_eq!((c.body.as_slice(), c.redelivered), (&b"C"[..], true));
+        assert_eq!(
+            (c.body.as_slice(), c.redelivered, c.attempt),
+            (&b"C"[..], true, 2)
+        );
         c.settle.ack().await.unwrap();
         assert!(spool.list("incoming").iter().all(|n| n.starts_with('.')));
     }
@@ -385,6 +529,7 @@ mod tests {
             alloc: None,
             exec: None,
             correlation_id: None,
+            command: None,
             time: crate::time::parse("2026-01-01T00:00:00Z").unwrap(),
             body: EventBody::AgentStopped {},
             labels: Default::default(),

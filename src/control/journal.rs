@@ -1,0 +1,417 @@
+//! The control plane's durable state under the agent's state directory:
+//!
+//! ```text
+//! journal/<sha256(command id)>.json   one Entry per accepted command (idempotency)
+//! outbox/<seq>-<event id>.json        events written before they are published
+//! results/<key>.json                  stored results of successful jobs, by exec identity
+//! ```
+//!
+//! Every file is written atomically (temp file, fsync, rename, fsync the directory). A command
+//! is settled with the broker only after its journal entry (or, for a job, its outcome) is on
+//! disk; an event is removed from the outbox only after the broker confirmed it. A crash between
+//! any two steps therefore replays, never loses, and the deterministic event ids let consumers
+//! drop the replays.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::digest::Digest;
+use crate::error::{Classify, Kind};
+use crate::persist::{self, PersistError};
+use crate::protocol::Event;
+use crate::time::{self, Time};
+
+/// Version of the journal entry format.
+pub const JOURNAL_VERSION: u32 = 1;
+/// Largest journal entry, outbox event or stored result read.
+pub const MAX_ENTRY_BYTES: u64 = 4 << 20;
+
+/// Journal failures.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    /// Reading or writing a state file.
+    #[error("{what} {path}")]
+    Persist {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: PersistError,
+    },
+    /// Listing or removing.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for JournalError {
+    fn kind(&self) -> Kind {
+        match self {
+            JournalError::Persist { source, .. } => source.kind(),
+            JournalError::Io { .. } => Kind::Unavailable,
+        }
+    }
+}
+
+/// Where a command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Accepted: the agent owns it and resumes it after a crash.
+    Accepted,
+    /// Done: its outcome events are in the outbox (or published).
+    Done,
+}
+
+/// One journaled command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Format version.
+    pub v: u32,
+    /// The command id (idempotency key).
+    pub command_id: String,
+    /// The command kind.
+    pub kind: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// The raw command envelope, so an accepted command can be resumed without the broker.
+    pub command: serde_json::Value,
+    /// The alloc it runs in, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc: Option<String>,
+    /// The exec it runs, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Digest>,
+    /// The broker lease held for it (an SQS receipt handle), to re-own it after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// The outcome events, replayed when the command is delivered again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcome: Vec<Event>,
+    /// When it was accepted.
+    #[serde(with = "time::go")]
+    pub accepted: Time,
+}
+
+fn persist_err(what: &'static str, path: &Path) -> impl FnOnce(PersistError) -> JournalError {
+    let path = path.to_path_buf();
+    move |source| JournalError::Persist { what, path, source }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
+    let path = path.to_path_buf();
+    move |source| JournalError::Io { op, path, source }
+}
+
+/// Reads every `*.json` in `dir` (sorted by name), skipping leftovers; unreadable files are
+/// renamed `*.corrupt` and reported, never fatal.
+fn read_all<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, JournalError> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(io_err("list", dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !persist::is_leftover(n))
+        .collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let p = dir.join(&name);
+        match persist::read_json::<T>(&p, MAX_ENTRY_BYTES) {
+            Ok(v) => out.push((name, v)),
+            Err(e) => {
+                tracing::error!(file = %p.display(), error = %e, what, "Unreadable state file; set aside as .corrupt.");
+                let _ = fs::rename(&p, p.with_extension("corrupt"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The command journal.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating) the journal under `state_dir`.
+    ///
+    /// # Errors
+    /// Creating the directory.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let dir = state_dir.join("journal");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let _ = persist::clean_leftovers(&dir);
+        Ok(Journal { dir })
+    }
+
+    fn path(&self, command_id: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.json", Digest::of(command_id.as_bytes()).hex()))
+    }
+
+    /// The entry of `command_id`, if it was accepted before.
+    ///
+    /// # Errors
+    /// An unreadable entry.
+    pub fn get(&self, command_id: &str) -> Result<Option<Entry>, JournalError> {
+        let p = self.path(command_id);
+        match persist::read_json::<Entry>(&p, MAX_ENTRY_BYTES) {
+            Ok(e) => Ok(Some(e)),
+            Err(e) if e.kind() == Kind::NotExist => Ok(None),
+            Err(e) => Err(persist_err("journal entry", &p)(e)),
+        }
+    }
+
+    /// Writes `e` durably.
+    ///
+    /// # Errors
+    /// Writing.
+    pub fn put(&self, e: &Entry) -> Result<(), JournalError> {
+        let p = self.path(&e.command_id);
+        persist::write_json_atomic(&p, e).map_err(persist_err("journal entry", &p))
+    }
+
+    /// Every entry not yet done (to resume at start), oldest first.
+    ///
+    /// # Errors
+    /// Listing the directory.
+    pub fn unfinished(&self) -> Result<Vec<Entry>, JournalError> {
+        let mut v: Vec<Entry> = read_all::<Entry>(&self.dir, "journal entry")?
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.phase == Phase::Accepted)
+            .collect();
+        v.sort_by_key(|e| e.accepted);
+        Ok(v)
+    }
+
+    /// Removes done entries accepted before `before` (redeliveries older than that are run
+    /// again). Returns how many were removed.
+    ///
+    /// # Errors
+    /// Listing the directory.
+    pub fn prune(&self, before: Time) -> Result<usize, JournalError> {
+        let mut n = 0;
+        for (name, e) in read_all::<Entry>(&self.dir, "journal entry")? {
+            if e.phase == Phase::Done && e.accepted < before {
+                let p = self.dir.join(name);
+                fs::remove_file(&p).map_err(io_err("remove", &p))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Events waiting to be published, in order.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    seq: AtomicU64,
+}
+
+impl Outbox {
+    /// Opens (creating) the outbox under `state_dir`.
+    ///
+    /// # Errors
+    /// Creating or listing the directory.
+    pub fn open(state_dir: &Path, now: Time) -> Result<Outbox, JournalError> {
+        let dir = state_dir.join("outbox");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let _ = persist::clean_leftovers(&dir);
+        // Sequence numbers start at the wall clock in nanoseconds, so they keep increasing
+        // across restarts and file names sort in publication order.
+        let start = u64::try_from(now.timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0);
+        Ok(Outbox {
+            dir,
+            seq: AtomicU64::new(start),
+        })
+    }
+
+    /// Adds `events` durably, in order.
+    ///
+    /// # Errors
+    /// Writing.
+    pub fn add(&self, events: &[Event]) -> Result<(), JournalError> {
+        for e in events {
+            let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+            let p = self.dir.join(format!("{seq:020}-{}.json", e.id));
+            persist::write_json_atomic(&p, e).map_err(persist_err("outbox event", &p))?;
+        }
+        Ok(())
+    }
+
+    /// The pending events with their file names, in order.
+    ///
+    /// # Errors
+    /// Listing the directory.
+    pub fn pending(&self) -> Result<Vec<(String, Event)>, JournalError> {
+        read_all(&self.dir, "outbox event")
+    }
+
+    /// Removes a published event.
+    ///
+    /// # Errors
+    /// Removing the file.
+    pub fn remove(&self, name: &str) -> Result<(), JournalError> {
+        let p = self.dir.join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &p)(e)),
+        }
+    }
+}
+
+/// A stored successful job result, reused by a later job running the identical exec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResult {
+    /// The exec's result.
+    pub result: crate::model::ExecResult,
+    /// The repository holding its files.
+    pub repository: String,
+    /// The exec id.
+    pub exec: Digest,
+}
+
+/// Stored results of successful jobs.
+#[derive(Debug, Clone)]
+pub struct Results {
+    dir: PathBuf,
+}
+
+impl Results {
+    /// Opens (creating) the store under `state_dir`.
+    ///
+    /// # Errors
+    /// Creating the directory.
+    pub fn open(state_dir: &Path) -> Result<Results, JournalError> {
+        let dir = state_dir.join("results");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let _ = persist::clean_leftovers(&dir);
+        Ok(Results { dir })
+    }
+
+    fn path(&self, key: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.json", key.hex()))
+    }
+
+    /// The stored result for `key`, if any (an unreadable one counts as absent).
+    pub fn get(&self, key: &Digest) -> Option<StoredResult> {
+        persist::read_json(&self.path(key), MAX_ENTRY_BYTES).ok()
+    }
+
+    /// Stores `r` under `key`.
+    ///
+    /// # Errors
+    /// Writing.
+    pub fn put(&self, key: &Digest, r: &StoredResult) -> Result<(), JournalError> {
+        let p = self.path(key);
+        persist::write_json_atomic(&p, r).map_err(persist_err("stored result", &p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventBody, PROTOCOL_VERSION, event_id};
+
+    fn t(s: &str) -> Time {
+        time::parse(s).unwrap()
+    }
+
+    fn entry(id: &str, phase: Phase, accepted: &str) -> Entry {
+        Entry {
+            v: JOURNAL_VERSION,
+            command_id: id.into(),
+            kind: "job".into(),
+            phase,
+            command: serde_json::json!({"v": 1, "id": id}),
+            alloc: None,
+            exec: None,
+            lease: None,
+            outcome: vec![],
+            accepted: t(accepted),
+        }
+    }
+
+    #[test]
+    fn journal_round_trip_unfinished_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.get("..").unwrap(), None, "ids never become paths");
+        j.put(&entry("b", Phase::Accepted, "2026-01-02T00:00:00Z"))
+            .unwrap();
+        j.put(&entry("a", Phase::Accepted, "2026-01-01T00:00:00Z"))
+            .unwrap();
+        j.put(&entry("c", Phase::Done, "2026-01-01T00:00:00Z"))
+            .unwrap();
+        let ids: Vec<String> = j
+            .unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.command_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"], "oldest first, done ones skipped");
+        assert_eq!(j.get("c").unwrap().unwrap().phase, Phase::Done);
+        assert_eq!(j.prune(t("2026-01-01T12:00:00Z")).unwrap(), 1);
+        assert_eq!(j.get("c").unwrap(), None);
+        assert!(j.get("a").unwrap().is_some(), "unfinished ones are kept");
+
+        // A torn entry is set aside, not fatal.
+        let torn = j.path("torn");
+        std::fs::write(&torn, b"{\"v\":1,").unwrap();
+        assert_eq!(j.unfinished().unwrap().len(), 2);
+        assert!(torn.with_extension("corrupt").exists());
+    }
+
+    #[test]
+    fn outbox_keeps_order_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = |n: u64| Event {
+            v: PROTOCOL_VERSION,
+            id: event_id("cmd", "agent.heartbeat", n),
+            agent: "a".into(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            command: None,
+            time: t("2026-01-01T00:00:00Z"),
+            body: EventBody::AgentStopped {},
+            labels: Default::default(),
+        };
+        let o = Outbox::open(dir.path(), t("2026-01-01T00:00:00Z")).unwrap();
+        o.add(&[ev(0), ev(1)]).unwrap();
+        // A restart continues the sequence from the (later) clock.
+        let o2 = Outbox::open(dir.path(), t("2026-01-01T00:00:01Z")).unwrap();
+        o2.add(&[ev(2)]).unwrap();
+        let ids: Vec<String> = o2
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        assert_eq!(ids, [ev(0).id, ev(1).id, ev(2).id]);
+        let (first, _) = &o2.pending().unwrap()[0];
+        o2.remove(first).unwrap();
+        o2.remove(first).unwrap();
+        assert_eq!(o2.pending().unwrap().len(), 2);
+    }
+}

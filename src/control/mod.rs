@@ -1,0 +1,1185 @@
+//! The control plane: commands from a queue ([`crate::queue`]) become pool and executor calls,
+//! and their outcomes become events. docs/protocol.md is the contract; this module keeps its
+//! promises:
+//!
+//! - **Durable before settled.** A command is acked only after its journal entry ([`journal`])
+//!   or its outcome is fsynced, depending on the backend's [`SettlePolicy`].
+//! - **Idempotent.** The command id is the key. A redelivered job finds its journal entry and
+//!   never starts a second container: a running one gets the delivery attached, a finished one
+//!   replays its stored outcome. Allocs of a job are named after its command id, and execs after
+//!   their config, so even a crash between two steps resumes rather than repeats.
+//! - **Published once.** Events go to a durable outbox first and leave it only when the broker
+//!   confirmed them; their ids are deterministic, so replays can be dropped by consumers.
+//! - **Poison never blocks.** Undecodable, invalid, unsigned, disallowed or over-the-limit
+//!   commands are dead-lettered with a reason and a `command.rejected` event.
+//! - **Drain.** On shutdown: stop consuming, hand back every command not started, give running
+//!   jobs a grace period, and leave the rest running (the journal resumes them at the next start).
+
+pub mod journal;
+pub mod security;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::digest::Digest;
+use crate::error::{Classify, Kind, ReflowError};
+use crate::manifest::ExecState;
+use crate::model::ExecResult;
+use crate::pool::{AllocMeta, Pool};
+use crate::protocol::{
+    Command, Event, EventBody, JobSpec, PROTOCOL_VERSION, ProtocolError, Request, decode_command,
+    event_id,
+};
+use crate::queue::{CommandSource, Delivery, EventSink, Settle, SettlePolicy};
+use crate::repo::FileRepository;
+use journal::{
+    Entry, JOURNAL_VERSION, Journal, JournalError, Outbox, Phase, Results, StoredResult,
+};
+
+/// How the control plane behaves.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The agent's id, in every event (the pool id).
+    pub agent_id: String,
+    /// Where the journal, outbox and stored results live (the agent's state directory).
+    pub state_dir: PathBuf,
+    /// The agent's own repository URL (`file:///...`): the default for a job's inputs and outputs.
+    pub repository: String,
+    /// Most jobs running at once.
+    pub max_jobs: usize,
+    /// Most commands received and not yet started (jobs waiting for a slot, requests in progress).
+    pub prefetch: usize,
+    /// A command delivered more often than this is dead-lettered.
+    pub max_deliveries: u32,
+    /// How long running jobs may take to finish at shutdown.
+    pub drain_grace: Duration,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Lease (SQS visibility) granted per extension while a job runs.
+    pub lease: Duration,
+    /// Attempts of a job step failing with a retryable error.
+    pub job_attempts: u32,
+    /// First retry delay (doubled each attempt).
+    pub retry_base: Duration,
+    /// Admission policy.
+    pub security: security::Policy,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The journal, outbox or results store could not be opened.
+    #[error("control-plane state")]
+    State(#[from] JournalError),
+    /// The agent's repository could not be opened.
+    #[error("agent repository")]
+    Repo(#[from] crate::repo::RepoError),
+}
+
+impl Classify for ControlError {
+    fn kind(&self) -> Kind {
+        match self {
+            ControlError::State(e) => e.kind(),
+            ControlError::Repo(e) => e.kind(),
+        }
+    }
+}
+
+/// The control plane of one agent.
+#[derive(Debug, Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: ControlConfig,
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    journal: Journal,
+    outbox: Outbox,
+    results: Results,
+    sink: Arc<dyn EventSink>,
+    settle_policy: SettlePolicy,
+    outbox_wake: Notify,
+    /// Jobs running in this process, with the deliveries to settle when each finishes.
+    active: Mutex<HashMap<String, Vec<Box<dyn Settle>>>>,
+    run_slots: Arc<Semaphore>,
+    intake: Arc<Semaphore>,
+    tasks: TaskTracker,
+    draining: CancellationToken,
+    reported: std::sync::Mutex<HashSet<String>>,
+}
+
+/// The deterministic alloc id of the job with command id `command_id`.
+pub fn job_alloc_id(command_id: &str) -> String {
+    Digest::of(format!("job-alloc\0{command_id}").as_bytes()).hex()[..16].to_string()
+}
+
+/// The exec id of a job: the digest of its ExecConfig's JSON, so identical execs share it.
+pub fn job_exec_id(spec: &JobSpec) -> Digest {
+    Digest::of(&serde_json::to_vec(&spec.config).unwrap_or_default())
+}
+
+/// The command id in `bytes`, if it can be read at all (for rejections).
+fn guess_id(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = v.get("id")?.as_str()?;
+    (id.len() <= crate::protocol::MAX_ID_LEN).then(|| id.to_string())
+}
+
+/// Why a command was rejected after it decoded.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error("delivered {attempt} times, more than the limit of {limit}")]
+    DeliveryLimit { attempt: u32, limit: u32 },
+}
+
+impl Classify for Rejection {
+    fn kind(&self) -> Kind {
+        match self {
+            Rejection::Protocol(e) => e.kind(),
+            Rejection::Security(e) => e.kind(),
+            Rejection::DeliveryLimit { .. } => Kind::TooManyTries,
+        }
+    }
+}
+
+fn rerr<E: Classify + std::error::Error>(op: &str, e: &E) -> ReflowError {
+    ReflowError::from_classified(op, e)
+}
+
+impl Control {
+    /// Opens the control plane's state under `cfg.state_dir`.
+    ///
+    /// # Errors
+    /// The state directories cannot be created.
+    pub fn new(
+        cfg: ControlConfig,
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn EventSink>,
+        settle_policy: SettlePolicy,
+    ) -> Result<Control, ControlError> {
+        let journal = Journal::open(&cfg.state_dir)?;
+        let outbox = Outbox::open(&cfg.state_dir, clock.now())?;
+        let results = Results::open(&cfg.state_dir)?;
+        if let Some(p) = cfg.repository.strip_prefix("file://") {
+            FileRepository::open(p)?;
+        }
+        Ok(Control {
+            inner: Arc::new(Inner {
+                run_slots: Arc::new(Semaphore::new(cfg.max_jobs.max(1))),
+                intake: Arc::new(Semaphore::new(cfg.prefetch.max(1))),
+                cfg,
+                pool,
+                clock,
+                journal,
+                outbox,
+                results,
+                sink,
+                settle_policy,
+                outbox_wake: Notify::new(),
+                active: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                draining: CancellationToken::new(),
+                reported: std::sync::Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Runs until `shutdown` fires (or the source closes), then drains; see the module docs.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: drive it to completion and stop it with `shutdown`.
+    pub async fn run(&self, mut source: Box<dyn CommandSource>, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let publisher_stop = CancellationToken::new();
+        let publisher = tokio::spawn(publish_loop(inner.clone(), publisher_stop.clone()));
+        inner.resume(source.as_ref()).await;
+        let started = inner.agent_event(
+            "agent.started",
+            EventBody::AgentStarted {
+                resources: inner.pool.resources(),
+            },
+        );
+        inner.emit(&[started]);
+        let heartbeat = tokio::spawn(heartbeat_loop(inner.clone(), shutdown.clone()));
+        loop {
+            let intake = tokio::select! {
+                () = shutdown.cancelled() => break,
+                p = inner.intake.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                n = source.next() => n,
+            };
+            match next {
+                Ok(Some(d)) => {
+                    let inner = inner.clone();
+                    inner
+                        .tasks
+                        .clone()
+                        .spawn(async move { inner.handle(d, intake).await });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Receiving commands failed; retrying.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        // Drain.
+        tracing::info!(grace_secs = inner.cfg.drain_grace.as_secs(), "Draining.");
+        let draining = inner.agent_event("agent.draining", EventBody::AgentDraining {});
+        inner.emit(&[draining]);
+        inner.draining.cancel();
+        source.close().await;
+        inner.tasks.close();
+        if tokio::time::timeout(inner.cfg.drain_grace, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            let left: Vec<String> = inner.active.lock().await.keys().cloned().collect();
+            tracing::warn!(jobs = ?left, "Drain grace period over; these jobs keep running and are resumed at the next start.");
+        }
+        heartbeat.abort();
+        let stopped = inner.agent_event("agent.stopped", EventBody::AgentStopped {});
+        inner.emit(&[stopped]);
+        // Give the publisher a moment to empty the outbox; what is left goes at the next start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline
+            && inner
+                .outbox
+                .pending()
+                .map(|p| !p.is_empty())
+                .unwrap_or(false)
+        {
+            inner.outbox_wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        publisher_stop.cancel();
+        let _ = publisher.await;
+    }
+}
+
+/// Publishes the outbox in order until `stop`, retrying with backoff while the broker is away.
+async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut failed = false;
+        match inner.outbox.pending() {
+            Ok(pending) => {
+                for (name, event) in pending {
+                    match inner.sink.publish(&event).await {
+                        Ok(()) => {
+                            if let Err(e) = inner.outbox.remove(&name) {
+                                tracing::warn!(error = %e, "Removing a published event failed.");
+                            }
+                            backoff = Duration::from_millis(100);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, event = %event.id, kind = event.body.kind(), "Publishing failed; retrying.");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading the outbox failed.");
+                failed = true;
+            }
+        }
+        let wait = if failed {
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = inner.outbox_wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Publishes heartbeats, and alloc-expiry and integrity events as they are noticed.
+async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut n = 0u64;
+    loop {
+        let free = inner
+            .pool
+            .offers()
+            .await
+            .into_iter()
+            .next()
+            .map(|o| o.available)
+            .unwrap_or_default();
+        let allocs = inner.pool.allocs().await;
+        let now = inner.clock.now();
+        let mut running = 0u64;
+        let mut events = Vec::new();
+        for a in &allocs {
+            running += a
+                .executor()
+                .execs()
+                .iter()
+                .filter(|e| e.status().state < ExecState::Complete)
+                .count() as u64;
+            if a.expires() < now && inner.first_report(&format!("expired {}", a.id())) {
+                let mut e =
+                    inner.agent_event(&format!("expired {}", a.id()), EventBody::AllocExpired {});
+                e.alloc = Some(a.id().to_string());
+                events.push(e);
+            }
+            let sig = a.executor().integrity_signal().borrow().clone();
+            if sig.count > 0 && inner.first_report(&format!("integrity {} {}", a.id(), sig.count)) {
+                let mut e = inner.agent_event(
+                    &format!("integrity {} {}", a.id(), sig.count),
+                    EventBody::IntegrityError { detail: sig.last },
+                );
+                e.alloc = Some(a.id().to_string());
+                events.push(e);
+            }
+        }
+        let mut hb = inner.agent_event(
+            &format!("heartbeat {n}"),
+            EventBody::AgentHeartbeat {
+                free,
+                running_execs: running,
+            },
+        );
+        // Heartbeats are unique per run (they carry the time), so their ids are too.
+        hb.id = event_id(
+            &format!("{} {}", inner.cfg.agent_id, crate::time::format(&now)),
+            "agent.heartbeat",
+            n,
+        );
+        events.push(hb);
+        inner.emit(&events);
+        n += 1;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(inner.cfg.heartbeat) => {}
+        }
+    }
+}
+
+impl Inner {
+    fn first_report(&self, what: &str) -> bool {
+        self.reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(what.to_string())
+    }
+
+    /// An event caused by the agent itself (`cause` names the occasion, for its id).
+    fn agent_event(&self, cause: &str, body: EventBody) -> Event {
+        Event {
+            v: PROTOCOL_VERSION,
+            id: event_id(
+                &format!("agent {} {cause}", self.cfg.agent_id),
+                body.kind(),
+                0,
+            ),
+            agent: self.cfg.agent_id.clone(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            command: None,
+            time: self.clock.now(),
+            body,
+            labels: Default::default(),
+        }
+    }
+
+    /// An event caused by command `req` (the `seq`th of its kind).
+    fn command_event(&self, req: &Request, seq: u64, body: EventBody) -> Event {
+        Event {
+            v: PROTOCOL_VERSION,
+            id: event_id(&req.id, body.kind(), seq),
+            agent: self.cfg.agent_id.clone(),
+            alloc: None,
+            exec: None,
+            correlation_id: req.correlation_id.clone(),
+            command: Some(req.id.clone()),
+            time: self.clock.now(),
+            body,
+            labels: Default::default(),
+        }
+    }
+
+    /// Puts events in the outbox (durably) and wakes the publisher. A failing outbox write is
+    /// logged: these are agent events, not command outcomes.
+    fn emit(&self, events: &[Event]) {
+        if let Err(e) = self.outbox.add(events) {
+            tracing::error!(error = %e, "Writing events to the outbox failed.");
+        }
+        self.outbox_wake.notify_one();
+    }
+
+    /// Like [`Inner::emit`], for outcomes: the caller must not settle when this fails.
+    fn emit_durable(&self, events: &[Event]) -> Result<(), JournalError> {
+        self.outbox.add(events)?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    async fn settle_later(&self, settle: Box<dyn Settle>, f: SettleAction) {
+        let r = match f {
+            SettleAction::Ack => settle.ack().await,
+            SettleAction::Requeue => settle.requeue().await,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "Settling a command failed; the broker will redeliver it and the journal dedupes it.");
+        }
+    }
+
+    /// Rejects a command: a `command.rejected` event, then the dead-letter queue.
+    async fn reject<E: Classify + std::error::Error>(
+        &self,
+        settle: Box<dyn Settle>,
+        command_id: Option<String>,
+        err: &E,
+    ) {
+        let e = rerr("decode", err);
+        tracing::warn!(command_id = command_id.as_deref().unwrap_or("?"), reason = %e, "Rejecting a command.");
+        let cause = command_id.clone().unwrap_or_else(|| {
+            format!(
+                "unreadable {}",
+                self.clock.now().timestamp_nanos_opt().unwrap_or(0)
+            )
+        });
+        let mut ev = Event {
+            v: PROTOCOL_VERSION,
+            id: event_id(&cause, "command.rejected", 0),
+            agent: self.cfg.agent_id.clone(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            command: command_id.clone(),
+            time: self.clock.now(),
+            body: EventBody::CommandRejected {
+                command_id,
+                error: e.clone(),
+            },
+            labels: Default::default(),
+        };
+        ev.labels.insert("reason".into(), e.to_string());
+        if let Err(err) = self.emit_durable(&[ev]) {
+            tracing::error!(error = %err, "Could not record the rejection; handing the command back.");
+            return self.settle_later(settle, SettleAction::Requeue).await;
+        }
+        if let Err(err) = settle.dead_letter(&e.to_string()).await {
+            tracing::warn!(error = %err, "Dead-lettering failed; the broker will redeliver it.");
+        }
+    }
+
+    /// Resumes the jobs the journal says this agent owns.
+    async fn resume(self: &Arc<Self>, source: &dyn CommandSource) {
+        let entries = match self.journal.unfinished() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "Reading the journal failed; nothing resumed.");
+                return;
+            }
+        };
+        for entry in entries {
+            let req = match serde_json::to_vec(&entry.command)
+                .ok()
+                .and_then(|b| decode_command(&b).ok())
+            {
+                Some(r) => r,
+                None => {
+                    tracing::error!(command_id = %entry.command_id, "A journaled command no longer decodes; marking it done.");
+                    let mut e = entry;
+                    e.phase = Phase::Done;
+                    let _ = self.journal.put(&e);
+                    continue;
+                }
+            };
+            let Command::Job(spec) = req.command.clone() else {
+                continue;
+            };
+            let settle = match &entry.lease {
+                Some(l) => source.reown(l).await,
+                None => None,
+            };
+            tracing::info!(command_id = %entry.command_id, reowned = settle.is_some(), "Resuming a job accepted before a restart.");
+            self.active
+                .lock()
+                .await
+                .insert(entry.command_id.clone(), settle.into_iter().collect());
+            let slot = self.run_slots.clone().acquire_owned().await.ok();
+            let inner = self.clone();
+            self.tasks.spawn(async move {
+                inner.run_job(req, *spec, entry, slot).await;
+            });
+        }
+    }
+
+    async fn handle(self: Arc<Self>, d: Delivery, intake: OwnedSemaphorePermit) {
+        let Delivery {
+            body,
+            attempt,
+            settle,
+            ..
+        } = d;
+        let req = match decode_command(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .reject(settle, guess_id(&body), &Rejection::from(e))
+                    .await;
+            }
+        };
+        let span = tracing::info_span!("command", command_id = %req.id, kind = req.command.kind(), attempt);
+        async move {
+            if let Err(e) = self.cfg.security.admit(&body, &req.command) {
+                return self.reject(settle, Some(req.id.clone()), &Rejection::from(e)).await;
+            }
+            if attempt > self.cfg.max_deliveries {
+                let e = Rejection::DeliveryLimit { attempt, limit: self.cfg.max_deliveries };
+                return self.reject(settle, Some(req.id.clone()), &e).await;
+            }
+            match self.journal.get(&req.id) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "Reading the journal failed; handing the command back.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return self.settle_later(settle, SettleAction::Requeue).await;
+                }
+                Ok(Some(entry)) if entry.phase == Phase::Done => {
+                    tracing::info!("Duplicate of a finished command: replaying its outcome.");
+                    if let Err(e) = self.emit_durable(&entry.outcome) {
+                        tracing::warn!(error = %e, "Replaying an outcome failed; handing the command back.");
+                        return self.settle_later(settle, SettleAction::Requeue).await;
+                    }
+                    return self.settle_later(settle, SettleAction::Ack).await;
+                }
+                Ok(Some(entry)) => {
+                    let mut active = self.active.lock().await;
+                    if let Some(held) = active.get_mut(&req.id) {
+                        tracing::info!("Duplicate of a running job: attached, no second container.");
+                        match self.settle_policy {
+                            SettlePolicy::OnOutcome => held.push(settle),
+                            SettlePolicy::OnAccept => {
+                                drop(active);
+                                self.settle_later(settle, SettleAction::Ack).await;
+                            }
+                        }
+                        return;
+                    }
+                    drop(active);
+                    if let Command::Job(spec) = req.command.clone() {
+                        tracing::info!("Resuming a job accepted before, with this delivery.");
+                        return self.start_job(req, *spec, entry, settle, intake).await;
+                    }
+                }
+                Ok(None) => {}
+            }
+            match req.command.clone() {
+                Command::Job(spec) => self.accept_job(req, *spec, &body, settle, intake).await,
+                _ => self.request(req, settle).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Answers a request command with a `command.result` (plus any side events), journaling the
+    /// outcome of commands that change state, and acks it.
+    async fn request(&self, req: Request, settle: Box<dyn Settle>) {
+        let (value, extra) = self.execute(&req).await;
+        let (value, error) = match value {
+            Ok(v) => (v, None),
+            Err(e) => {
+                tracing::info!(error = %e, "Command failed.");
+                (serde_json::Value::Null, Some(e))
+            }
+        };
+        if error.as_ref().is_some_and(|e| e.kind.is_retryable()) && !self.draining.is_cancelled() {
+            // Transient: hand it back (after a pause) for this or another agent.
+            tokio::time::sleep(self.cfg.retry_base).await;
+            return self.settle_later(settle, SettleAction::Requeue).await;
+        }
+        let mut reply = self.command_event(
+            &req,
+            0,
+            EventBody::CommandResult {
+                command_id: req.id.clone(),
+                value,
+                error,
+            },
+        );
+        if let Some(r) = &req.reply_to {
+            reply.labels.insert("reply_to".into(), r.clone());
+        }
+        let mut events = extra;
+        events.push(reply);
+        for e in &mut events {
+            if e.alloc.is_none() {
+                e.alloc = command_alloc(&req.command);
+            }
+        }
+        if let Err(e) = self.emit_durable(&events) {
+            tracing::warn!(error = %e, "Recording the outcome failed; handing the command back.");
+            return self.settle_later(settle, SettleAction::Requeue).await;
+        }
+        if changes_state(&req.command) {
+            let entry = Entry {
+                v: JOURNAL_VERSION,
+                command_id: req.id.clone(),
+                kind: req.command.kind().into(),
+                phase: Phase::Done,
+                command: serde_json::Value::Null,
+                alloc: command_alloc(&req.command),
+                exec: None,
+                lease: None,
+                outcome: events,
+                accepted: self.clock.now(),
+            };
+            if let Err(e) = self.journal.put(&entry) {
+                tracing::warn!(error = %e, "Journaling the outcome failed; a redelivery runs it again.");
+            }
+        }
+        self.settle_later(settle, SettleAction::Ack).await;
+    }
+
+    /// Runs a request command: its reply value, and events it causes besides the reply.
+    async fn execute(&self, req: &Request) -> (Result<serde_json::Value, ReflowError>, Vec<Event>) {
+        let mut extra = Vec::new();
+        let op = req.command.kind();
+        let pool = &self.pool;
+        let r: Result<serde_json::Value, ReflowError> = async {
+            Ok(match &req.command {
+                Command::Offers => to_json(&pool.offers().await),
+                Command::AllocNew { meta } => {
+                    let a = pool
+                        .new_alloc_as(&job_alloc_id(&req.id), meta.clone())
+                        .await
+                        .map_err(|e| rerr(op, &e))?;
+                    to_json(&a.inspect())
+                }
+                Command::AllocKeepalive { alloc, interval_ns } => {
+                    let granted = pool
+                        .keepalive(alloc, chrono::Duration::nanoseconds(*interval_ns))
+                        .await
+                        .map_err(|e| rerr(op, &e))?;
+                    serde_json::json!({ "granted_ns": granted.num_nanoseconds() })
+                }
+                Command::AllocFree { alloc } => {
+                    pool.free(alloc).await.map_err(|e| rerr(op, &e))?;
+                    let mut e = self.command_event(req, 0, EventBody::AllocFreed {});
+                    e.alloc = Some(alloc.clone());
+                    extra.push(e);
+                    serde_json::json!({})
+                }
+                Command::AllocInspect { alloc } => {
+                    to_json(&pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?.inspect())
+                }
+                Command::ExecPut { alloc, exec, config } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    let x = a
+                        .executor()
+                        .put(*exec, config.clone())
+                        .await
+                        .map_err(|e| rerr(op, &e))?;
+                    to_json(&x.inspect())
+                }
+                Command::ExecInspect { alloc, exec } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    to_json(&a.executor().inspect(exec).await.map_err(|e| rerr(op, &e))?)
+                }
+                Command::ExecResult { alloc, exec } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    let x = a.executor().get(exec).map_err(|e| rerr(op, &e))?;
+                    to_json(&x.result()?)
+                }
+                Command::ExecLogs { alloc, exec, stdout, stderr } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    let x = a.executor().get(exec).map_err(|e| rerr(op, &e))?;
+                    let logs = x.logs(*stdout, *stderr)?;
+                    // Events stay small: the last 64 KiB.
+                    let tail = &logs[logs.len().saturating_sub(64 << 10)..];
+                    serde_json::json!({ "logs": String::from_utf8_lossy(tail), "bytes": logs.len() })
+                }
+                Command::ExecPromote { alloc, exec } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    a.executor().promote(exec).await.map_err(|e| rerr(op, &e))?;
+                    serde_json::json!({})
+                }
+                Command::ExecRemove { alloc, exec } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    a.executor().remove(exec).await.map_err(|e| rerr(op, &e))?;
+                    serde_json::json!({})
+                }
+                Command::Load { alloc, repo_url, fileset } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    to_json(&a.executor().load(repo_url, fileset).await.map_err(|e| rerr(op, &e))?)
+                }
+                Command::Unload { alloc, fileset } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    a.executor().unload(fileset).map_err(|e| rerr(op, &e))?;
+                    serde_json::json!({})
+                }
+                Command::Verify { alloc, fileset } => {
+                    let a = pool.alloc(alloc).await.map_err(|e| rerr(op, &e))?;
+                    a.executor().verify_integrity(fileset).await.map_err(|e| rerr(op, &e))?;
+                    serde_json::json!({})
+                }
+                Command::Job(_) => unreachable!("jobs are not requests"),
+            })
+        }
+        .await;
+        (r, extra)
+    }
+
+    /// Waits for room, journals the job (acking it under `OnAccept`) and runs it. Until it is
+    /// journaled it is not started: a drain hands it back.
+    async fn accept_job(
+        self: &Arc<Self>,
+        req: Request,
+        spec: JobSpec,
+        body: &[u8],
+        settle: Box<dyn Settle>,
+        intake: OwnedSemaphorePermit,
+    ) {
+        let entry = Entry {
+            v: JOURNAL_VERSION,
+            command_id: req.id.clone(),
+            kind: "job".into(),
+            phase: Phase::Accepted,
+            command: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+            alloc: None,
+            exec: None,
+            lease: settle.lease(),
+            outcome: Vec::new(),
+            accepted: self.clock.now(),
+        };
+        self.start_job(req, spec, entry, settle, intake).await;
+    }
+
+    async fn start_job(
+        self: &Arc<Self>,
+        req: Request,
+        spec: JobSpec,
+        entry: Entry,
+        settle: Box<dyn Settle>,
+        intake: OwnedSemaphorePermit,
+    ) {
+        let want = job_want(&spec);
+        if !self.pool.resources().available(&want) {
+            tracing::warn!(want = %want, have = %self.pool.resources(), "The job is larger than this agent; handing it back for a larger one.");
+            tokio::time::sleep(self.cfg.retry_base).await;
+            return self.settle_later(settle, SettleAction::Requeue).await;
+        }
+        // A slot, then room in the pool; a drain meanwhile hands the job back.
+        let slot = tokio::select! {
+            () = self.draining.cancelled() => return self.settle_later(settle, SettleAction::Requeue).await,
+            s = self.run_slots.clone().acquire_owned() => s.ok(),
+        };
+        loop {
+            let free = self
+                .pool
+                .offers()
+                .await
+                .into_iter()
+                .next()
+                .map(|o| o.available)
+                .unwrap_or_default();
+            if free.available(&want) || entry.alloc.is_some() {
+                break;
+            }
+            tokio::select! {
+                () = self.draining.cancelled() => return self.settle_later(settle, SettleAction::Requeue).await,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        if let Err(e) = self.journal.put(&entry) {
+            tracing::warn!(error = %e, "Journaling the job failed; handing it back.");
+            return self.settle_later(settle, SettleAction::Requeue).await;
+        }
+        drop(intake);
+        let held = match self.settle_policy {
+            SettlePolicy::OnAccept => {
+                self.settle_later(settle, SettleAction::Ack).await;
+                Vec::new()
+            }
+            SettlePolicy::OnOutcome => vec![settle],
+        };
+        self.active.lock().await.insert(req.id.clone(), held);
+        self.run_job(req, spec, entry, slot).await;
+    }
+
+    /// Runs a journaled job to its outcome and settles every delivery attached to it.
+    async fn run_job(
+        self: &Arc<Self>,
+        req: Request,
+        spec: JobSpec,
+        mut entry: Entry,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        let extender = (self.settle_policy == SettlePolicy::OnOutcome).then(|| {
+            let (inner, id) = (self.clone(), req.id.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(inner.cfg.lease / 3).await;
+                    for s in inner.active.lock().await.get(&id).into_iter().flatten() {
+                        if let Err(e) = s.extend(inner.cfg.lease).await {
+                            tracing::warn!(command_id = %id, error = %e, "Extending the lease failed.");
+                        }
+                    }
+                }
+            })
+        });
+        let mut events = self.job_outcome(&req, &spec, &mut entry).await;
+        if let Some(x) = extender {
+            x.abort();
+        }
+        let exec = entry.exec;
+        for e in &mut events {
+            e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
+            e.exec = e.exec.or(exec);
+        }
+        // Outcome first, then the journal, then the broker: each step is durable before the next.
+        while let Err(e) = self.emit_durable(&events) {
+            tracing::error!(error = %e, "Recording a job outcome failed; retrying.");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        entry.phase = Phase::Done;
+        entry.outcome = events;
+        if let Err(e) = self.journal.put(&entry) {
+            tracing::error!(error = %e, "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
+        }
+        let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
+        for s in held {
+            self.settle_later(s, SettleAction::Ack).await;
+        }
+        if let Some(alloc) = &entry.alloc {
+            match self.pool.free(alloc).await {
+                Ok(()) => {
+                    let mut e = self.command_event(&req, 0, EventBody::AllocFreed {});
+                    e.alloc = Some(alloc.clone());
+                    self.emit(&[e]);
+                }
+                Err(e) => tracing::debug!(error = %e, "Freeing the job's alloc."),
+            }
+        }
+        drop(slot);
+    }
+
+    /// The events of a job's outcome: `exec.completed` (with the error when it failed).
+    async fn job_outcome(&self, req: &Request, spec: &JobSpec, entry: &mut Entry) -> Vec<Event> {
+        let outputs_to = spec
+            .outputs_to
+            .clone()
+            .unwrap_or_else(|| self.cfg.repository.clone());
+        let exec_id = job_exec_id(spec);
+        let key = Digest::of(format!("{}\0{outputs_to}", exec_id.hex()).as_bytes());
+        let completed = |result: ExecResult, cached: bool| {
+            let ok = result.err.is_none();
+            let mut e = self.command_event(
+                req,
+                0,
+                EventBody::ExecCompleted {
+                    result,
+                    repository: ok.then(|| outputs_to.clone()),
+                    cached,
+                },
+            );
+            e.exec = Some(exec_id);
+            e
+        };
+        if let Some(stored) = self.results.get(&key) {
+            tracing::info!(exec = %exec_id, "An identical exec already succeeded: returning its stored result.");
+            return vec![completed(stored.result, true)];
+        }
+        let mut events = Vec::new();
+        let mut delay = self.cfg.retry_base;
+        let mut attempt = 1;
+        let result = loop {
+            match self
+                .try_job(req, spec, entry, exec_id, &outputs_to, &mut events)
+                .await
+            {
+                Ok(r) => break r,
+                Err(e)
+                    if e.kind.is_retryable()
+                        && attempt < self.cfg.job_attempts
+                        && !self.draining.is_cancelled() =>
+                {
+                    tracing::warn!(error = %e, attempt, "Job step failed; retrying.");
+                    if let Some(a) = &entry.alloc {
+                        if let Ok(a) = self.pool.alloc(a).await {
+                            let _ = a.executor().remove(&exec_id).await;
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "Job failed.");
+                    break ExecResult {
+                        fileset: Default::default(),
+                        err: Some(e),
+                    };
+                }
+            }
+        };
+        if result.err.is_none() {
+            let stored = StoredResult {
+                result: result.clone(),
+                repository: outputs_to.clone(),
+                exec: exec_id,
+            };
+            if let Err(e) = self.results.put(&key, &stored) {
+                tracing::warn!(error = %e, "Storing the job result failed (identical jobs will run again).");
+            }
+        }
+        events.push(completed(result, false));
+        events
+    }
+
+    async fn try_job(
+        &self,
+        req: &Request,
+        spec: &JobSpec,
+        entry: &mut Entry,
+        exec_id: Digest,
+        outputs_to: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<ExecResult, ReflowError> {
+        let alloc_id = job_alloc_id(&req.id);
+        let meta = AllocMeta {
+            want: job_want(spec),
+            owner: format!("job {}", req.id),
+            labels: [("command_id".to_string(), req.id.clone())].into(),
+        };
+        let alloc = self
+            .pool
+            .new_alloc_as(&alloc_id, meta)
+            .await
+            .map_err(|e| rerr("alloc", &e))?;
+        if entry.alloc.as_deref() != Some(alloc_id.as_str()) {
+            entry.alloc = Some(alloc_id.clone());
+            self.journal.put(entry).map_err(|e| rerr("journal", &e))?;
+        }
+        // Keep the alloc alive while the job runs.
+        let keepalive = {
+            let (pool, id) = (self.pool.clone(), alloc_id.clone());
+            tokio::spawn(async move {
+                loop {
+                    let _ = pool.keepalive(&id, chrono::Duration::seconds(120)).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            })
+        };
+        let _stop_keepalive = AbortOnDrop(keepalive);
+        let ex = alloc.executor();
+        let exec = match ex.get(&exec_id) {
+            Ok(x) => x,
+            Err(_) => {
+                let inputs_from = spec
+                    .inputs_from
+                    .clone()
+                    .unwrap_or_else(|| self.cfg.repository.clone());
+                let mut config = spec.config.clone();
+                for arg in config.args.iter_mut() {
+                    if let Some(fs) = &arg.fileset {
+                        arg.fileset = Some(
+                            ex.load(&inputs_from, fs)
+                                .await
+                                .map_err(|e| rerr("load", &e))?,
+                        );
+                    }
+                }
+                ex.put(exec_id, config).await.map_err(|e| rerr("put", &e))?
+            }
+        };
+        if entry.exec != Some(exec_id) {
+            entry.exec = Some(exec_id);
+            self.journal.put(entry).map_err(|e| rerr("journal", &e))?;
+        }
+        exec.wait_until(ExecState::Running).await?;
+        let mut running = self.command_event(
+            req,
+            0,
+            EventBody::ExecState {
+                state: "running".into(),
+                error: None,
+            },
+        );
+        running.exec = Some(exec_id);
+        running.alloc = Some(alloc_id.clone());
+        self.emit(&[running]);
+        exec.wait().await?;
+        let result = exec.result()?;
+        if result.err.is_none() {
+            ex.promote(&exec_id)
+                .await
+                .map_err(|e| rerr("promote", &e))?;
+            send_outputs(ex.repository(), &result.fileset, outputs_to).await?;
+        }
+        let mut complete = self.command_event(
+            req,
+            0,
+            EventBody::ExecState {
+                state: "complete".into(),
+                error: None,
+            },
+        );
+        complete.exec = Some(exec_id);
+        events.push(complete);
+        Ok(result)
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SettleAction {
+    Ack,
+    Requeue,
+}
+
+/// A reply value.
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// What a job allocates: its `resources`, else its exec's.
+fn job_want(spec: &JobSpec) -> crate::resources::Resources {
+    spec.resources
+        .clone()
+        .unwrap_or_else(|| spec.config.resources.clone())
+}
+
+/// The alloc a command addresses.
+fn command_alloc(c: &Command) -> Option<String> {
+    match c {
+        Command::AllocKeepalive { alloc, .. }
+        | Command::AllocFree { alloc }
+        | Command::AllocInspect { alloc }
+        | Command::ExecPut { alloc, .. }
+        | Command::ExecInspect { alloc, .. }
+        | Command::ExecResult { alloc, .. }
+        | Command::ExecLogs { alloc, .. }
+        | Command::ExecPromote { alloc, .. }
+        | Command::ExecRemove { alloc, .. }
+        | Command::Load { alloc, .. }
+        | Command::Unload { alloc, .. }
+        | Command::Verify { alloc, .. } => Some(alloc.clone()),
+        Command::Offers | Command::AllocNew { .. } | Command::Job(_) => None,
+    }
+}
+
+/// Whether a request changes state, so its outcome is journaled and replayed on redelivery
+/// instead of being run again.
+fn changes_state(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::AllocNew { .. }
+            | Command::AllocFree { .. }
+            | Command::ExecPut { .. }
+            | Command::ExecPromote { .. }
+            | Command::ExecRemove { .. }
+            | Command::Load { .. }
+            | Command::Unload { .. }
+    )
+}
+
+/// Copies the files of `fileset` from `from` into the repository at `to` (`file:///...`).
+async fn send_outputs(
+    from: &FileRepository,
+    fileset: &crate::fileset::Fileset,
+    to: &str,
+) -> Result<(), ReflowError> {
+    let Some(root) = to.strip_prefix("file://").filter(|p| p.starts_with('/')) else {
+        return Err(ReflowError::new(
+            Kind::NotSupported,
+            "send outputs",
+            format!("repository {to:?} is not supported (want file:///...)"),
+        ));
+    };
+    let (from, root, files) = (from.clone(), PathBuf::from(root), fileset.files());
+    tokio::task::spawn_blocking(move || -> Result<(), ReflowError> {
+        let target = FileRepository::open(&root).map_err(|e| rerr("send outputs", &e))?;
+        for f in files {
+            if !target.contains(&f.id) {
+                target
+                    .link_in(&from.path(&f.id), &f.id)
+                    .map_err(|e| rerr("send outputs", &e))?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ReflowError::new(Kind::Fatal, "send outputs", e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_deterministic_and_valid() {
+        let a = job_alloc_id("hello-1");
+        assert_eq!(a, job_alloc_id("hello-1"));
+        assert_ne!(a, job_alloc_id("hello-2"));
+        assert_eq!(a.len(), 16);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+
+    #[test]
+    fn guess_id_reads_what_it_can() {
+        assert_eq!(guess_id(br#"{"id":"x-1","v":9}"#).as_deref(), Some("x-1"));
+        assert_eq!(guess_id(b"\xff\xfe"), None);
+        assert_eq!(
+            guess_id(format!(r#"{{"id":"{}"}}"#, "a".repeat(500)).as_bytes()),
+            None
+        );
+    }
+
+    #[test]
+    fn only_state_changing_requests_are_journaled() {
+        assert!(changes_state(&Command::AllocFree {
+            alloc: "0".repeat(16)
+        }));
+        assert!(!changes_state(&Command::Offers));
+        assert_eq!(
+            command_alloc(&Command::AllocFree { alloc: "a".into() }).as_deref(),
+            Some("a")
+        );
+    }
+}

@@ -1,0 +1,689 @@
+//! `amqp://user:pass@host:port/vhost`: RabbitMQ through lapin.
+//!
+//! # Topology (declared at every connect; durable)
+//! ```text
+//! reflow.commands          quorum queue shared by the fleet (x-delivery-limit, DLX reflow.dlx)
+//! reflow.agent.<agent id>  quorum queue for commands addressed to allocs on one agent
+//! reflow.dlx               fanout exchange -> reflow.commands.dlq (quorum)
+//! reflow.events            topic exchange; routing key = event kind, e.g. exec.completed
+//! ```
+//! Producers publish commands to the default exchange with routing key `reflow.commands` (or an
+//! agent's queue), persistent. Events are published persistent with publisher confirms; an event
+//! whose command named a `reply_to` queue also goes there.
+//!
+//! Commands are acked once journaled ([`super::SettlePolicy::OnAccept`]), so the broker's
+//! consumer timeout (30 minutes by default) never expires a long exec, and a broker restart or
+//! a lost connection never hands a running job to another agent. Prefetch bounds the commands
+//! received but not yet started. A lost connection is re-established with backoff; messages
+//! received on it and not yet acked go back to the queue, and the journal dedupes them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use super::{CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
+use crate::protocol::Event;
+
+/// The fleet's command queue.
+pub const COMMANDS: &str = "reflow.commands";
+/// The dead-letter exchange.
+pub const DLX: &str = "reflow.dlx";
+/// The dead-letter queue.
+pub const DLQ: &str = "reflow.commands.dlq";
+/// The events exchange.
+pub const EVENTS: &str = "reflow.events";
+/// Header carrying a dead-letter reason.
+pub const REASON_HEADER: &str = "x-reflow-reason";
+
+fn amqp_err(op: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
+    move |e| QueueError::Amqp {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// The per-agent queue name.
+pub fn agent_queue(agent_id: &str) -> String {
+    let safe: String = agent_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("reflow.agent.{safe}")
+}
+
+async fn open_channel(url: &str) -> Result<(Connection, Channel), QueueError> {
+    let conn = Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name("reflow-agent".into()),
+    )
+    .await
+    .map_err(amqp_err("connect"))?;
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(amqp_err("open channel"))?;
+    Ok((conn, ch))
+}
+
+fn quorum_args(delivery_limit: u32, dlx: bool) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if dlx {
+        t.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(delivery_limit).unwrap_or(i32::MAX)),
+        );
+        t.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(DLX.into()),
+        );
+    }
+    t
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Declares the shared topology (idempotent; a queue declared earlier with other arguments is
+/// reported as the broker's PRECONDITION_FAILED).
+async fn declare(ch: &Channel, delivery_limit: u32) -> Result<(), QueueError> {
+    let ex = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(EVENTS, ExchangeKind::Topic, ex, FieldTable::default())
+        .await
+        .map_err(amqp_err("declare events exchange"))?;
+    ch.exchange_declare(DLX, ExchangeKind::Fanout, ex, FieldTable::default())
+        .await
+        .map_err(amqp_err("declare dead-letter exchange"))?;
+    ch.queue_declare(DLQ, durable(), quorum_args(delivery_limit, false))
+        .await
+        .map_err(amqp_err("declare dead-letter queue"))?;
+    ch.queue_bind(
+        DLQ,
+        DLX,
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp_err("bind dead-letter queue"))?;
+    ch.queue_declare(COMMANDS, durable(), quorum_args(delivery_limit, true))
+        .await
+        .map_err(amqp_err("declare command queue"))?;
+    Ok(())
+}
+
+fn persistent(headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_headers(headers)
+}
+
+/// Publishes with confirms, reconnecting on the next call after a failure.
+#[derive(Debug)]
+struct Publisher {
+    url: String,
+    delivery_limit: u32,
+    ch: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Publisher {
+    fn new(url: &str, delivery_limit: u32) -> Publisher {
+        Publisher {
+            url: url.to_string(),
+            delivery_limit,
+            ch: Mutex::new(None),
+        }
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), QueueError> {
+        let mut guard = self.ch.lock().await;
+        if guard
+            .as_ref()
+            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        {
+            let (conn, ch) = open_channel(&self.url).await?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp_err("confirm select"))?;
+            declare(&ch, self.delivery_limit).await?;
+            *guard = Some((conn, ch));
+        }
+        let Some((_, ch)) = guard.as_ref() else {
+            unreachable!("connected above")
+        };
+        let r = async {
+            let confirm = ch
+                .basic_publish(
+                    exchange,
+                    routing_key,
+                    BasicPublishOptions::default(),
+                    body,
+                    persistent(headers),
+                )
+                .await
+                .map_err(amqp_err("publish"))?
+                .await
+                .map_err(amqp_err("publisher confirm"))?;
+            match confirm {
+                Confirmation::Nack(_) => Err(QueueError::Amqp {
+                    op: "publish",
+                    message: "the broker nacked the message".into(),
+                }),
+                _ => Ok(()),
+            }
+        }
+        .await;
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+}
+
+/// Commands from the fleet queue and this agent's queue.
+pub struct AmqpSource {
+    url: String,
+    settings: QueueSettings,
+    consumer: Option<(Connection, Channel, lapin::Consumer, lapin::Consumer)>,
+    publisher: std::sync::Arc<Publisher>,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for AmqpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSource")
+            .field("url", &super::redact(&self.url))
+            .field("connected", &self.consumer.is_some())
+            .finish()
+    }
+}
+
+const TAG_SHARED: &str = "reflow-agent.shared";
+const TAG_OWN: &str = "reflow-agent.own";
+
+impl AmqpSource {
+    async fn consume(&mut self) -> Result<(), QueueError> {
+        let (conn, ch) = open_channel(&self.url).await?;
+        declare(&ch, self.settings.delivery_limit).await?;
+        let own = agent_queue(&self.settings.agent_id);
+        ch.queue_declare(
+            &own,
+            durable(),
+            quorum_args(self.settings.delivery_limit, true),
+        )
+        .await
+        .map_err(amqp_err("declare agent queue"))?;
+        ch.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(amqp_err("qos"))?;
+        let shared = ch
+            .basic_consume(
+                COMMANDS,
+                TAG_SHARED,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("consume"))?;
+        let mine = ch
+            .basic_consume(
+                &own,
+                TAG_OWN,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("consume"))?;
+        tracing::info!(queue = COMMANDS, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
+        self.consumer = Some((conn, ch, shared, mine));
+        self.backoff = Duration::from_millis(100);
+        Ok(())
+    }
+}
+
+/// The delivery count of a quorum-queue message (`x-delivery-count` counts earlier deliveries).
+fn attempt_of(props: &BasicProperties, redelivered: bool) -> u32 {
+    let earlier = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongUInt(n) => Some(n),
+            _ => None,
+        });
+    match earlier {
+        Some(n) => n.saturating_add(1),
+        None => 1 + u32::from(redelivered),
+    }
+}
+
+#[async_trait]
+impl CommandSource for AmqpSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+        loop {
+            if self.settings.close.is_cancelled() {
+                return Ok(None);
+            }
+            if self.consumer.is_none() {
+                if let Err(e) = self.consume().await {
+                    tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "AMQP connection failed; reconnecting.");
+                    let wait = self.backoff;
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                    tokio::select! {
+                        () = self.settings.close.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+            }
+            let Some((_, _, shared, mine)) = self.consumer.as_mut() else {
+                continue;
+            };
+            let item = tokio::select! {
+                () = self.settings.close.cancelled() => return Ok(None),
+                item = shared.next() => item,
+                item = mine.next() => item,
+            };
+            match item {
+                Some(Ok(d)) => {
+                    let attempt = attempt_of(&d.properties, d.redelivered);
+                    let lapin::message::Delivery {
+                        data,
+                        acker,
+                        redelivered,
+                        ..
+                    } = d;
+                    return Ok(Some(Delivery {
+                        settle: Box::new(AmqpSettle {
+                            acker,
+                            body: data.clone(),
+                            publisher: self.publisher.clone(),
+                        }),
+                        body: data,
+                        redelivered,
+                        attempt,
+                    }));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "AMQP consumer failed; reconnecting.");
+                    self.consumer = None;
+                }
+                None => {
+                    tracing::warn!("AMQP consumer ended; reconnecting.");
+                    self.consumer = None;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        let Some((conn, ch, shared, mine)) = self.consumer.take() else {
+            return;
+        };
+        let mut stream = futures_util::stream::select(shared, mine);
+        for tag in [TAG_SHARED, TAG_OWN] {
+            if let Err(e) = ch.basic_cancel(tag, BasicCancelOptions::default()).await {
+                tracing::warn!(error = %e, "Cancelling the consumer failed.");
+            }
+        }
+        // Messages prefetched but not returned by next(): hand them back at once.
+        let mut returned = 0;
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+        {
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            returned += 1;
+        }
+        tracing::info!(
+            returned,
+            "Stopped consuming; prefetched commands handed back."
+        );
+        // The connection stays open until the process ends, so deliveries in progress can still
+        // be settled; dropping it returns whatever is left to the queue.
+        std::mem::forget((conn, ch));
+    }
+}
+
+/// Settles one AMQP delivery.
+struct AmqpSettle {
+    acker: lapin::acker::Acker,
+    body: Vec<u8>,
+    publisher: std::sync::Arc<Publisher>,
+}
+
+impl std::fmt::Debug for AmqpSettle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettle").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(amqp_err("ack"))
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map_err(amqp_err("nack"))
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
+        // A copy with the reason goes to the dead-letter exchange (confirmed), then the
+        // original is acked: the reason travels with the message.
+        let mut h = FieldTable::default();
+        h.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(LongString::from(
+                reason.chars().take(1000).collect::<String>(),
+            )),
+        );
+        self.publisher.publish(DLX, "", &self.body, h).await?;
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(amqp_err("ack"))
+    }
+}
+
+/// Events to the topic exchange.
+#[derive(Debug)]
+pub struct AmqpSink {
+    publisher: std::sync::Arc<Publisher>,
+}
+
+#[async_trait]
+impl EventSink for AmqpSink {
+    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+        let body = serde_json::to_vec(event).map_err(|e| QueueError::Amqp {
+            op: "encode event",
+            message: e.to_string(),
+        })?;
+        let mut h = FieldTable::default();
+        h.insert(
+            "event-id".into(),
+            AMQPValue::LongString(event.id.as_str().into()),
+        );
+        self.publisher
+            .publish(EVENTS, event.body.kind(), &body, h.clone())
+            .await?;
+        if let Some(q) = event.labels.get("reply_to") {
+            self.publisher.publish("", q, &body, h).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects the agent's source and sink.
+///
+/// # Errors
+/// The broker cannot be reached or the topology conflicts with an existing one.
+pub(super) async fn connect(
+    url: &str,
+    settings: &QueueSettings,
+) -> Result<(AmqpSource, AmqpSink), QueueError> {
+    let publisher = std::sync::Arc::new(Publisher::new(url, settings.delivery_limit));
+    let mut source = AmqpSource {
+        url: url.to_string(),
+        settings: settings.clone(),
+        consumer: None,
+        publisher: publisher.clone(),
+        backoff: Duration::from_millis(100),
+    };
+    // Fail fast at start on a wrong URL or credentials; later losses reconnect.
+    source.consume().await?;
+    Ok((source, AmqpSink { publisher }))
+}
+
+/// A producer's and operator's view of an AMQP queue.
+#[derive(Debug)]
+pub struct AmqpClient {
+    url: String,
+    publisher: Publisher,
+}
+
+impl AmqpClient {
+    /// A client of the broker at `url`.
+    pub fn new(url: &str, delivery_limit: u32) -> AmqpClient {
+        AmqpClient {
+            url: url.to_string(),
+            publisher: Publisher::new(url, delivery_limit),
+        }
+    }
+}
+
+#[async_trait]
+impl super::Client for AmqpClient {
+    async fn submit(&self, _id: &str, body: &[u8]) -> Result<(), QueueError> {
+        self.publisher
+            .publish("", COMMANDS, body, FieldTable::default())
+            .await
+    }
+
+    async fn watch(
+        &self,
+        _command: Option<&str>,
+    ) -> Result<Box<dyn super::EventWatch>, QueueError> {
+        let (conn, ch) = open_channel(&self.url).await?;
+        declare(&ch, self.publisher.delivery_limit).await?;
+        let q = ch
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("declare watch queue"))?;
+        ch.queue_bind(
+            q.name().as_str(),
+            EVENTS,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_err("bind watch queue"))?;
+        let consumer = ch
+            .basic_consume(
+                q.name().as_str(),
+                "reflow-agent.watch",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err("consume watch queue"))?;
+        Ok(Box::new(AmqpWatch {
+            _conn: conn,
+            _ch: ch,
+            consumer,
+        }))
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
+        // Read without acking, then close the channel: every message goes back, in order.
+        let (conn, ch) = open_channel(&self.url).await?;
+        declare(&ch, self.publisher.delivery_limit).await?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(m) = ch
+                .basic_get(DLQ, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(amqp_err("get"))?
+            else {
+                break;
+            };
+            out.push(super::DeadLetter {
+                reason: reason_of(&m.delivery.properties),
+                body: m.delivery.data.clone(),
+            });
+        }
+        let _ = ch.close(200, "listed").await;
+        let _ = conn.close(200, "listed").await;
+        Ok(out)
+    }
+
+    async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError> {
+        let (conn, ch) = open_channel(&self.url).await?;
+        let got = ch
+            .basic_get(DLQ, BasicGetOptions { no_ack: false })
+            .await
+            .map_err(amqp_err("get"))?;
+        let out = match got {
+            Some(m) => {
+                self.publisher
+                    .publish("", COMMANDS, &m.delivery.data, FieldTable::default())
+                    .await?;
+                m.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(amqp_err("ack"))?;
+                Some(m.delivery.data.clone())
+            }
+            None => None,
+        };
+        let _ = ch.close(200, "replayed").await;
+        let _ = conn.close(200, "replayed").await;
+        Ok(out)
+    }
+}
+
+fn reason_of(props: &BasicProperties) -> String {
+    let Some(h) = props.headers().as_ref() else {
+        return String::new();
+    };
+    let inner: &BTreeMap<ShortString, AMQPValue> = h.inner();
+    if let Some(AMQPValue::LongString(s)) = inner.get(REASON_HEADER) {
+        return s.to_string();
+    }
+    // Dead-lettered by the broker itself (e.g. over the delivery limit): x-death names why.
+    if let Some(AMQPValue::FieldArray(a)) = inner.get("x-death") {
+        if let Some(AMQPValue::FieldTable(t)) = a.as_slice().first() {
+            if let Some(AMQPValue::LongString(r)) = t.inner().get("reason") {
+                return format!("broker: {r}");
+            }
+        }
+    }
+    String::new()
+}
+
+struct AmqpWatch {
+    _conn: Connection,
+    _ch: Channel,
+    consumer: lapin::Consumer,
+}
+
+#[async_trait]
+impl super::EventWatch for AmqpWatch {
+    async fn next(&mut self) -> Result<Event, QueueError> {
+        loop {
+            match self.consumer.next().await {
+                Some(Ok(d)) => match serde_json::from_slice::<Event>(&d.data) {
+                    Ok(e) => return Ok(e),
+                    Err(e) => tracing::warn!(error = %e, "Skipping an undecodable event."),
+                },
+                Some(Err(e)) => return Err(amqp_err("watch")(e)),
+                None => {
+                    return Err(QueueError::Amqp {
+                        op: "watch",
+                        message: "the event stream ended".into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Deletes the shared topology's queues (tests and benchmarks start from a clean broker).
+///
+/// # Errors
+/// The broker cannot be reached.
+pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueError> {
+    let (conn, ch) = open_channel(url).await?;
+    let mut names = vec![COMMANDS.to_string(), DLQ.to_string()];
+    names.extend(agent_ids.iter().map(|a| agent_queue(a)));
+    for q in names {
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .map_err(amqp_err("delete queue"))?;
+    }
+    let _ = conn.close(200, "deleted").await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_follow_the_quorum_delivery_count() {
+        let with = |n: i64| {
+            let mut h = FieldTable::default();
+            h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(n));
+            BasicProperties::default().with_headers(h)
+        };
+        assert_eq!(attempt_of(&BasicProperties::default(), false), 1);
+        assert_eq!(attempt_of(&BasicProperties::default(), true), 2);
+        assert_eq!(attempt_of(&with(3), true), 4);
+        assert_eq!(agent_queue("i-0ab/c d"), "reflow.agent.i-0ab_c_d");
+    }
+}

@@ -1,0 +1,641 @@
+//! `sqs://NAME[?results=R&dlq=D&create=true]`: AWS SQS through the official SDK. Region,
+//! endpoint and credentials come from the SDK's standard chain (`AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, the usual credential variables, profiles, instance roles), with the
+//! agent's `[aws]` overrides.
+//!
+//! - Commands come from `NAME` by long polling (20 s), at most `prefetch` in hand.
+//! - A received message stays invisible for `visibility_timeout_secs`; while its job runs the
+//!   agent extends that every third of it, and deletes the message once the job's outcome is
+//!   durable ([`super::SettlePolicy::OnOutcome`]). The receipt handle is journaled, so an agent
+//!   restarted before the visibility ran out re-owns the message instead of letting another
+//!   agent run it again.
+//! - `NAME`'s redrive policy moves a message received more than the delivery limit to the DLQ
+//!   (`D`, default `NAME-dlq`); the agent moves poison there itself with a `reason` attribute.
+//! - Events go to the results queue (`R`, default `NAME-results`).
+//! - `create=true` creates the three queues and the redrive policy (development; production
+//!   uses deploy/'s template).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+
+use super::{CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
+use crate::protocol::Event;
+
+/// Message attribute carrying a dead-letter reason.
+pub const REASON_ATTRIBUTE: &str = "reason";
+
+fn sqs_err<E, R>(op: &'static str) -> impl FnOnce(SdkError<E, R>) -> QueueError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    move |e| {
+        let code = e.code().unwrap_or("").to_string();
+        let permanent = matches!(
+            code.as_str(),
+            "AWS.SimpleQueueService.NonExistentQueue"
+                | "QueueDoesNotExist"
+                | "InvalidParameterValue"
+                | "InvalidAddress"
+                | "AccessDenied"
+                | "InvalidClientTokenId"
+        );
+        let message = match e.message() {
+            Some(m) => format!("{code}: {m}"),
+            None => aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+        };
+        QueueError::Sqs {
+            op,
+            message: message.chars().take(500).collect(),
+            permanent,
+        }
+    }
+}
+
+/// The queue names in an `sqs://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The command queue.
+    pub commands: String,
+    /// The results queue.
+    pub results: String,
+    /// The dead-letter queue.
+    pub dlq: String,
+    /// Create missing queues.
+    pub create: bool,
+}
+
+/// Parses `sqs://NAME[?results=R&dlq=D&create=true]`.
+///
+/// # Errors
+/// A name SQS would refuse (1 to 80 of `[A-Za-z0-9_-]`) or an unknown parameter.
+pub fn parse_url(url: &str) -> Result<Names, QueueError> {
+    let bad = || QueueError::Url {
+        url: super::redact(url),
+    };
+    let rest = url.strip_prefix("sqs://").ok_or_else(bad)?;
+    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let valid = |n: &str| {
+        (1..=80).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !valid(name) {
+        return Err(bad());
+    }
+    let mut names = Names {
+        commands: name.to_string(),
+        results: format!("{name}-results"),
+        dlq: format!("{name}-dlq"),
+        create: false,
+    };
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("results", v)) if valid(v) => names.results = v.to_string(),
+            Some(("dlq", v)) if valid(v) => names.dlq = v.to_string(),
+            Some(("create", "true")) => names.create = true,
+            Some(("create", "false")) => names.create = false,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(names)
+}
+
+/// The queue URLs.
+#[derive(Debug, Clone)]
+struct Urls {
+    commands: String,
+    results: String,
+    dlq: String,
+}
+
+async fn queue_url(client: &Client, name: &str) -> Result<String, QueueError> {
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(sqs_err("get queue url"))?;
+    out.queue_url.ok_or_else(|| QueueError::Sqs {
+        op: "get queue url",
+        message: format!("no URL for {name}"),
+        permanent: true,
+    })
+}
+
+async fn create(
+    client: &Client,
+    name: &str,
+    attrs: &[(QueueAttributeName, String)],
+) -> Result<String, QueueError> {
+    let mut req = client.create_queue().queue_name(name);
+    for (k, v) in attrs {
+        req = req.attributes(k.clone(), v.clone());
+    }
+    let out = req.send().await.map_err(sqs_err("create queue"))?;
+    out.queue_url.ok_or_else(|| QueueError::Sqs {
+        op: "create queue",
+        message: format!("no URL for {name}"),
+        permanent: true,
+    })
+}
+
+async fn resolve(client: &Client, names: &Names, delivery_limit: u32) -> Result<Urls, QueueError> {
+    if names.create {
+        let dlq = create(client, &names.dlq, &[]).await?;
+        let arn = client
+            .get_queue_attributes()
+            .queue_url(&dlq)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(sqs_err("get queue attributes"))?
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .unwrap_or_default();
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": arn,
+            "maxReceiveCount": delivery_limit.to_string(),
+        })
+        .to_string();
+        let commands = create(
+            client,
+            &names.commands,
+            &[(QueueAttributeName::RedrivePolicy, redrive)],
+        )
+        .await?;
+        let results = create(client, &names.results, &[]).await?;
+        return Ok(Urls {
+            commands,
+            results,
+            dlq,
+        });
+    }
+    Ok(Urls {
+        commands: queue_url(client, &names.commands).await?,
+        results: queue_url(client, &names.results).await?,
+        dlq: queue_url(client, &names.dlq).await?,
+    })
+}
+
+fn secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs())
+        .unwrap_or(43_200)
+        .clamp(0, 43_200)
+}
+
+/// Commands from the command queue.
+#[derive(Debug)]
+pub struct SqsSource {
+    client: Client,
+    urls: Urls,
+    settings: QueueSettings,
+    buffer: VecDeque<aws_sdk_sqs::types::Message>,
+}
+
+fn settle_for(client: &Client, urls: &Urls, receipt: String, body: Vec<u8>) -> SqsSettle {
+    SqsSettle {
+        client: client.clone(),
+        urls: urls.clone(),
+        receipt,
+        body,
+    }
+}
+
+#[async_trait]
+impl CommandSource for SqsSource {
+    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+        loop {
+            if self.settings.close.is_cancelled() {
+                return Ok(None);
+            }
+            if let Some(m) = self.buffer.pop_front() {
+                let Some(receipt) = m.receipt_handle.clone() else {
+                    continue;
+                };
+                let attempt = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(1);
+                let body = m.body.unwrap_or_default().into_bytes();
+                return Ok(Some(Delivery {
+                    settle: Box::new(settle_for(&self.client, &self.urls, receipt, body.clone())),
+                    body,
+                    redelivered: attempt > 1,
+                    attempt,
+                }));
+            }
+            let want = i32::from(self.settings.prefetch.clamp(1, 10));
+            let recv = self
+                .client
+                .receive_message()
+                .queue_url(&self.urls.commands)
+                .max_number_of_messages(want)
+                .wait_time_seconds(20)
+                .visibility_timeout(secs(self.settings.visibility))
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send();
+            let out = tokio::select! {
+                () = self.settings.close.cancelled() => return Ok(None),
+                r = recv => r.map_err(sqs_err("receive"))?,
+            };
+            self.buffer.extend(out.messages.unwrap_or_default());
+        }
+    }
+
+    async fn close(&mut self) {
+        let mut returned = 0;
+        for m in self.buffer.drain(..) {
+            if let Some(r) = m.receipt_handle {
+                let _ = self
+                    .client
+                    .change_message_visibility()
+                    .queue_url(&self.urls.commands)
+                    .receipt_handle(r)
+                    .visibility_timeout(0)
+                    .send()
+                    .await;
+                returned += 1;
+            }
+        }
+        tracing::info!(
+            returned,
+            "Stopped receiving; received commands handed back."
+        );
+    }
+
+    async fn reown(&self, lease: &str) -> Option<Box<dyn Settle>> {
+        let s = settle_for(&self.client, &self.urls, lease.to_string(), Vec::new());
+        match s.extend(self.settings.visibility).await {
+            Ok(()) => Some(Box::new(s)),
+            Err(e) => {
+                tracing::info!(error = %e, "The journaled SQS lease is no longer valid.");
+                None
+            }
+        }
+    }
+}
+
+/// Settles one SQS message by its receipt handle.
+struct SqsSettle {
+    client: Client,
+    urls: Urls,
+    receipt: String,
+    body: Vec<u8>,
+}
+
+impl std::fmt::Debug for SqsSettle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsSettle").finish_non_exhaustive()
+    }
+}
+
+impl SqsSettle {
+    async fn delete(&self) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(&self.urls.commands)
+            .receipt_handle(&self.receipt)
+            .send()
+            .await
+            .map_err(sqs_err("delete"))?;
+        Ok(())
+    }
+
+    async fn visibility(&self, d: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.urls.commands)
+            .receipt_handle(&self.receipt)
+            .visibility_timeout(secs(d))
+            .send()
+            .await
+            .map_err(sqs_err("change visibility"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Settle for SqsSettle {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.delete().await
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        self.visibility(Duration::ZERO).await
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
+        let attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(reason.chars().take(1000).collect::<String>())
+            .build()
+            .map_err(|e| QueueError::Sqs {
+                op: "dead-letter",
+                message: e.to_string(),
+                permanent: true,
+            })?;
+        self.client
+            .send_message()
+            .queue_url(&self.urls.dlq)
+            .message_body(String::from_utf8_lossy(&self.body))
+            .message_attributes(REASON_ATTRIBUTE, attr)
+            .send()
+            .await
+            .map_err(sqs_err("send to DLQ"))?;
+        self.delete().await
+    }
+
+    async fn extend(&self, for_at_least: Duration) -> Result<(), QueueError> {
+        self.visibility(for_at_least).await
+    }
+
+    fn lease(&self) -> Option<String> {
+        Some(self.receipt.clone())
+    }
+}
+
+/// Events to the results queue.
+#[derive(Debug)]
+pub struct SqsSink {
+    client: Client,
+    urls: Urls,
+}
+
+#[async_trait]
+impl EventSink for SqsSink {
+    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+        let body = serde_json::to_string(event).map_err(|e| QueueError::Sqs {
+            op: "encode event",
+            message: e.to_string(),
+            permanent: true,
+        })?;
+        let kind = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(event.body.kind())
+            .build()
+            .map_err(|e| QueueError::Sqs {
+                op: "event attribute",
+                message: e.to_string(),
+                permanent: true,
+            })?;
+        self.client
+            .send_message()
+            .queue_url(&self.urls.results)
+            .message_body(body)
+            .message_attributes("kind", kind)
+            .send()
+            .await
+            .map_err(sqs_err("send event"))?;
+        Ok(())
+    }
+}
+
+async fn sdk_client(aws: &crate::aws::AwsSettings) -> Client {
+    Client::new(&crate::aws::sdk_config(aws).await)
+}
+
+/// Connects the agent's source and sink.
+///
+/// # Errors
+/// A malformed URL or queues that cannot be found (or created).
+pub(super) async fn connect(
+    url: &str,
+    settings: &QueueSettings,
+) -> Result<(SqsSource, SqsSink), QueueError> {
+    let names = parse_url(url)?;
+    let client = sdk_client(&settings.aws).await;
+    let urls = resolve(&client, &names, settings.delivery_limit).await?;
+    tracing::info!(queue = %names.commands, results = %names.results, dlq = %names.dlq, "SQS queues resolved.");
+    Ok((
+        SqsSource {
+            client: client.clone(),
+            urls: urls.clone(),
+            settings: settings.clone(),
+            buffer: VecDeque::new(),
+        },
+        SqsSink { client, urls },
+    ))
+}
+
+/// A producer's and operator's view of an SQS queue.
+#[derive(Debug)]
+pub struct SqsClient {
+    client: Client,
+    urls: Urls,
+}
+
+impl SqsClient {
+    /// A client of the queues named by `url`.
+    ///
+    /// # Errors
+    /// A malformed URL or missing queues.
+    pub async fn new(
+        url: &str,
+        aws: &crate::aws::AwsSettings,
+        delivery_limit: u32,
+    ) -> Result<SqsClient, QueueError> {
+        let names = parse_url(url)?;
+        let client = sdk_client(aws).await;
+        let urls = resolve(&client, &names, delivery_limit).await?;
+        Ok(SqsClient { client, urls })
+    }
+
+    async fn receive(
+        &self,
+        queue: &str,
+        n: i32,
+        wait: i32,
+        visibility: i32,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        Ok(self
+            .client
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(n)
+            .wait_time_seconds(wait)
+            .visibility_timeout(visibility)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(sqs_err("receive"))?
+            .messages
+            .unwrap_or_default())
+    }
+
+    async fn release(&self, queue: &str, receipt: &str) {
+        let _ = self
+            .client
+            .change_message_visibility()
+            .queue_url(queue)
+            .receipt_handle(receipt)
+            .visibility_timeout(0)
+            .send()
+            .await;
+    }
+}
+
+#[async_trait]
+impl super::Client for SqsClient {
+    async fn submit(&self, _id: &str, body: &[u8]) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.urls.commands)
+            .message_body(String::from_utf8_lossy(body))
+            .send()
+            .await
+            .map_err(sqs_err("send"))?;
+        Ok(())
+    }
+
+    async fn watch(&self, command: Option<&str>) -> Result<Box<dyn super::EventWatch>, QueueError> {
+        Ok(Box::new(SqsWatch {
+            client: SqsClient {
+                client: self.client.clone(),
+                urls: self.urls.clone(),
+            },
+            command: command.map(str::to_string),
+            ready: VecDeque::new(),
+        }))
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
+        let mut out = Vec::new();
+        let mut held = Vec::new();
+        while out.len() < max {
+            let batch = self.receive(&self.urls.dlq, 10, 1, 30).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                let reason = m
+                    .message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(REASON_ATTRIBUTE))
+                    .and_then(|v| v.string_value.clone())
+                    .unwrap_or_else(|| "over the delivery limit (redrive policy)".into());
+                out.push(super::DeadLetter {
+                    body: m.body.unwrap_or_default().into_bytes(),
+                    reason,
+                });
+                held.extend(m.receipt_handle);
+            }
+        }
+        for r in held {
+            self.release(&self.urls.dlq, &r).await;
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
+    async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError> {
+        let Some(m) = self
+            .receive(&self.urls.dlq, 1, 1, 30)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let body = m.body.unwrap_or_default();
+        self.client
+            .send_message()
+            .queue_url(&self.urls.commands)
+            .message_body(&body)
+            .send()
+            .await
+            .map_err(sqs_err("send"))?;
+        if let Some(r) = m.receipt_handle {
+            self.client
+                .delete_message()
+                .queue_url(&self.urls.dlq)
+                .receipt_handle(r)
+                .send()
+                .await
+                .map_err(sqs_err("delete"))?;
+        }
+        Ok(Some(body.into_bytes()))
+    }
+}
+
+/// Events from the results queue: those of `command` are consumed, others are left for their
+/// readers.
+struct SqsWatch {
+    client: SqsClient,
+    command: Option<String>,
+    ready: VecDeque<Event>,
+}
+
+#[async_trait]
+impl super::EventWatch for SqsWatch {
+    async fn next(&mut self) -> Result<Event, QueueError> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(e);
+            }
+            let results = self.client.urls.results.clone();
+            for m in self.client.receive(&results, 10, 5, 30).await? {
+                let event = m
+                    .body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<Event>(b).ok());
+                let Some(receipt) = m.receipt_handle else {
+                    continue;
+                };
+                match event {
+                    Some(e) if self.command.is_none() || e.command == self.command => {
+                        let _ = self
+                            .client
+                            .client
+                            .delete_message()
+                            .queue_url(&results)
+                            .receipt_handle(receipt)
+                            .send()
+                            .await;
+                        self.ready.push_back(e);
+                    }
+                    _ => self.client.release(&results, &receipt).await,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_three_queues() {
+        assert_eq!(
+            parse_url("sqs://jobs").unwrap(),
+            Names {
+                commands: "jobs".into(),
+                results: "jobs-results".into(),
+                dlq: "jobs-dlq".into(),
+                create: false
+            }
+        );
+        let n = parse_url("sqs://jobs?results=out&dlq=dead&create=true").unwrap();
+        assert_eq!(
+            (n.results.as_str(), n.dlq.as_str(), n.create),
+            ("out", "dead", true)
+        );
+        for bad in [
+            "sqs://",
+            "sqs://a/b",
+            "sqs://jobs?x=1",
+            "sqs://jobs?dlq=",
+            "amqp://x",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
