@@ -2,13 +2,15 @@
 //!
 //! # Topology (declared at every connect; durable)
 //! ```text
-//! reflow.commands          quorum queue shared by the fleet (x-delivery-limit, DLX reflow.dlx)
-//! reflow.agent.<agent id>  quorum queue for commands addressed to allocs on one agent
-//! reflow.dlx               fanout exchange -> reflow.commands.dlq (quorum)
-//! reflow.events            topic exchange; routing key = event kind, e.g. exec.completed
+//! NS.commands          quorum queue shared by the fleet (x-delivery-limit, DLX NS.dlx)
+//! NS.agent.<agent id>  quorum queue for commands addressed to allocs on one agent
+//! NS.dlx               fanout exchange -> NS.commands.dlq (quorum)
+//! NS.events            topic exchange; routing key = event kind, e.g. exec.completed
 //! ```
-//! Producers publish commands to the default exchange with routing key `reflow.commands` (or an
-//! agent's queue), persistent. Events are published persistent with publisher confirms; an event
+//! `NS` is `reflow` unless the URL says `?ns=NAME` (several fleets on one vhost); the `ns`
+//! parameter is removed before the URL reaches the client library, other parameters (e.g.
+//! `heartbeat`) pass through. Producers publish commands to the default exchange with routing
+//! key `NS.commands` (or an agent's queue), persistent. Events are published persistent with publisher confirms; an event
 //! whose command named a `reply_to` queue also goes there.
 //!
 //! Commands are acked once journaled ([`super::SettlePolicy::OnAccept`]), so the broker's
@@ -35,14 +37,85 @@ use tokio::sync::Mutex;
 use super::{CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
 use crate::protocol::Event;
 
-/// The fleet's command queue.
-pub const COMMANDS: &str = "reflow.commands";
-/// The dead-letter exchange.
-pub const DLX: &str = "reflow.dlx";
-/// The dead-letter queue.
-pub const DLQ: &str = "reflow.commands.dlq";
-/// The events exchange.
-pub const EVENTS: &str = "reflow.events";
+/// Names of the queues and exchanges of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The namespace.
+    pub ns: String,
+    /// The fleet's command queue.
+    pub commands: String,
+    /// The dead-letter exchange.
+    pub dlx: String,
+    /// The dead-letter queue.
+    pub dlq: String,
+    /// The events exchange.
+    pub events: String,
+}
+
+impl Topology {
+    /// The names in namespace `ns`.
+    pub fn new(ns: &str) -> Topology {
+        Topology {
+            ns: ns.to_string(),
+            commands: format!("{ns}.commands"),
+            dlx: format!("{ns}.dlx"),
+            dlq: format!("{ns}.commands.dlq"),
+            events: format!("{ns}.events"),
+        }
+    }
+
+    /// The per-agent queue name.
+    pub fn agent_queue(&self, agent_id: &str) -> String {
+        let safe: String = agent_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(200)
+            .collect();
+        format!("{}.agent.{safe}", self.ns)
+    }
+}
+
+/// Splits the namespace parameter off an `amqp://` URL.
+///
+/// # Errors
+/// A namespace that is empty or not `[A-Za-z0-9._-]`.
+pub fn split_url(url: &str) -> Result<(String, Topology), QueueError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut ns = "reflow".to_string();
+    let mut rest = Vec::new();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        match kv.strip_prefix("ns=") {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= 100
+                    && v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+            {
+                ns = v.to_string();
+            }
+            Some(_) => {
+                return Err(QueueError::Url {
+                    url: super::redact(url),
+                });
+            }
+            None => rest.push(kv),
+        }
+    }
+    let lapin_url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((lapin_url, Topology::new(&ns)))
+}
+
 /// Header carrying a dead-letter reason.
 pub const REASON_HEADER: &str = "x-reflow-reason";
 
@@ -51,22 +124,6 @@ fn amqp_err(op: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
         op,
         message: e.to_string(),
     }
-}
-
-/// The per-agent queue name.
-pub fn agent_queue(agent_id: &str) -> String {
-    let safe: String = agent_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(200)
-        .collect();
-    format!("reflow.agent.{safe}")
 }
 
 async fn open_channel(url: &str) -> Result<(Connection, Channel), QueueError> {
@@ -83,7 +140,8 @@ async fn open_channel(url: &str) -> Result<(Connection, Channel), QueueError> {
     Ok((conn, ch))
 }
 
-fn quorum_args(delivery_limit: u32, dlx: bool) -> FieldTable {
+fn quorum_args(t: &Topology, delivery_limit: u32, dlx: bool) -> FieldTable {
+    let topo = t;
     let mut t = FieldTable::default();
     t.insert(
         "x-queue-type".into(),
@@ -96,7 +154,7 @@ fn quorum_args(delivery_limit: u32, dlx: bool) -> FieldTable {
         );
         t.insert(
             "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(DLX.into()),
+            AMQPValue::LongString(topo.dlx.as_str().into()),
         );
     }
     t
@@ -111,30 +169,30 @@ fn durable() -> QueueDeclareOptions {
 
 /// Declares the shared topology (idempotent; a queue declared earlier with other arguments is
 /// reported as the broker's PRECONDITION_FAILED).
-async fn declare(ch: &Channel, delivery_limit: u32) -> Result<(), QueueError> {
+async fn declare(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<(), QueueError> {
     let ex = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    ch.exchange_declare(EVENTS, ExchangeKind::Topic, ex, FieldTable::default())
+    ch.exchange_declare(&t.events, ExchangeKind::Topic, ex, FieldTable::default())
         .await
         .map_err(amqp_err("declare events exchange"))?;
-    ch.exchange_declare(DLX, ExchangeKind::Fanout, ex, FieldTable::default())
+    ch.exchange_declare(&t.dlx, ExchangeKind::Fanout, ex, FieldTable::default())
         .await
         .map_err(amqp_err("declare dead-letter exchange"))?;
-    ch.queue_declare(DLQ, durable(), quorum_args(delivery_limit, false))
+    ch.queue_declare(&t.dlq, durable(), quorum_args(t, delivery_limit, false))
         .await
         .map_err(amqp_err("declare dead-letter queue"))?;
     ch.queue_bind(
-        DLQ,
-        DLX,
+        &t.dlq,
+        &t.dlx,
         "",
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await
     .map_err(amqp_err("bind dead-letter queue"))?;
-    ch.queue_declare(COMMANDS, durable(), quorum_args(delivery_limit, true))
+    ch.queue_declare(&t.commands, durable(), quorum_args(t, delivery_limit, true))
         .await
         .map_err(amqp_err("declare command queue"))?;
     Ok(())
@@ -151,14 +209,16 @@ fn persistent(headers: FieldTable) -> BasicProperties {
 #[derive(Debug)]
 struct Publisher {
     url: String,
+    topo: Topology,
     delivery_limit: u32,
     ch: Mutex<Option<(Connection, Channel)>>,
 }
 
 impl Publisher {
-    fn new(url: &str, delivery_limit: u32) -> Publisher {
+    fn new(url: &str, topo: Topology, delivery_limit: u32) -> Publisher {
         Publisher {
             url: url.to_string(),
+            topo,
             delivery_limit,
             ch: Mutex::new(None),
         }
@@ -180,7 +240,7 @@ impl Publisher {
             ch.confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(amqp_err("confirm select"))?;
-            declare(&ch, self.delivery_limit).await?;
+            declare(&ch, &self.topo, self.delivery_limit).await?;
             *guard = Some((conn, ch));
         }
         let Some((_, ch)) = guard.as_ref() else {
@@ -218,6 +278,7 @@ impl Publisher {
 /// Commands from the fleet queue and this agent's queue.
 pub struct AmqpSource {
     url: String,
+    topo: Topology,
     settings: QueueSettings,
     consumer: Option<(Connection, Channel, lapin::Consumer, lapin::Consumer)>,
     publisher: std::sync::Arc<Publisher>,
@@ -239,12 +300,12 @@ const TAG_OWN: &str = "reflow-agent.own";
 impl AmqpSource {
     async fn consume(&mut self) -> Result<(), QueueError> {
         let (conn, ch) = open_channel(&self.url).await?;
-        declare(&ch, self.settings.delivery_limit).await?;
-        let own = agent_queue(&self.settings.agent_id);
+        declare(&ch, &self.topo, self.settings.delivery_limit).await?;
+        let own = self.topo.agent_queue(&self.settings.agent_id);
         ch.queue_declare(
             &own,
             durable(),
-            quorum_args(self.settings.delivery_limit, true),
+            quorum_args(&self.topo, self.settings.delivery_limit, true),
         )
         .await
         .map_err(amqp_err("declare agent queue"))?;
@@ -253,7 +314,7 @@ impl AmqpSource {
             .map_err(amqp_err("qos"))?;
         let shared = ch
             .basic_consume(
-                COMMANDS,
+                &self.topo.commands,
                 TAG_SHARED,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -269,7 +330,7 @@ impl AmqpSource {
             )
             .await
             .map_err(amqp_err("consume"))?;
-        tracing::info!(queue = COMMANDS, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
+        tracing::info!(queue = %self.topo.commands, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
         self.consumer = Some((conn, ch, shared, mine));
         self.backoff = Duration::from_millis(100);
         Ok(())
@@ -430,7 +491,8 @@ impl Settle for AmqpSettle {
                 reason.chars().take(1000).collect::<String>(),
             )),
         );
-        self.publisher.publish(DLX, "", &self.body, h).await?;
+        let dlx = self.publisher.topo.dlx.clone();
+        self.publisher.publish(&dlx, "", &self.body, h).await?;
         self.acker
             .ack(BasicAckOptions::default())
             .await
@@ -457,7 +519,7 @@ impl EventSink for AmqpSink {
             AMQPValue::LongString(event.id.as_str().into()),
         );
         self.publisher
-            .publish(EVENTS, event.body.kind(), &body, h.clone())
+            .publish(&self.publisher.topo.events, event.body.kind(), &body, h.clone())
             .await?;
         if let Some(q) = event.labels.get("reply_to") {
             self.publisher.publish("", q, &body, h).await?;
@@ -474,9 +536,11 @@ pub(super) async fn connect(
     url: &str,
     settings: &QueueSettings,
 ) -> Result<(AmqpSource, AmqpSink), QueueError> {
-    let publisher = std::sync::Arc::new(Publisher::new(url, settings.delivery_limit));
+    let (url, topo) = split_url(url)?;
+    let publisher = std::sync::Arc::new(Publisher::new(&url, topo.clone(), settings.delivery_limit));
     let mut source = AmqpSource {
-        url: url.to_string(),
+        url: url.clone(),
+        topo,
         settings: settings.clone(),
         consumer: None,
         publisher: publisher.clone(),
@@ -496,11 +560,19 @@ pub struct AmqpClient {
 
 impl AmqpClient {
     /// A client of the broker at `url`.
-    pub fn new(url: &str, delivery_limit: u32) -> AmqpClient {
-        AmqpClient {
-            url: url.to_string(),
-            publisher: Publisher::new(url, delivery_limit),
-        }
+    ///
+    /// # Errors
+    /// A malformed namespace parameter.
+    pub fn new(url: &str, delivery_limit: u32) -> Result<AmqpClient, QueueError> {
+        let (url, topo) = split_url(url)?;
+        Ok(AmqpClient {
+            publisher: Publisher::new(&url, topo, delivery_limit),
+            url,
+        })
+    }
+
+    fn topo(&self) -> &Topology {
+        &self.publisher.topo
     }
 }
 
@@ -508,7 +580,7 @@ impl AmqpClient {
 impl super::Client for AmqpClient {
     async fn submit(&self, _id: &str, body: &[u8]) -> Result<(), QueueError> {
         self.publisher
-            .publish("", COMMANDS, body, FieldTable::default())
+            .publish("", &self.topo().commands, body, FieldTable::default())
             .await
     }
 
@@ -517,7 +589,7 @@ impl super::Client for AmqpClient {
         _command: Option<&str>,
     ) -> Result<Box<dyn super::EventWatch>, QueueError> {
         let (conn, ch) = open_channel(&self.url).await?;
-        declare(&ch, self.publisher.delivery_limit).await?;
+        declare(&ch, self.topo(), self.publisher.delivery_limit).await?;
         let q = ch
             .queue_declare(
                 "",
@@ -532,7 +604,7 @@ impl super::Client for AmqpClient {
             .map_err(amqp_err("declare watch queue"))?;
         ch.queue_bind(
             q.name().as_str(),
-            EVENTS,
+            &self.topo().events,
             "#",
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -561,11 +633,11 @@ impl super::Client for AmqpClient {
     async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
         // Read without acking, then close the channel: every message goes back, in order.
         let (conn, ch) = open_channel(&self.url).await?;
-        declare(&ch, self.publisher.delivery_limit).await?;
+        declare(&ch, self.topo(), self.publisher.delivery_limit).await?;
         let mut out = Vec::new();
         while out.len() < max {
             let Some(m) = ch
-                .basic_get(DLQ, BasicGetOptions { no_ack: false })
+                .basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false })
                 .await
                 .map_err(amqp_err("get"))?
             else {
@@ -584,13 +656,13 @@ impl super::Client for AmqpClient {
     async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError> {
         let (conn, ch) = open_channel(&self.url).await?;
         let got = ch
-            .basic_get(DLQ, BasicGetOptions { no_ack: false })
+            .basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false })
             .await
             .map_err(amqp_err("get"))?;
         let out = match got {
             Some(m) => {
                 self.publisher
-                    .publish("", COMMANDS, &m.delivery.data, FieldTable::default())
+                    .publish("", &self.topo().commands, &m.delivery.data, FieldTable::default())
                     .await?;
                 m.delivery
                     .acker
@@ -658,9 +730,10 @@ impl super::EventWatch for AmqpWatch {
 /// # Errors
 /// The broker cannot be reached.
 pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueError> {
-    let (conn, ch) = open_channel(url).await?;
-    let mut names = vec![COMMANDS.to_string(), DLQ.to_string()];
-    names.extend(agent_ids.iter().map(|a| agent_queue(a)));
+    let (url, t) = split_url(url)?;
+    let (conn, ch) = open_channel(&url).await?;
+    let mut names = vec![t.commands.clone(), t.dlq.clone()];
+    names.extend(agent_ids.iter().map(|a| t.agent_queue(a)));
     for q in names {
         ch.queue_delete(&q, QueueDeleteOptions::default())
             .await
@@ -684,6 +757,11 @@ mod tests {
         assert_eq!(attempt_of(&BasicProperties::default(), false), 1);
         assert_eq!(attempt_of(&BasicProperties::default(), true), 2);
         assert_eq!(attempt_of(&with(3), true), 4);
-        assert_eq!(agent_queue("i-0ab/c d"), "reflow.agent.i-0ab_c_d");
+        let (url, t) = split_url("amqp://u:p@h:5672/%2f?heartbeat=10&ns=t-1").unwrap();
+        assert_eq!(url, "amqp://u:p@h:5672/%2f?heartbeat=10");
+        assert_eq!(t.commands, "t-1.commands");
+        assert_eq!(t.agent_queue("i-0ab/c d"), "t-1.agent.i-0ab_c_d");
+        assert_eq!(split_url("amqp://h").unwrap().1, Topology::new("reflow"));
+        assert!(split_url("amqp://h?ns=a/b").is_err());
     }
 }
