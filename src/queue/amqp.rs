@@ -94,8 +94,7 @@ pub fn split_url(url: &str) -> Result<(String, Topology), QueueError> {
             Some(v)
                 if !v.is_empty()
                     && v.len() <= 100
-                    && v
-                        .bytes()
+                    && v.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
             {
                 ns = v.to_string();
@@ -519,7 +518,12 @@ impl EventSink for AmqpSink {
             AMQPValue::LongString(event.id.as_str().into()),
         );
         self.publisher
-            .publish(&self.publisher.topo.events, event.body.kind(), &body, h.clone())
+            .publish(
+                &self.publisher.topo.events,
+                event.body.kind(),
+                &body,
+                h.clone(),
+            )
             .await?;
         if let Some(q) = event.labels.get("reply_to") {
             self.publisher.publish("", q, &body, h).await?;
@@ -537,7 +541,8 @@ pub(super) async fn connect(
     settings: &QueueSettings,
 ) -> Result<(AmqpSource, AmqpSink), QueueError> {
     let (url, topo) = split_url(url)?;
-    let publisher = std::sync::Arc::new(Publisher::new(&url, topo.clone(), settings.delivery_limit));
+    let publisher =
+        std::sync::Arc::new(Publisher::new(&url, topo.clone(), settings.delivery_limit));
     let mut source = AmqpSource {
         url: url.clone(),
         topo,
@@ -662,7 +667,12 @@ impl super::Client for AmqpClient {
         let out = match got {
             Some(m) => {
                 self.publisher
-                    .publish("", &self.topo().commands, &m.delivery.data, FieldTable::default())
+                    .publish(
+                        "",
+                        &self.topo().commands,
+                        &m.delivery.data,
+                        FieldTable::default(),
+                    )
                     .await?;
                 m.delivery
                     .acker

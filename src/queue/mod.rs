@@ -191,7 +191,10 @@ pub async fn client(
         return Ok(Box::new(spool));
     }
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
-        return Ok(Box::new(amqp::AmqpClient::new(url, DEFAULT_DELIVERY_LIMIT)?));
+        return Ok(Box::new(amqp::AmqpClient::new(
+            url,
+            DEFAULT_DELIVERY_LIMIT,
+        )?));
     }
     if url.starts_with("sqs://") {
         return Ok(Box::new(

@@ -442,8 +442,20 @@ impl SqsClient {
         aws: &crate::aws::AwsSettings,
         delivery_limit: u32,
     ) -> Result<SqsClient, QueueError> {
+        Self::from_sdk(url, &crate::aws::sdk_config(aws).await, delivery_limit).await
+    }
+
+    /// A client from an SDK configuration already loaded.
+    ///
+    /// # Errors
+    /// A malformed URL or missing queues.
+    pub async fn from_sdk(
+        url: &str,
+        sdk: &aws_config::SdkConfig,
+        delivery_limit: u32,
+    ) -> Result<SqsClient, QueueError> {
         let names = parse_url(url)?;
-        let client = sdk_client(aws).await;
+        let client = Client::new(sdk);
         let urls = resolve(&client, &names, delivery_limit).await?;
         Ok(SqsClient { client, urls })
     }

@@ -1,0 +1,750 @@
+//! The queue control plane end to end: `reflow-agent serve` processes on real RabbitMQ, moto's
+//! SQS and the spool, running real containers on dockerd. Containers are counted with
+//! `docker events`, independently of the agent.
+#![cfg(feature = "integration")]
+// Every function in an integration-test crate is a test; the lint is for src/.
+#![allow(clippy::tests_outside_test_module)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use reflow_agent::control::job_alloc_id;
+use reflow_agent::protocol::{Event, EventBody};
+use reflow_agent::queue::{self, Client};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A unique suffix for names of this test run.
+fn uniq(label: &str) -> String {
+    format!("{label}-{}", &new_id(label).hex()[..10])
+}
+
+/// An agent process.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `reflow-agent serve` with state under `root/name` on `queue`; `extra` is appended
+    /// to the config file. `env` adds environment variables.
+    fn start(root: &Path, name: &str, queue: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        let state = root.join(name);
+        std::fs::create_dir_all(&state).unwrap();
+        let cfg = root.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[agent]\nstate_dir = \"{}\"\npool_id = \"{name}\"\n[queue]\nurl = \"{queue}\"\nheartbeat_secs = 1\n{extra}",
+                state.display()
+            ),
+        )
+        .unwrap();
+        let log = root.join(format!("{name}.log"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
+        c.args(["--log-format", "json", "serve", "--config"])
+            .arg(&cfg)
+            .envs(aws_env())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Agent {
+            child: c.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit in {within:?}; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", aws_endpoint()),
+    ]
+}
+
+/// A job command running `cmd` (its output is `$out`).
+fn job(id: &str, cmd: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "v": 1, "id": id, "kind": "job",
+        "body": {"config": {"Type": "exec", "Image": image(), "Cmd": cmd,
+                            "Resources": {"mem": 67108864, "cpu": 1}}}
+    }))
+    .unwrap()
+}
+
+/// Containers created for the job with command id `id` since `since` (unix seconds), from the
+/// engine's own event log.
+fn containers_created(id: &str, since: u64) -> usize {
+    let until = std::time::UNIX_EPOCH.elapsed().unwrap().as_secs() + 1;
+    docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &format!("label=reflow-executor={}", job_alloc_id(id)),
+        "--format",
+        "{{.ID}}",
+    ])
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .count()
+}
+
+fn now_secs() -> u64 {
+    std::time::UNIX_EPOCH.elapsed().unwrap().as_secs()
+}
+
+/// Events seen so far, from any backend.
+struct Events {
+    watch: Box<dyn queue::EventWatch>,
+    seen: Vec<Event>,
+}
+
+impl Events {
+    async fn new(client: &dyn Client) -> Events {
+        Events {
+            watch: client.watch(None).await.unwrap(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until an event matching `pred` is seen; returns it.
+    async fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let r = tokio::time::timeout(Duration::from_secs(90), async {
+            loop {
+                let e = self.watch.next().await.unwrap();
+                self.seen.push(e.clone());
+                if pred(&e) {
+                    return e;
+                }
+            }
+        })
+        .await;
+        r.unwrap_or_else(|_| panic!("no {what} within 90 s; seen: {:#?}", self.kinds()))
+    }
+
+    async fn completed(&mut self, id: &str) -> Event {
+        self.until(&format!("exec.completed of {id}"), |e| {
+            e.command.as_deref() == Some(id) && e.body.kind() == "exec.completed"
+        })
+        .await
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .map(|e| format!("{} {:?} {}", e.body.kind(), e.command, e.agent))
+            .collect()
+    }
+}
+
+/// The digest of the single output file of a completed job, and its error if it failed.
+fn output(e: &Event) -> (String, bool, bool) {
+    match &e.body {
+        EventBody::ExecCompleted { result, cached, .. } => {
+            let files = result.fileset.files();
+            let d = files.first().map(|f| f.id.hex()).unwrap_or_default();
+            (d, result.err.is_none(), *cached)
+        }
+        other => panic!("not exec.completed: {other:?}"),
+    }
+}
+
+/// An AMQP URL in a namespace of its own.
+async fn amqp_ns(label: &str) -> String {
+    format!("{AMQP}?ns={}", uniq(label))
+}
+
+/// The AMQP watch dies with its connection; this tap survives broker restarts: a durable queue
+/// bound to the events exchange, read by `basic_get` on fresh connections.
+mod tap {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties, ExchangeKind};
+
+    pub async fn declare(url: &str, ns: &str) {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let ex = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            &format!("{ns}.events"),
+            ExchangeKind::Topic,
+            ex,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let q = format!("{ns}.tap");
+        ch.queue_declare(
+            &q,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            &q,
+            &format!("{ns}.events"),
+            "#",
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "ok").await;
+    }
+
+    /// Every event in the tap, consumed.
+    pub async fn drain(url: &str, ns: &str) -> Vec<reflow_agent::protocol::Event> {
+        let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
+            return Vec::new();
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = ch
+            .basic_get(&format!("{ns}.tap"), BasicGetOptions { no_ack: true })
+            .await
+        {
+            if let Ok(e) = serde_json::from_slice(&m.delivery.data) {
+                out.push(e);
+            }
+        }
+        let _ = conn.close(200, "ok").await;
+        out
+    }
+}
+
+/// Events of an AMQP namespace through the tap.
+struct Tap {
+    url: String,
+    ns: String,
+    seen: Vec<Event>,
+}
+
+impl Tap {
+    async fn new(url: &str) -> Tap {
+        let ns = url.split("ns=").nth(1).unwrap().to_string();
+        tap::declare(AMQP, &ns).await;
+        Tap {
+            url: AMQP.to_string(),
+            ns,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 90 s; seen: {:#?}",
+                self.seen
+                    .iter()
+                    .map(|e| format!("{} {:?}", e.body.kind(), e.command))
+                    .collect::<Vec<_>>()
+            );
+            self.seen.extend(tap::drain(&self.url, &self.ns).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn completed(&mut self, id: &str) -> Event {
+        self.until(&format!("exec.completed of {id}"), |e| {
+            e.command.as_deref() == Some(id) && e.body.kind() == "exec.completed"
+        })
+        .await
+    }
+
+    fn count(&self, id: &str, kind: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|e| e.command.as_deref() == Some(id) && e.body.kind() == kind)
+            .map(|e| e.id.clone())
+            .collect()
+    }
+}
+
+/// Submits with retries (the broker may be restarting).
+async fn submit(client: &dyn Client, id: &str, body: &[u8]) {
+    for _ in 0..50 {
+        if client.submit(id, body).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("could not submit {id}");
+}
+
+#[test]
+fn spool_round_trip_through_the_cli_with_the_minimal_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = format!("spool://{}", dir.path().join("spool").display());
+    let _agent = Agent::start(dir.path(), &uniq("spool"), &spool, "", &[]);
+    let id = uniq("hello");
+    let file = dir.path().join("hello.json");
+    // Exactly the issue's minimal shape.
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"v":1,"id":"{id}","kind":"job","body":{{"config":{{"Type":"exec","Image":"reflow-agent-test/busybox:1","Cmd":"echo hello > $out","Resources":{{"mem":67108864,"cpu":1}}}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args([
+            "submit",
+            "--wait",
+            "--timeout-secs",
+            "90",
+            "--queue",
+            &spool,
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let (digest, ok, _) = output(&e);
+    assert!(ok);
+    assert_eq!(digest, sha256sum(b"hello\n"));
+    // The output is in the agent's repository.
+    let EventBody::ExecCompleted { repository, .. } = &e.body else {
+        unreachable!()
+    };
+    let repo = repository
+        .as_deref()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap();
+    let obj = Path::new(repo).join(&digest[..2]).join(&digest[2..]);
+    assert_eq!(
+        std::fs::read(&obj).unwrap(),
+        b"hello\n",
+        "{}",
+        obj.display()
+    );
+
+    // A job whose exec fails exits non-zero and says why.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, job(&uniq("exit3"), "exit 3")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args([
+            "submit",
+            "--wait",
+            "--timeout-secs",
+            "90",
+            "--queue",
+            &spool,
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the exec failed"));
+}
+
+#[tokio::test]
+async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("rt").await;
+    let mut tap = Tap::new(&url).await;
+    let _agent = Agent::start(dir.path(), &uniq("amqp-rt"), &url, "", &[]);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let since = now_secs();
+    let marker = uniq("m");
+    let (a, b) = (uniq("a"), uniq("b"));
+    submit(
+        client.as_ref(),
+        &a,
+        &job(&a, &format!("echo {marker} > $out")),
+    )
+    .await;
+    let e = tap.completed(&a).await;
+    assert_eq!(
+        output(&e),
+        (sha256sum(format!("{marker}\n").as_bytes()), true, false)
+    );
+    assert_eq!(e.correlation_id, None);
+    // Another command with the identical exec: the stored result, no container.
+    submit(
+        client.as_ref(),
+        &b,
+        &job(&b, &format!("echo {marker} > $out")),
+    )
+    .await;
+    let e = tap.completed(&b).await;
+    assert_eq!(
+        output(&e),
+        (sha256sum(format!("{marker}\n").as_bytes()), true, true)
+    );
+    assert_eq!(containers_created(&a, since), 1);
+    assert_eq!(containers_created(&b, since), 0);
+    tap.until("agent.heartbeat", |e| e.body.kind() == "agent.heartbeat")
+        .await;
+}
+
+#[tokio::test]
+async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = uniq("jobs");
+    let url = format!("sqs://{name}?create=true");
+    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
+        .await
+        .unwrap();
+    let mut events = Events::new(&client).await;
+    let _agent = Agent::start(dir.path(), &uniq("sqs"), &url, "", &[]);
+    client.submit("poison", b"{not json").await.unwrap();
+    let unknown = br#"{"v":1,"id":"p-2","kind":"exec.teleport"}"#;
+    client.submit("p-2", unknown).await.unwrap();
+    let a = uniq("a");
+    client
+        .submit(&a, &job(&a, "printf sqs > $out"))
+        .await
+        .unwrap();
+    let e = events.completed(&a).await;
+    assert_eq!(output(&e), (sha256sum(b"sqs"), true, false));
+    let rejected = events
+        .until("command.rejected p-2", |e| {
+            e.body.kind() == "command.rejected" && e.command.as_deref() == Some("p-2")
+        })
+        .await;
+    let EventBody::CommandRejected { error, .. } = &rejected.body else {
+        unreachable!()
+    };
+    assert!(
+        error.to_string().contains("unknown command kind"),
+        "{error}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let d = client.dead_letters(10).await.unwrap();
+        if d.len() >= 2 || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(dead.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("not a command envelope")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("exec.teleport")),
+        "{reasons:?}"
+    );
+    // The operator's view through the CLI; listing leaves them in place.
+    let out = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args(["dlq", "list", "--queue", &url])
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("\"p-2\""), "{text}");
+}
+
+#[tokio::test]
+async fn amqp_duplicate_delivery_runs_one_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("dup").await;
+    let mut tap = Tap::new(&url).await;
+    let _agent = Agent::start(dir.path(), &uniq("amqp-dup"), &url, "", &[]);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let since = now_secs();
+    let a = uniq("dup");
+    let body = job(&a, "sleep 2; echo once > $out");
+    for _ in 0..3 {
+        submit(client.as_ref(), &a, &body).await;
+    }
+    let e = tap.completed(&a).await;
+    assert_eq!(output(&e).0, sha256sum(b"once\n"));
+    // A late duplicate, after completion, replays the outcome with the same event id.
+    submit(client.as_ref(), &a, &body).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tap.seen.extend(tap::drain(AMQP, &tap.ns).await);
+    let ids = tap.count(&a, "exec.completed");
+    assert!(!ids.is_empty());
+    assert!(ids.iter().all(|i| *i == ids[0]), "one event id: {ids:?}");
+    assert_eq!(containers_created(&a, since), 1);
+}
+
+#[tokio::test]
+async fn amqp_kill9_mid_exec_then_restart_completes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("k9").await;
+    let mut tap = Tap::new(&url).await;
+    let name = uniq("amqp-k9");
+    let mut agent = Agent::start(dir.path(), &name, &url, "", &[]);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let since = now_secs();
+    let a = uniq("k9");
+    submit(
+        client.as_ref(),
+        &a,
+        &job(&a, "sleep 3; echo survived > $out"),
+    )
+    .await;
+    tap.until("exec.state running", |e| {
+        e.command.as_deref() == Some(a.as_str()) && e.body.kind() == "exec.state"
+    })
+    .await;
+    agent.signal("-KILL");
+    agent.wait(Duration::from_secs(10));
+    let _agent = Agent::start(dir.path(), &name, &url, "", &[]);
+    let e = tap.completed(&a).await;
+    assert_eq!(output(&e), (sha256sum(b"survived\n"), true, false));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tap.seen.extend(tap::drain(AMQP, &tap.ns).await);
+    let ids = tap.count(&a, "exec.completed");
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert_eq!(containers_created(&a, since), 1, "re-attached, not re-run");
+}
+
+#[tokio::test]
+async fn amqp_broker_restart_mid_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("restart").await;
+    let mut tap = Tap::new(&url).await;
+    let _agent = Agent::start(dir.path(), &uniq("amqp-restart"), &url, "", &[]);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let since = now_secs();
+    let a = uniq("before");
+    submit(client.as_ref(), &a, &job(&a, "sleep 4; echo a > $out")).await;
+    tap.until("exec.state running", |e| {
+        e.command.as_deref() == Some(a.as_str()) && e.body.kind() == "exec.state"
+    })
+    .await;
+    for args in [["stop_app"], ["start_app"]] {
+        let st = Command::new("rabbitmqctl").args(args).status().unwrap();
+        assert!(st.success());
+    }
+    let st = Command::new("rabbitmqctl")
+        .args(["await_startup"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Events of the running job are published once the agent reconnects, and new work flows.
+    let b = uniq("after");
+    submit(client.as_ref(), &b, &job(&b, "echo b > $out")).await;
+    assert_eq!(output(&tap.completed(&a).await).0, sha256sum(b"a\n"));
+    assert_eq!(output(&tap.completed(&b).await).0, sha256sum(b"b\n"));
+    assert_eq!(containers_created(&a, since), 1);
+}
+
+#[tokio::test]
+async fn amqp_sigterm_drain_hands_back_unstarted_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("drain").await;
+    let mut tap = Tap::new(&url).await;
+    let limits = "max_jobs = 1\nprefetch = 3\ndrain_grace_secs = 60\n";
+    let mut first = Agent::start(dir.path(), &uniq("drain-1"), &url, limits, &[]);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let ids: Vec<String> = (0..3).map(|i| uniq(&format!("d{i}"))).collect();
+    for id in &ids {
+        submit(
+            client.as_ref(),
+            id,
+            &job(id, &format!("sleep 2; echo {id} > $out")),
+        )
+        .await;
+    }
+    tap.until("a job running", |e| e.body.kind() == "exec.state")
+        .await;
+    first.signal("-TERM");
+    let st = first.wait(Duration::from_secs(60));
+    assert!(st.success(), "{st:?}");
+    let logs = first.logs();
+    assert!(logs.contains("prefetched commands handed back"), "{logs}");
+    tap.until("agent.stopped", |e| e.body.kind() == "agent.stopped")
+        .await;
+    let draining = tap
+        .seen
+        .iter()
+        .position(|e| e.body.kind() == "agent.draining")
+        .expect("agent.draining");
+    let done_by_first: Vec<&String> = ids
+        .iter()
+        .filter(|id| {
+            tap.seen
+                .iter()
+                .any(|e| e.command.as_ref() == Some(*id) && e.body.kind() == "exec.completed")
+        })
+        .collect();
+    assert_eq!(
+        done_by_first.len(),
+        1,
+        "only the running job finished: {done_by_first:?}"
+    );
+    assert!(draining < tap.seen.len());
+    // The handed-back jobs run on the next agent.
+    let _second = Agent::start(dir.path(), &uniq("drain-2"), &url, limits, &[]);
+    for id in &ids {
+        let e = tap.completed(id).await;
+        assert_eq!(output(&e).0, sha256sum(format!("{id}\n").as_bytes()));
+    }
+}
+
+#[tokio::test]
+async fn amqp_two_agents_share_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("share").await;
+    let mut tap = Tap::new(&url).await;
+    let limits = "max_jobs = 1\nprefetch = 1\n";
+    let (n1, n2) = (uniq("share-1"), uniq("share-2"));
+    let _a1 = Agent::start(dir.path(), &n1, &url, limits, &[]);
+    let _a2 = Agent::start(dir.path(), &n2, &url, limits, &[]);
+    // Both consume before the work arrives.
+    for n in [&n1, &n2] {
+        tap.until("agent.started", |e| {
+            e.body.kind() == "agent.started" && e.agent == *n
+        })
+        .await;
+    }
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let ids: Vec<String> = (0..6).map(|i| uniq(&format!("s{i}"))).collect();
+    for id in &ids {
+        submit(
+            client.as_ref(),
+            id,
+            &job(id, &format!("sleep 1; echo {id} > $out")),
+        )
+        .await;
+    }
+    let mut agents = std::collections::BTreeSet::new();
+    for id in &ids {
+        agents.insert(tap.completed(id).await.agent);
+    }
+    assert_eq!(
+        agents,
+        [n1, n2].into_iter().collect(),
+        "both agents ran jobs"
+    );
+}
+
+#[test]
+fn signed_commands_only_when_the_agent_has_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let spool = format!("spool://{}", spool_dir.display());
+    let key = "k3y-for-tests";
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("signed"),
+        &spool,
+        "",
+        &[("REFLOW_AGENT_HMAC_KEY", key)],
+    );
+    let submit = |id: &str, key: Option<&str>| {
+        let file = dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, job(id, "echo signed > $out")).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
+        c.args([
+            "submit",
+            "--wait",
+            "--timeout-secs",
+            "90",
+            "--queue",
+            &spool,
+        ])
+        .arg(&file)
+        .env_remove("REFLOW_AGENT_HMAC_KEY");
+        if let Some(k) = key {
+            c.env("REFLOW_AGENT_HMAC_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    let unsigned = submit(&uniq("unsigned"), None);
+    assert!(!unsigned.status.success());
+    assert!(
+        String::from_utf8_lossy(&unsigned.stdout).contains("not signed"),
+        "{}",
+        String::from_utf8_lossy(&unsigned.stdout)
+    );
+    let wrong = submit(&uniq("wrong"), Some("another-key"));
+    assert!(String::from_utf8_lossy(&wrong.stdout).contains("bad command signature"));
+    let signed = submit(&uniq("signed"), Some(key));
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    // Both rejected commands are in the dead-letter directory with their reasons.
+    let dead: Vec<_> = std::fs::read_dir(spool_dir.join("dead"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".reason.json"))
+        .collect();
+    assert_eq!(dead.len(), 2);
+}
