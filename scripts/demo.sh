@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
-# The quick-start demo on the embedded default, with nothing but Docker needed.
-#
-# Final shape (once the executor and the spool queue exist): make sure a Docker engine is
-# reachable, build the offline test image, start the agent on a spool:// queue with a local file
-# repository, submit a sample job and print its result manifest.
-#
-# What it does today (no queue yet): the Docker engine and test image; a source repository with
-# a sample input tree; then one exec on the executor that reads those inputs, and its result and
-# manifest. See README.md, "Status".
+# The quick-start demo on the embedded default, with nothing but Docker needed: make sure a
+# Docker engine is reachable, build the offline test image, ingest a sample input tree into a
+# file repository, start the agent on a spool:// queue with that repository, submit a job over
+# those inputs with `submit --wait`, and print its exec.completed event, output and manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[demo] %s\n' "$*" >&2; }
@@ -30,28 +25,30 @@ log "ingesting $state/inputs into the source repository $state/source"
 "$bin" --log-format text repo --dir "$state/source" ingest "$state/inputs" >"$state/inputs.fileset.json"
 "$bin" --log-format text repo --dir "$state/source" verify
 
-# A Reflow ExecConfig whose one input is that fileset.
+log "starting the agent: queue spool://$state/spool, repository file://$state/source"
+"$bin" --log-format text serve --state-dir "$state/agent" --queue "spool://$state/spool" \
+  --repository "file://$state/source" 2>"$state/agent.log" &
+agent=$!
+trap 'kill -TERM $agent 2>/dev/null; wait $agent 2>/dev/null || true' EXIT
+
+# A job whose exec (a Reflow ExecConfig) reads that fileset from the agent's repository.
 python3 - "$state" "$image" <<'PY'
-import json, sys
+import json, os, sys
 state, image = sys.argv[1], sys.argv[2]
 inputs = json.load(open(f"{state}/inputs.fileset.json"))
-config = {
-    "Type": "exec", "Ident": "demo.count", "Image": image,
-    "Cmd": "cd %s && wc -c reads/*.fq regions.bed | sort > $out",
-    "Args": [{"Out": False, "Fileset": inputs, "Index": 0}],
-    "Resources": {"mem": 64 << 20, "cpu": 1},
-}
-json.dump(config, open(f"{state}/exec.json", "w"), indent=2)
+job = {"v": 1, "id": "demo-" + os.path.basename(state), "kind": "job", "correlation_id": "demo",
+       "body": {"config": {
+           "Type": "exec", "Ident": "demo.count", "Image": image,
+           "Cmd": "cd %s && wc -c reads/*.fq regions.bed | sort > $out",
+           "Args": [{"Out": False, "Fileset": inputs, "Index": 0}],
+           "Resources": {"mem": 64 << 20, "cpu": 1}}}}
+json.dump(job, open(f"{state}/job.json", "w"), indent=2)
 PY
-id=$(sha256sum "$state/exec.json" | cut -c1-64)
-log "running exec $id on the executor in $state/alloc"
-"$bin" --log-format text exec --dir "$state/alloc" --id "$id" --config "$state/exec.json" \
-  --inputs-from "file://$state/source" --promote | tee "$state/result.json"
-out=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Fileset"]["Fileset"]["."]["ID"])' "$state/result.json")
-log "output $out:"
-"$bin" repo --dir "$state/alloc/objects" cat "$out"
-log "manifest ($state/alloc/execs/$id/manifest.json):"
-python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m["Docker"]="(docker inspect, elided)"; print(json.dumps(m, indent=2))' \
-  "$state/alloc/execs/$id/manifest.json"
-log "done; state is in $state"
-log "not yet: submitting the job through a spool:// queue to a running agent (queue control plane)"
+log "submitting $state/job.json to spool://$state/spool and waiting for exec.completed"
+"$bin" --log-format text submit --wait --queue "spool://$state/spool" "$state/job.json" | tee "$state/completed.json"
+read -r out exec alloc < <(python3 -c 'import json,sys; e=json.load(open(sys.argv[1])); print(e["body"]["result"]["Fileset"]["Fileset"]["."]["ID"], e["exec"], e["alloc"])' "$state/completed.json")
+log "output $out, from the repository the job sent it to:"
+"$bin" repo --dir "$state/source" cat "$out"
+log "manifest of $exec, read offline from the agent's state directory:"
+"$bin" inspect --dir "$state/agent" "$exec"
+log "done; state is in $state (agent log: $state/agent.log)"
