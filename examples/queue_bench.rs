@@ -25,7 +25,11 @@ fn run_id() -> String {
     format!("{:x}", now.timestamp_nanos_opt().unwrap_or(0))
 }
 
-async fn wait_for(watch: &mut Box<dyn EventWatch>, n: usize, pred: impl Fn(&Event) -> bool) -> anyhow::Result<()> {
+async fn wait_for(
+    watch: &mut Box<dyn EventWatch>,
+    n: usize,
+    pred: impl Fn(&Event) -> bool,
+) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
     while seen.len() < n {
         let e = watch.next().await?;
@@ -54,7 +58,8 @@ async fn jobs(url: &str, n: usize, image: &str) -> anyhow::Result<f64> {
     }
     let prefix = format!("bench-{run}-");
     wait_for(&mut watch, n, |e| {
-        e.body.kind() == "exec.completed" && e.command.as_deref().is_some_and(|c| c.starts_with(&prefix))
+        e.body.kind() == "exec.completed"
+            && e.command.as_deref().is_some_and(|c| c.starts_with(&prefix))
     })
     .await?;
     Ok(start.elapsed().as_secs_f64())
@@ -72,7 +77,9 @@ async fn requests(url: &str, n: usize) -> anyhow::Result<f64> {
         let e = watch.next().await?;
         if e.command.as_deref() == Some(new_id.as_str()) {
             match e.body {
-                EventBody::CommandResult { value, error: None, .. } => {
+                EventBody::CommandResult {
+                    value, error: None, ..
+                } => {
                     break value["ID"].as_str().unwrap_or_default().to_string();
                 }
                 other => anyhow::bail!("alloc.new failed: {other:?}"),
@@ -87,7 +94,8 @@ async fn requests(url: &str, n: usize) -> anyhow::Result<f64> {
     }
     let prefix = format!("bench-inspect-{run}-");
     wait_for(&mut watch, n, |e| {
-        e.body.kind() == "command.result" && e.command.as_deref().is_some_and(|c| c.starts_with(&prefix))
+        e.body.kind() == "command.result"
+            && e.command.as_deref().is_some_and(|c| c.starts_with(&prefix))
     })
     .await?;
     Ok(start.elapsed().as_secs_f64())
@@ -97,24 +105,48 @@ async fn requests(url: &str, n: usize) -> anyhow::Result<f64> {
 /// that acks and publishes a confirmed reply, a reader of replies.
 async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
     let run = run_id();
-    let (rq, pq) = (format!("bench.echo.req.{run}"), format!("bench.echo.rep.{run}"));
+    let (rq, pq) = (
+        format!("bench.echo.req.{run}"),
+        format!("bench.echo.rep.{run}"),
+    );
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let pubch = conn.create_channel().await?;
-    pubch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    let temp = QueueDeclareOptions { auto_delete: true, ..durable };
-    pubch.queue_declare(&rq, temp, FieldTable::default()).await?;
-    pubch.queue_declare(&pq, temp, FieldTable::default()).await?;
+    pubch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let temp = QueueDeclareOptions {
+        auto_delete: true,
+        ..durable
+    };
+    pubch
+        .queue_declare(&rq, temp, FieldTable::default())
+        .await?;
+    pubch
+        .queue_declare(&pq, temp, FieldTable::default())
+        .await?;
     // The echo server.
     let srv = conn.create_channel().await?;
     srv.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut reqs = srv.basic_consume(&rq, "echo", BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut reqs = srv
+        .basic_consume(
+            &rq,
+            "echo",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let server = tokio::spawn({
         let (srv, pq) = (srv.clone(), pq.clone());
         async move {
             while let Some(Ok(d)) = reqs.next().await {
                 let props = BasicProperties::default().with_delivery_mode(2);
-                srv.basic_publish("", &pq, BasicPublishOptions::default(), &d.data, props).await?.await?;
+                srv.basic_publish("", &pq, BasicPublishOptions::default(), &d.data, props)
+                    .await?
+                    .await?;
                 d.acker.ack(BasicAckOptions::default()).await?;
             }
             Ok::<_, lapin::Error>(())
@@ -122,18 +154,34 @@ async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
     });
     let readch = conn.create_channel().await?;
     let mut reps = readch
-        .basic_consume(&pq, "reader", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            &pq,
+            "reader",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     let start = Instant::now();
     for i in 0..n {
         let props = BasicProperties::default().with_delivery_mode(2);
         pubch
-            .basic_publish("", &rq, BasicPublishOptions::default(), format!("{i}").as_bytes(), props)
+            .basic_publish(
+                "",
+                &rq,
+                BasicPublishOptions::default(),
+                format!("{i}").as_bytes(),
+                props,
+            )
             .await?
             .await?;
     }
     for _ in 0..n {
-        reps.next().await.ok_or_else(|| anyhow::anyhow!("replies ended"))??;
+        reps.next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("replies ended"))??;
     }
     let secs = start.elapsed().as_secs_f64();
     server.abort();
@@ -154,6 +202,9 @@ async fn main() -> anyhow::Result<()> {
         "echo" => echo(url, n).await?,
         _ => anyhow::bail!(usage),
     };
-    println!("{}", serde_json::json!({"mode": mode, "n": n, "seconds": secs}));
+    println!(
+        "{}",
+        serde_json::json!({"mode": mode, "n": n, "seconds": secs})
+    );
     Ok(())
 }

@@ -306,20 +306,21 @@ impl Config {
         if self.taskdb.create_table && self.taskdb.table.is_none() {
             bad("taskdb.create_table", "needs taskdb.table");
         }
-        let url = self.queue_url();
-        if !["amqp://", "amqps://", "sqs://", "spool:///"]
-            .iter()
-            .any(|p| url.starts_with(p))
+        // Defaults derive from agent.state_dir, already checked; only given URLs are checked.
+        if let Some(url) = &self.queue.url
+            && !["amqp://", "amqps://", "sqs://", "spool:///"]
+                .iter()
+                .any(|p| url.starts_with(p))
         {
             bad(
                 "queue.url",
                 "must be amqp://..., sqs://NAME or spool:///ABSOLUTE/DIR",
             );
         }
-        if !self
-            .repository_url()
-            .strip_prefix("file://")
-            .is_some_and(|p| p.starts_with('/'))
+        if let Some(url) = &self.repository.url
+            && !url
+                .strip_prefix("file://")
+                .is_some_and(|p| p.starts_with('/'))
         {
             bad("repository.url", "must be file:///ABSOLUTE/DIR");
         }
@@ -421,7 +422,7 @@ mod tests {
             "{msg}"
         );
         let c = Config::parse(
-            "[agent]\nstate_dir = \"relative\"\nidle_exit_after_secs = 0\n[executor]\nnetwork_mode = \"bridge\"\n[taskdb]\ncreate_table = true\n",
+            "[agent]\nstate_dir = \"relative\"\nidle_exit_after_secs = 0\n[executor]\nnetwork_mode = \"bridge\"\n[taskdb]\ncreate_table = true\n[queue]\nurl = \"http://x\"\n[repository]\nurl = \"s3://b\"\n[security]\nimage_allowlist = [\"\"]\n",
             Path::new("x"),
         )
         .unwrap();
@@ -439,7 +440,10 @@ mod tests {
                 "agent.state_dir",
                 "agent.idle_exit_after_secs",
                 "executor.network_mode",
-                "taskdb.create_table"
+                "taskdb.create_table",
+                "queue.url",
+                "repository.url",
+                "security.image_allowlist"
             ]
         );
     }

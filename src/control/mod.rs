@@ -929,10 +929,10 @@ impl Inner {
                         && !self.draining.is_cancelled() =>
                 {
                     tracing::warn!(error = %e, attempt, "Job step failed; retrying.");
-                    if let Some(a) = &entry.alloc {
-                        if let Ok(a) = self.pool.alloc(a).await {
-                            let _ = a.executor().remove(&exec_id).await;
-                        }
+                    if let Some(a) = &entry.alloc
+                        && let Ok(a) = self.pool.alloc(a).await
+                    {
+                        let _ = a.executor().remove(&exec_id).await;
                     }
                     tokio::time::sleep(delay).await;
                     delay *= 2;

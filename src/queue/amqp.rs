@@ -362,17 +362,17 @@ impl CommandSource for AmqpSource {
             if self.settings.close.is_cancelled() {
                 return Ok(None);
             }
-            if self.consumer.is_none() {
-                if let Err(e) = self.consume().await {
-                    tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "AMQP connection failed; reconnecting.");
-                    let wait = self.backoff;
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
-                    tokio::select! {
-                        () = self.settings.close.cancelled() => return Ok(None),
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                    continue;
+            if self.consumer.is_none()
+                && let Err(e) = self.consume().await
+            {
+                tracing::warn!(error = %e, retry_in_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX), "AMQP connection failed; reconnecting.");
+                let wait = self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                tokio::select! {
+                    () = self.settings.close.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(wait) => {}
                 }
+                continue;
             }
             let Some((_, _, shared, mine)) = self.consumer.as_mut() else {
                 continue;
@@ -698,12 +698,11 @@ fn reason_of(props: &BasicProperties) -> String {
         return s.to_string();
     }
     // Dead-lettered by the broker itself (e.g. over the delivery limit): x-death names why.
-    if let Some(AMQPValue::FieldArray(a)) = inner.get("x-death") {
-        if let Some(AMQPValue::FieldTable(t)) = a.as_slice().first() {
-            if let Some(AMQPValue::LongString(r)) = t.inner().get("reason") {
-                return format!("broker: {r}");
-            }
-        }
+    if let Some(AMQPValue::FieldArray(a)) = inner.get("x-death")
+        && let Some(AMQPValue::FieldTable(t)) = a.as_slice().first()
+        && let Some(AMQPValue::LongString(r)) = t.inner().get("reason")
+    {
+        return format!("broker: {r}");
     }
     String::new()
 }

@@ -292,6 +292,13 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
     Err(QueueError::Url { url: display })
 }
 
+/// Where events go.
+#[async_trait]
+pub trait EventSink: Send + Sync + fmt::Debug {
+    /// Publishes `event` durably (an event with an id already published is not duplicated).
+    async fn publish(&self, event: &Event) -> Result<(), QueueError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,11 +312,4 @@ mod tests {
         assert_eq!(redact("sqs://jobs"), "sqs://jobs");
         assert_eq!(redact("spool:///var/spool/x"), "spool:///var/spool/x");
     }
-}
-
-/// Where events go.
-#[async_trait]
-pub trait EventSink: Send + Sync + fmt::Debug {
-    /// Publishes `event` durably (an event with an id already published is not duplicated).
-    async fn publish(&self, event: &Event) -> Result<(), QueueError>;
 }

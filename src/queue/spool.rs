@@ -403,10 +403,10 @@ impl super::EventWatch for SpoolWatch {
                 .collect();
             names.sort();
             for n in names {
-                if self.seen.insert(n.clone()) {
-                    if let Ok(e) = persist::read_json::<Event>(&self.dir.join(&n), 16 << 20) {
-                        self.ready.push_back(e);
-                    }
+                if self.seen.insert(n.clone())
+                    && let Ok(e) = persist::read_json::<Event>(&self.dir.join(&n), 16 << 20)
+                {
+                    self.ready.push_back(e);
                 }
             }
             if self.ready.is_empty() {

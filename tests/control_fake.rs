@@ -1,0 +1,246 @@
+//! Component tests of the control plane on the fake container runtime and a spool queue:
+//! requests and their journaled replays, a job and its duplicates, rejections, the stored result
+//! of an identical exec, and a drain that hands back work not started.
+#![cfg(feature = "test-util")]
+// Every function in an integration-test crate is a test; the lint is for src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reflow_agent::clock::SystemClock;
+use reflow_agent::control::security::Policy;
+use reflow_agent::control::{Control, ControlConfig, job_alloc_id};
+use reflow_agent::digest::Digest;
+use reflow_agent::docker::ContainerSpec;
+use reflow_agent::docker::fake::{FakeExit, FakeRuntime};
+use reflow_agent::executor::ExecutorConfig;
+use reflow_agent::pool::{Pool, PoolConfig};
+use reflow_agent::protocol::{Event, EventBody};
+use reflow_agent::queue::spool::Spool;
+use reflow_agent::queue::{Client, EventWatch, SettlePolicy};
+use reflow_agent::taskdb::NoopTaskDb;
+use tokio_util::sync::CancellationToken;
+
+const IMAGE: &str = "fake/image:1";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    spool: Spool,
+    fake: Arc<FakeRuntime>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    watch: Box<dyn EventWatch>,
+    seen: Vec<Event>,
+}
+
+async fn start(runtime_ms: u64, max_jobs: usize) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new(
+        &[IMAGE],
+        Arc::new(move |_: &ContainerSpec| FakeExit {
+            outputs: vec![("default".into(), b"out".to_vec())],
+            runtime: Duration::from_millis(runtime_ms),
+            ..FakeExit::default()
+        }),
+        Arc::new(SystemClock),
+    );
+    let state = dir.path().join("state");
+    let pool = Pool::start(
+        PoolConfig {
+            id: "fake-agent".into(),
+            dir: state.clone(),
+            executor: ExecutorConfig::new("template", &state),
+            expected_usable_mem: 0.0,
+        },
+        fake.clone(),
+        Arc::new(SystemClock),
+        Arc::new(NoopTaskDb),
+    )
+    .await
+    .unwrap();
+    let (spool, returned) = Spool::open(dir.path().join("spool")).unwrap();
+    let stop = CancellationToken::new();
+    let control = Control::new(
+        ControlConfig {
+            agent_id: "fake-agent".into(),
+            state_dir: state.clone(),
+            repository: format!("file://{}", state.join("repository").display()),
+            max_jobs,
+            prefetch: 2,
+            max_deliveries: 3,
+            drain_grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(3600),
+            lease: Duration::from_secs(30),
+            job_attempts: 2,
+            retry_base: Duration::from_millis(10),
+            security: Policy::default(),
+        },
+        pool,
+        Arc::new(SystemClock),
+        Arc::new(spool.sink()),
+        SettlePolicy::OnOutcome,
+    )
+    .unwrap();
+    let source = spool.source(Duration::from_millis(5), stop.clone(), returned);
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move { control.run(Box::new(source), stop).await })
+    };
+    let watch = Client::watch(&spool, None).await.unwrap();
+    Harness {
+        _dir: dir,
+        spool,
+        fake,
+        stop,
+        task,
+        watch,
+        seen: Vec::new(),
+    }
+}
+
+impl Harness {
+    fn send(&self, v: serde_json::Value) {
+        let id = v["id"].as_str().unwrap_or("x").to_string();
+        self.spool
+            .submit(
+                &format!(
+                    "{:04}-{id}",
+                    self.spool.list("incoming").len() + self.seen.len()
+                ),
+                &serde_json::to_vec(&v).unwrap(),
+            )
+            .unwrap();
+    }
+
+    async fn until(&mut self, pred: impl Fn(&Event) -> bool) -> Event {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let e = self.watch.next().await.unwrap();
+                self.seen.push(e.clone());
+                if pred(&e) {
+                    return e;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out; seen {:?}", self.kinds()))
+    }
+
+    async fn outcome(&mut self, id: &str, kind: &str) -> Event {
+        self.until(|e| e.command.as_deref() == Some(id) && e.body.kind() == kind)
+            .await
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .map(|e| format!("{} {:?}", e.body.kind(), e.command))
+            .collect()
+    }
+
+    /// Stops (draining) and returns the spool, with the directory that keeps it alive.
+    async fn stop(self) -> (Spool, tempfile::TempDir) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        (self.spool, self._dir)
+    }
+}
+
+fn job(id: &str, cmd: &str) -> serde_json::Value {
+    serde_json::json!({"v": 1, "id": id, "kind": "job", "body": {"config": {
+        "Type": "exec", "Image": IMAGE, "Cmd": cmd, "Resources": {"mem": 1048576, "cpu": 0.1}}}})
+}
+
+fn result_of(e: &Event) -> (Option<Digest>, bool) {
+    match &e.body {
+        EventBody::ExecCompleted { result, cached, .. } => {
+            assert!(result.err.is_none(), "{:?}", result.err);
+            (result.fileset.files().first().map(|f| f.id), *cached)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_job_its_duplicates_and_an_identical_exec_run_one_container() {
+    let mut h = start(300, 2).await;
+    h.send(job("j-1", "echo a > $out"));
+    h.send(job("j-1", "echo a > $out"));
+    let first = h.outcome("j-1", "exec.completed").await;
+    assert_eq!(result_of(&first), (Some(Digest::of(b"out")), false));
+    // The duplicate was attached and settled with the job; a late one replays.
+    h.send(job("j-1", "echo a > $out"));
+    // A different command with the identical exec gets the stored result.
+    h.send(job("j-2", "echo a > $out"));
+    let second = h.outcome("j-2", "exec.completed").await;
+    assert_eq!(result_of(&second), (Some(Digest::of(b"out")), true));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.fake.count("create"), 1, "{:?}", h.fake.calls());
+    let (spool, _dir) = h.stop().await;
+    assert!(spool.list("incoming").is_empty() && spool.list("processing").is_empty());
+    let started = spool.list("events").len();
+    assert!(
+        started >= 5,
+        "started, running, completed x2, freed, stopped..."
+    );
+}
+
+#[tokio::test]
+async fn requests_reply_and_state_changes_replay_on_redelivery() {
+    let mut h = start(10, 2).await;
+    let new = serde_json::json!({"v": 1, "id": "new-1", "kind": "alloc.new", "correlation_id": "c-9",
+        "body": {"meta": {"Want": {"mem": 1048576, "cpu": 0.1}, "Owner": "t"}}});
+    h.send(new.clone());
+    let e = h.outcome("new-1", "command.result").await;
+    let EventBody::CommandResult { value, error, .. } = &e.body else {
+        unreachable!()
+    };
+    assert!(error.is_none());
+    assert_eq!(value["ID"], job_alloc_id("new-1"));
+    assert_eq!(e.correlation_id.as_deref(), Some("c-9"));
+    // The same command again: the same reply (same event id), no second alloc.
+    h.send(new);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<&String> = h
+        .seen
+        .iter()
+        .filter(|x| x.command.as_deref() == Some("new-1"))
+        .map(|x| &x.id)
+        .collect();
+    assert!(ids.iter().all(|i| *i == ids[0]));
+    // A request for a missing alloc fails with a typed error, permanently.
+    h.send(serde_json::json!({"v": 1, "id": "insp-1", "kind": "alloc.inspect", "alloc": "0123456789abcdef"}));
+    let e = h.outcome("insp-1", "command.result").await;
+    let EventBody::CommandResult { error, .. } = &e.body else {
+        unreachable!()
+    };
+    assert!(error.is_some());
+    // Poison: rejected with a reason, dead-lettered, and the next command still runs.
+    h.spool.submit("0099-poison", b"\x00\x01garbage").unwrap();
+    h.send(serde_json::json!({"v": 1, "id": "offers-1", "kind": "offers"}));
+    h.outcome("offers-1", "command.result").await;
+    h.until(|e| e.body.kind() == "command.rejected").await;
+    let (spool, _dir) = h.stop().await;
+    assert_eq!(
+        spool.list("dead"),
+        ["0099-poison", "0099-poison.reason.json"]
+    );
+}
+
+#[tokio::test]
+async fn drain_hands_back_jobs_not_started() {
+    let mut h = start(1500, 1).await;
+    for i in 0..3 {
+        h.send(job(&format!("d-{i}"), &format!("echo {i} > $out")));
+    }
+    h.until(|e| e.body.kind() == "exec.state").await;
+    let (spool, _dir) = h.stop().await;
+    // One ran to completion within the grace period; the other two are back in incoming/.
+    let incoming = spool.list("incoming");
+    assert_eq!(incoming.len(), 2, "{incoming:?}");
+    assert!(spool.list("processing").is_empty());
+}
