@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
 # test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, the
-# integration tests against the real services (feature `integration`), and a short run of every
+# integration tests against the real services (feature `integration`), `systemd-analyze verify` of
+# the unit, and a short run of every
 # fuzz target (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it).
 #
 # This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
@@ -33,6 +34,8 @@ if [ "$fuzz_secs" -gt 0 ]; then
   step "fuzz (${fuzz_secs}s per target)"
   bash scripts/fuzz.sh "$fuzz_secs"
 fi
+step "systemd unit"
+bash scripts/check-systemd.sh
 # Last, so the runner's summary closes the output. (The crate has no doctests.)
 step "tests (unit, component, integration)"
 if cargo nextest --version >/dev/null 2>&1; then

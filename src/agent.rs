@@ -53,6 +53,15 @@ pub enum AgentError {
     /// The control plane's state could not be opened.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// The admin listener could not bind.
+    #[error("admin listener on {addr}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The HMAC key file could not be read.
     #[error("read the HMAC key file {path}")]
     HmacKey {
@@ -89,6 +98,7 @@ impl Classify for AgentError {
             AgentError::Queue { source, .. } => source.kind(),
             AgentError::Control(e) => e.kind(),
             AgentError::HmacKey { source, .. } => source.kind(),
+            AgentError::Admin { .. } => Kind::Unavailable,
         }
     }
 }
@@ -163,7 +173,7 @@ pub async fn run(
         expected_usable_mem: cfg.agent.expected_usable_mem,
     };
     let agent_id = pool_cfg.id.clone();
-    let pool = Pool::start(pool_cfg, runtime, clock.clone(), taskdb).await?;
+    let pool = Pool::start(pool_cfg, runtime.clone(), clock.clone(), taskdb).await?;
     let queue_url = cfg.queue_url();
     let close = CancellationToken::new();
     let max_jobs = cfg.max_jobs();
@@ -182,7 +192,10 @@ pub async fn run(
         visibility: Duration::from_secs(or(cfg.queue.visibility_timeout_secs, 120)),
         aws: cfg.aws.clone(),
         close: close.clone(),
+        health: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let metrics = Arc::new(crate::admin::Metrics::default());
+    let notifier = crate::notify::Notifier::from_env();
     let backend = crate::queue::open(&queue_url, &settings)
         .await
         .map_err(|source| AgentError::Queue {
@@ -211,6 +224,8 @@ pub async fn run(
             allow_docker_socket: cfg.executor.allow_docker_socket,
             allow_aws_creds: cfg.executor.allow_aws_creds,
         },
+        metrics: metrics.clone(),
+        notifier: notifier.clone(),
     };
     let control = Control::new(
         control_cfg,
@@ -230,6 +245,25 @@ pub async fn run(
     );
 
     let cancel = CancellationToken::new();
+    if let Some(addr) = cfg.admin_listen() {
+        let st = crate::admin::AdminState {
+            agent_id: pool.name().to_string(),
+            metrics,
+            pool: pool.clone(),
+            runtime: runtime.clone(),
+            queue_ok: settings.health.clone(),
+            draining: control.draining(),
+            state_dir: cfg.agent.state_dir.clone(),
+            repo: cfg
+                .repository_url()
+                .strip_prefix("file://")
+                .map(std::path::PathBuf::from),
+        };
+        crate::admin::serve(addr, st, cancel.clone())
+            .await
+            .map_err(|source| AgentError::Admin { addr, source })?;
+    }
+    tokio::spawn(notifier.clone().watchdog_loop(cancel.clone()));
     let maintain = {
         let (pool, cancel) = (pool.clone(), cancel.clone());
         tokio::spawn(async move { pool.maintain_taskdb_row(cancel).await })

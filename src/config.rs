@@ -169,6 +169,23 @@ pub struct SecuritySection {
     pub max_resources: crate::resources::Resources,
 }
 
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/v1/status`);
+    /// `"off"` disables it. Default `127.0.0.1:9090`.
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -187,6 +204,8 @@ pub struct Config {
     pub repository: RepositorySection,
     /// `[security]`.
     pub security: SecuritySection,
+    /// `[admin]`.
+    pub admin: AdminSection,
 }
 
 /// Configuration problems.
@@ -330,6 +349,12 @@ impl Config {
                 "values must be finite and non-negative",
             );
         }
+        if self.admin.listen != "off" && self.admin_listen().is_none() {
+            bad(
+                "admin.listen",
+                "must be an address such as 127.0.0.1:9090, or \"off\"",
+            );
+        }
         if self.security.image_allowlist.iter().any(|p| p.is_empty()) {
             bad(
                 "security.image_allowlist",
@@ -337,6 +362,11 @@ impl Config {
             );
         }
         errs
+    }
+
+    /// The admin listener's address; `None` when it is off.
+    pub fn admin_listen(&self) -> Option<std::net::SocketAddr> {
+        self.admin.listen.parse().ok()
     }
 
     /// The queue URL, with its default.

@@ -28,6 +28,7 @@
 //! - [`cli`], [`telemetry`]: the command line and logging.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod aws;
 pub mod cgroup;
@@ -42,6 +43,7 @@ pub mod executor;
 pub mod fileset;
 pub mod manifest;
 pub mod model;
+pub mod notify;
 pub mod oom;
 pub mod par;
 pub mod persist;

@@ -310,6 +310,8 @@ pub struct Request {
     pub reply_to: Option<String>,
     /// Correlation id, if given.
     pub correlation_id: Option<String>,
+    /// When the producer sent it, if given.
+    pub time: Option<Time>,
     /// The command.
     pub command: Command,
 }
@@ -534,6 +536,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Request, ProtocolError> {
         id: env.id,
         reply_to: env.reply_to,
         correlation_id: env.correlation_id,
+        time: env.time,
         command,
     })
 }

@@ -75,6 +75,8 @@ async fn start(runtime_ms: u64, max_jobs: usize) -> Harness {
             job_attempts: 2,
             retry_base: Duration::from_millis(10),
             security: Policy::default(),
+            metrics: Default::default(),
+            notifier: Default::default(),
         },
         pool,
         Arc::new(SystemClock),

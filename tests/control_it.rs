@@ -39,7 +39,7 @@ impl Agent {
         std::fs::write(
             &cfg,
             format!(
-                "[agent]\nstate_dir = \"{}\"\npool_id = \"{name}\"\n[queue]\nurl = \"{queue}\"\nheartbeat_secs = 1\n{extra}",
+                "[agent]\nstate_dir = \"{}\"\npool_id = \"{name}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[queue]\nurl = \"{queue}\"\nheartbeat_secs = 1\n{extra}",
                 state.display()
             ),
         )
@@ -747,4 +747,160 @@ fn signed_commands_only_when_the_agent_has_a_key() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".reason.json"))
         .collect();
     assert_eq!(dead.len(), 2);
+}
+
+/// A TCP proxy to RabbitMQ that the test can cut and restore.
+struct Proxy {
+    port: u16,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                conns.spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                    }
+                });
+            }
+        });
+        Proxy { port, tasks }
+    }
+
+    /// Cuts every connection and stops listening.
+    async fn cut(mut self) -> u16 {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.port
+    }
+}
+
+/// GET `path` from the admin listener: (status code, body).
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let code = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The admin address an agent logged.
+async fn admin_addr(agent: &Agent) -> String {
+    for _ in 0..200 {
+        for line in agent.logs().lines() {
+            if line.contains("Admin listener up") {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                return v["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no admin listener; log:\n{}", agent.logs());
+}
+
+// Multi-threaded: the notify socket is read with blocking calls while the proxy serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(0).await;
+    let ns = uniq("admin");
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f?ns={ns}", proxy.port);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut tap = Tap::new(&format!("{AMQP}?ns={ns}")).await;
+    let mut agent = Agent::start(
+        dir.path(),
+        &uniq("admin"),
+        &url,
+        "",
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let recv = |want: &str| {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {want}: {e}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.starts_with(want) {
+                return msg;
+            }
+        }
+    };
+    recv("READY=1");
+    recv("WATCHDOG=1");
+    assert!(recv("STATUS=").contains("execs running"));
+    let addr = admin_addr(&agent).await;
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    let (code, body) = get(&addr, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+
+    let client = queue::client(&format!("{AMQP}?ns={ns}"), &Default::default())
+        .await
+        .unwrap();
+    let a = uniq("metrics");
+    submit(client.as_ref(), &a, &job(&a, "echo m > $out")).await;
+    tap.completed(&a).await;
+    let (code, m) = get(&addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for want in [
+        "reflow_commands_received_total{kind=\"job\"} 1",
+        "reflow_commands_acked_total{kind=\"job\"} 1",
+        "reflow_exec_duration_seconds_count 1",
+        "reflow_allocs 0",
+        "reflow_free_resources{resource=\"mem\"}",
+        "reflow_repository_objects 1",
+        "reflow_execs{state=\"running\"} 0",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+    let (_, status) = get(&addr, "/v1/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["draining"], false);
+
+    // The broker becomes unreachable: not ready, yet alive; back when it returns.
+    let port = proxy.cut().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(&addr, "/readyz").await;
+        if code == 503 {
+            assert!(body.contains("queue FAIL"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    let _proxy = Proxy::start(port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&addr, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.signal("-TERM");
+    recv("STOPPING=1");
+    assert!(agent.wait(Duration::from_secs(60)).success());
 }

@@ -48,7 +48,7 @@ async fn idle_exit_ends_the_pool_row() {
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nstate_dir = \"{}\"\npool_id = \"{pool_id}\"\nidle_exit_after_secs = 1\n\
+            "[agent]\nstate_dir = \"{}\"\npool_id = \"{pool_id}\"\nidle_exit_after_secs = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
              [taskdb]\ntable = \"{table}\"\ncreate_table = true\n",
             dir.path().join("state").display(),
@@ -73,7 +73,7 @@ fn sigterm_stops_serve_cleanly() {
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nstate_dir = \"{}\"\n",
+            "[agent]\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("state").display()
         ),
     )

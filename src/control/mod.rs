@@ -71,6 +71,10 @@ pub struct ControlConfig {
     pub retry_base: Duration,
     /// Admission policy.
     pub security: security::Policy,
+    /// Metrics the control plane counts into.
+    pub metrics: Arc<crate::admin::Metrics>,
+    /// systemd notifications (READY, STATUS, STOPPING).
+    pub notifier: crate::notify::Notifier,
 }
 
 /// Why the control plane could not start.
@@ -200,6 +204,11 @@ impl Control {
         })
     }
 
+    /// Cancelled once the control plane drains.
+    pub fn draining(&self) -> CancellationToken {
+        self.inner.draining.clone()
+    }
+
     /// Runs until `shutdown` fires (or the source closes), then drains; see the module docs.
     ///
     /// # Cancel safety
@@ -217,6 +226,7 @@ impl Control {
         );
         inner.emit(&[started]);
         let heartbeat = tokio::spawn(heartbeat_loop(inner.clone(), shutdown.clone()));
+        inner.cfg.notifier.notify("READY=1");
         loop {
             let intake = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -249,6 +259,7 @@ impl Control {
         }
         // Drain.
         tracing::info!(grace_secs = inner.cfg.drain_grace.as_secs(), "Draining.");
+        inner.cfg.notifier.notify("STOPPING=1");
         let draining = inner.agent_event("agent.draining", EventBody::AgentDraining {});
         inner.emit(&[draining]);
         inner.draining.cancel();
@@ -354,6 +365,7 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
             }
             let sig = a.executor().integrity_signal().borrow().clone();
             if sig.count > 0 && inner.first_report(&format!("integrity {} {}", a.id(), sig.count)) {
+                inner.cfg.metrics.integrity_error();
                 let mut e = inner.agent_event(
                     &format!("integrity {} {}", a.id(), sig.count),
                     EventBody::IntegrityError { detail: sig.last },
@@ -370,6 +382,10 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
             },
         );
         // Heartbeats are unique per run (they carry the time), so their ids are too.
+        inner.cfg.notifier.notify(&format!(
+            "STATUS=consuming; {} allocs, {running} execs running",
+            allocs.len()
+        ));
         hb.id = event_id(
             &format!("{} {}", inner.cfg.agent_id, crate::time::format(&now)),
             "agent.heartbeat",
@@ -447,9 +463,12 @@ impl Inner {
 
     async fn settle_later(&self, settle: Box<dyn Settle>, f: SettleAction) {
         let r = match f {
-            SettleAction::Ack => settle.ack().await,
+            SettleAction::Ack(_) => settle.ack().await,
             SettleAction::Requeue => settle.requeue().await,
         };
+        if let (Ok(()), SettleAction::Ack(kind)) = (&r, f) {
+            self.cfg.metrics.acked(kind);
+        }
         if let Err(e) = r {
             tracing::warn!(error = %e, "Settling a command failed; the broker will redeliver it and the journal dedupes it.");
         }
@@ -490,8 +509,12 @@ impl Inner {
             tracing::error!(error = %err, "Could not record the rejection; handing the command back.");
             return self.settle_later(settle, SettleAction::Requeue).await;
         }
-        if let Err(err) = settle.dead_letter(&e.to_string()).await {
-            tracing::warn!(error = %err, "Dead-lettering failed; the broker will redeliver it.");
+        match settle.dead_letter(&e.to_string()).await {
+            Ok(()) => self.cfg.metrics.rejected(e.kind, true),
+            Err(err) => {
+                self.cfg.metrics.rejected(e.kind, false);
+                tracing::warn!(error = %err, "Dead-lettering failed; the broker will redeliver it.");
+            }
         }
     }
 
@@ -548,11 +571,17 @@ impl Inner {
         let req = match decode_command(&body) {
             Ok(r) => r,
             Err(e) => {
+                self.cfg.metrics.received("undecodable", attempt > 1);
                 return self
                     .reject(settle, guess_id(&body), &Rejection::from(e))
                     .await;
             }
         };
+        self.cfg.metrics.received(req.command.kind(), attempt > 1);
+        if let Some(t) = req.time {
+            let lag = self.clock.now() - t;
+            self.cfg.metrics.lag(lag.num_milliseconds() as f64 / 1000.0);
+        }
         let span = tracing::info_span!("command", command_id = %req.id, kind = req.command.kind(), attempt);
         async move {
             if let Err(e) = self.cfg.security.admit(&body, &req.command) {
@@ -574,7 +603,7 @@ impl Inner {
                         tracing::warn!(error = %e, "Replaying an outcome failed; handing the command back.");
                         return self.settle_later(settle, SettleAction::Requeue).await;
                     }
-                    return self.settle_later(settle, SettleAction::Ack).await;
+                    return self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
                 }
                 Ok(Some(entry)) => {
                     let mut active = self.active.lock().await;
@@ -584,7 +613,7 @@ impl Inner {
                             SettlePolicy::OnOutcome => held.push(settle),
                             SettlePolicy::OnAccept => {
                                 drop(active);
-                                self.settle_later(settle, SettleAction::Ack).await;
+                                self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
                             }
                         }
                         return;
@@ -662,7 +691,8 @@ impl Inner {
                 tracing::warn!(error = %e, "Journaling the outcome failed; a redelivery runs it again.");
             }
         }
-        self.settle_later(settle, SettleAction::Ack).await;
+        self.settle_later(settle, SettleAction::Ack(req.command.kind()))
+            .await;
     }
 
     /// Runs a request command: its reply value, and events it causes besides the reply.
@@ -822,7 +852,7 @@ impl Inner {
         drop(intake);
         let held = match self.settle_policy {
             SettlePolicy::OnAccept => {
-                self.settle_later(settle, SettleAction::Ack).await;
+                self.settle_later(settle, SettleAction::Ack("job")).await;
                 Vec::new()
             }
             SettlePolicy::OnOutcome => vec![settle],
@@ -852,7 +882,22 @@ impl Inner {
                 }
             })
         });
+        let started = self.clock.now();
         let mut events = self.job_outcome(&req, &spec, &mut entry).await;
+        let oom = match (&entry.alloc, entry.exec) {
+            (Some(a), Some(x)) => match self.pool.alloc(a).await {
+                Ok(a) => a
+                    .executor()
+                    .get(&x)
+                    .ok()
+                    .and_then(|e| e.manifest().oom)
+                    .map(|o| format!("{:?}", o.source).to_lowercase()),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let took = (self.clock.now() - started).num_milliseconds() as f64 / 1000.0;
+        self.cfg.metrics.exec_done(took, oom.as_deref());
         if let Some(x) = extender {
             x.abort();
         }
@@ -873,7 +918,7 @@ impl Inner {
         }
         let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
         for s in held {
-            self.settle_later(s, SettleAction::Ack).await;
+            self.settle_later(s, SettleAction::Ack("job")).await;
         }
         if let Some(alloc) = &entry.alloc {
             match self.pool.free(alloc).await {
@@ -1066,7 +1111,8 @@ impl Drop for AbortOnDrop {
 
 #[derive(Debug, Clone, Copy)]
 enum SettleAction {
-    Ack,
+    /// Ack a command of this kind.
+    Ack(&'static str),
     Requeue,
 }
 

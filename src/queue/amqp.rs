@@ -332,6 +332,9 @@ impl AmqpSource {
         tracing::info!(queue = %self.topo.commands, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
         self.consumer = Some((conn, ch, shared, mine));
         self.backoff = Duration::from_millis(100);
+        self.settings
+            .health
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }
@@ -405,10 +408,16 @@ impl CommandSource for AmqpSource {
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "AMQP consumer failed; reconnecting.");
                     self.consumer = None;
+                    self.settings
+                        .health
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
                 }
                 None => {
                     tracing::warn!("AMQP consumer ended; reconnecting.");
                     self.consumer = None;
+                    self.settings
+                        .health
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
                 }
             }
         }

@@ -235,6 +235,8 @@ pub struct QueueSettings {
     pub aws: crate::aws::AwsSettings,
     /// Closes the source (drain).
     pub close: tokio_util::sync::CancellationToken,
+    /// Kept by the backend: whether it is connected and receiving (for `/readyz`).
+    pub health: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `url` without its password, for logs and errors.
@@ -260,6 +262,9 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
     let display = redact(url);
     if let Some(dir) = url.strip_prefix("spool://") {
         let (spool, returned) = spool::Spool::open(dir)?;
+        settings
+            .health
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         return Ok(Backend {
             source: Box::new(spool.source(
                 std::time::Duration::from_millis(100),

@@ -244,7 +244,21 @@ impl CommandSource for SqsSource {
                 .send();
             let out = tokio::select! {
                 () = self.settings.close.cancelled() => return Ok(None),
-                r = recv => r.map_err(sqs_err("receive"))?,
+                r = recv => r,
+            };
+            let out = match out {
+                Ok(o) => {
+                    self.settings
+                        .health
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    o
+                }
+                Err(e) => {
+                    self.settings
+                        .health
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    return Err(sqs_err("receive")(e));
+                }
             };
             self.buffer.extend(out.messages.unwrap_or_default());
         }
@@ -414,6 +428,9 @@ pub(super) async fn connect(
     let client = sdk_client(&settings.aws).await;
     let urls = resolve(&client, &names, settings.delivery_limit).await?;
     tracing::info!(queue = %names.commands, results = %names.results, dlq = %names.dlq, "SQS queues resolved.");
+    settings
+        .health
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     Ok((
         SqsSource {
             client: client.clone(),

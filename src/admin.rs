@@ -1,0 +1,388 @@
+//! The admin HTTP listener (127.0.0.1:9090 by default): `/metrics` in the Prometheus text
+//! exposition (prometheus-client), `/healthz` (the process answers), `/readyz` (the queue,
+//! dockerd and the state directory are usable) and `/v1/status` (JSON: allocs, execs, draining).
+//! docs/operations.md lists every metric.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::ContainerRuntime;
+use crate::pool::Pool;
+
+type Labels = Vec<(String, String)>;
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    received: Family<Labels, Counter>,
+    acked: Family<Labels, Counter>,
+    rejected: Family<Labels, Counter>,
+    dead_lettered: Family<Labels, Counter>,
+    redeliveries: Counter,
+    queue_lag: Histogram,
+    exec_duration: Histogram,
+    oom: Family<Labels, Counter>,
+    integrity: Counter,
+    execs: Family<Labels, Gauge>,
+    free: Family<Labels, Gauge<f64, AtomicU64>>,
+    repo_bytes: Gauge,
+    repo_objects: Gauge,
+    allocs: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("reflow");
+        let m = Metrics {
+            received: Family::default(),
+            acked: Family::default(),
+            rejected: Family::default(),
+            dead_lettered: Family::default(),
+            redeliveries: Counter::default(),
+            queue_lag: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
+            exec_duration: Histogram::new(exponential_buckets(0.1, 3.0, 12)),
+            oom: Family::default(),
+            integrity: Counter::default(),
+            execs: Family::default(),
+            free: Family::default(),
+            repo_bytes: Gauge::default(),
+            repo_objects: Gauge::default(),
+            allocs: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "commands_received",
+            "Commands received, by kind",
+            m.received.clone(),
+        );
+        registry.register(
+            "commands_acked",
+            "Commands acked (settled done), by kind",
+            m.acked.clone(),
+        );
+        registry.register(
+            "commands_rejected",
+            "Commands rejected, by error kind",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "commands_dead_lettered",
+            "Commands moved to the dead-letter queue, by error kind",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "queue_redeliveries",
+            "Deliveries that the broker marked as repeated",
+            m.redeliveries.clone(),
+        );
+        registry.register(
+            "queue_lag_seconds",
+            "Time from a command's envelope time to its receipt",
+            m.queue_lag.clone(),
+        );
+        registry.register(
+            "exec_duration_seconds",
+            "Duration of jobs' execs, accept to outcome",
+            m.exec_duration.clone(),
+        );
+        registry.register(
+            "oom_kills",
+            "Execs killed by the OOM killer, by deciding evidence source",
+            m.oom.clone(),
+        );
+        registry.register(
+            "integrity_errors",
+            "Integrity errors (content not matching its digest)",
+            m.integrity.clone(),
+        );
+        registry.register("execs", "Execs of live allocs, by state", m.execs.clone());
+        registry.register(
+            "free_resources",
+            "Resources not held by allocs",
+            m.free.clone(),
+        );
+        registry.register(
+            "repository_bytes",
+            "Bytes in the agent's repository",
+            m.repo_bytes.clone(),
+        );
+        registry.register(
+            "repository_objects",
+            "Objects in the agent's repository",
+            m.repo_objects.clone(),
+        );
+        registry.register("allocs", "Live allocs", m.allocs.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// A command of `kind` arrived (`redelivered` as the broker says).
+    pub fn received(&self, kind: &str, redelivered: bool) {
+        self.received.get_or_create(&label("kind", kind)).inc();
+        if redelivered {
+            self.redeliveries.inc();
+        }
+    }
+
+    /// A command of `kind` was acked.
+    pub fn acked(&self, kind: &str) {
+        self.acked.get_or_create(&label("kind", kind)).inc();
+    }
+
+    /// A command was rejected with an error of `kind`; `dead_lettered` when the DLQ took it.
+    pub fn rejected(&self, kind: crate::error::Kind, dead_lettered: bool) {
+        let l = label("error", &format!("{kind:?}"));
+        self.rejected.get_or_create(&l).inc();
+        if dead_lettered {
+            self.dead_lettered.get_or_create(&l).inc();
+        }
+    }
+
+    /// A command's envelope time lagged its receipt by `secs`.
+    pub fn lag(&self, secs: f64) {
+        if secs.is_finite() && secs >= 0.0 {
+            self.queue_lag.observe(secs);
+        }
+    }
+
+    /// A job's exec took `secs`; `oom` names the deciding source when the OOM killer ended it.
+    pub fn exec_done(&self, secs: f64, oom: Option<&str>) {
+        self.exec_duration.observe(secs.max(0.0));
+        if let Some(source) = oom {
+            self.oom.get_or_create(&label("source", source)).inc();
+        }
+    }
+
+    /// An integrity error was reported.
+    pub fn integrity_error(&self) {
+        self.integrity.inc();
+    }
+
+    /// Refreshes the gauges from the pool and renders the text exposition.
+    pub async fn render(&self, pool: &Pool, repo: Option<PathBuf>) -> String {
+        let mut states = std::collections::BTreeMap::<&str, i64>::new();
+        for s in ["initializing", "created", "running", "complete"] {
+            states.insert(s, 0);
+        }
+        let allocs = pool.allocs().await;
+        for a in &allocs {
+            for e in a.executor().execs() {
+                *states.entry(e.status().state.name()).or_default() += 1;
+            }
+        }
+        for (s, n) in states {
+            self.execs.get_or_create(&label("state", s)).set(n);
+        }
+        self.allocs
+            .set(i64::try_from(allocs.len()).unwrap_or(i64::MAX));
+        if let Some(o) = pool.offers().await.into_iter().next() {
+            for (k, v) in &o.available.0 {
+                self.free.get_or_create(&label("resource", k)).set(*v);
+            }
+        }
+        if let Some(root) = repo {
+            let (bytes, objects) = tokio::task::spawn_blocking(move || repo_size(&root))
+                .await
+                .unwrap_or((0, 0));
+            self.repo_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.repo_objects
+                .set(i64::try_from(objects).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Bytes and objects under a repository root (`<2 hex>/<62 hex>` files).
+fn repo_size(root: &std::path::Path) -> (u64, u64) {
+    let (mut bytes, mut n) = (0, 0);
+    for d in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if d.file_name().len() != 2 {
+            continue;
+        }
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            if let Ok(m) = f.metadata()
+                && m.is_file()
+            {
+                bytes += m.len();
+                n += 1;
+            }
+        }
+    }
+    (bytes, n)
+}
+
+/// What the listener reads.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The agent's id.
+    pub agent_id: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The pool.
+    pub pool: Pool,
+    /// The engine (pinged by `/readyz`).
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Whether the queue is connected (kept by the backend).
+    pub queue_ok: Arc<AtomicBool>,
+    /// Set while draining.
+    pub draining: CancellationToken,
+    /// The state directory (probed by `/readyz`).
+    pub state_dir: PathBuf,
+    /// The agent's repository root, for its gauges.
+    pub repo: Option<PathBuf>,
+}
+
+impl AdminState {
+    /// Every readiness check, with whether it passed.
+    pub async fn readiness(&self) -> Vec<(&'static str, bool)> {
+        let engine = matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.runtime.ping()).await,
+            Ok(Ok(()))
+        );
+        let probe = self.state_dir.join(".readyz");
+        let state = std::fs::write(&probe, b"ok").is_ok() && std::fs::remove_file(&probe).is_ok();
+        vec![
+            ("queue", self.queue_ok.load(Ordering::SeqCst)),
+            ("dockerd", engine),
+            ("state_dir", state),
+            ("not_draining", !self.draining.is_cancelled()),
+        ]
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let allocs = self.pool.allocs().await;
+        let list: Vec<serde_json::Value> = allocs
+            .iter()
+            .map(|a| {
+                let execs: Vec<serde_json::Value> = a
+                    .executor()
+                    .execs()
+                    .iter()
+                    .map(|e| serde_json::json!({"id": e.id(), "state": e.status().state.name()}))
+                    .collect();
+                serde_json::json!({"alloc": a.inspect(), "execs": execs})
+            })
+            .collect();
+        serde_json::json!({
+            "agent": self.agent_id,
+            "draining": self.draining.is_cancelled(),
+            "resources": self.pool.resources(),
+            "allocs": list,
+        })
+    }
+}
+
+fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn route(
+    st: Arc<AdminState>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != hyper::Method::GET {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            st.metrics.render(&st.pool, st.repo.clone()).await,
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let checks = st.readiness().await;
+            let ok = checks.iter().all(|(_, ok)| *ok);
+            let body = checks
+                .iter()
+                .map(|(n, ok)| format!("{n} {}\n", if *ok { "ok" } else { "FAIL" }))
+                .collect::<String>();
+            let code = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(code, "text/plain", body)
+        }
+        "/v1/status" => reply(
+            StatusCode::OK,
+            "application/json",
+            st.status().await.to_string(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    })
+}
+
+/// Serves the admin endpoints on `addr` until `stop`; returns the bound address.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    st: AdminState,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let st = Arc::new(st);
+    tracing::info!(addr = %bound, "Admin listener up (/metrics, /healthz, /readyz, /v1/status).");
+    tokio::spawn(async move {
+        loop {
+            let (conn, _) = tokio::select! {
+                () = stop.cancelled() => return,
+                c = listener.accept() => match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Admin accept failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| route(st.clone(), req));
+                let io = hyper_util::rt::TokioIo::new(conn);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "Admin connection ended.");
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
