@@ -34,8 +34,9 @@ if [ "$fuzz_secs" -gt 0 ]; then
   step "fuzz (${fuzz_secs}s per target)"
   bash scripts/fuzz.sh "$fuzz_secs"
 fi
-step "systemd unit"
+step "systemd unit and deploy files"
 bash scripts/check-systemd.sh
+bash scripts/check-deploy.sh
 # Last, so the runner's summary closes the output. (The crate has no doctests.)
 step "tests (unit, component, integration)"
 if cargo nextest --version >/dev/null 2>&1; then

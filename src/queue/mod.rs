@@ -13,6 +13,7 @@
 //! job progresses, and deleted once the outcome is durable; the lease (receipt handle) is
 //! journaled so a restarted agent re-owns it.
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod spool;
 pub mod sqs;
@@ -190,6 +191,7 @@ pub async fn client(
         let (spool, _) = spool::Spool::open(dir)?;
         return Ok(Box::new(spool));
     }
+    #[cfg(feature = "amqp")]
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
         return Ok(Box::new(amqp::AmqpClient::new(
             url,
@@ -276,6 +278,7 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
             display,
         });
     }
+    #[cfg(feature = "amqp")]
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
         let (source, sink) = amqp::connect(url, settings).await?;
         return Ok(Backend {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Validates deploy/ offline: cfn-lint for the CloudFormation template (from PyPI), a YAML parse
+# plus structural checks for compose and the DaemonSet (no schema registry is reachable), the
+# Dockerfile's instructions, and `bash -n` (plus shellcheck when present) for the hook script.
+# The example configs are checked by the Rust test tests/deploy_examples.rs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cfn-lint >/dev/null 2>&1 && cfn-lint --version >/dev/null 2>&1 || pip install -q cfn-lint
+cfn-lint deploy/aws/cloudformation.yaml
+echo "deploy/aws/cloudformation.yaml: cfn-lint clean"
+
+python3 - <<'PY'
+import re, sys, yaml
+
+def need(cond, what):
+    if not cond:
+        sys.exit(f"deploy check failed: {what}")
+
+compose = yaml.safe_load(open("deploy/compose.yaml"))
+agent = compose["services"]["agent"]
+need("/var/run/docker.sock:/var/run/docker.sock" in agent["volumes"], "compose mounts the Docker socket")
+need("/var/lib/reflow-agent:/var/lib/reflow-agent" in agent["volumes"], "compose keeps the state dir at the host path")
+need(int(agent["stop_grace_period"].rstrip("s")) > 300, "compose stop_grace_period exceeds the drain grace")
+need(agent["build"]["dockerfile"] == "deploy/Dockerfile", "compose builds deploy/Dockerfile")
+print("deploy/compose.yaml: ok")
+
+ds = yaml.safe_load(open("deploy/k8s/daemonset.yaml"))
+need(ds["apiVersion"] == "apps/v1" and ds["kind"] == "DaemonSet", "a DaemonSet")
+spec = ds["spec"]["template"]["spec"]
+need(ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items(), "selector matches the pod labels")
+need(spec["terminationGracePeriodSeconds"] > 300, "terminationGracePeriodSeconds exceeds the drain grace")
+c = spec["containers"][0]
+need("preStop" in c["lifecycle"], "a preStop drain")
+mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+vols = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
+need(mounts.keys() <= vols.keys(), "every mount has a volume")
+need(vols["state"] == mounts["state"], "the state dir is at the host path")
+need(vols["docker-sock"] == "/var/run/docker.sock", "the Docker socket is mounted")
+need(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness on /readyz")
+print("deploy/k8s/daemonset.yaml: ok")
+
+instr = [l.split()[0] for l in open("deploy/Dockerfile") if l.strip() and not l.startswith("#") and not l.startswith(" ")]
+known = {"FROM", "WORKDIR", "COPY", "RUN", "ENV", "STOPSIGNAL", "ENTRYPOINT", "CMD"}
+need(set(instr) <= known, f"Dockerfile instructions: {set(instr) - known}")
+need(instr[0] == "FROM" and instr.count("FROM") == 2, "a two-stage Dockerfile")
+print("deploy/Dockerfile: ok")
+PY
+
+bash -n deploy/aws/scale-in-hook.sh
+if command -v shellcheck >/dev/null 2>&1; then shellcheck deploy/aws/scale-in-hook.sh; fi
+echo "deploy/aws/scale-in-hook.sh: ok"

@@ -1,0 +1,21 @@
+//! The example configs under deploy/examples parse and validate, as an operator would use them.
+// Every function in an integration-test crate is a test; the lint is for src/.
+#![allow(clippy::tests_outside_test_module)]
+
+use reflow_agent::config::Config;
+
+#[test]
+fn example_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let c = Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let errs = c.validate();
+            assert!(errs.is_empty(), "{}: {errs:?}", p.display());
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3, "amqp, sqs and spool");
+}
