@@ -57,6 +57,7 @@ struct State {
     calls: Vec<String>,
     specs: BTreeMap<String, ContainerSpec>,
     next_id: u64,
+    down: bool,
 }
 
 /// The fake engine.
@@ -98,6 +99,11 @@ impl FakeRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(image.to_string(), outcome);
+    }
+
+    /// Makes the engine answer pings (`false`) or not (`true`), as a stopped dockerd.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
     }
 
     /// Every call made, as `op name` strings, in order.
@@ -153,6 +159,14 @@ fn not_found(op: &'static str, target: &str) -> RuntimeError {
 #[async_trait]
 impl ContainerRuntime for FakeRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
+        if lock(&self.state).down {
+            return Err(RuntimeError::Engine {
+                op: "ping",
+                target: String::new(),
+                status: 503,
+                message: "engine stopped".into(),
+            });
+        }
         Ok(())
     }
 
