@@ -572,6 +572,9 @@ pub enum EventBody {
         /// The state machine's error, if it failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ReflowError>,
+        /// The exec's manifest at this state (Reflow-compatible JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest: Option<Box<crate::manifest::Manifest>>,
     },
     /// An exec completed: its reflow-compatible result.
     #[serde(rename = "exec.completed")]

@@ -174,6 +174,13 @@ async fn a_job_its_duplicates_and_an_identical_exec_run_one_container() {
     h.send(job("j-1", "echo a > $out"));
     let first = h.outcome("j-1", "exec.completed").await;
     assert_eq!(result_of(&first), (Some(Digest::of(b"out")), false));
+    // State changes carry the manifest.
+    let state = h.outcome("j-1", "exec.state").await;
+    let EventBody::ExecState { manifest, .. } = &state.body else {
+        unreachable!()
+    };
+    let manifest = manifest.as_ref().expect("a manifest");
+    assert_eq!(manifest.config.image, IMAGE);
     // The duplicate was attached and settled with the job; a late one replays.
     h.send(job("j-1", "echo a > $out"));
     // A different command with the identical exec gets the stored result.

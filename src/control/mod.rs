@@ -1073,6 +1073,7 @@ impl Inner {
             EventBody::ExecState {
                 state: "running".into(),
                 error: None,
+                manifest: Some(Box::new(exec.manifest())),
             },
         );
         running.exec = Some(exec_id);
@@ -1092,6 +1093,7 @@ impl Inner {
             EventBody::ExecState {
                 state: "complete".into(),
                 error: None,
+                manifest: Some(Box::new(exec.manifest())),
             },
         );
         complete.exec = Some(exec_id);
