@@ -584,10 +584,14 @@ impl Executor {
     }
 
     fn spawn(&self, exec: Arc<Exec>, from: ExecState) {
+        use tracing::Instrument;
         let inner = self.inner.clone();
+        // One span per exec: every log line of its state machine names the exec and executor,
+        // under the command span that started it (if any).
+        let span = tracing::info_span!("exec", exec = %exec.id(), executor = %inner.cfg.id);
         self.inner
             .tasks
-            .spawn(async move { exec.run(inner, from).await });
+            .spawn(async move { exec.run(inner, from).await }.instrument(span));
     }
 
     /// Starts exec `id` with `config`, or returns the existing one when it is running or
