@@ -258,10 +258,7 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
                 source,
             }
         })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
+    let rt = runtime()?;
     rt.block_on(async {
         let runtime = std::sync::Arc::new(crate::docker::bollard::BollardRuntime::connect()?);
         let mut cfg = crate::executor::ExecutorConfig::new(&opts.executor_id, &opts.dir);
@@ -365,10 +362,7 @@ pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
     if opts.idle_exit_after_secs.is_some() {
         cfg.agent.idle_exit_after_secs = opts.idle_exit_after_secs;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
+    let rt = runtime()?;
     let exit = rt.block_on(crate::agent::run(cfg, secrets, crate::agent::signals()))?;
     tracing::info!(?exit, "Agent stopped.");
     Ok(())

@@ -4,10 +4,13 @@
 // Every function in an integration-test crate is a test; the lint is for src/.
 #![allow(clippy::tests_outside_test_module)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::http_get;
 use reflow_agent::admin::{AdminState, Metrics, serve};
 use reflow_agent::clock::SystemClock;
 use reflow_agent::docker::ContainerSpec;
@@ -15,19 +18,7 @@ use reflow_agent::docker::fake::{FakeExit, FakeRuntime};
 use reflow_agent::executor::ExecutorConfig;
 use reflow_agent::pool::{Pool, PoolConfig};
 use reflow_agent::taskdb::NoopTaskDb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let code = buf.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, buf.split_once("\r\n\r\n").unwrap().1.to_string())
-}
 
 #[tokio::test]
 async fn readiness_follows_the_engine_and_the_queue() {
@@ -68,41 +59,46 @@ async fn readiness_follows_the_engine_and_the_queue() {
         stop.clone(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert_eq!(
-        get(addr, "/readyz").await,
+        http_get(&addr, "/readyz").await,
         (
             200,
             "queue ok\ndockerd ok\nstate_dir ok\nnot_draining ok\n".into()
         )
     );
     fake.set_down(true);
-    let (code, body) = get(addr, "/readyz").await;
+    let (code, body) = http_get(&addr, "/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("dockerd FAIL"), "{body}");
-    assert_eq!(get(addr, "/healthz").await.0, 200, "alive while not ready");
+    assert_eq!(
+        http_get(&addr, "/healthz").await.0,
+        200,
+        "alive while not ready"
+    );
     fake.set_down(false);
     queue_ok.store(false, Ordering::SeqCst);
-    assert!(get(addr, "/readyz").await.1.contains("queue FAIL"));
+    assert!(http_get(&addr, "/readyz").await.1.contains("queue FAIL"));
     queue_ok.store(true, Ordering::SeqCst);
-    assert_eq!(get(addr, "/readyz").await.0, 200);
+    assert_eq!(http_get(&addr, "/readyz").await.0, 200);
     draining.cancel();
-    let (code, body) = get(addr, "/readyz").await;
+    let (code, body) = http_get(&addr, "/readyz").await;
     assert_eq!(code, 503, "a draining agent takes no traffic");
     assert!(body.contains("not_draining FAIL"));
-    let (_, status) = get(addr, "/v1/status").await;
+    let (_, status) = http_get(&addr, "/v1/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(
         (status["agent"].as_str(), status["draining"].as_bool()),
         (Some("admin-test"), Some(true))
     );
-    let (code, metrics) = get(addr, "/metrics").await;
+    let (code, metrics) = http_get(&addr, "/metrics").await;
     assert_eq!(code, 200);
     assert!(
         metrics.contains("reflow_queue_redeliveries_total 0"),
         "{metrics}"
     );
-    assert_eq!(get(addr, "/nope").await.0, 404);
+    assert_eq!(http_get(&addr, "/nope").await.0, 404);
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
 }

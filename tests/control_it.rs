@@ -185,6 +185,26 @@ impl Events {
             .map(|e| format!("{} {:?} {}", e.body.kind(), e.command, e.agent))
             .collect()
     }
+
+    /// Reads whatever arrives within `d` (late duplicates, say).
+    async fn linger(&mut self, d: Duration) {
+        let _ = tokio::time::timeout(d, async {
+            loop {
+                let e = self.watch.next().await.unwrap();
+                self.seen.push(e);
+            }
+        })
+        .await;
+    }
+
+    /// The ids of the `kind` events of command `id` seen so far.
+    fn ids(&self, id: &str, kind: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|e| e.command.as_deref() == Some(id) && e.body.kind() == kind)
+            .map(|e| e.id.clone())
+            .collect()
+    }
 }
 
 /// The digest of the single output file of a completed job, and its error if it failed.
@@ -273,56 +293,37 @@ mod tap {
     }
 }
 
-/// Events of an AMQP namespace through the tap.
-struct Tap {
-    url: String,
+/// Events of an AMQP namespace through the tap, as a watch.
+struct TapWatch {
     ns: String,
-    seen: Vec<Event>,
+    ready: std::collections::VecDeque<Event>,
 }
 
-impl Tap {
-    async fn new(url: &str) -> Tap {
-        let ns = url.split("ns=").nth(1).unwrap().to_string();
-        tap::declare(AMQP, &ns).await;
-        Tap {
-            url: AMQP.to_string(),
-            ns,
-            seen: Vec::new(),
-        }
-    }
-
-    async fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + Duration::from_secs(90);
+#[async_trait::async_trait]
+impl queue::EventWatch for TapWatch {
+    async fn next(&mut self) -> Result<Event, queue::QueueError> {
         loop {
-            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-                return e.clone();
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(e);
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within 90 s; seen: {:#?}",
-                self.seen
-                    .iter()
-                    .map(|e| format!("{} {:?}", e.body.kind(), e.command))
-                    .collect::<Vec<_>>()
-            );
-            self.seen.extend(tap::drain(&self.url, &self.ns).await);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.ready.extend(tap::drain(AMQP, &self.ns).await);
+            if self.ready.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
+}
 
-    async fn completed(&mut self, id: &str) -> Event {
-        self.until(&format!("exec.completed of {id}"), |e| {
-            e.command.as_deref() == Some(id) && e.body.kind() == "exec.completed"
-        })
-        .await
-    }
-
-    fn count(&self, id: &str, kind: &str) -> Vec<String> {
-        self.seen
-            .iter()
-            .filter(|e| e.command.as_deref() == Some(id) && e.body.kind() == kind)
-            .map(|e| e.id.clone())
-            .collect()
+/// The events of the AMQP namespace of `url`, through a tap that survives broker restarts.
+async fn tap(url: &str) -> Events {
+    let ns = url.split("ns=").nth(1).unwrap().to_string();
+    tap::declare(AMQP, &ns).await;
+    Events {
+        watch: Box::new(TapWatch {
+            ns,
+            ready: Default::default(),
+        }),
+        seen: Vec::new(),
     }
 }
 
@@ -413,7 +414,7 @@ fn spool_round_trip_through_the_cli_with_the_minimal_job() {
 async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("rt").await;
-    let mut tap = Tap::new(&url).await;
+    let mut tap = tap(&url).await;
     let _agent = Agent::start(dir.path(), &uniq("amqp-rt"), &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
     let since = now_secs();
@@ -519,7 +520,7 @@ async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
 async fn amqp_duplicate_delivery_runs_one_container() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("dup").await;
-    let mut tap = Tap::new(&url).await;
+    let mut tap = tap(&url).await;
     let _agent = Agent::start(dir.path(), &uniq("amqp-dup"), &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
     let since = now_secs();
@@ -532,9 +533,8 @@ async fn amqp_duplicate_delivery_runs_one_container() {
     assert_eq!(output(&e).0, sha256sum(b"once\n"));
     // A late duplicate, after completion, replays the outcome with the same event id.
     submit(client.as_ref(), &a, &body).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tap.seen.extend(tap::drain(AMQP, &tap.ns).await);
-    let ids = tap.count(&a, "exec.completed");
+    tap.linger(Duration::from_secs(2)).await;
+    let ids = tap.ids(&a, "exec.completed");
     assert!(!ids.is_empty());
     assert!(ids.iter().all(|i| *i == ids[0]), "one event id: {ids:?}");
     assert_eq!(containers_created(&a, since), 1);
@@ -544,7 +544,7 @@ async fn amqp_duplicate_delivery_runs_one_container() {
 async fn amqp_kill9_mid_exec_then_restart_completes_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("k9").await;
-    let mut tap = Tap::new(&url).await;
+    let mut tap = tap(&url).await;
     let name = uniq("amqp-k9");
     let mut agent = Agent::start(dir.path(), &name, &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
@@ -565,9 +565,8 @@ async fn amqp_kill9_mid_exec_then_restart_completes_exactly_once() {
     let _agent = Agent::start(dir.path(), &name, &url, "", &[]);
     let e = tap.completed(&a).await;
     assert_eq!(output(&e), (sha256sum(b"survived\n"), true, false));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tap.seen.extend(tap::drain(AMQP, &tap.ns).await);
-    let ids = tap.count(&a, "exec.completed");
+    tap.linger(Duration::from_secs(2)).await;
+    let ids = tap.ids(&a, "exec.completed");
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     assert_eq!(containers_created(&a, since), 1, "re-attached, not re-run");
 }
@@ -576,7 +575,7 @@ async fn amqp_kill9_mid_exec_then_restart_completes_exactly_once() {
 async fn amqp_broker_restart_mid_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("restart").await;
-    let mut tap = Tap::new(&url).await;
+    let mut tap = tap(&url).await;
     let _agent = Agent::start(dir.path(), &uniq("amqp-restart"), &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
     let since = now_secs();
@@ -607,7 +606,7 @@ async fn amqp_broker_restart_mid_run_loses_nothing() {
 async fn amqp_sigterm_drain_hands_back_unstarted_work() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("drain").await;
-    let mut tap = Tap::new(&url).await;
+    let mut tap = tap(&url).await;
     let limits = "max_jobs = 1\nprefetch = 3\ndrain_grace_secs = 60\n";
     let mut first = Agent::start(dir.path(), &uniq("drain-1"), &url, limits, &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
@@ -660,7 +659,7 @@ async fn amqp_sigterm_drain_hands_back_unstarted_work() {
 async fn amqp_two_agents_share_the_work() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("share").await;
-    let mut tap = Tap::new(&url).await;
+    let mut tap = tap(&url).await;
     let limits = "max_jobs = 1\nprefetch = 1\n";
     let (n1, n2) = (uniq("share-1"), uniq("share-2"));
     let _a1 = Agent::start(dir.path(), &n1, &url, limits, &[]);
@@ -784,23 +783,6 @@ impl Proxy {
     }
 }
 
-/// GET `path` from the admin listener: (status code, body).
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let code = buf.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
 /// The admin address an agent logged.
 async fn admin_addr(agent: &Agent) -> String {
     for _ in 0..200 {
@@ -827,7 +809,7 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut tap = Tap::new(&format!("{AMQP}?ns={ns}")).await;
+    let mut tap = tap(&format!("{AMQP}?ns={ns}")).await;
     let mut agent = Agent::start(
         dir.path(),
         &uniq("admin"),
@@ -854,8 +836,8 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     recv("WATCHDOG=1");
     assert!(recv("STATUS=").contains("execs running"));
     let addr = admin_addr(&agent).await;
-    assert_eq!(get(&addr, "/healthz").await.0, 200);
-    let (code, body) = get(&addr, "/readyz").await;
+    assert_eq!(http_get(&addr, "/healthz").await.0, 200);
+    let (code, body) = http_get(&addr, "/readyz").await;
     assert_eq!(code, 200, "{body}");
 
     let client = queue::client(&format!("{AMQP}?ns={ns}"), &Default::default())
@@ -864,7 +846,7 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let a = uniq("metrics");
     submit(client.as_ref(), &a, &job(&a, "echo m > $out")).await;
     tap.completed(&a).await;
-    let (code, m) = get(&addr, "/metrics").await;
+    let (code, m) = http_get(&addr, "/metrics").await;
     assert_eq!(code, 200);
     for want in [
         "reflow_commands_received_total{kind=\"job\"} 1",
@@ -877,7 +859,7 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     ] {
         assert!(m.contains(want), "missing {want:?} in\n{m}");
     }
-    let (_, status) = get(&addr, "/v1/status").await;
+    let (_, status) = http_get(&addr, "/v1/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["draining"], false);
 
@@ -885,7 +867,7 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let port = proxy.cut().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, body) = get(&addr, "/readyz").await;
+        let (code, body) = http_get(&addr, "/readyz").await;
         if code == 503 {
             assert!(body.contains("queue FAIL"), "{body}");
             break;
@@ -893,10 +875,10 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
         assert!(Instant::now() < deadline, "still ready: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(&addr, "/healthz").await.0, 200);
     let _proxy = Proxy::start(port).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&addr, "/readyz").await.0 != 200 {
+    while http_get(&addr, "/readyz").await.0 != 200 {
         assert!(Instant::now() < deadline, "not ready again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -445,6 +445,28 @@ impl Inner {
         }
     }
 
+    /// A job's `exec.state` event, with the exec's manifest.
+    fn exec_state_event(
+        &self,
+        req: &Request,
+        exec: &crate::executor::Exec,
+        alloc: &str,
+        state: &str,
+    ) -> Event {
+        let mut e = self.command_event(
+            req,
+            0,
+            EventBody::ExecState {
+                state: state.into(),
+                error: None,
+                manifest: Some(Box::new(exec.manifest())),
+            },
+        );
+        e.exec = Some(exec.id());
+        e.alloc = Some(alloc.to_string());
+        e
+    }
+
     /// Puts events in the outbox (durably) and wakes the publisher. A failing outbox write is
     /// logged: these are agent events, not command outcomes.
     fn emit(&self, events: &[Event]) {
@@ -1067,18 +1089,7 @@ impl Inner {
             self.journal.put(entry).map_err(|e| rerr("journal", &e))?;
         }
         exec.wait_until(ExecState::Running).await?;
-        let mut running = self.command_event(
-            req,
-            0,
-            EventBody::ExecState {
-                state: "running".into(),
-                error: None,
-                manifest: Some(Box::new(exec.manifest())),
-            },
-        );
-        running.exec = Some(exec_id);
-        running.alloc = Some(alloc_id.clone());
-        self.emit(&[running]);
+        self.emit(&[self.exec_state_event(req, &exec, &alloc_id, "running")]);
         exec.wait().await?;
         let result = exec.result()?;
         if result.err.is_none() {
@@ -1087,17 +1098,7 @@ impl Inner {
                 .map_err(|e| rerr("promote", &e))?;
             send_outputs(ex.repository(), &result.fileset, outputs_to).await?;
         }
-        let mut complete = self.command_event(
-            req,
-            0,
-            EventBody::ExecState {
-                state: "complete".into(),
-                error: None,
-                manifest: Some(Box::new(exec.manifest())),
-            },
-        );
-        complete.exec = Some(exec_id);
-        events.push(complete);
+        events.push(self.exec_state_event(req, &exec, &alloc_id, "complete"));
         Ok(result)
     }
 }
