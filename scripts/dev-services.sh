@@ -94,14 +94,24 @@ start_rabbitmq() {
 
 # --- moto ----------------------------------------------------------------------------------------
 moto_up() { curl -fs -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; }
+# 5.2.5 or later: 5.2.1's CompleteMultipartUpload answers with a root element the Rust SDK rejects.
+MOTO_MIN=5.2.5
+moto_recent() {
+  python3 - "$MOTO_MIN" <<'PY' 2>/dev/null
+import sys, moto
+have = tuple(int(x) for x in moto.__version__.split(".")[:3] if x.isdigit())
+want = tuple(int(x) for x in sys.argv[1].split("."))
+sys.exit(0 if have >= want else 1)
+PY
+}
 start_moto() {
   command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
   if moto_up; then
     log "moto: already running"
   else
-    if ! command -v moto_server >/dev/null 2>&1; then
-      log "moto: pip install moto[server]"
-      python3 -m pip install -q 'moto[server]' >"$LOG_DIR/pip.log" 2>&1 || die "pip install moto failed (see $LOG_DIR/pip.log)"
+    if ! command -v moto_server >/dev/null 2>&1 || ! moto_recent; then
+      log "moto: pip install moto[server]>=$MOTO_MIN"
+      python3 -m pip install -q "moto[server]>=$MOTO_MIN" >"$LOG_DIR/pip.log" 2>&1 || die "pip install moto failed (see $LOG_DIR/pip.log)"
       hash -r
     fi
     log "moto: starting moto_server on 127.0.0.1:$MOTO_PORT"

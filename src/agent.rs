@@ -164,8 +164,14 @@ pub async fn run(
         }
         None => Arc::new(NoopTaskDb),
     };
+    // The S3 store for s3:// repositories and intern/extern execs; the SDK resolves credentials
+    // lazily, so an agent that never touches S3 needs none.
+    let blob: Arc<dyn crate::blob::BlobStore> = Arc::new(crate::blob::s3::S3Store::new(
+        &crate::aws::sdk_config(&cfg.aws).await,
+    ));
     let mut executor = cfg.executor_template();
     executor.oom_detectors = vec![Arc::new(kmsg.clone())];
+    executor.blob = Some(blob.clone());
     let pool_cfg = PoolConfig {
         id: cfg.agent.pool_id.clone().unwrap_or_else(hostname),
         dir: cfg.agent.state_dir.clone(),
@@ -226,6 +232,7 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         notifier: notifier.clone(),
+        blob: Some(blob.clone()),
     };
     let control = Control::new(
         control_cfg,

@@ -789,3 +789,149 @@ pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
         }
     })
 }
+
+/// Options of `s3 cp`.
+#[derive(Debug, clap::Args)]
+pub struct S3CpOptions {
+    /// Source: a local file or directory, or `s3://bucket/key-or-prefix/`.
+    pub src: String,
+    /// Destination: `s3://bucket/key-or-prefix/`, or a local file or directory.
+    pub dst: String,
+    /// Objects (or files) in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+}
+
+/// Files under `root` (or `root` itself), with their paths relative to it.
+fn walk_files(root: &Path) -> Result<Vec<(String, PathBuf)>, CliError> {
+    if root.is_file() {
+        return Ok(vec![(String::new(), root.to_path_buf())]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(CliError::Output)?;
+        for e in rd {
+            let e = e.map_err(CliError::Output)?;
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                let rel = p
+                    .strip_prefix(root)
+                    .map(|r| r.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                out.push((rel, p));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Copies between local files and S3 with a progress bar: uploads carry `Content-Sha256`,
+/// downloads are verified against it.
+///
+/// # Errors
+/// Blob store, I/O and integrity errors.
+pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
+    use crate::blob::{BlobStore, BlobUrl, Progress};
+    use futures_util::StreamExt;
+    let blob_err = |e: crate::blob::BlobError| CliError::Failed {
+        what: "s3 cp",
+        error: crate::error::ReflowError::from_classified("s3 cp", &e),
+    };
+    runtime()?.block_on(async {
+        let store =
+            crate::blob::s3::S3Store::new(&crate::aws::sdk_config(&Default::default()).await);
+        let progress = Progress::default();
+        let jobs = opts.jobs.max(1);
+        if opts.dst.starts_with("s3://") {
+            let url = BlobUrl::parse(&opts.dst).map_err(blob_err)?;
+            let files = walk_files(Path::new(&opts.src))?;
+            let total: u64 = files
+                .iter()
+                .filter_map(|(_, p)| p.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            let bar = progress_bar(total, "upload");
+            let (store, url, progress, bar) = (&store, &url, &progress, &bar);
+            let done: Vec<Result<(), CliError>> = futures_util::stream::iter(files)
+                .map(|(rel, path)| async move {
+                    let p2 = path.clone();
+                    let (d, _) = tokio::task::spawn_blocking(move || {
+                        std::fs::File::open(&p2).and_then(Digest::of_reader)
+                    })
+                    .await
+                    .map_err(|e| CliError::Output(io::Error::other(e)))?
+                    .map_err(CliError::Output)?;
+                    let key = match (url.key.trim_end_matches('/'), rel.as_str()) {
+                        (k, "") => k.to_string(),
+                        ("", r) => r.to_string(),
+                        (k, r) => format!("{k}/{r}"),
+                    };
+                    store
+                        .upload(&url.bucket, &key, &path, &d, progress)
+                        .await
+                        .map_err(blob_err)?;
+                    bar.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
+                    Ok(())
+                })
+                .buffer_unordered(jobs)
+                .collect()
+                .await;
+            bar.finish_and_clear();
+            done.into_iter().collect::<Result<(), _>>()?;
+        } else {
+            let url = BlobUrl::parse(&opts.src).map_err(blob_err)?;
+            let infos = if url.is_prefix() {
+                store.list(&url.bucket, &url.key).await.map_err(blob_err)?
+            } else {
+                vec![store.head(&url.bucket, &url.key).await.map_err(blob_err)?]
+            };
+            let total: u64 = infos.iter().map(|i| i.size).sum();
+            let bar = progress_bar(total, "download");
+            let (store, url, progress, bar) = (&store, &url, &progress, &bar);
+            let dst = PathBuf::from(&opts.dst);
+            let dst = &dst;
+            let done: Vec<Result<(), CliError>> = futures_util::stream::iter(infos)
+                .filter(|i| {
+                    let keep = !i.key.ends_with('/');
+                    async move { keep }
+                })
+                .map(|info| async move {
+                    let target = if url.is_prefix() {
+                        dst.join(&info.key[url.key.len()..])
+                    } else {
+                        dst.clone()
+                    };
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(CliError::Output)?;
+                    }
+                    store
+                        .download(&url.bucket, &info, &target, progress)
+                        .await
+                        .map_err(blob_err)?;
+                    bar.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
+                    if info.content_sha256.is_some() {
+                        let t2 = target.clone();
+                        let (d, n) = tokio::task::spawn_blocking(move || {
+                            std::fs::File::open(&t2).and_then(Digest::of_reader)
+                        })
+                        .await
+                        .map_err(|e| CliError::Output(io::Error::other(e)))?
+                        .map_err(CliError::Output)?;
+                        crate::blob::verify(&url.display(&info.key), &info, n, &d)
+                            .map_err(blob_err)?;
+                    }
+                    Ok(())
+                })
+                .buffer_unordered(jobs)
+                .collect()
+                .await;
+            bar.finish_and_clear();
+            done.into_iter().collect::<Result<(), _>>()?;
+        }
+        Ok(())
+    })
+}

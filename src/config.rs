@@ -340,8 +340,12 @@ impl Config {
             && !url
                 .strip_prefix("file://")
                 .is_some_and(|p| p.starts_with('/'))
+            && crate::blob::BlobUrl::parse(url).is_err()
         {
-            bad("repository.url", "must be file:///ABSOLUTE/DIR");
+            bad(
+                "repository.url",
+                "must be file:///ABSOLUTE/DIR or s3://bucket/prefix",
+            );
         }
         if self.security.max_resources.validate().is_err() {
             bad(

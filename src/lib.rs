@@ -31,6 +31,7 @@
 pub mod admin;
 pub mod agent;
 pub mod aws;
+pub mod blob;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

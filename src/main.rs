@@ -39,11 +39,23 @@ enum Command {
     Inspect(cli::InspectOptions),
     /// Send a command (e.g. a job) to a queue; with --wait, print its outcome event.
     Submit(cli::SubmitOptions),
+    /// Copy files to or from S3 (with a progress bar; uploads carry Content-Sha256, downloads
+    /// are verified).
+    S3 {
+        #[command(subcommand)]
+        command: S3Command,
+    },
     /// List or replay a queue's dead-lettered commands.
     Dlq {
         #[command(subcommand)]
         command: cli::DlqCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum S3Command {
+    /// Copy a file or directory to S3, or an object or prefix from S3.
+    Cp(cli::S3CpOptions),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,9 @@ fn main() -> ExitCode {
         Command::Inspect(opts) => cli::run_inspect(&opts),
         Command::Submit(opts) => cli::run_submit(&opts),
         Command::Dlq { command } => cli::run_dlq(&command),
+        Command::S3 {
+            command: S3Command::Cp(opts),
+        } => cli::run_s3_cp(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -587,6 +587,9 @@ pub enum EventBody {
         /// True when an identical exec had already completed and its stored result is returned.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         cached: bool,
+        /// For an `s3://` repository: each output path's object URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locations: Option<BTreeMap<String, String>>,
     },
     /// An alloc expired.
     #[serde(rename = "alloc.expired")]
@@ -859,6 +862,7 @@ mod tests {
                 result: ExecResult::default(),
                 repository: Some("file:///repo".into()),
                 cached: false,
+                locations: None,
             },
             labels: BTreeMap::new(),
         };

@@ -77,6 +77,7 @@ async fn start(runtime_ms: u64, max_jobs: usize) -> Harness {
             security: Policy::default(),
             metrics: Default::default(),
             notifier: Default::default(),
+            blob: None,
         },
         pool,
         Arc::new(SystemClock),

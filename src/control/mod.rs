@@ -75,6 +75,8 @@ pub struct ControlConfig {
     pub metrics: Arc<crate::admin::Metrics>,
     /// systemd notifications (READY, STATUS, STOPPING).
     pub notifier: crate::notify::Notifier,
+    /// The blob store for `s3://` repositories (absent: only `file://`).
+    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
 }
 
 /// Why the control plane could not start.
@@ -969,6 +971,11 @@ impl Inner {
                 req,
                 0,
                 EventBody::ExecCompleted {
+                    locations: if ok {
+                        locations(&outputs_to, &result)
+                    } else {
+                        None
+                    },
                     result,
                     repository: ok.then(|| outputs_to.clone()),
                     cached,
@@ -1023,6 +1030,17 @@ impl Inner {
             if let Err(e) = self.results.put(&key, &stored) {
                 tracing::warn!(error = %e, "Storing the job result failed (identical jobs will run again).");
             }
+        }
+        if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Integrity) {
+            // Corrupt data: said at once, not only by the next heartbeat (the alloc is freed).
+            self.cfg.metrics.integrity_error();
+            events.push(self.command_event(
+                req,
+                0,
+                EventBody::IntegrityError {
+                    detail: e.to_string(),
+                },
+            ));
         }
         events.push(completed(result, false));
         events
@@ -1096,7 +1114,13 @@ impl Inner {
             ex.promote(&exec_id)
                 .await
                 .map_err(|e| rerr("promote", &e))?;
-            send_outputs(ex.repository(), &result.fileset, outputs_to).await?;
+            send_outputs(
+                ex.repository(),
+                &result.fileset,
+                outputs_to,
+                self.cfg.blob.as_ref(),
+            )
+            .await?;
         }
         events.push(self.exec_state_event(req, &exec, &alloc_id, "complete"));
         Ok(result)
@@ -1170,12 +1194,23 @@ async fn send_outputs(
     from: &FileRepository,
     fileset: &crate::fileset::Fileset,
     to: &str,
+    blob: Option<&Arc<dyn crate::blob::BlobStore>>,
 ) -> Result<(), ReflowError> {
+    if to.starts_with("s3://") {
+        let store = blob.ok_or_else(|| {
+            ReflowError::new(
+                Kind::NotSupported,
+                "send outputs",
+                "no blob store is configured",
+            )
+        })?;
+        return send_outputs_s3(from, fileset, to, store.as_ref()).await;
+    }
     let Some(root) = to.strip_prefix("file://").filter(|p| p.starts_with('/')) else {
         return Err(ReflowError::new(
             Kind::NotSupported,
             "send outputs",
-            format!("repository {to:?} is not supported (want file:///...)"),
+            format!("repository {to:?} is not supported (want file:///... or s3://...)"),
         ));
     };
     let (from, root, files) = (from.clone(), PathBuf::from(root), fileset.files());
@@ -1192,6 +1227,53 @@ async fn send_outputs(
     })
     .await
     .map_err(|e| ReflowError::new(Kind::Fatal, "send outputs", e.to_string()))?
+}
+
+/// Uploads the files of `fileset` to the content-addressed repository at `to` (`s3://`),
+/// skipping objects already there with the same size and digest.
+async fn send_outputs_s3(
+    from: &FileRepository,
+    fileset: &crate::fileset::Fileset,
+    to: &str,
+    store: &dyn crate::blob::BlobStore,
+) -> Result<(), ReflowError> {
+    use futures_util::StreamExt;
+    let url = crate::blob::BlobUrl::parse(to).map_err(|e| rerr("send outputs", &e))?;
+    let progress = crate::blob::Progress::default();
+    let (url, progress) = (&url, &progress);
+    let done: Vec<Result<(), ReflowError>> = futures_util::stream::iter(fileset.files())
+        .map(|f| async move {
+            let key = url.object_key(&f.id);
+            match store.head(&url.bucket, &key).await {
+                Ok(i) if i.size == f.size && i.content_sha256 == Some(f.id) => return Ok(()),
+                _ => {}
+            }
+            store
+                .upload(&url.bucket, &key, &from.path(&f.id), &f.id, progress)
+                .await
+                .map_err(|e| rerr("send outputs", &e))
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    done.into_iter().collect()
+}
+
+/// Where each output of `result` lives in the repository at `repo` (`s3://` only).
+fn locations(
+    repo: &str,
+    result: &ExecResult,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let url = crate::blob::BlobUrl::parse(repo).ok()?;
+    Some(
+        result
+            .fileset
+            .pullup()
+            .map
+            .iter()
+            .map(|(path, f)| (path.clone(), url.display(&url.object_key(&f.id))))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -264,13 +264,19 @@ impl Exec {
     /// Runs the state machine from `from` to completion, a failure, or cancellation.
     pub(super) async fn run(self: Arc<Self>, inner: Arc<Inner>, from: ExecState) {
         let mut state = from;
+        let blob = lock(&self.manifest).exec_type == crate::manifest::ExecType::Blob;
         while state != ExecState::Complete {
             let step = async {
-                match state {
-                    ExecState::Unstarted | ExecState::Init => self.create(&inner).await,
-                    ExecState::Created => self.start(&inner).await,
-                    ExecState::Running => self.wait_exit(&inner).await,
-                    ExecState::Complete => Ok(ExecState::Complete),
+                match (blob, state) {
+                    // A blob exec has no container: its transfer is the Running step, redone
+                    // from scratch when an agent restarts before it completes.
+                    (true, ExecState::Unstarted | ExecState::Init) => Ok(ExecState::Created),
+                    (true, ExecState::Created) => Ok(ExecState::Running),
+                    (true, ExecState::Running) => self.transfer(&inner).await,
+                    (false, ExecState::Unstarted | ExecState::Init) => self.create(&inner).await,
+                    (false, ExecState::Created) => self.start(&inner).await,
+                    (false, ExecState::Running) => self.wait_exit(&inner).await,
+                    (_, ExecState::Complete) => Ok(ExecState::Complete),
                 }
             };
             let next = tokio::select! {
@@ -283,7 +289,7 @@ impl Exec {
                         self.publish(state, Some(e));
                         return;
                     }
-                    if next == ExecState::Complete {
+                    if next == ExecState::Complete && !blob {
                         // Durable; the container is no longer needed. Removed before waiters are
                         // told, so a completed exec never has a container. A crash in between
                         // leaves one that recovery removes.
@@ -724,6 +730,156 @@ impl Exec {
             })
             .await
             .clone()
+    }
+}
+
+impl Exec {
+    /// The transfer of an intern or extern exec; its failure is the exec's result, and a partial
+    /// result never survives it.
+    async fn transfer(&self, inner: &Arc<Inner>) -> Result<ExecState, ReflowError> {
+        let cfg = lock(&self.manifest).config.clone();
+        let op = cfg.kind.clone();
+        let r = match inner.cfg.blob.clone() {
+            None => Err(err(
+                Kind::NotSupported,
+                &op,
+                &self.id,
+                "no blob store is configured",
+            )),
+            Some(store) => match cfg.kind.as_str() {
+                crate::model::TYPE_INTERN => self.intern(store.as_ref(), &cfg, inner).await,
+                _ => self.extern_(store.as_ref(), &cfg, inner).await,
+            },
+        };
+        let result = match r {
+            Ok(fileset) => ExecResult { fileset, err: None },
+            Err(e) => {
+                if e.kind == Kind::Integrity {
+                    inner.signal_integrity(e.to_string());
+                }
+                let mut e = e;
+                e.op = op;
+                e.arg = vec![cfg.url.clone()];
+                ExecResult {
+                    fileset: Default::default(),
+                    err: Some(e),
+                }
+            }
+        };
+        lock(&self.manifest).result = result;
+        Ok(ExecState::Complete)
+    }
+
+    /// Downloads `cfg.url` (one key, or every key under a `/` prefix) into the exec's staging
+    /// repository; objects whose `Content-Sha256` the executor already holds are reused.
+    async fn intern(
+        &self,
+        store: &dyn crate::blob::BlobStore,
+        cfg: &ExecConfig,
+        inner: &Arc<Inner>,
+    ) -> Result<Fileset, ReflowError> {
+        let rerr = |e: &crate::blob::BlobError| ReflowError::from_classified("intern", e);
+        let url = crate::blob::BlobUrl::parse(&cfg.url).map_err(|e| rerr(&e))?;
+        let staging = crate::repo::FileRepository::open(self.dir.join("objects"))
+            .map_err(|e| ReflowError::from_classified("intern", &e))?;
+        let infos = if url.is_prefix() {
+            store
+                .list(&url.bucket, &url.key)
+                .await
+                .map_err(|e| rerr(&e))?
+        } else {
+            vec![
+                store
+                    .head(&url.bucket, &url.key)
+                    .await
+                    .map_err(|e| rerr(&e))?,
+            ]
+        };
+        let progress = crate::blob::Progress::default();
+        let (staging, progress, url) = (&staging, &progress, &url);
+        let fetched: Vec<Result<(String, crate::fileset::File), ReflowError>> =
+            futures_util::stream::iter(infos)
+                .filter(|i| {
+                    let keep = !i.key.ends_with('/') && i.key.len() >= url.key.len();
+                    async move { keep }
+                })
+                .map(|info| async move {
+                    let path = if url.is_prefix() {
+                        info.key[url.key.len()..].to_string()
+                    } else {
+                        ".".to_string()
+                    };
+                    if let Some(d) = info.content_sha256
+                        && inner.repo.contains(&d)
+                    {
+                        let mut f = inner
+                            .repo
+                            .stat(&d)
+                            .map_err(|e| ReflowError::from_classified("intern", &e))?;
+                        f.source = url.display(&info.key);
+                        f.etag = info.etag.clone();
+                        if let Some(t) = info.last_modified {
+                            f.last_modified = t;
+                        }
+                        return Ok((path, f));
+                    }
+                    let f = crate::blob::fetch_into(store, &url.bucket, &info, staging, progress)
+                        .await
+                        .map_err(|e| rerr(&e))?;
+                    Ok((path, f))
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        let mut map = std::collections::BTreeMap::new();
+        for r in fetched {
+            let (path, f) = r?;
+            map.insert(path, f);
+        }
+        Ok(Fileset {
+            map,
+            ..Fileset::default()
+        })
+    }
+
+    /// Uploads the exec's one input fileset under `cfg.url` (path `.` is the URL itself), each
+    /// object streamed from the executor repository with its `Content-Sha256`.
+    async fn extern_(
+        &self,
+        store: &dyn crate::blob::BlobStore,
+        cfg: &ExecConfig,
+        inner: &Arc<Inner>,
+    ) -> Result<Fileset, ReflowError> {
+        let url = crate::blob::BlobUrl::parse(&cfg.url)
+            .map_err(|e| ReflowError::from_classified("extern", &e))?;
+        let input = cfg
+            .args
+            .first()
+            .and_then(|a| a.fileset.clone())
+            .unwrap_or_default()
+            .pullup();
+        let progress = crate::blob::Progress::default();
+        let (url, progress) = (&url, &progress);
+        let done: Vec<Result<(), ReflowError>> = futures_util::stream::iter(input.map.clone())
+            .map(|(path, f)| async move {
+                let prefix = url.key.trim_end_matches('/');
+                let key = if path == "." {
+                    prefix.to_string()
+                } else if prefix.is_empty() {
+                    path.clone()
+                } else {
+                    format!("{prefix}/{path}")
+                };
+                store
+                    .upload(&url.bucket, &key, &inner.repo.path(&f.id), &f.id, progress)
+                    .await
+                    .map_err(|e| ReflowError::from_classified("extern", &e))
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        done.into_iter().collect::<Result<(), _>>()?;
+        Ok(input)
     }
 }
 

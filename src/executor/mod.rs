@@ -108,6 +108,8 @@ pub struct ExecutorConfig {
     pub oom_detectors: Vec<Arc<dyn crate::oom::OomDetector>>,
     /// How often a running exec's cgroup OOM counters and the node's memory are read.
     pub oom_poll_interval: Duration,
+    /// The blob store for `s3://` repositories and intern/extern execs (absent: not supported).
+    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
 }
 
 impl ExecutorConfig {
@@ -128,6 +130,7 @@ impl ExecutorConfig {
             auth: None,
             oom_detectors: Vec::new(),
             oom_poll_interval: Duration::from_millis(500),
+            blob: None,
         }
     }
 }
@@ -156,6 +159,9 @@ pub enum ExecutorError {
     /// The exec config was rejected.
     #[error("invalid exec config")]
     Config(#[from] ConfigError),
+    /// A blob store operation failed.
+    #[error(transparent)]
+    Blob(#[from] crate::blob::BlobError),
     /// The exec type is not handled by this executor yet.
     #[error("exec type {kind:?} is not supported by this executor")]
     Unsupported {
@@ -218,6 +224,7 @@ impl Classify for ExecutorError {
             ExecutorError::BadId { .. }
             | ExecutorError::Unresolved { .. }
             | ExecutorError::RepoUrl { .. } => Kind::Invalid,
+            ExecutorError::Blob(e) => e.kind(),
             ExecutorError::Config(e) => e.kind(),
             ExecutorError::Unsupported { .. } => Kind::NotSupported,
             ExecutorError::Exec(e) => e.kind,
@@ -603,9 +610,15 @@ impl Executor {
     pub async fn put(&self, id: Digest, config: ExecConfig) -> Result<Arc<Exec>, ExecutorError> {
         self.check_alive()?;
         config.validate()?;
-        if config.kind != TYPE_EXEC {
-            return Err(ExecutorError::Unsupported { kind: config.kind });
-        }
+        let exec_type = match config.kind.as_str() {
+            TYPE_EXEC => ExecType::Docker,
+            crate::model::TYPE_INTERN | crate::model::TYPE_EXTERN
+                if self.inner.cfg.blob.is_some() =>
+            {
+                ExecType::Blob
+            }
+            _ => return Err(ExecutorError::Unsupported { kind: config.kind }),
+        };
         let _g = self.inner.put_lock.lock().await;
         self.check_alive()?;
         let existing = lock(&self.inner.execs).get(&id).cloned();
@@ -627,7 +640,7 @@ impl Executor {
             Err(e) => return Err(io_err("clean", &dir)(e)),
         }
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let manifest = Manifest::new(ExecType::Docker, config, self.inner.clock.now());
+        let manifest = Manifest::new(exec_type, config, self.inner.clock.now());
         let exec = self.new_exec(
             id,
             manifest,
@@ -828,6 +841,9 @@ impl Executor {
         fileset
             .validate_paths()
             .map_err(|e| ExecutorError::Exec(ReflowError::from_classified("load", &e)))?;
+        if repo_url.starts_with("s3://") {
+            return self.load_s3(repo_url, fileset).await;
+        }
         let src = match repo_url.strip_prefix("file://") {
             Some(p) if p.starts_with('/') => PathBuf::from(p),
             _ => {
@@ -876,6 +892,91 @@ impl Executor {
             )));
         }
         Ok(out)
+    }
+
+    /// [`Executor::load`] from the content-addressed repository at `s3://bucket/prefix`: files
+    /// already present are reused, others are downloaded (8 at a time) and verified.
+    async fn load_s3(&self, repo_url: &str, fileset: &Fileset) -> Result<Fileset, ExecutorError> {
+        use futures_util::StreamExt;
+        let store = self
+            .inner
+            .cfg
+            .blob
+            .clone()
+            .ok_or_else(|| ExecutorError::RepoUrl {
+                url: repo_url.chars().take(200).collect(),
+            })?;
+        let url = crate::blob::BlobUrl::parse(repo_url)?;
+        let progress = crate::blob::Progress::default();
+        let inner = &self.inner;
+        let (store, url, progress) = (&store, &url, &progress);
+        let results: Vec<(Digest, Result<File, ExecutorError>)> =
+            futures_util::stream::iter(fileset.files())
+                .map(|f| async move {
+                    let key = f.digest();
+                    let r = async {
+                        if f.is_ref() {
+                            return Err(ExecutorError::Unresolved { digest: key });
+                        }
+                        if !inner.repo.contains(&f.id) {
+                            // Downloaded as the store describes it, verified against the
+                            // fileset: its digest is the object's name.
+                            let info = store.head(&url.bucket, &url.object_key(&f.id)).await?;
+                            let expected = crate::blob::BlobInfo {
+                                content_sha256: Some(f.id),
+                                ..info
+                            };
+                            let got = crate::blob::fetch_into(
+                                store.as_ref(),
+                                &url.bucket,
+                                &expected,
+                                &inner.repo,
+                                progress,
+                            )
+                            .await?;
+                            if got.size != f.size {
+                                return Err(ExecutorError::Blob(
+                                    crate::blob::BlobError::Integrity {
+                                        url: url.display(&expected.key),
+                                        detail: format!(
+                                            "size {} (expected) != {} (actual)",
+                                            f.size, got.size
+                                        ),
+                                    },
+                                ));
+                            }
+                        }
+                        inner.incr(&f.id);
+                        Ok(inner.repo.stat(&f.id)?)
+                    }
+                    .await;
+                    (key, r)
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        let mut subst = HashMap::new();
+        let mut first_err = None;
+        for (key, r) in results {
+            match r {
+                Ok(f) => {
+                    subst.insert(key, f);
+                }
+                Err(e) => {
+                    if e.kind() == Kind::Integrity {
+                        self.inner.signal_integrity(e.to_string());
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            for f in subst.values() {
+                self.inner.decr(&f.id);
+            }
+            return Err(e);
+        }
+        Ok(fileset.subst(&subst).0)
     }
 
     /// Drops one reference to every file of `fileset`; objects that reach zero are deleted in
@@ -1171,6 +1272,9 @@ fn scan_execs(dir: &Path) -> Result<Vec<(ScannedExec, Option<Manifest>)>, Execut
         let p = entry.path().join(MANIFEST_FILE);
         let (scan, manifest) = match persist::read_json::<Manifest>(&p, MAX_MANIFEST_BYTES) {
             Ok(m) => match m.check_version() {
+                Ok(()) if m.exec_type == ExecType::Blob => {
+                    (DirScan::BlobManifest(m.state), Some(m))
+                }
                 Ok(()) => (DirScan::Manifest(m.state), Some(m)),
                 Err(e) => (DirScan::Corrupt(e.to_string()), None),
             },

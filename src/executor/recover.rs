@@ -24,6 +24,8 @@ use crate::manifest::ExecState;
 pub enum DirScan {
     /// A readable manifest in this state.
     Manifest(ExecState),
+    /// A readable manifest of an intern/extern exec (no container) in this state.
+    BlobManifest(ExecState),
     /// No `manifest.json`.
     NoManifest,
     /// A manifest that cannot be used (torn, undecodable, too large, newer version).
@@ -144,6 +146,17 @@ pub fn plan(execs: &[ScannedExec], containers: &[LabeledContainer]) -> Vec<Recov
                     }
                 });
             }
+            DirScan::BlobManifest(state) => {
+                // No container to find: an unfinished transfer is redone from its step.
+                actions.push(match state {
+                    ExecState::Complete => Serve { id },
+                    ExecState::Unstarted | ExecState::Init => Resume {
+                        id,
+                        from: ExecState::Init,
+                    },
+                    s => Resume { id, from: *s },
+                });
+            }
             DirScan::Corrupt(reason) => {
                 claimed.insert(id);
                 actions.push(Quarantine {
@@ -203,6 +216,21 @@ mod tests {
         );
         let cases: Vec<Case> = vec![
             ("empty", vec![], vec![], vec![]),
+            (
+                "blob exec running: the transfer is redone, nothing is lost",
+                vec![exec(1, BlobManifest(Running))],
+                vec![],
+                vec![Resume {
+                    id: id(1),
+                    from: Running,
+                }],
+            ),
+            (
+                "blob exec complete",
+                vec![exec(1, BlobManifest(Complete))],
+                vec![],
+                vec![Serve { id: id(1) }],
+            ),
             (
                 "init, no container",
                 vec![exec(1, Manifest(Init))],
