@@ -75,15 +75,30 @@ async fn child_oom_while_the_shell_survives_is_oom() {
     // Single quotes: the child bash, not the main one, expands the hog.
     let cmd =
         r#"bash -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a)' || echo child died >&2; exit 1"#;
-    let e = ex.put(new_id("oom-child"), limited(cmd)).await.unwrap();
-    e.wait().await.unwrap();
-    let err = e.result().unwrap().err.expect("exec error");
-    assert_eq!(err.kind, Kind::Oom, "{err}");
-    let stderr = String::from_utf8(e.logs(false, true).unwrap()).unwrap();
-    assert!(
-        stderr.contains("Killed") && stderr.ends_with("child died\n"),
-        "the main shell survived: {stderr:?}"
-    );
+    // The kernel chooses the victims: on a loaded machine a second OOM kill sometimes takes the
+    // main shell too (memory of the first victim is reclaimed asynchronously), and then this is
+    // not the scenario under test. Every attempt must be classified OOM; the scenario (only the
+    // child killed, the shell exiting 1 on its own) must happen within a few attempts.
+    let mut survived = None;
+    let mut seen = Vec::new();
+    for attempt in 0..6 {
+        let e = ex
+            .put(new_id(&format!("oom-child-{attempt}")), limited(cmd))
+            .await
+            .unwrap();
+        e.wait().await.unwrap();
+        let err = e.result().unwrap().err.expect("exec error");
+        assert_eq!(err.kind, Kind::Oom, "{err}");
+        let stderr = String::from_utf8(e.logs(false, true).unwrap()).unwrap();
+        let exit = manifest(&e).docker["State"]["ExitCode"].clone();
+        if stderr.contains("Killed") && stderr.ends_with("child died\n") {
+            assert_eq!(exit, 1, "the main shell's own exit code");
+            survived = Some(e);
+            break;
+        }
+        seen.push(format!("exit {exit}, stderr {stderr:?}"));
+    }
+    let e = survived.unwrap_or_else(|| panic!("the main shell never survived: {seen:?}"));
     let ev = manifest(&e).oom.expect("evidence");
     let sources: Vec<OomSource> = std::iter::once(ev.source)
         .chain(ev.corroborated_by.iter().copied())
