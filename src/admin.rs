@@ -195,10 +195,8 @@ impl Metrics {
         }
         self.allocs
             .set(i64::try_from(allocs.len()).unwrap_or(i64::MAX));
-        if let Some(o) = pool.offers().await.into_iter().next() {
-            for (k, v) in &o.available.0 {
-                self.free.get_or_create(&label("resource", k)).set(*v);
-            }
+        for (k, v) in &pool.available().await.0 {
+            self.free.get_or_create(&label("resource", k)).set(*v);
         }
         if let Some(root) = repo {
             let (bytes, objects) = tokio::task::spawn_blocking(move || repo_size(&root))

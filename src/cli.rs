@@ -294,6 +294,28 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
     })
 }
 
+/// The HMAC key shared by producers and agents: from `REFLOW_AGENT_HMAC_KEY` (hidden from
+/// `--help`, never logged).
+#[derive(Clone, clap::Args)]
+pub struct HmacKeyArg {
+    /// The key.
+    #[arg(
+        long = "hmac-key",
+        env = "REFLOW_AGENT_HMAC_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub hmac_key: Option<String>,
+}
+
+impl std::fmt::Debug for HmacKeyArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacKeyArg")
+            .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Options of the `serve` subcommand. Flags override environment variables, which override the
 /// config file.
 #[derive(Debug, clap::Args)]
@@ -310,14 +332,9 @@ pub struct ServeOptions {
     /// Overrides `repository.url` (`file:///DIR`).
     #[arg(long, env = "REFLOW_AGENT_REPOSITORY")]
     pub repository: Option<String>,
-    /// The HMAC key commands must be signed with (environment only; never logged).
-    #[arg(
-        long,
-        env = "REFLOW_AGENT_HMAC_KEY",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub hmac_key: Option<String>,
+    /// The HMAC key commands must be signed with.
+    #[command(flatten)]
+    pub hmac: HmacKeyArg,
     /// Overrides `executor.hard_mem_limit` (sets it).
     #[arg(long)]
     pub hard_mem_limit: bool,
@@ -354,7 +371,7 @@ pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
         );
     }
     let secrets = crate::agent::Secrets {
-        hmac_key: opts.hmac_key.as_ref().map(|k| k.as_bytes().to_vec()),
+        hmac_key: opts.hmac.hmac_key.as_ref().map(|k| k.as_bytes().to_vec()),
     };
     if opts.hard_mem_limit {
         cfg.executor.hard_mem_limit = true;
@@ -565,14 +582,9 @@ pub struct SubmitOptions {
     /// How long `--wait` waits, seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout_secs: u64,
-    /// Signs the command with this HMAC key when it has no signature (environment only).
-    #[arg(
-        long,
-        env = "REFLOW_AGENT_HMAC_KEY",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub hmac_key: Option<String>,
+    /// Signs the command with this HMAC key when it has no signature.
+    #[command(flatten)]
+    pub hmac: HmacKeyArg,
 }
 
 /// Whether `e` ends command `id`: its job's `exec.completed`, a request's `command.result`, or
@@ -603,7 +615,7 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
                 source,
             })?;
     let req = crate::protocol::decode_command(&bytes)?;
-    let bytes = match &opts.hmac_key {
+    let bytes = match &opts.hmac.hmac_key {
         Some(k) => {
             let mut env: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(CliError::Encode)?;

@@ -158,17 +158,7 @@ impl S3Store {
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
             // A fresh body from the file on every attempt.
-            let body = ByteStream::read_from()
-                .path(src)
-                .offset(start)
-                .length(Length::Exact(len))
-                .build()
-                .await
-                .map_err(|e| BlobError::Io {
-                    op: "read",
-                    path: src.to_path_buf(),
-                    source: std::io::Error::other(e),
-                })?;
+            let body = file_body(src, start, len).await?;
             match self
                 .client
                 .upload_part()
@@ -200,6 +190,21 @@ impl S3Store {
             message: "no attempt".into(),
         }))
     }
+}
+
+/// A request body reading `len` bytes of `src` from `offset`, opened anew for each call.
+async fn file_body(src: &Path, offset: u64, len: u64) -> Result<ByteStream, BlobError> {
+    ByteStream::read_from()
+        .path(src)
+        .offset(offset)
+        .length(Length::Exact(len))
+        .build()
+        .await
+        .map_err(|e| BlobError::Io {
+            op: "read",
+            path: src.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
 }
 
 fn info_from(
@@ -332,13 +337,7 @@ impl BlobStore for S3Store {
         if size <= part {
             let mut last = None;
             for _ in 0..ATTEMPTS {
-                let body = ByteStream::from_path(src)
-                    .await
-                    .map_err(|e| BlobError::Io {
-                        op: "read",
-                        path: src.to_path_buf(),
-                        source: std::io::Error::other(e),
-                    })?;
+                let body = file_body(src, 0, size).await?;
                 match self
                     .client
                     .put_object()

@@ -340,14 +340,7 @@ async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
 async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut n = 0u64;
     loop {
-        let free = inner
-            .pool
-            .offers()
-            .await
-            .into_iter()
-            .next()
-            .map(|o| o.available)
-            .unwrap_or_default();
+        let free = inner.pool.available().await;
         let allocs = inner.pool.allocs().await;
         let now = inner.clock.now();
         let mut running = 0u64;
@@ -853,14 +846,7 @@ impl Inner {
             s = self.run_slots.clone().acquire_owned() => s.ok(),
         };
         loop {
-            let free = self
-                .pool
-                .offers()
-                .await
-                .into_iter()
-                .next()
-                .map(|o| o.available)
-                .unwrap_or_default();
+            let free = self.pool.available().await;
             if free.available(&want) || entry.alloc.is_some() {
                 break;
             }

@@ -861,6 +861,17 @@ impl Executor {
         })
         .await
         .map_err(|e| ExecutorError::Exec(ReflowError::new(Kind::Fatal, "load", e.to_string())))?;
+        self.finish_load(fileset, results)
+    }
+
+    /// The end of every load: substitutes the loaded files into `fileset`, or, when any file
+    /// failed, raises the integrity signal for integrity errors and releases what was counted
+    /// (a failed load leaks no references) and returns the first error.
+    fn finish_load(
+        &self,
+        fileset: &Fileset,
+        results: Vec<(Digest, Result<File, ExecutorError>)>,
+    ) -> Result<Fileset, ExecutorError> {
         let mut subst = HashMap::new();
         let mut first_err = None;
         for (key, r) in results {
@@ -877,7 +888,6 @@ impl Executor {
             }
         }
         if let Some(e) = first_err {
-            // Release what this call counted, so a failed load leaks no references.
             for f in subst.values() {
                 self.inner.decr(&f.id);
             }
@@ -955,28 +965,7 @@ impl Executor {
                 .buffer_unordered(8)
                 .collect()
                 .await;
-        let mut subst = HashMap::new();
-        let mut first_err = None;
-        for (key, r) in results {
-            match r {
-                Ok(f) => {
-                    subst.insert(key, f);
-                }
-                Err(e) => {
-                    if e.kind() == Kind::Integrity {
-                        self.inner.signal_integrity(e.to_string());
-                    }
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            for f in subst.values() {
-                self.inner.decr(&f.id);
-            }
-            return Err(e);
-        }
-        Ok(fileset.subst(&subst).0)
+        self.finish_load(fileset, results)
     }
 
     /// Drops one reference to every file of `fileset`; objects that reach zero are deleted in

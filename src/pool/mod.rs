@@ -592,6 +592,16 @@ impl Pool {
         )
     }
 
+    /// What is free now: the pool's one offer.
+    pub async fn available(&self) -> Resources {
+        self.offers()
+            .await
+            .into_iter()
+            .next()
+            .map(|o| o.available)
+            .unwrap_or_default()
+    }
+
     /// Creates an alloc for `meta`, reclaiming expired allocs when room is needed.
     ///
     /// # Errors
