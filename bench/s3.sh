@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# S3 transfer throughput against `aws s3 cp --recursive` (awscli from PyPI) on the same moto
+# S3 transfer throughput against `aws s3 cp --only-show-errors --recursive` (awscli from PyPI) on the same moto
 # server, in the same run. Writes its section of bench/RESULTS.md.
 #
 #   bench/s3.sh [RUNS]     (default 3 runs of each measurement; medians reported)
@@ -16,7 +16,7 @@ cargo build --release --quiet --bin reflow-agent
 AGENT=$PWD/target/release/reflow-agent
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-http://127.0.0.1:5000}
-AWS=(aws --endpoint-url "$AWS_ENDPOINT_URL" --only-show-errors)
+AWS=(aws --endpoint-url "$AWS_ENDPOINT_URL")
 source bench/lib.sh
 
 WORK=$(mktemp -d -p "${TMPDIR:-/tmp}" reflow-s3-bench.XXXXXX)
@@ -30,13 +30,13 @@ BUCKET=bench-$(date +%s)
 n=0
 up() { # TOOL DATASET -> seconds
   n=$((n + 1)); local p="s3://$BUCKET/$1-$2-$n/"
-  if [ "$1" = agent ]; then secs "$AGENT" s3 cp "$WORK/$2" "$p"; else secs "${AWS[@]}" s3 cp --recursive "$WORK/$2" "$p"; fi
+  if [ "$1" = agent ]; then secs "$AGENT" s3 cp "$WORK/$2" "$p"; else secs "${AWS[@]}" s3 cp --only-show-errors --recursive "$WORK/$2" "$p"; fi
   echo "$p" >"$WORK/last-$1-$2"
 }
 down() { # TOOL DATASET -> seconds
   local p; p=$(cat "$WORK/last-$1-$2"); rm -rf "$WORK/dl"; mkdir -p "$WORK/dl"
-  if [ "$1" = agent ]; then secs "$AGENT" s3 cp "$p" "$WORK/dl/"; else secs "${AWS[@]}" s3 cp --recursive "$p" "$WORK/dl/"; fi
-  "${AWS[@]}" s3 rm --recursive "$p" >/dev/null
+  if [ "$1" = agent ]; then secs "$AGENT" s3 cp "$p" "$WORK/dl/"; else secs "${AWS[@]}" s3 cp --only-show-errors --recursive "$p" "$WORK/dl/"; fi
+  "${AWS[@]}" s3 rm --only-show-errors --recursive "$p" >/dev/null
 }
 for ds in one many; do
   for ((r = 0; r < RUNS; r++)); do
@@ -54,7 +54,7 @@ out=$(mktemp)
 {
   echo "## S3 transfers against aws s3 cp"
   echo
-  echo "Reproduce: \`bench/s3.sh $RUNS\`. Machine: $(nproc) cores, $(cpu_model); moto server on 127.0.0.1; $("${AWS[@]}" --version 2>&1 | cut -d' ' -f1). Date: $(date -u +%Y-%m-%d). Medians of $RUNS interleaved runs; release build; 8 objects in flight for both tools, 16 MiB parts for the agent."
+  echo "Reproduce: \`bench/s3.sh $RUNS\`. Machine: $(nproc) cores, $(cpu_model); moto server on 127.0.0.1; $("${AWS[@]}" --version 2>&1 | cut -d' ' -f1). Date: $(date -u +%Y-%m-%d). Medians of $RUNS interleaved runs; release build. The agent: 8 objects and 8 parts of 16 MiB in flight; awscli: its defaults (10 requests in flight, 8 MiB parts)."
   echo
   row "data" "direction" "agent (s)" "aws s3 cp (s)" "agent MiB/s" "aws MiB/s" "agent / aws (throughput)"
   echo "|---|---|---|---|---|---|---|"
@@ -66,7 +66,7 @@ out=$(mktemp)
     done
   done
   echo
-  echo "The agent's uploads include hashing each file for \`Content-Sha256\`; its downloads include a HEAD per object (for the digest) and verifying it. The goal is a ratio of at least 1.0."
+  echo "The agent's uploads include hashing each file for \`Content-Sha256\`; its downloads verify each file against the \`Content-Sha256\` its GET reports. awscli does neither. The goal is a ratio of at least 1.0."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh s3 "$out"

@@ -896,8 +896,13 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
             done.into_iter().collect::<Result<(), _>>()?;
         } else {
             let url = BlobUrl::parse(&opts.src).map_err(blob_err)?;
+            // The listing alone (no HEAD per object): each GET reports the Content-Sha256 that
+            // the download is then verified against.
             let infos = if url.is_prefix() {
-                store.list(&url.bucket, &url.key).await.map_err(blob_err)?
+                store
+                    .list_keys(&url.bucket, &url.key)
+                    .await
+                    .map_err(blob_err)?
             } else {
                 vec![store.head(&url.bucket, &url.key).await.map_err(blob_err)?]
             };
@@ -920,12 +925,16 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(CliError::Output)?;
                     }
-                    store
+                    let sha = store
                         .download(&url.bucket, &info, &target, progress)
                         .await
                         .map_err(blob_err)?;
                     bar.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
-                    if info.content_sha256.is_some() {
+                    if let Some(sha) = sha {
+                        let info = crate::blob::BlobInfo {
+                            content_sha256: Some(sha),
+                            ..info
+                        };
                         let t2 = target.clone();
                         let (d, n) = tokio::task::spawn_blocking(move || {
                             std::fs::File::open(&t2).and_then(Digest::of_reader)

@@ -235,9 +235,11 @@ async fn multipart_64_mib_round_trip_checked_with_sha256sum() {
     assert_eq!((info.size, info.content_sha256), (64 << 20, Some(d)));
     assert!(info.etag.contains('-'), "a multipart ETag: {}", info.etag);
     let dst = dir.path().join("back");
-    s.download(&b, &info, &dst, &Progress::default())
+    let reported = s
+        .download(&b, &info, &dst, &Progress::default())
         .await
         .unwrap();
+    assert_eq!(reported, Some(d), "the GET reports Content-Sha256");
     let out = std::process::Command::new("sha256sum")
         .arg(&dst)
         .output()

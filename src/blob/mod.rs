@@ -118,17 +118,21 @@ pub type Progress = Arc<AtomicU64>;
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// The object `key` of `bucket`, with its user metadata.
     async fn head(&self, bucket: &str, key: &str) -> Result<BlobInfo, BlobError>;
-    /// Every object under `prefix`, with metadata (paginated internally).
+    /// Every object under `prefix`, with metadata (paginated internally; one HEAD per object
+    /// for the user metadata).
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, BlobError>;
+    /// Every object under `prefix`, from the listing alone: no `content_sha256` (a download
+    /// reports it).
+    async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, BlobError>;
     /// Downloads `info` (ranged, concurrent, each range conditional on its ETag) into `dst`,
-    /// adding transferred bytes to `progress`.
+    /// adding transferred bytes to `progress`. Returns the `Content-Sha256` the object carries.
     async fn download(
         &self,
         bucket: &str,
         info: &BlobInfo,
         dst: &Path,
         progress: &Progress,
-    ) -> Result<(), BlobError>;
+    ) -> Result<Option<Digest>, BlobError>;
     /// Uploads the file `src` to `key` with `Content-Sha256 = sha256` (multipart when large).
     async fn upload(
         &self,

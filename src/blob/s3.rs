@@ -87,8 +87,17 @@ pub struct S3Store {
 impl S3Store {
     /// A store from an SDK configuration (path-style addressing).
     pub fn new(sdk: &aws_config::SdkConfig) -> S3Store {
+        // The SDK's own CRC checksums are computed only where S3 requires them: every object
+        // carries its SHA-256 (Content-Sha256), which every reader here verifies end to end, and
+        // a second per-byte checksum (sent as aws-chunked trailers) costs CPU on both sides.
         let conf = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(true)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .build();
         S3Store {
             client: Client::from_conf(conf),
@@ -107,7 +116,7 @@ impl S3Store {
         range: Option<(u64, u64)>,
         file: &std::fs::File,
         progress: &Progress,
-    ) -> Result<(), BlobError> {
+    ) -> Result<Option<Digest>, BlobError> {
         let url = format!("s3://{bucket}/{}", info.key);
         let mut req = self
             .client
@@ -119,6 +128,11 @@ impl S3Store {
             req = req.range(format!("bytes={start}-{}", end - 1));
         }
         let out = req.send().await.map_err(map("download", url.clone()))?;
+        let sha = out
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(META_SHA256))
+            .and_then(|v| Digest::parse(v).ok());
         let mut offset = range.map_or(0, |r| r.0);
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.map_err(|e| BlobError::Unavailable {
@@ -143,7 +157,7 @@ impl S3Store {
                 message: format!("short read: {offset} of {want} bytes"),
             });
         }
-        Ok(())
+        Ok(sha)
     }
 
     async fn upload_part(
@@ -247,24 +261,12 @@ impl BlobStore for S3Store {
     }
 
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, BlobError> {
-        let url = format!("s3://{bucket}/{prefix}");
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(map("list", url.clone()))?;
-            keys.extend(
-                page.contents
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|o| o.key),
-            );
-        }
+        let keys: Vec<String> = self
+            .list_keys(bucket, prefix)
+            .await?
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
         // Listings carry no user metadata; each object's comes from a HEAD, a few at a time.
         let heads: Vec<Result<BlobInfo, BlobError>> = futures_util::stream::iter(keys)
             .map(|k| async move { self.head(bucket, &k).await })
@@ -274,13 +276,44 @@ impl BlobStore for S3Store {
         heads.into_iter().collect()
     }
 
+    async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, BlobError> {
+        let url = format!("s3://{bucket}/{prefix}");
+        let mut infos = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(map("list", url.clone()))?;
+            infos.extend(
+                page.contents
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|o| {
+                        let key = o.key?;
+                        Some(info_from(
+                            &key,
+                            o.size,
+                            o.e_tag.as_deref(),
+                            o.last_modified.as_ref(),
+                            None,
+                        ))
+                    }),
+            );
+        }
+        Ok(infos)
+    }
+
     async fn download(
         &self,
         bucket: &str,
         info: &BlobInfo,
         dst: &Path,
         progress: &Progress,
-    ) -> Result<(), BlobError> {
+    ) -> Result<Option<Digest>, BlobError> {
         let file = std::fs::File::create(dst).map_err(|source| BlobError::Io {
             op: "create",
             path: dst.to_path_buf(),
@@ -296,7 +329,7 @@ impl BlobStore for S3Store {
                 .collect()
         };
         let file = &file;
-        let results: Vec<Result<(), BlobError>> = futures_util::stream::iter(ranges)
+        let results: Vec<Result<Option<Digest>, BlobError>> = futures_util::stream::iter(ranges)
             .map(|r| async move {
                 let mut attempt = 1;
                 loop {
@@ -309,12 +342,13 @@ impl BlobStore for S3Store {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        results.into_iter().collect::<Result<(), _>>()?;
+        let shas = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         file.sync_all().map_err(|source| BlobError::Io {
             op: "fsync",
             path: dst.to_path_buf(),
             source,
-        })
+        })?;
+        Ok(shas.into_iter().flatten().next())
     }
 
     async fn upload(
