@@ -105,6 +105,9 @@ async fn intern_one_key_and_a_prefix_without_siblings() {
     ex.promote(&one).await.unwrap();
     assert!(ex.repository().contains(&f.id));
 
+    // Inspect shows the bytes moved, as Reflow's blob execs do.
+    assert_eq!(ex.inspect(&one).await.unwrap().gauges["disk"], 6.0);
+
     let dir_id = new_id("intern-prefix");
     let e = ex
         .put(

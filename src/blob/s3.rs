@@ -212,6 +212,8 @@ async fn file_body(src: &Path, offset: u64, len: u64) -> Result<ByteStream, Blob
         .path(src)
         .offset(offset)
         .length(Length::Exact(len))
+        // The default reads 4 KiB at a time, which bounds uploads by syscalls and tiny frames.
+        .buffer_size(1 << 20)
         .build()
         .await
         .map_err(|e| BlobError::Io {

@@ -739,18 +739,36 @@ impl Exec {
     async fn transfer(&self, inner: &Arc<Inner>) -> Result<ExecState, ReflowError> {
         let cfg = lock(&self.manifest).config.clone();
         let op = cfg.kind.clone();
-        let r = match inner.cfg.blob.clone() {
-            None => Err(err(
-                Kind::NotSupported,
-                &op,
-                &self.id,
-                "no blob store is configured",
-            )),
-            Some(store) => match cfg.kind.as_str() {
-                crate::model::TYPE_INTERN => self.intern(store.as_ref(), &cfg, inner).await,
-                _ => self.extern_(store.as_ref(), &cfg, inner).await,
-            },
+        let progress = crate::blob::Progress::default();
+        let work = async {
+            match inner.cfg.blob.clone() {
+                None => Err(err(
+                    Kind::NotSupported,
+                    &op,
+                    &self.id,
+                    "no blob store is configured",
+                )),
+                Some(store) => match cfg.kind.as_str() {
+                    crate::model::TYPE_INTERN => {
+                        self.intern(store.as_ref(), &cfg, inner, &progress).await
+                    }
+                    _ => self.extern_(store.as_ref(), &cfg, inner, &progress).await,
+                },
+            }
         };
+        tokio::pin!(work);
+        // Inspect shows the bytes moved so far as the `disk` gauge (Reflow's blob-exec gauge).
+        let gauge = |p: &crate::blob::Progress| {
+            let bytes = p.load(Ordering::Relaxed) as f64;
+            lock(&self.manifest).gauges.insert("disk".into(), bytes);
+        };
+        let r = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                () = tokio::time::sleep(Duration::from_millis(250)) => gauge(&progress),
+            }
+        };
+        gauge(&progress);
         let result = match r {
             Ok(fileset) => ExecResult { fileset, err: None },
             Err(e) => {
@@ -758,7 +776,7 @@ impl Exec {
                     inner.signal_integrity(e.to_string());
                 }
                 let mut e = e;
-                e.op = op;
+                e.op = op.clone();
                 e.arg = vec![cfg.url.clone()];
                 ExecResult {
                     fileset: Default::default(),
@@ -777,6 +795,7 @@ impl Exec {
         store: &dyn crate::blob::BlobStore,
         cfg: &ExecConfig,
         inner: &Arc<Inner>,
+        progress: &crate::blob::Progress,
     ) -> Result<Fileset, ReflowError> {
         let rerr = |e: &crate::blob::BlobError| ReflowError::from_classified("intern", e);
         let url = crate::blob::BlobUrl::parse(&cfg.url).map_err(|e| rerr(&e))?;
@@ -795,8 +814,7 @@ impl Exec {
                     .map_err(|e| rerr(&e))?,
             ]
         };
-        let progress = crate::blob::Progress::default();
-        let (staging, progress, url) = (&staging, &progress, &url);
+        let (staging, url) = (&staging, &url);
         let fetched: Vec<Result<(String, crate::fileset::File), ReflowError>> =
             futures_util::stream::iter(infos)
                 .filter(|i| {
@@ -849,6 +867,7 @@ impl Exec {
         store: &dyn crate::blob::BlobStore,
         cfg: &ExecConfig,
         inner: &Arc<Inner>,
+        progress: &crate::blob::Progress,
     ) -> Result<Fileset, ReflowError> {
         let url = crate::blob::BlobUrl::parse(&cfg.url)
             .map_err(|e| ReflowError::from_classified("extern", &e))?;
@@ -858,8 +877,7 @@ impl Exec {
             .and_then(|a| a.fileset.clone())
             .unwrap_or_default()
             .pullup();
-        let progress = crate::blob::Progress::default();
-        let (url, progress) = (&url, &progress);
+        let url = &url;
         let done: Vec<Result<(), ReflowError>> = futures_util::stream::iter(input.map.clone())
             .map(|(path, f)| async move {
                 let prefix = url.key.trim_end_matches('/');
