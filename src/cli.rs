@@ -841,6 +841,14 @@ fn walk_files(root: &Path) -> Result<Vec<(String, PathBuf)>, CliError> {
     Ok(out)
 }
 
+/// The SHA-256 and size of the file at `path`, hashed off the async threads.
+async fn hash_file(path: PathBuf) -> Result<(Digest, u64), CliError> {
+    tokio::task::spawn_blocking(move || std::fs::File::open(&path).and_then(Digest::of_reader))
+        .await
+        .map_err(|e| CliError::Output(io::Error::other(e)))?
+        .map_err(CliError::Output)
+}
+
 /// Copies between local files and S3 with a progress bar: uploads carry `Content-Sha256`,
 /// downloads are verified against it.
 ///
@@ -870,13 +878,7 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
             let (store, url, progress, bar) = (&store, &url, &progress, &bar);
             let done: Vec<Result<(), CliError>> = futures_util::stream::iter(files)
                 .map(|(rel, path)| async move {
-                    let p2 = path.clone();
-                    let (d, _) = tokio::task::spawn_blocking(move || {
-                        std::fs::File::open(&p2).and_then(Digest::of_reader)
-                    })
-                    .await
-                    .map_err(|e| CliError::Output(io::Error::other(e)))?
-                    .map_err(CliError::Output)?;
+                    let (d, _) = hash_file(path.clone()).await?;
                     let key = match (url.key.trim_end_matches('/'), rel.as_str()) {
                         (k, "") => k.to_string(),
                         ("", r) => r.to_string(),
@@ -935,13 +937,7 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
                             content_sha256: Some(sha),
                             ..info
                         };
-                        let t2 = target.clone();
-                        let (d, n) = tokio::task::spawn_blocking(move || {
-                            std::fs::File::open(&t2).and_then(Digest::of_reader)
-                        })
-                        .await
-                        .map_err(|e| CliError::Output(io::Error::other(e)))?
-                        .map_err(CliError::Output)?;
+                        let (d, n) = hash_file(target.clone()).await?;
                         crate::blob::verify(&url.display(&info.key), &info, n, &d)
                             .map_err(blob_err)?;
                     }
