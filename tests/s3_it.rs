@@ -8,6 +8,8 @@
 mod common;
 
 use std::sync::Arc;
+
+use base64::Engine as _;
 use std::time::Duration;
 
 use common::*;
@@ -237,6 +239,30 @@ async fn multipart_64_mib_round_trip_checked_with_sha256sum() {
     let info = s.head(&b, "big.bin").await.unwrap();
     assert_eq!((info.size, info.content_sha256), (64 << 20, Some(d)));
     assert!(info.etag.contains('-'), "a multipart ETag: {}", info.etag);
+    // Every part carried its CRC32 (S3 verified each), and the object keeps their COMPOSITE.
+    let part = usize::try_from(reflow_agent::blob::s3::PART).unwrap();
+    let crcs: Vec<u8> = data
+        .chunks(part)
+        .flat_map(|c| crc32fast::hash(c).to_be_bytes())
+        .collect();
+    let composite =
+        base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(&crcs).to_be_bytes());
+    let h = s
+        .client()
+        .head_object()
+        .bucket(&b)
+        .key("big.bin")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    // S3 appends the part count ("…-4"); moto does not.
+    let reported = h.checksum_crc32.unwrap_or_default();
+    assert_eq!(reported.split('-').next(), Some(composite.as_str()));
+    assert_eq!(
+        h.checksum_type,
+        Some(aws_sdk_s3::types::ChecksumType::Composite)
+    );
     let dst = dir.path().join("back");
     let reported = s
         .download(&b, &info, &dst, &Progress::default())

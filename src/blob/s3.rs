@@ -8,7 +8,10 @@
 //! - Uploads larger than one part are multipart, `CONCURRENCY` parts at a time; each part's body
 //!   is re-opened from the file on every attempt, so a retry never reads a consumed stream. A
 //!   failed multipart upload is aborted.
-//! - Every upload carries the user metadata `Content-Sha256`.
+//! - Every upload carries the user metadata `Content-Sha256`, and every request body its CRC32
+//!   (`x-amz-checksum-crc32`, computed from the file before the request): S3 rejects a body that
+//!   arrived damaged (the request is retried), and a multipart object's checksum is the
+//!   COMPOSITE of its parts' CRC32s.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -18,7 +21,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
 use futures_util::StreamExt;
 
 use super::{BlobError, BlobInfo, BlobStore, Progress};
@@ -169,6 +172,7 @@ impl S3Store {
         (n, start, len): (i32, u64, u64),
     ) -> Result<CompletedPart, BlobError> {
         let url = format!("s3://{bucket}/{key}");
+        let crc = file_crc32(src, start, len).await?;
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
             // A fresh body from the file on every attempt.
@@ -181,6 +185,7 @@ impl S3Store {
                 .upload_id(upload_id)
                 .part_number(n)
                 .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                .checksum_crc32(&crc)
                 .body(body)
                 .send()
                 .await
@@ -189,6 +194,7 @@ impl S3Store {
                     return Ok(CompletedPart::builder()
                         .part_number(n)
                         .set_e_tag(out.e_tag)
+                        .checksum_crc32(crc)
                         .build());
                 }
                 Err(e) => {
@@ -204,6 +210,39 @@ impl S3Store {
             message: "no attempt".into(),
         }))
     }
+}
+
+/// The base64 CRC32 of `len` bytes of `src` from `offset` (the `x-amz-checksum-crc32` value).
+async fn file_crc32(src: &Path, offset: u64, len: u64) -> Result<String, BlobError> {
+    let path = src.to_path_buf();
+    let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
+        let file = std::fs::File::open(&path)?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; (1 << 20).min(usize::try_from(len).unwrap_or(usize::MAX))];
+        let mut at = offset;
+        while at < offset + len {
+            let want = usize::try_from(offset + len - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = file.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(hasher.finalize())
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
+    .map_err(|source| BlobError::Io {
+        op: "read",
+        path: src.to_path_buf(),
+        source,
+    })?;
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()))
 }
 
 /// A request body reading `len` bytes of `src` from `offset`, opened anew for each call.
@@ -371,6 +410,7 @@ impl BlobStore for S3Store {
             .len();
         let part = part_size(size);
         if size <= part {
+            let crc = file_crc32(src, 0, size).await?;
             let mut last = None;
             for _ in 0..ATTEMPTS {
                 let body = file_body(src, 0, size).await?;
@@ -381,6 +421,7 @@ impl BlobStore for S3Store {
                     .key(key)
                     .content_length(i64::try_from(size).unwrap_or(i64::MAX))
                     .metadata(META_SHA256, sha256.hex())
+                    .checksum_crc32(&crc)
                     .body(body)
                     .send()
                     .await
@@ -404,6 +445,8 @@ impl BlobStore for S3Store {
             .bucket(bucket)
             .key(key)
             .metadata(META_SHA256, sha256.hex())
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_type(ChecksumType::Composite)
             .send()
             .await
             .map_err(map("create multipart upload", url.clone()))?;
@@ -467,6 +510,20 @@ impl BlobStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn crc32_of_a_file_range_is_the_s3_header_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"xx123456789yy").unwrap();
+        // The CRC-32 check value of "123456789" is 0xCBF43926.
+        assert_eq!(file_crc32(&f, 2, 9).await.unwrap(), "y/Q5Jg==");
+        assert_eq!(file_crc32(&f, 0, 0).await.unwrap(), "AAAAAA==");
+        assert!(matches!(
+            file_crc32(&f, 10, 9).await,
+            Err(BlobError::Io { op: "read", .. })
+        ));
+    }
 
     #[test]
     fn parts_stay_within_the_service_limit() {
