@@ -73,6 +73,9 @@ pub enum CliError {
         /// The wait, seconds.
         secs: u64,
     },
+    /// A blob store transfer failed (`s3 cp`); the error names the object.
+    #[error(transparent)]
+    Blob(#[from] crate::blob::BlobError),
     /// Some objects failed verification.
     #[error("{failed} of {total} objects failed verification")]
     VerifyFailed {
@@ -95,6 +98,7 @@ impl Classify for CliError {
             CliError::Config(e) => e.kind(),
             CliError::Output(_) | CliError::Encode(_) | CliError::Runtime(_) => Kind::Other,
             CliError::VerifyFailed { .. } => Kind::Integrity,
+            CliError::Blob(e) => e.kind(),
             CliError::Queue(e) => e.kind(),
             CliError::Command(e) => e.kind(),
             CliError::Failed { error, .. } => error.kind,
@@ -857,17 +861,13 @@ async fn hash_file(path: PathBuf) -> Result<(Digest, u64), CliError> {
 pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
     use crate::blob::{BlobStore, BlobUrl, Progress};
     use futures_util::StreamExt;
-    let blob_err = |e: crate::blob::BlobError| CliError::Failed {
-        what: "s3 cp",
-        error: crate::error::ReflowError::from_classified("s3 cp", &e),
-    };
     runtime()?.block_on(async {
         let store =
             crate::blob::s3::S3Store::new(&crate::aws::sdk_config(&Default::default()).await);
         let progress = Progress::default();
         let jobs = opts.jobs.max(1);
         if opts.dst.starts_with("s3://") {
-            let url = BlobUrl::parse(&opts.dst).map_err(blob_err)?;
+            let url = BlobUrl::parse(&opts.dst)?;
             let files = walk_files(Path::new(&opts.src))?;
             let total: u64 = files
                 .iter()
@@ -884,10 +884,7 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
                         ("", r) => r.to_string(),
                         (k, r) => format!("{k}/{r}"),
                     };
-                    store
-                        .upload(&url.bucket, &key, &path, &d, progress)
-                        .await
-                        .map_err(blob_err)?;
+                    store.upload(&url.bucket, &key, &path, &d, progress).await?;
                     bar.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
                     Ok(())
                 })
@@ -897,16 +894,19 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
             bar.finish_and_clear();
             done.into_iter().collect::<Result<(), _>>()?;
         } else {
-            let url = BlobUrl::parse(&opts.src).map_err(blob_err)?;
+            // Neither side is s3://: name the destination, the likelier typo (`s3:/bucket`).
+            let remote = if opts.src.starts_with("s3://") {
+                &opts.src
+            } else {
+                &opts.dst
+            };
+            let url = BlobUrl::parse(remote)?;
             // The listing alone (no HEAD per object): each GET reports the Content-Sha256 that
             // the download is then verified against.
             let infos = if url.is_prefix() {
-                store
-                    .list_keys(&url.bucket, &url.key)
-                    .await
-                    .map_err(blob_err)?
+                store.list_keys(&url.bucket, &url.key).await?
             } else {
-                vec![store.head(&url.bucket, &url.key).await.map_err(blob_err)?]
+                vec![store.head(&url.bucket, &url.key).await?]
             };
             let total: u64 = infos.iter().map(|i| i.size).sum();
             let bar = progress_bar(total, "download");
@@ -924,23 +924,33 @@ pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
                     } else {
                         dst.clone()
                     };
-                    if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent).map_err(CliError::Output)?;
-                    }
+                    // Into a temporary file beside the target, renamed once verified: a
+                    // failed or corrupt download never leaves a file under the target's name.
+                    let parent = match target.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                        _ => PathBuf::from("."),
+                    };
+                    std::fs::create_dir_all(&parent).map_err(CliError::Output)?;
+                    let tmp = tempfile::Builder::new()
+                        .prefix(".reflow-s3-cp.")
+                        // The mode a plain create gives (0666 less the umask), not 0600.
+                        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                        .tempfile_in(&parent)
+                        .map_err(CliError::Output)?;
                     let sha = store
-                        .download(&url.bucket, &info, &target, progress)
-                        .await
-                        .map_err(blob_err)?;
+                        .download(&url.bucket, &info, tmp.path(), progress)
+                        .await?;
                     bar.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
                     if let Some(sha) = sha {
                         let info = crate::blob::BlobInfo {
                             content_sha256: Some(sha),
                             ..info
                         };
-                        let (d, n) = hash_file(target.clone()).await?;
-                        crate::blob::verify(&url.display(&info.key), &info, n, &d)
-                            .map_err(blob_err)?;
+                        let (d, n) = hash_file(tmp.path().to_path_buf()).await?;
+                        crate::blob::verify(&url.display(&info.key), &info, n, &d)?;
                     }
+                    tmp.persist(&target)
+                        .map_err(|e| CliError::Output(e.error))?;
                     Ok(())
                 })
                 .buffer_unordered(jobs)

@@ -382,3 +382,93 @@ fn a_job_reads_and_writes_s3() {
         (&b"READS FROM S3\n"[..], Some(want))
     );
 }
+
+/// Runs `reflow-agent s3 cp SRC DST` against the emulator.
+fn s3_cp(src: &str, dst: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args(["s3", "cp", src, dst])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", aws_endpoint())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn s3_cp_round_trips_a_tree_and_names_its_errors() {
+    let s = store().await;
+    let b = bucket(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::write(src.join("sub/deeper/b.bin"), vec![7u8; 20 << 20]).unwrap();
+    let up = s3_cp(src.to_str().unwrap(), &format!("s3://{b}/tree/"));
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // Each object carries its SHA-256.
+    let (_, meta) = get(&s, &b, "tree/a.txt").await;
+    assert_eq!(meta.as_deref(), Some(sha256sum(b"alpha\n").as_str()));
+    let back = dir.path().join("back");
+    let down = s3_cp(&format!("s3://{b}/tree/"), back.to_str().unwrap());
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(std::fs::read(back.join("a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(
+        std::fs::read(back.join("sub/deeper/b.bin")).unwrap(),
+        vec![7u8; 20 << 20]
+    );
+    let names: Vec<_> = std::fs::read_dir(&back)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+
+    // An object whose Content-Sha256 lies: a non-zero exit naming the object once, and no file.
+    put(
+        &s,
+        &b,
+        "lie.txt",
+        b"actual bytes",
+        Some(&sha256sum(b"claimed")),
+    )
+    .await;
+    let target = dir.path().join("lie.txt");
+    let bad = s3_cp(&format!("s3://{b}/lie.txt"), target.to_str().unwrap());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(err.contains("integrity error: digest sha256:"), "{err}");
+    assert_eq!(
+        err.matches(&format!("s3://{b}/lie.txt")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!target.exists(), "a corrupt download is not left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "src and back only"
+    );
+
+    // A missing key, and a URL that is not one.
+    let missing = s3_cp(&format!("s3://{b}/nope"), target.to_str().unwrap());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains(&format!("s3://{b}/nope: does not exist")),
+        "{err}"
+    );
+    let typo = s3_cp(src.join("a.txt").to_str().unwrap(), &format!("s3:/{b}/x"));
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(!typo.status.success());
+    assert!(
+        err.contains(&format!("unsupported blob URL \"s3:/{b}/x\"")),
+        "{err}"
+    );
+}
