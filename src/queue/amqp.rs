@@ -280,6 +280,9 @@ pub struct AmqpSource {
     topo: Topology,
     settings: QueueSettings,
     consumer: Option<(Connection, Channel, lapin::Consumer, lapin::Consumer)>,
+    /// The connection of a closed consumer, kept open while the source lives so deliveries in
+    /// progress can still be settled; dropping the source returns what is left to the queue.
+    closed: Option<(Connection, Channel)>,
     publisher: std::sync::Arc<Publisher>,
     backoff: Duration,
 }
@@ -451,9 +454,7 @@ impl CommandSource for AmqpSource {
             returned,
             "Stopped consuming; prefetched commands handed back."
         );
-        // The connection stays open until the process ends, so deliveries in progress can still
-        // be settled; dropping it returns whatever is left to the queue.
-        std::mem::forget((conn, ch));
+        self.closed = Some((conn, ch));
     }
 }
 
@@ -557,6 +558,7 @@ pub(super) async fn connect(
         topo,
         settings: settings.clone(),
         consumer: None,
+        closed: None,
         publisher: publisher.clone(),
         backoff: Duration::from_millis(100),
     };
