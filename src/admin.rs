@@ -46,7 +46,37 @@ pub struct Metrics {
     free: Family<Labels, Gauge<f64, AtomicU64>>,
     repo_bytes: Gauge,
     repo_objects: Gauge,
+    repo_scan: RepoScan,
     allocs: Gauge,
+}
+
+/// How long a repository walk answers the repository gauges: a large repository is walked at
+/// most this often, however often `/metrics` is scraped.
+pub const REPO_SCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// The last walk of the repository, reused until it is [`REPO_SCAN_EVERY`] old. The lock is
+/// held during a walk, so concurrent scrapes wait for one walk instead of starting several.
+#[derive(Debug, Default)]
+struct RepoScan {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, u64, u64)>>,
+}
+
+impl RepoScan {
+    /// Bytes and objects under `root`, walked again only if the last walk is older than
+    /// [`REPO_SCAN_EVERY`] at `now`.
+    async fn get(&self, root: PathBuf, now: tokio::time::Instant) -> (u64, u64) {
+        let mut last = self.last.lock().await;
+        if let Some((at, bytes, objects)) = *last
+            && now.saturating_duration_since(at) < REPO_SCAN_EVERY
+        {
+            return (bytes, objects);
+        }
+        let (bytes, objects) = tokio::task::spawn_blocking(move || repo_size(&root))
+            .await
+            .unwrap_or((0, 0));
+        *last = Some((now, bytes, objects));
+        (bytes, objects)
+    }
 }
 
 impl Default for Metrics {
@@ -66,6 +96,7 @@ impl Default for Metrics {
             free: Family::default(),
             repo_bytes: Gauge::default(),
             repo_objects: Gauge::default(),
+            repo_scan: RepoScan::default(),
             allocs: Gauge::default(),
             registry: Registry::default(),
         };
@@ -122,12 +153,12 @@ impl Default for Metrics {
         );
         registry.register(
             "repository_bytes",
-            "Bytes in the agent's repository",
+            "Bytes in the agent's repository (walked at most every 30 s)",
             m.repo_bytes.clone(),
         );
         registry.register(
             "repository_objects",
-            "Objects in the agent's repository",
+            "Objects in the agent's repository (walked at most every 30 s)",
             m.repo_objects.clone(),
         );
         registry.register("allocs", "Live allocs", m.allocs.clone());
@@ -199,9 +230,7 @@ impl Metrics {
             self.free.get_or_create(&label("resource", k)).set(*v);
         }
         if let Some(root) = repo {
-            let (bytes, objects) = tokio::task::spawn_blocking(move || repo_size(&root))
-                .await
-                .unwrap_or((0, 0));
+            let (bytes, objects) = self.repo_scan.get(root, tokio::time::Instant::now()).await;
             self.repo_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             self.repo_objects
@@ -383,4 +412,33 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_repository_is_walked_at_most_every_scan_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let add = |name: &str, len: usize| {
+            std::fs::create_dir_all(dir.path().join(&name[..2])).unwrap();
+            std::fs::write(dir.path().join(&name[..2]).join(&name[2..]), vec![0u8; len]).unwrap();
+        };
+        add("ab0001", 10);
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::write(dir.path().join("tmp/partial"), b"not an object").unwrap();
+        let scan = RepoScan::default();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(scan.get(dir.path().into(), t0).await, (10, 1));
+        add("cd0002", 5);
+        let soon = t0 + REPO_SCAN_EVERY - Duration::from_millis(1);
+        assert_eq!(scan.get(dir.path().into(), soon).await, (10, 1), "cached");
+        let later = t0 + REPO_SCAN_EVERY;
+        assert_eq!(
+            scan.get(dir.path().into(), later).await,
+            (15, 2),
+            "walked again"
+        );
+    }
 }
