@@ -1,6 +1,8 @@
-//! Registry credentials for image pulls (Reflow's `Authenticator`): static credentials from a
-//! docker config file, and ECR tokens through the AWS SDK, cached until shortly before they
-//! expire. Credentials are never logged; [`RegistryAuth`]'s `Debug` redacts the password.
+//! Registry credentials for image pulls (Reflow's `Authenticator`): a docker config file (its
+//! static `auths`, and the credential helpers named by `credHelpers` and `credsStore`), and ECR
+//! tokens through the AWS SDK, cached until shortly before they expire. Credentials are never
+//! logged; [`RegistryAuth`]'s `Debug` redacts the password, and a helper's output appears in no
+//! error.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +26,12 @@ pub const MAX_DOCKER_CONFIG_BYTES: u64 = 1 << 20;
 pub const ECR_RENEW_BEFORE: chrono::Duration = chrono::Duration::minutes(5);
 /// The host Docker Hub images are pulled from.
 pub const DOCKER_HUB: &str = "docker.io";
+/// The server URL docker's tools use for Docker Hub (what a credential helper is asked for).
+pub const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
+/// How long a credential helper may take.
+pub const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest credential helper answer read.
+const MAX_HELPER_OUTPUT: usize = 64 << 10;
 
 /// Credential lookup failures.
 #[derive(Debug, Error)]
@@ -52,14 +60,32 @@ pub enum AuthError {
     /// ECR answered without a usable token.
     #[error("ECR returned no usable authorization token")]
     NoToken,
+    /// A credential helper name that is not a plain program suffix (`docker-credential-NAME`).
+    #[error("docker config names credential helper {helper:?}, which is not a plain name")]
+    BadHelperName {
+        /// The name as configured.
+        helper: String,
+    },
+    /// A credential helper could not be run, failed, or answered something unusable.
+    #[error("credential helper docker-credential-{helper} for {registry}: {message}")]
+    Helper {
+        /// The helper's name (`credHelpers`/`credsStore`).
+        helper: String,
+        /// The registry asked for.
+        registry: String,
+        /// What went wrong (never the helper's answer, which may hold a secret).
+        message: String,
+    },
 }
 
 impl Classify for AuthError {
     fn kind(&self) -> Kind {
         match self {
             AuthError::Config { source, .. } => source.kind(),
-            AuthError::BadAuthField { .. } => Kind::Invalid,
-            AuthError::Ecr { .. } | AuthError::NoToken => Kind::Unavailable,
+            AuthError::BadAuthField { .. } | AuthError::BadHelperName { .. } => Kind::Invalid,
+            AuthError::Ecr { .. } | AuthError::NoToken | AuthError::Helper { .. } => {
+                Kind::Unavailable
+            }
         }
     }
 }
@@ -95,16 +121,46 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     async fn authenticate(&self, image: &str) -> Result<Option<RegistryAuth>, AuthError>;
 }
 
-/// Static credentials from a docker config file (`~/.docker/config.json`, `auths` section).
+/// Credentials from a docker config file (`~/.docker/config.json`): a registry named in
+/// `credHelpers` asks that helper, any other asks the `credsStore` helper when one is set, and a
+/// registry the helper has nothing for (or no helper) uses the static `auths` entry, as the
+/// docker CLI does.
 #[derive(Debug, Clone, Default)]
 pub struct DockerConfigAuth {
     auths: BTreeMap<String, RegistryAuth>,
+    helpers: BTreeMap<String, String>,
+    store: Option<String>,
+    helper_path: Option<std::ffi::OsString>,
 }
 
 #[derive(Deserialize)]
 struct DockerConfigFile {
     #[serde(default)]
     auths: BTreeMap<String, DockerConfigEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+/// What `docker-credential-NAME get` prints.
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// Whether `name` can be a `docker-credential-NAME` program suffix (no path, no options).
+fn plain_helper_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name != "."
+        && name != ".."
 }
 
 #[derive(Deserialize)]
@@ -130,10 +186,11 @@ fn normalize_registry(key: &str) -> String {
 }
 
 impl DockerConfigAuth {
-    /// Reads the `auths` of a docker config file. Credential helpers are not consulted.
+    /// Reads a docker config file: its `auths`, `credHelpers` and `credsStore`. Helpers run
+    /// later, at each pull that needs credentials.
     ///
     /// # Errors
-    /// An unreadable file or a malformed `auth` field.
+    /// An unreadable file, a malformed `auth` field, or a helper name that is not plain.
     pub fn load(path: &Path) -> Result<Self, AuthError> {
         let file: DockerConfigFile =
             persist::read_json(path, MAX_DOCKER_CONFIG_BYTES).map_err(|source| {
@@ -174,7 +231,116 @@ impl DockerConfigAuth {
                 },
             );
         }
-        Ok(DockerConfigAuth { auths })
+        let helpers: BTreeMap<String, String> = file
+            .cred_helpers
+            .into_iter()
+            .map(|(k, v)| (normalize_registry(&k), v))
+            .collect();
+        // An empty `credsStore` (some tools write one) means none.
+        let store = file.creds_store.filter(|s| !s.is_empty());
+        for h in helpers.values().chain(store.iter()) {
+            if !plain_helper_name(h) {
+                return Err(AuthError::BadHelperName { helper: h.clone() });
+            }
+        }
+        Ok(DockerConfigAuth {
+            auths,
+            helpers,
+            store,
+            helper_path: None,
+        })
+    }
+
+    /// Looks credential helpers up in `path` (a `PATH`-style list) instead of the process's
+    /// `PATH`.
+    #[must_use]
+    pub fn with_helper_path(mut self, path: impl Into<std::ffi::OsString>) -> Self {
+        self.helper_path = Some(path.into());
+        self
+    }
+
+    /// Runs `docker-credential-HELPER get` for `host`: `None` when it has no credentials.
+    async fn ask_helper(
+        &self,
+        helper: &str,
+        host: &str,
+    ) -> Result<Option<RegistryAuth>, AuthError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let fail = |message: String| AuthError::Helper {
+            helper: helper.to_string(),
+            registry: host.to_string(),
+            message,
+        };
+        let server = if host == DOCKER_HUB {
+            DOCKER_HUB_SERVER
+        } else {
+            host
+        };
+        let mut cmd = tokio::process::Command::new(format!("docker-credential-{helper}"));
+        cmd.arg("get")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(p) = &self.helper_path {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run it: {e}")))?;
+        let run = async {
+            if let Some(mut stdin) = child.stdin.take() {
+                // A helper may answer without reading its input.
+                match stdin.write_all(server.as_bytes()).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                    _ => {}
+                }
+            }
+            let mut out = Vec::new();
+            if let Some(stdout) = child.stdout.take() {
+                stdout
+                    .take(MAX_HELPER_OUTPUT as u64)
+                    .read_to_end(&mut out)
+                    .await?;
+            }
+            Ok::<_, std::io::Error>((child.wait().await?, out))
+        };
+        let (status, out) = tokio::time::timeout(HELPER_TIMEOUT, run)
+            .await
+            .map_err(|_| fail(format!("no answer within {} s", HELPER_TIMEOUT.as_secs())))?
+            .map_err(|e| fail(e.to_string()))?;
+        if !status.success() {
+            // The helper protocol's answer for an unknown server; anything else is a failure.
+            let text = String::from_utf8_lossy(&out);
+            if text.contains("credentials not found") {
+                return Ok(None);
+            }
+            let first: String = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            return Err(fail(format!("{status}: {first}")));
+        }
+        let answer: HelperAnswer = serde_json::from_slice(&out)
+            .map_err(|_| fail("the answer is not the helper protocol's JSON".into()))?;
+        if answer.username == "<token>" {
+            return Err(fail(
+                "it returned an identity token, which image pulls here do not support".into(),
+            ));
+        }
+        tracing::debug!(
+            helper,
+            registry = host,
+            "Credentials from a credential helper."
+        );
+        Ok(Some(RegistryAuth {
+            username: answer.username,
+            password: answer.secret,
+            server: host.to_string(),
+        }))
     }
 
     /// Registries this file has credentials for.
@@ -186,7 +352,13 @@ impl DockerConfigAuth {
 #[async_trait]
 impl Authenticator for DockerConfigAuth {
     async fn authenticate(&self, image: &str) -> Result<Option<RegistryAuth>, AuthError> {
-        Ok(self.auths.get(&registry_host(image)).cloned())
+        let host = registry_host(image);
+        if let Some(helper) = self.helpers.get(&host).or(self.store.as_ref())
+            && let Some(auth) = self.ask_helper(helper, &host).await?
+        {
+            return Ok(Some(auth));
+        }
+        Ok(self.auths.get(&host).cloned())
     }
 }
 
@@ -337,7 +509,7 @@ mod tests {
                           "https://index.docker.io/v1/": {"auth": "aHViOnNlY3JldA=="},
                           "other.example": {"username": "u", "password": "p"},
                           "helper.example": {}},
-                "credsStore": "desktop"}"#,
+                "credsStore": ""}"#,
         )
         .unwrap();
         let a = DockerConfigAuth::load(&p).unwrap();
@@ -379,5 +551,110 @@ mod tests {
                 .kind(),
             Kind::NotExist
         );
+    }
+
+    /// Writes an executable `docker-credential-NAME` shell script into `dir`.
+    fn helper(dir: &Path, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(format!("docker-credential-{name}"));
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn credential_helpers_then_static_auths() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let asked = dir.path().join("asked");
+        helper(
+            &bin,
+            "desktop",
+            &format!(
+                r#"read -r server; echo "$1 $server" >> {}
+case "$server" in
+  127.0.0.1:5001) echo '{{"ServerURL":"127.0.0.1:5001","Username":"fromhelper","Secret":"s3cret"}}' ;;
+  *) echo "credentials not found in native keychain"; exit 1 ;;
+esac"#,
+                asked.display()
+            ),
+        );
+        helper(&bin, "broken", "echo boom; exit 3");
+        helper(
+            &bin,
+            "token",
+            r#"echo '{"Username":"<token>","Secret":"refresh"}'"#,
+        );
+        helper(&bin, "garbage", "echo 'not json secret-ish'");
+        let p = dir.path().join("config.json");
+        // base64("reflow:static") and base64("hub:secret")
+        std::fs::write(
+            &p,
+            r#"{"auths": {"127.0.0.1:5001": {"auth": "cmVmbG93OnN0YXRpYw=="},
+                          "https://index.docker.io/v1/": {"auth": "aHViOnNlY3JldA=="}},
+                "credsStore": "desktop",
+                "credHelpers": {"broken.example": "broken", "token.example": "token",
+                                "https://garbage.example/v1/": "garbage"}}"#,
+        )
+        .unwrap();
+        let a = DockerConfigAuth::load(&p).unwrap().with_helper_path(&bin);
+        // The store's answer wins over the static entry.
+        let c = a
+            .authenticate("127.0.0.1:5001/x/y:1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str(), c.server.as_str()),
+            ("fromhelper", "s3cret", "127.0.0.1:5001")
+        );
+        // Not in the store: the static entry. Docker Hub is asked by its server URL.
+        let hub = a.authenticate("ubuntu").await.unwrap().unwrap();
+        assert_eq!(hub.username, "hub");
+        assert!(a.authenticate("unknown.example/z").await.unwrap().is_none());
+        assert_eq!(
+            std::fs::read_to_string(&asked).unwrap(),
+            "get 127.0.0.1:5001\nget https://index.docker.io/v1/\nget unknown.example\n"
+        );
+        // A failing helper, an identity token and an answer that is not JSON are errors that
+        // never quote the answer.
+        let e = a.authenticate("broken.example/z").await.unwrap_err();
+        assert_eq!(e.kind(), Kind::Unavailable);
+        assert!(
+            e.to_string()
+                .contains("docker-credential-broken for broken.example"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("boom"), "{e}");
+        let e = a.authenticate("token.example/z").await.unwrap_err();
+        assert!(e.to_string().contains("identity token"), "{e}");
+        assert!(!e.to_string().contains("refresh"), "{e}");
+        let e = a.authenticate("garbage.example/z").await.unwrap_err();
+        assert!(!e.to_string().contains("secret-ish"), "{e}");
+        // A helper that is not installed.
+        let none = DockerConfigAuth::load(&p)
+            .unwrap()
+            .with_helper_path(dir.path().join("empty"));
+        let e = none.authenticate("ubuntu").await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("docker-credential-desktop for docker.io: cannot run it"),
+            "{e}"
+        );
+        // A helper name that would leave the docker-credential- namespace.
+        for bad in ["../evil", "-x", "a/b", ""] {
+            std::fs::write(
+                &p,
+                format!(r#"{{"credHelpers": {{"r.example": "{bad}"}}}}"#),
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    DockerConfigAuth::load(&p),
+                    Err(AuthError::BadHelperName { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }
