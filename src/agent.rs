@@ -62,6 +62,15 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The configured docker config file could not be used.
+    #[error("registry credentials from {path}")]
+    DockerConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: crate::docker::auth::AuthError,
+    },
     /// The HMAC key file could not be read.
     #[error("read the HMAC key file {path}")]
     HmacKey {
@@ -98,6 +107,7 @@ impl Classify for AgentError {
             AgentError::Queue { source, .. } => source.kind(),
             AgentError::Control(e) => e.kind(),
             AgentError::HmacKey { source, .. } => source.kind(),
+            AgentError::DockerConfig { source, .. } => source.kind(),
             AgentError::Admin { .. } => Kind::Unavailable,
         }
     }
@@ -119,6 +129,36 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Registry credentials for pulls: the docker config file (static entries and credential
+/// helpers), then ECR tokens. A configured file that cannot be used stops the start; a default
+/// one (`~/.docker/config.json`) that cannot is skipped with a warning.
+async fn registry_auth(
+    cfg: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Arc<dyn crate::docker::auth::Authenticator>>, AgentError> {
+    use crate::docker::auth::{Authenticator, ChainAuth, DockerConfigAuth, EcrAuth};
+    let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+    if let Some((path, explicit)) = cfg.docker_config_path() {
+        match DockerConfigAuth::load(&path) {
+            Ok(a) => {
+                tracing::info!(path = %path.display(), registries = a.registries().count(), "Registry credentials from a docker config file.");
+                chain.push(Arc::new(a));
+            }
+            Err(source) if explicit => return Err(AgentError::DockerConfig { path, source }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Ignoring the default docker config file.");
+            }
+        }
+    }
+    if cfg.executor.ecr_auth {
+        chain.push(Arc::new(EcrAuth::new(
+            &crate::aws::sdk_config(&cfg.aws).await,
+            clock,
+        )));
+    }
+    Ok((!chain.is_empty()).then(|| Arc::new(ChainAuth(chain)) as Arc<dyn Authenticator>))
 }
 
 /// Runs the agent until `shutdown` completes or the pool has been idle long enough.
@@ -170,6 +210,7 @@ pub async fn run(
         &crate::aws::sdk_config(&cfg.aws).await,
     ));
     let mut executor = cfg.executor_template();
+    executor.auth = registry_auth(&cfg, clock.clone()).await?;
     executor.oom_detectors = vec![Arc::new(kmsg.clone())];
     executor.blob = Some(blob.clone());
     let pool_cfg = PoolConfig {

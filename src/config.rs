@@ -100,6 +100,13 @@ pub struct ExecutorSection {
     pub network_mode: String,
     /// Disk/CPU/memory sampling period, seconds. Default 10.
     pub profile_interval_secs: u64,
+    /// A docker config file whose `auths`, `credHelpers` and `credsStore` give registry
+    /// credentials for pulls. Default: `$DOCKER_CONFIG/config.json`, else
+    /// `$HOME/.docker/config.json`, when that file exists.
+    pub docker_config: Option<PathBuf>,
+    /// Pull ECR images (`<account>.dkr.ecr.<region>.amazonaws.com/...`) with tokens from ECR's
+    /// `GetAuthorizationToken` (the SDK's standard chain). Default true.
+    pub ecr_auth: bool,
 }
 
 impl Default for ExecutorSection {
@@ -110,6 +117,8 @@ impl Default for ExecutorSection {
             allow_aws_creds: false,
             network_mode: "host".into(),
             profile_interval_secs: 10,
+            docker_config: None,
+            ecr_auth: true,
         }
     }
 }
@@ -399,6 +408,20 @@ impl Config {
         }
     }
 
+    /// The docker config file registry credentials come from: `executor.docker_config`, else
+    /// `$DOCKER_CONFIG/config.json` or `$HOME/.docker/config.json` when it exists; with whether
+    /// it was configured explicitly.
+    pub fn docker_config_path(&self) -> Option<(PathBuf, bool)> {
+        if let Some(p) = &self.executor.docker_config {
+            return Some((p.clone(), true));
+        }
+        let dir = std::env::var_os("DOCKER_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+        let p = dir.join("config.json");
+        p.is_file().then_some((p, false))
+    }
+
     /// The settings every alloc's executor gets (its id and directory are filled in per alloc).
     pub fn executor_template(&self) -> ExecutorConfig {
         let mut c = ExecutorConfig::new("template", self.agent.state_dir.join("allocs"));
@@ -428,6 +451,8 @@ mod tests {
             [executor]
             hard_mem_limit = true
             network_mode = "none"
+            docker_config = "/etc/reflow-agent/docker.json"
+            ecr_auth = false
             [aws]
             region = "us-west-2"
             endpoint_url = "http://127.0.0.1:5000"
@@ -441,6 +466,11 @@ mod tests {
         assert!(e.hard_mem_limit);
         assert_eq!(e.network_mode, "none");
         assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(!c.executor.ecr_auth);
+        assert_eq!(
+            c.docker_config_path(),
+            Some((PathBuf::from("/etc/reflow-agent/docker.json"), true))
+        );
     }
 
     #[test]

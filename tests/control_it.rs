@@ -886,3 +886,131 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     recv("STOPPING=1");
     assert!(agent.wait(Duration::from_secs(60)).success());
 }
+
+/// Runs `reflow-agent submit --wait` of `body` on `queue`.
+fn submit_wait(dir: &Path, queue: &str, name: &str, body: &str) -> std::process::Output {
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, body).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args([
+            "submit",
+            "--wait",
+            "--timeout-secs",
+            "120",
+            "--queue",
+            queue,
+        ])
+        .arg(&file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_served_agent_pulls_with_credentials_from_a_docker_credential_helper() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A tag of the test image that only the htpasswd registry has.
+    let image = format!("{REGISTRY}/reflow-agent-test/busybox:{}", uniq("helper"));
+    let login = dir.path().join("login");
+    let as_pusher = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", &login)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        if let Some(s) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success(), "docker {args:?}");
+    };
+    as_pusher(
+        &[
+            "login",
+            "-u",
+            REGISTRY_CREDS.0,
+            "--password-stdin",
+            REGISTRY,
+        ],
+        Some(REGISTRY_CREDS.1),
+    );
+    as_pusher(&["tag", "reflow-agent-test/busybox:1", &image], None);
+    as_pusher(&["push", &image], None);
+    as_pusher(&["rmi", &image], None);
+
+    // The helper answers for the registry with the secret in a file, and logs what it is asked.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (secret, asked) = (dir.path().join("secret"), dir.path().join("asked"));
+    let helper = bin.join("docker-credential-reflowtest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread -r server; echo \"$1 $server\" >> {asked}\n\
+             [ \"$server\" = {REGISTRY} ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"%s\"}}' \"$server\" \"$(cat {secret})\"\n",
+            asked = asked.display(),
+            secret = secret.display(),
+            user = REGISTRY_CREDS.0,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker_config = dir.path().join("docker-config.json");
+    std::fs::write(
+        &docker_config,
+        format!(r#"{{"credHelpers": {{"{REGISTRY}": "reflowtest"}}}}"#),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let spool = format!("spool://{}", dir.path().join("spool").display());
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("creds"),
+        &spool,
+        &format!(
+            "[executor]\ndocker_config = \"{}\"\necr_auth = false\n",
+            docker_config.display()
+        ),
+        &[("PATH", path.as_str())],
+    );
+    let job = |id: &str| {
+        format!(
+            r#"{{"v":1,"id":"{id}","kind":"job","body":{{"config":{{"Type":"exec","Image":"{image}","Cmd":"echo pulled > $out","Resources":{{"mem":67108864,"cpu":1}}}}}}}}"#
+        )
+    };
+
+    // A wrong secret from the helper: the registry refuses it, NotAllowed at once.
+    std::fs::write(&secret, "wrong").unwrap();
+    let out = submit_wait(dir.path(), &spool, "refused", &job(&uniq("refused")));
+    assert!(!out.status.success());
+    let e: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let text = serde_json::to_string(&e).unwrap();
+    assert!(text.contains("\"Kind\":\"NotAllowed\""), "{text}");
+    assert!(!text.contains("wrong"), "no secret in the event: {text}");
+
+    // The right one: the pull succeeds and the job runs. The helper is asked at each pull.
+    std::fs::write(&secret, REGISTRY_CREDS.1).unwrap();
+    let out = submit_wait(dir.path(), &spool, "pulled", &job(&uniq("pulled")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: Event = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(output(&e).0, sha256sum(b"pulled\n"));
+    assert!(!docker(&["images", "-q", &image]).trim().is_empty());
+    let asked = std::fs::read_to_string(&asked).unwrap();
+    assert!(asked.lines().count() >= 2, "{asked}");
+    assert!(
+        asked.lines().all(|l| l == format!("get {REGISTRY}")),
+        "{asked}"
+    );
+    docker(&["rmi", &image]);
+}
