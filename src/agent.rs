@@ -316,6 +316,11 @@ pub async fn run(
         let (pool, cancel) = (pool.clone(), cancel.clone());
         tokio::spawn(async move { pool.maintain_taskdb_row(cancel).await })
     };
+    if cfg.agent.zombie_max_age_secs > 0 {
+        let (pool, cancel) = (pool.clone(), cancel.clone());
+        let max_age = Duration::from_secs(cfg.agent.zombie_max_age_secs);
+        tokio::spawn(async move { pool.collect_zombies_until(max_age, cancel).await });
+    }
     let stop = CancellationToken::new();
     let control_task = {
         let (control, stop) = (control.clone(), stop.clone());

@@ -73,6 +73,9 @@ pub struct AgentSection {
     pub expected_usable_mem: f64,
     /// Exit cleanly after this many seconds with every alloc expired (scale-in). Default: never.
     pub idle_exit_after_secs: Option<u64>,
+    /// Remove a dead alloc's directory (a zombie: its exec manifests, results and logs) this many
+    /// seconds after its last change. Default 86400 (one day); 0 keeps zombies forever.
+    pub zombie_max_age_secs: u64,
 }
 
 impl Default for AgentSection {
@@ -82,9 +85,13 @@ impl Default for AgentSection {
             pool_id: None,
             expected_usable_mem: 0.0,
             idle_exit_after_secs: None,
+            zombie_max_age_secs: DEFAULT_ZOMBIE_MAX_AGE_SECS,
         }
     }
 }
+
+/// Default of `agent.zombie_max_age_secs`: one day.
+pub const DEFAULT_ZOMBIE_MAX_AGE_SECS: u64 = 86_400;
 
 /// `[executor]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

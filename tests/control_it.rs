@@ -33,13 +33,25 @@ impl Agent {
     /// Starts `reflow-agent serve` with state under `root/name` on `queue`; `extra` is appended
     /// to the config file. `env` adds environment variables.
     fn start(root: &Path, name: &str, queue: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        Agent::start_with(root, name, "", queue, extra, env)
+    }
+
+    /// [`Agent::start`] with `agent_extra` lines in the `[agent]` section.
+    fn start_with(
+        root: &Path,
+        name: &str,
+        agent_extra: &str,
+        queue: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let state = root.join(name);
         std::fs::create_dir_all(&state).unwrap();
         let cfg = root.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "[agent]\nstate_dir = \"{}\"\npool_id = \"{name}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[queue]\nurl = \"{queue}\"\nheartbeat_secs = 1\n{extra}",
+                "[agent]\nstate_dir = \"{}\"\npool_id = \"{name}\"\n{agent_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n[queue]\nurl = \"{queue}\"\nheartbeat_secs = 1\n{extra}",
                 state.display()
             ),
         )
@@ -1013,4 +1025,66 @@ fn a_served_agent_pulls_with_credentials_from_a_docker_credential_helper() {
         "{asked}"
     );
     docker(&["rmi", &image]);
+}
+
+#[test]
+fn zombie_allocs_are_collected_and_a_resubmitted_job_still_dedupes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = format!("spool://{}", dir.path().join("spool").display());
+    let name = uniq("zombies");
+    let _agent = Agent::start_with(
+        dir.path(),
+        &name,
+        "zombie_max_age_secs = 1",
+        &spool,
+        "",
+        &[],
+    );
+    let id = uniq("gc");
+    let start = now_secs();
+    let out = submit_wait(
+        dir.path(),
+        &spool,
+        "gc",
+        &String::from_utf8(job(&id, "echo gc > $out")).unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let allocs = dir.path().join(&name).join("allocs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&allocs)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zombies left: {left:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The job's outcome lives in the journal, not in the alloc: the same job id again is
+    // answered from it, without a container.
+    let out = submit_wait(
+        dir.path(),
+        &spool,
+        "gc-again",
+        &String::from_utf8(job(&id, "echo gc > $out")).unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Event = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(output(&again).0, output(&first).0);
+    assert_eq!(output(&first).0, sha256sum(b"gc\n"));
+    assert_eq!(
+        containers_created(&id, start),
+        1,
+        "one container for both submissions"
+    );
 }

@@ -834,6 +834,32 @@ impl Pool {
         Ok(removed)
     }
 
+    /// Collects zombies older than `max_age` at start and then every quarter of `max_age`
+    /// (between 1 s and 10 minutes) until `cancel`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a sweep interrupted between allocs leaves the rest for the next one.
+    pub async fn collect_zombies_until(
+        &self,
+        max_age: std::time::Duration,
+        cancel: CancellationToken,
+    ) {
+        use std::time::Duration as Std;
+        let every = (max_age / 4).clamp(Std::from_secs(1), Std::from_secs(600));
+        let age = Duration::from_std(max_age).unwrap_or(Duration::MAX);
+        loop {
+            match self.collect_zombies(age).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "Zombie allocs collected."),
+                Err(e) => tracing::warn!(error = %e, "Collecting zombie allocs failed."),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// The live allocs, by id.
     pub async fn allocs(&self) -> Vec<Arc<Alloc>> {
         self.inner.allocs.lock().await.values().cloned().collect()
