@@ -1,5 +1,5 @@
 //! Logging setup: `tracing` to stderr, JSON when stderr is not a terminal and human-readable when
-//! it is, filtered by `RUST_LOG` (default `info`).
+//! it is, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]).
 
 use std::io::IsTerminal;
 
@@ -17,9 +17,15 @@ pub enum LogFormat {
     Text,
 }
 
+/// The filter without `RUST_LOG`: `info`, except the AWS SDK's instance-metadata probes, whose
+/// failure off EC2 is expected and which log it as a multi-kilobyte warning per probe (a missing
+/// region still fails the request that needs it, with its own error).
+pub const DEFAULT_FILTER: &str = "info,aws_config::imds=error";
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -75,10 +75,12 @@ pub enum BlobError {
         source: std::io::Error,
     },
     /// The URL is not a blob URL this agent supports.
-    #[error("unsupported blob URL {url:?} (want s3://bucket/key-or-prefix)")]
+    #[error("unsupported blob URL {url:?}: {reason} (want s3://bucket/key-or-prefix)")]
     Url {
         /// The URL (truncated).
         url: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
 }
 
@@ -159,17 +161,23 @@ impl BlobUrl {
     /// # Errors
     /// Another scheme, or a bucket name S3 would refuse.
     pub fn parse(url: &str) -> Result<BlobUrl, BlobError> {
-        let bad = || BlobError::Url {
+        let bad = |reason| BlobError::Url {
             url: url.chars().take(200).collect(),
+            reason,
         };
-        let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("not an s3:// URL"))?;
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         let ok = (3..=63).contains(&bucket.len())
             && bucket
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !ok || key.len() > 1024 {
-            return Err(bad());
+        if !ok {
+            return Err(bad("a bucket name is 3 to 63 of a-z, 0-9, '.' and '-'"));
+        }
+        if key.len() > 1024 {
+            return Err(bad("a key is at most 1024 bytes"));
         }
         Ok(BlobUrl {
             bucket: bucket.to_string(),
