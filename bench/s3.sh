@@ -6,7 +6,8 @@
 #
 # Data: 1 GiB as one file, and as 1,000 files of 1 MiB. Both tools copy a local directory to a
 # fresh prefix (upload) and that prefix back to an empty directory (download). The agent hashes
-# each file for its Content-Sha256 on upload and verifies it on download; awscli does neither.
+# each file for its Content-Sha256 on upload and verifies it on download; awscli signs each body's
+# SHA-256 (SigV4 over plain HTTP) and verifies nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -30,18 +31,23 @@ BUCKET=bench-$(date +%s)
 n=0
 up() { # TOOL DATASET -> seconds
   n=$((n + 1)); local p="s3://$BUCKET/$1-$2-$n/"
+  sync # untimed: the previous step's dirty pages are not written back during this one
   if [ "$1" = agent ]; then secs "$AGENT" s3 cp "$WORK/$2" "$p"; else secs "${AWS[@]}" s3 cp --only-show-errors --recursive "$WORK/$2" "$p"; fi
   echo "$p" >"$WORK/last-$1-$2"
 }
 down() { # TOOL DATASET -> seconds
-  local p; p=$(cat "$WORK/last-$1-$2"); rm -rf "$WORK/dl"; mkdir -p "$WORK/dl"
+  local p; p=$(cat "$WORK/last-$1-$2"); rm -rf "$WORK/dl"; mkdir -p "$WORK/dl"; sync
   if [ "$1" = agent ]; then secs "$AGENT" s3 cp "$p" "$WORK/dl/"; else secs "${AWS[@]}" s3 cp --only-show-errors --recursive "$p" "$WORK/dl/"; fi
   "${AWS[@]}" s3 rm --only-show-errors --recursive "$p" >/dev/null
 }
 for ds in one many; do
   for ((r = 0; r < RUNS; r++)); do
-    a=$(up agent $ds); c=$(up cli $ds)
-    ad=$(down agent $ds); cd_=$(down cli $ds)
+    # Which tool goes first alternates, so neither always follows the other's aftermath.
+    if ((r % 2 == 0)); then
+      a=$(up agent $ds); c=$(up cli $ds); ad=$(down agent $ds); cd_=$(down cli $ds)
+    else
+      c=$(up cli $ds); a=$(up agent $ds); cd_=$(down cli $ds); ad=$(down agent $ds)
+    fi
     echo "$a" >>"$WORK/up-agent-$ds"; echo "$c" >>"$WORK/up-cli-$ds"
     echo "$ad" >>"$WORK/down-agent-$ds"; echo "$cd_" >>"$WORK/down-cli-$ds"
   done
@@ -54,7 +60,7 @@ out=$(mktemp)
 {
   echo "## S3 transfers against aws s3 cp"
   echo
-  echo "Reproduce: \`bench/s3.sh $RUNS\`. Machine: $(nproc) cores, $(cpu_model); moto server on 127.0.0.1; $("${AWS[@]}" --version 2>&1 | cut -d' ' -f1). Date: $(date -u +%Y-%m-%d). Medians of $RUNS interleaved runs; release build. The agent: 8 objects and 8 parts of 16 MiB in flight; awscli: its defaults (10 requests in flight, 8 MiB parts)."
+  echo "Reproduce: \`bench/s3.sh $RUNS\`. Machine: $(nproc) cores, $(cpu_model); moto server on 127.0.0.1; $("${AWS[@]}" --version 2>&1 | cut -d' ' -f1). Date: $(date -u +%Y-%m-%d). Medians of $RUNS interleaved runs (the tool that goes first alternates; \`sync\` before each timed step); release build. The agent: 8 objects and 8 parts of 16 MiB in flight; awscli: its defaults (10 requests in flight, 8 MiB parts)."
   echo
   row "data" "direction" "agent (s)" "aws s3 cp (s)" "agent MiB/s" "aws MiB/s" "agent / aws (throughput)"
   echo "|---|---|---|---|---|---|---|"
@@ -66,7 +72,7 @@ out=$(mktemp)
     done
   done
   echo
-  echo "The agent's uploads include hashing each file for \`Content-Sha256\`; its downloads verify each file against the \`Content-Sha256\` its GET reports. awscli does neither. The goal is a ratio of at least 1.0. Both tools send each request body's CRC32. Without it (until 2026-11-29) the agent's single-file upload ran at 0.50x: for a multipart upload that names no checksum algorithm, moto computes a FULL_OBJECT CRC64NVME over the whole object in Python at CompleteMultipartUpload (py-spy showed it); awscli names CRC32, so moto only combined the parts' CRC32s."
+  echo "The agent's uploads include hashing each file for \`Content-Sha256\` before its first request; its downloads verify each file against the \`Content-Sha256\` its GET reports. awscli hashes each request body for its SigV4 signature (plain HTTP), in its worker threads, and verifies nothing on download. The goal is a ratio of at least 1.0. Both tools send each request body's CRC32. Without it (until 2026-11-29) the agent's single-file upload ran at 0.50x: for a multipart upload that names no checksum algorithm, moto computes a FULL_OBJECT CRC64NVME over the whole object in Python at CompleteMultipartUpload (py-spy showed it); awscli names CRC32, so moto only combined the parts' CRC32s. Before \`sync\` and the alternating order (also 2026-11-29), the agent's upload always followed awscli's download, which does not fsync, so awscli's 1 GiB was written back during the agent's upload; those runs gave 0.99 and 1.07."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh s3 "$out"
