@@ -356,33 +356,11 @@ fn spool_round_trip_through_the_cli_with_the_minimal_job() {
     let spool = format!("spool://{}", dir.path().join("spool").display());
     let _agent = Agent::start(dir.path(), &uniq("spool"), &spool, "", &[]);
     let id = uniq("hello");
-    let file = dir.path().join("hello.json");
     // Exactly the issue's minimal shape.
-    std::fs::write(
-        &file,
-        format!(
-            r#"{{"v":1,"id":"{id}","kind":"job","body":{{"config":{{"Type":"exec","Image":"reflow-agent-test/busybox:1","Cmd":"echo hello > $out","Resources":{{"mem":67108864,"cpu":1}}}}}}}}"#
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
-        .args([
-            "submit",
-            "--wait",
-            "--timeout-secs",
-            "90",
-            "--queue",
-            &spool,
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let body = format!(
+        r#"{{"v":1,"id":"{id}","kind":"job","body":{{"config":{{"Type":"exec","Image":"reflow-agent-test/busybox:1","Cmd":"echo hello > $out","Resources":{{"mem":67108864,"cpu":1}}}}}}}}"#
     );
-    let e: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let e = submit_ok(dir.path(), &spool, "hello", &body);
     let (digest, ok, _) = output(&e);
     assert!(ok);
     assert_eq!(digest, sha256sum(b"hello\n"));
@@ -404,20 +382,12 @@ fn spool_round_trip_through_the_cli_with_the_minimal_job() {
     );
 
     // A job whose exec fails exits non-zero and says why.
-    let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, job(&uniq("exit3"), "exit 3")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
-        .args([
-            "submit",
-            "--wait",
-            "--timeout-secs",
-            "90",
-            "--queue",
-            &spool,
-        ])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = submit_wait(
+        dir.path(),
+        &spool,
+        "bad",
+        &String::from_utf8(job(&uniq("exit3"), "exit 3")).unwrap(),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("the exec failed"));
 }
@@ -917,6 +887,17 @@ fn submit_wait(dir: &Path, queue: &str, name: &str, body: &str) -> std::process:
         .unwrap()
 }
 
+/// [`submit_wait`] that must succeed: the outcome event.
+fn submit_ok(dir: &Path, queue: &str, name: &str, body: &str) -> Event {
+    let out = submit_wait(dir, queue, name, body);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn a_served_agent_pulls_with_credentials_from_a_docker_credential_helper() {
     use std::os::unix::fs::PermissionsExt;
@@ -1009,13 +990,7 @@ fn a_served_agent_pulls_with_credentials_from_a_docker_credential_helper() {
 
     // The right one: the pull succeeds and the job runs. The helper is asked at each pull.
     std::fs::write(&secret, REGISTRY_CREDS.1).unwrap();
-    let out = submit_wait(dir.path(), &spool, "pulled", &job(&uniq("pulled")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let e: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let e = submit_ok(dir.path(), &spool, "pulled", &job(&uniq("pulled")));
     assert_eq!(output(&e).0, sha256sum(b"pulled\n"));
     assert!(!docker(&["images", "-q", &image]).trim().is_empty());
     let asked = std::fs::read_to_string(&asked).unwrap();
@@ -1042,18 +1017,8 @@ fn zombie_allocs_are_collected_and_a_resubmitted_job_still_dedupes() {
     );
     let id = uniq("gc");
     let start = now_secs();
-    let out = submit_wait(
-        dir.path(),
-        &spool,
-        "gc",
-        &String::from_utf8(job(&id, "echo gc > $out")).unwrap(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let body = String::from_utf8(job(&id, "echo gc > $out")).unwrap();
+    let first = submit_ok(dir.path(), &spool, "gc", &body);
     let allocs = dir.path().join(&name).join("allocs");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1068,18 +1033,7 @@ fn zombie_allocs_are_collected_and_a_resubmitted_job_still_dedupes() {
     }
     // The job's outcome lives in the journal, not in the alloc: the same job id again is
     // answered from it, without a container.
-    let out = submit_wait(
-        dir.path(),
-        &spool,
-        "gc-again",
-        &String::from_utf8(job(&id, "echo gc > $out")).unwrap(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again: Event = serde_json::from_slice(&out.stdout).unwrap();
+    let again = submit_ok(dir.path(), &spool, "gc-again", &body);
     assert_eq!(output(&again).0, output(&first).0);
     assert_eq!(output(&first).0, sha256sum(b"gc\n"));
     assert_eq!(
