@@ -136,6 +136,7 @@ fn hostname() -> String {
 /// one (`~/.docker/config.json`) that cannot is skipped with a warning.
 async fn registry_auth(
     cfg: &Config,
+    sdk: &aws_config::SdkConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<Arc<dyn crate::docker::auth::Authenticator>>, AgentError> {
     use crate::docker::auth::{Authenticator, ChainAuth, DockerConfigAuth, EcrAuth};
@@ -153,10 +154,7 @@ async fn registry_auth(
         }
     }
     if cfg.executor.ecr_auth {
-        chain.push(Arc::new(EcrAuth::new(
-            &crate::aws::sdk_config(&cfg.aws).await,
-            clock,
-        )));
+        chain.push(Arc::new(EcrAuth::new(sdk, clock)));
     }
     Ok((!chain.is_empty()).then(|| Arc::new(ChainAuth(chain)) as Arc<dyn Authenticator>))
 }
@@ -194,9 +192,12 @@ pub async fn run(
     runtime.ping().await.map_err(AgentError::Engine)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kmsg = KmsgMonitor::start(clock.clone());
+    // One SDK configuration for every AWS client here (TaskDB, S3, ECR): loading it resolves the
+    // region and credential chain, which may probe instance metadata.
+    let sdk = crate::aws::sdk_config(&cfg.aws).await;
     let taskdb: Arc<dyn TaskDb> = match &cfg.taskdb.table {
         Some(table) => {
-            let db = DynamoDbTaskDb::new(&crate::aws::sdk_config(&cfg.aws).await, table);
+            let db = DynamoDbTaskDb::new(&sdk, table);
             if cfg.taskdb.create_table {
                 db.create_table().await.map_err(AgentError::TaskDb)?;
             }
@@ -206,11 +207,9 @@ pub async fn run(
     };
     // The S3 store for s3:// repositories and intern/extern execs; the SDK resolves credentials
     // lazily, so an agent that never touches S3 needs none.
-    let blob: Arc<dyn crate::blob::BlobStore> = Arc::new(crate::blob::s3::S3Store::new(
-        &crate::aws::sdk_config(&cfg.aws).await,
-    ));
+    let blob: Arc<dyn crate::blob::BlobStore> = Arc::new(crate::blob::s3::S3Store::new(&sdk));
     let mut executor = cfg.executor_template();
-    executor.auth = registry_auth(&cfg, clock.clone()).await?;
+    executor.auth = registry_auth(&cfg, &sdk, clock.clone()).await?;
     executor.oom_detectors = vec![Arc::new(kmsg.clone())];
     executor.blob = Some(blob.clone());
     let pool_cfg = PoolConfig {
