@@ -32,6 +32,7 @@
 //! heartbeat_secs = 30
 //! visibility_timeout_secs = 120       # SQS lease per extension
 //! job_attempts = 3                    # tries of a job step failing with a retryable error
+//! op_timeout_secs = 30                # deadline of one broker operation, then reconnect
 //!
 //! [repository]
 //! url = "file:///var/lib/reflow-agent/repository"  # default: file://STATE/repository
@@ -161,6 +162,9 @@ pub struct QueueSection {
     pub visibility_timeout_secs: u64,
     /// Tries of a job step that fails with a retryable error. Default (0): 3.
     pub job_attempts: u32,
+    /// Longest wait for one broker operation (connect, declare, publish and its confirm, ack)
+    /// before the connection is taken as dead and made again, seconds. Default (0): 30.
+    pub op_timeout_secs: u64,
 }
 
 /// `[repository]`.

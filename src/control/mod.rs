@@ -302,7 +302,13 @@ async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
         match inner.outbox.pending() {
             Ok(pending) => {
                 for (name, event) in pending {
-                    match inner.sink.publish(&event).await {
+                    // A publish still under way at stop is dropped: the event stays in the
+                    // outbox and goes out at the next start (consumers dedupe by event id).
+                    let published = tokio::select! {
+                        () = stop.cancelled() => return,
+                        r = inner.sink.publish(&event) => r,
+                    };
+                    match published {
                         Ok(()) => {
                             if let Err(e) = inner.outbox.remove(&name) {
                                 tracing::warn!(error = %e, "Removing a published event failed.");

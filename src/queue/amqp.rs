@@ -18,8 +18,16 @@
 //! a lost connection never hands a running job to another agent. Prefetch bounds the commands
 //! received but not yet started. A lost connection is re-established with backoff; messages
 //! received on it and not yet acked go back to the queue, and the journal dedupes them.
+//!
+//! Every broker operation (connect, declare, publish and its confirm, ack, cancel) has a deadline,
+//! [`super::QueueSettings::op_timeout`]. A broker that stops answering (a half-open TCP link, a
+//! publisher blocked by a memory or disk alarm, a restart that hangs half way) makes the operation
+//! fail with [`QueueError::Timeout`]; its connection is dropped and made again. The consumer also
+//! checks its connection every few seconds, so a link that died silently is noticed without
+//! waiting for the next delivery.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,6 +123,18 @@ pub fn split_url(url: &str) -> Result<(String, Topology), QueueError> {
     Ok((lapin_url, Topology::new(&ns)))
 }
 
+/// `url` with an AMQP heartbeat of `limit` (at least 1 s) unless it names one. Two missed
+/// heartbeats close the connection, so a link that dies without a word (no FIN, no RST) is
+/// noticed within twice the operation deadline instead of RabbitMQ's default two minutes.
+pub fn with_heartbeat(url: &str, limit: Duration) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|kv| kv.starts_with("heartbeat=")) {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={}", limit.as_secs().max(1))
+}
+
 /// Header carrying a dead-letter reason.
 pub const REASON_HEADER: &str = "x-reflow-reason";
 
@@ -125,17 +145,48 @@ fn amqp_err(op: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
     }
 }
 
-async fn open_channel(url: &str) -> Result<(Connection, Channel), QueueError> {
-    let conn = Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name("reflow-agent".into()),
-    )
-    .await
-    .map_err(amqp_err("connect"))?;
-    let ch = conn
-        .create_channel()
+/// Why a publish may get no answer: the broker blocks publishing connections while it has a
+/// resource alarm (memory or disk).
+const BLOCKED: &str = "; the broker is blocking publishers (resource alarm)";
+
+/// How often a waiting consumer checks that its connection is still up.
+const LIVENESS_CHECK: Duration = Duration::from_secs(5);
+
+/// Runs `f` under the operation deadline `limit`.
+async fn deadline<T>(
+    op: &'static str,
+    limit: Duration,
+    f: impl Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(limit, f)
         .await
-        .map_err(amqp_err("open channel"))?;
+        .unwrap_or(Err(QueueError::Timeout {
+            op,
+            after: limit,
+            blocked: "",
+        }))
+}
+
+/// [`deadline`] for one lapin call.
+async fn call<T>(
+    op: &'static str,
+    limit: Duration,
+    f: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, QueueError> {
+    deadline(op, limit, async { f.await.map_err(amqp_err(op)) }).await
+}
+
+async fn open_channel(url: &str, limit: Duration) -> Result<(Connection, Channel), QueueError> {
+    let conn = call(
+        "connect",
+        limit,
+        Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name("reflow-agent".into()),
+        ),
+    )
+    .await?;
+    let ch = call("open channel", limit, conn.create_channel()).await?;
     Ok((conn, ch))
 }
 
@@ -167,8 +218,17 @@ fn durable() -> QueueDeclareOptions {
 }
 
 /// Declares the shared topology (idempotent; a queue declared earlier with other arguments is
-/// reported as the broker's PRECONDITION_FAILED).
-async fn declare(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<(), QueueError> {
+/// reported as the broker's PRECONDITION_FAILED), within `limit`.
+async fn declare(
+    ch: &Channel,
+    t: &Topology,
+    delivery_limit: u32,
+    limit: Duration,
+) -> Result<(), QueueError> {
+    deadline("declare", limit, declare_all(ch, t, delivery_limit)).await
+}
+
+async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<(), QueueError> {
     let ex = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -210,15 +270,17 @@ struct Publisher {
     url: String,
     topo: Topology,
     delivery_limit: u32,
+    limit: Duration,
     ch: Mutex<Option<(Connection, Channel)>>,
 }
 
 impl Publisher {
-    fn new(url: &str, topo: Topology, delivery_limit: u32) -> Publisher {
+    fn new(url: &str, topo: Topology, delivery_limit: u32, limit: Duration) -> Publisher {
         Publisher {
             url: url.to_string(),
             topo,
             delivery_limit,
+            limit,
             ch: Mutex::new(None),
         }
     }
@@ -235,17 +297,22 @@ impl Publisher {
             .as_ref()
             .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
         {
-            let (conn, ch) = open_channel(&self.url).await?;
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(amqp_err("confirm select"))?;
-            declare(&ch, &self.topo, self.delivery_limit).await?;
+            // Dropped first: a dead connection is not kept while a new one is made.
+            *guard = None;
+            let (conn, ch) = open_channel(&self.url, self.limit).await?;
+            call(
+                "confirm select",
+                self.limit,
+                ch.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await?;
+            declare(&ch, &self.topo, self.delivery_limit, self.limit).await?;
             *guard = Some((conn, ch));
         }
-        let Some((_, ch)) = guard.as_ref() else {
+        let Some((conn, ch)) = guard.as_ref() else {
             unreachable!("connected above")
         };
-        let r = async {
+        let r = deadline("publish", self.limit, async {
             let confirm = ch
                 .basic_publish(
                     exchange,
@@ -265,8 +332,18 @@ impl Publisher {
                 }),
                 _ => Ok(()),
             }
-        }
+        })
         .await;
+        let r = match r {
+            Err(QueueError::Timeout { op, after, .. }) if conn.status().blocked() => {
+                Err(QueueError::Timeout {
+                    op,
+                    after,
+                    blocked: BLOCKED,
+                })
+            }
+            r => r,
+        };
         if r.is_err() {
             *guard = None;
         }
@@ -301,37 +378,48 @@ const TAG_OWN: &str = "reflow-agent.own";
 
 impl AmqpSource {
     async fn consume(&mut self) -> Result<(), QueueError> {
-        let (conn, ch) = open_channel(&self.url).await?;
-        declare(&ch, &self.topo, self.settings.delivery_limit).await?;
+        let limit = self.settings.op_timeout;
+        let (conn, ch) = open_channel(&self.url, limit).await?;
+        declare(&ch, &self.topo, self.settings.delivery_limit, limit).await?;
         let own = self.topo.agent_queue(&self.settings.agent_id);
-        ch.queue_declare(
-            &own,
-            durable(),
-            quorum_args(&self.topo, self.settings.delivery_limit, true),
+        call(
+            "declare agent queue",
+            limit,
+            ch.queue_declare(
+                &own,
+                durable(),
+                quorum_args(&self.topo, self.settings.delivery_limit, true),
+            ),
         )
-        .await
-        .map_err(amqp_err("declare agent queue"))?;
-        ch.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default())
-            .await
-            .map_err(amqp_err("qos"))?;
-        let shared = ch
-            .basic_consume(
+        .await?;
+        call(
+            "qos",
+            limit,
+            ch.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default()),
+        )
+        .await?;
+        let shared = call(
+            "consume",
+            limit,
+            ch.basic_consume(
                 &self.topo.commands,
                 TAG_SHARED,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
-            )
-            .await
-            .map_err(amqp_err("consume"))?;
-        let mine = ch
-            .basic_consume(
+            ),
+        )
+        .await?;
+        let mine = call(
+            "consume",
+            limit,
+            ch.basic_consume(
                 &own,
                 TAG_OWN,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
-            )
-            .await
-            .map_err(amqp_err("consume"))?;
+            ),
+        )
+        .await?;
         tracing::info!(queue = %self.topo.commands, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
         self.consumer = Some((conn, ch, shared, mine));
         self.backoff = Duration::from_millis(100);
@@ -380,13 +468,26 @@ impl CommandSource for AmqpSource {
                 }
                 continue;
             }
-            let Some((_, _, shared, mine)) = self.consumer.as_mut() else {
+            let Some((conn, ch, shared, mine)) = self.consumer.as_mut() else {
                 continue;
             };
             let item = tokio::select! {
                 () = self.settings.close.cancelled() => return Ok(None),
-                item = shared.next() => item,
-                item = mine.next() => item,
+                item = shared.next() => Some(item),
+                item = mine.next() => Some(item),
+                () = tokio::time::sleep(LIVENESS_CHECK) => None,
+            };
+            let Some(item) = item else {
+                if !conn.status().connected() || !ch.status().connected() {
+                    tracing::warn!(
+                        "AMQP connection lost while waiting for commands; reconnecting."
+                    );
+                    self.consumer = None;
+                    self.settings
+                        .health
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                continue;
             };
             match item {
                 Some(Ok(d)) => {
@@ -400,6 +501,7 @@ impl CommandSource for AmqpSource {
                     return Ok(Some(Delivery {
                         settle: Box::new(AmqpSettle {
                             acker,
+                            limit: self.settings.op_timeout,
                             body: data.clone(),
                             publisher: self.publisher.clone(),
                         }),
@@ -430,10 +532,20 @@ impl CommandSource for AmqpSource {
         let Some((conn, ch, shared, mine)) = self.consumer.take() else {
             return;
         };
+        let limit = self.settings.op_timeout;
         let mut stream = futures_util::stream::select(shared, mine);
         for tag in [TAG_SHARED, TAG_OWN] {
-            if let Err(e) = ch.basic_cancel(tag, BasicCancelOptions::default()).await {
+            if let Err(e) = call(
+                "cancel consumer",
+                limit,
+                ch.basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await
+            {
+                // The connection is gone or not answering: what it held goes back to the
+                // queue when the broker notices, and the journal dedupes it.
                 tracing::warn!(error = %e, "Cancelling the consumer failed.");
+                return;
             }
         }
         // Messages prefetched but not returned by next(): hand them back at once.
@@ -441,13 +553,10 @@ impl CommandSource for AmqpSource {
         while let Ok(Some(Ok(d))) =
             tokio::time::timeout(Duration::from_millis(200), stream.next()).await
         {
-            let _ = d
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            if let Err(e) = call("nack", limit, d.acker.nack(requeue())).await {
+                tracing::warn!(error = %e, returned, "Handing back prefetched commands failed; the broker requeues them when the connection closes.");
+                return;
+            }
             returned += 1;
         }
         tracing::info!(
@@ -458,9 +567,17 @@ impl CommandSource for AmqpSource {
     }
 }
 
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    }
+}
+
 /// Settles one AMQP delivery.
 struct AmqpSettle {
     acker: lapin::acker::Acker,
+    limit: Duration,
     body: Vec<u8>,
     publisher: std::sync::Arc<Publisher>,
 }
@@ -474,20 +591,16 @@ impl std::fmt::Debug for AmqpSettle {
 #[async_trait]
 impl Settle for AmqpSettle {
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(amqp_err("ack"))
+        call(
+            "ack",
+            self.limit,
+            self.acker.ack(BasicAckOptions::default()),
+        )
+        .await
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
-        self.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .map_err(amqp_err("nack"))
+        call("nack", self.limit, self.acker.nack(requeue())).await
     }
 
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
@@ -502,10 +615,12 @@ impl Settle for AmqpSettle {
         );
         let dlx = self.publisher.topo.dlx.clone();
         self.publisher.publish(&dlx, "", &self.body, h).await?;
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(amqp_err("ack"))
+        call(
+            "ack",
+            self.limit,
+            self.acker.ack(BasicAckOptions::default()),
+        )
+        .await
     }
 }
 
@@ -551,8 +666,13 @@ pub(super) async fn connect(
     settings: &QueueSettings,
 ) -> Result<(AmqpSource, AmqpSink), QueueError> {
     let (url, topo) = split_url(url)?;
-    let publisher =
-        std::sync::Arc::new(Publisher::new(&url, topo.clone(), settings.delivery_limit));
+    let url = with_heartbeat(&url, settings.op_timeout);
+    let publisher = std::sync::Arc::new(Publisher::new(
+        &url,
+        topo.clone(),
+        settings.delivery_limit,
+        settings.op_timeout,
+    ));
     let mut source = AmqpSource {
         url: url.clone(),
         topo,
@@ -574,6 +694,9 @@ pub struct AmqpClient {
     publisher: Publisher,
 }
 
+/// How long the broker keeps an event watch's queue once nothing consumes it.
+pub const WATCH_QUEUE_EXPIRES: Duration = Duration::from_secs(600);
+
 impl AmqpClient {
     /// A client of the broker at `url`.
     ///
@@ -582,13 +705,17 @@ impl AmqpClient {
     pub fn new(url: &str, delivery_limit: u32) -> Result<AmqpClient, QueueError> {
         let (url, topo) = split_url(url)?;
         Ok(AmqpClient {
-            publisher: Publisher::new(&url, topo, delivery_limit),
+            publisher: Publisher::new(&url, topo, delivery_limit, super::DEFAULT_OP_TIMEOUT),
             url,
         })
     }
 
     fn topo(&self) -> &Topology {
         &self.publisher.topo
+    }
+
+    fn limit(&self) -> Duration {
+        self.publisher.limit
     }
 }
 
@@ -604,58 +731,38 @@ impl super::Client for AmqpClient {
         &self,
         _command: Option<&str>,
     ) -> Result<Box<dyn super::EventWatch>, QueueError> {
-        let (conn, ch) = open_channel(&self.url).await?;
-        declare(&ch, self.topo(), self.publisher.delivery_limit).await?;
-        let q = ch
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp_err("declare watch queue"))?;
-        ch.queue_bind(
-            q.name().as_str(),
-            &self.topo().events,
-            "#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp_err("bind watch queue"))?;
-        let consumer = ch
-            .basic_consume(
-                q.name().as_str(),
-                "reflow-agent.watch",
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp_err("consume watch queue"))?;
-        Ok(Box::new(AmqpWatch {
-            _conn: conn,
-            _ch: ch,
-            consumer,
-        }))
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| QueueError::Amqp {
+            op: "name watch queue",
+            message: e.to_string(),
+        })?;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let mut w = AmqpWatch {
+            url: self.url.clone(),
+            topo: self.topo().clone(),
+            delivery_limit: self.publisher.delivery_limit,
+            limit: self.limit(),
+            queue: format!("{}.watch.{hex}", self.topo().ns),
+            conn: None,
+        };
+        // The first connection is made here, so events from now on are kept for the watcher.
+        w.connect().await?;
+        Ok(Box::new(w))
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
         // Read without acking, then close the channel: every message goes back, in order.
-        let (conn, ch) = open_channel(&self.url).await?;
-        declare(&ch, self.topo(), self.publisher.delivery_limit).await?;
+        let limit = self.limit();
+        let (conn, ch) = open_channel(&self.url, limit).await?;
+        declare(&ch, self.topo(), self.publisher.delivery_limit, limit).await?;
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(m) = ch
-                .basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false })
-                .await
-                .map_err(amqp_err("get"))?
+            let Some(m) = call(
+                "get",
+                limit,
+                ch.basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false }),
+            )
+            .await?
             else {
                 break;
             };
@@ -664,17 +771,19 @@ impl super::Client for AmqpClient {
                 body: m.delivery.data.clone(),
             });
         }
-        let _ = ch.close(200, "listed").await;
-        let _ = conn.close(200, "listed").await;
+        close_quietly(conn, ch, "listed", limit).await;
         Ok(out)
     }
 
     async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError> {
-        let (conn, ch) = open_channel(&self.url).await?;
-        let got = ch
-            .basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false })
-            .await
-            .map_err(amqp_err("get"))?;
+        let limit = self.limit();
+        let (conn, ch) = open_channel(&self.url, limit).await?;
+        let got = call(
+            "get",
+            limit,
+            ch.basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false }),
+        )
+        .await?;
         let out = match got {
             Some(m) => {
                 self.publisher
@@ -685,19 +794,25 @@ impl super::Client for AmqpClient {
                         FieldTable::default(),
                     )
                     .await?;
-                m.delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(amqp_err("ack"))?;
+                call(
+                    "ack",
+                    limit,
+                    m.delivery.acker.ack(BasicAckOptions::default()),
+                )
+                .await?;
                 Some(m.delivery.data.clone())
             }
             None => None,
         };
-        let _ = ch.close(200, "replayed").await;
-        let _ = conn.close(200, "replayed").await;
+        close_quietly(conn, ch, "replayed", limit).await;
         Ok(out)
     }
+}
+
+/// Closes a short-lived channel and its connection, waiting at most `limit` for each.
+async fn close_quietly(conn: Connection, ch: Channel, why: &str, limit: Duration) {
+    let _ = tokio::time::timeout(limit, ch.close(200, why)).await;
+    let _ = tokio::time::timeout(limit, conn.close(200, why)).await;
 }
 
 fn reason_of(props: &BasicProperties) -> String {
@@ -718,27 +833,97 @@ fn reason_of(props: &BasicProperties) -> String {
     String::new()
 }
 
+/// Events through a durable queue of the watcher's own, bound to every event kind. It outlives
+/// a lost connection or a broker restart: the watch reconnects and goes on where it stopped,
+/// so `submit --wait` misses nothing. The broker deletes the queue
+/// [`WATCH_QUEUE_EXPIRES`] after its last consumer is gone.
 struct AmqpWatch {
-    _conn: Connection,
-    _ch: Channel,
-    consumer: lapin::Consumer,
+    url: String,
+    topo: Topology,
+    delivery_limit: u32,
+    limit: Duration,
+    queue: String,
+    conn: Option<(Connection, Channel, lapin::Consumer)>,
+}
+
+impl AmqpWatch {
+    async fn connect(&mut self) -> Result<(), QueueError> {
+        let limit = self.limit;
+        let (conn, ch) = open_channel(&self.url, limit).await?;
+        declare(&ch, &self.topo, self.delivery_limit, limit).await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongInt(i32::try_from(WATCH_QUEUE_EXPIRES.as_millis()).unwrap_or(i32::MAX)),
+        );
+        call(
+            "declare watch queue",
+            limit,
+            ch.queue_declare(&self.queue, durable(), args),
+        )
+        .await?;
+        call(
+            "bind watch queue",
+            limit,
+            ch.queue_bind(
+                &self.queue,
+                &self.topo.events,
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let consumer = call(
+            "consume watch queue",
+            limit,
+            ch.basic_consume(
+                &self.queue,
+                "reflow-agent.watch",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        self.conn = Some((conn, ch, consumer));
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl super::EventWatch for AmqpWatch {
     async fn next(&mut self) -> Result<Event, QueueError> {
+        let mut backoff = Duration::from_millis(100);
         loop {
-            match self.consumer.next().await {
-                Some(Ok(d)) => match serde_json::from_slice::<Event>(&d.data) {
-                    Ok(e) => return Ok(e),
-                    Err(e) => tracing::warn!(error = %e, "Skipping an undecodable event."),
-                },
-                Some(Err(e)) => return Err(amqp_err("watch")(e)),
-                None => {
-                    return Err(QueueError::Amqp {
-                        op: "watch",
-                        message: "the event stream ended".into(),
-                    });
+            let Some((conn, ch, consumer)) = self.conn.as_mut() else {
+                if let Err(e) = self.connect().await {
+                    tracing::warn!(error = %e, "Reconnecting the event watch failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                continue;
+            };
+            let item = tokio::select! {
+                item = consumer.next() => Some(item),
+                () = tokio::time::sleep(LIVENESS_CHECK) => None,
+            };
+            match item {
+                Some(Some(Ok(d))) => {
+                    // Acked once read: a watch that dies before this sees it again.
+                    let _ = call("ack", self.limit, d.acker.ack(BasicAckOptions::default())).await;
+                    match serde_json::from_slice::<Event>(&d.data) {
+                        Ok(e) => return Ok(e),
+                        Err(e) => tracing::warn!(error = %e, "Skipping an undecodable event."),
+                    }
+                }
+                None if conn.status().connected() && ch.status().connected() => {}
+                other => {
+                    let why = match other {
+                        Some(Some(Err(e))) => e.to_string(),
+                        _ => "connection lost".into(),
+                    };
+                    tracing::warn!(error = %why, "The event watch lost its connection; reconnecting.");
+                    self.conn = None;
                 }
             }
         }
@@ -751,21 +936,26 @@ impl super::EventWatch for AmqpWatch {
 /// The broker cannot be reached.
 pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueError> {
     let (url, t) = split_url(url)?;
-    let (conn, ch) = open_channel(&url).await?;
+    let limit = super::DEFAULT_OP_TIMEOUT;
+    let (conn, ch) = open_channel(&url, limit).await?;
     let mut names = vec![t.commands.clone(), t.dlq.clone()];
     names.extend(agent_ids.iter().map(|a| t.agent_queue(a)));
     for q in names {
-        ch.queue_delete(&q, QueueDeleteOptions::default())
-            .await
-            .map_err(amqp_err("delete queue"))?;
+        call(
+            "delete queue",
+            limit,
+            ch.queue_delete(&q, QueueDeleteOptions::default()),
+        )
+        .await?;
     }
-    let _ = conn.close(200, "deleted").await;
+    close_quietly(conn, ch, "deleted", limit).await;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
 
     #[test]
     fn attempts_follow_the_quorum_delivery_count() {
@@ -783,5 +973,46 @@ mod tests {
         assert_eq!(t.agent_queue("i-0ab/c d"), "t-1.agent.i-0ab_c_d");
         assert_eq!(split_url("amqp://h").unwrap().1, Topology::new("reflow"));
         assert!(split_url("amqp://h?ns=a/b").is_err());
+    }
+
+    #[test]
+    fn the_heartbeat_follows_the_deadline_unless_the_url_names_one() {
+        let d = Duration::from_secs(30);
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f", d),
+            "amqp://h/%2f?heartbeat=30"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?frame_max=8192", d),
+            "amqp://h/%2f?frame_max=8192&heartbeat=30"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?heartbeat=5", d),
+            "amqp://h/%2f?heartbeat=5"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h", Duration::from_millis(10)),
+            "amqp://h?heartbeat=1"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_operation_past_its_deadline_is_a_retryable_timeout() {
+        let e = deadline("publish", Duration::from_millis(20), async {
+            std::future::pending::<Result<(), QueueError>>().await
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, QueueError::Timeout { op: "publish", .. }),
+            "{e:?}"
+        );
+        assert!(e.kind().is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "publish got no answer from the broker within 20ms"
+        );
+        let ok = deadline("publish", Duration::from_secs(5), async { Ok(7) }).await;
+        assert_eq!(ok.unwrap(), 7);
     }
 }

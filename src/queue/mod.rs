@@ -67,6 +67,17 @@ pub enum QueueError {
         /// The client's message.
         message: String,
     },
+    /// A broker operation did not finish within the operation deadline; the connection it
+    /// used is dropped and made again.
+    #[error("{op} got no answer from the broker within {after:?}{blocked}")]
+    Timeout {
+        /// What was being done.
+        op: &'static str,
+        /// The deadline.
+        after: std::time::Duration,
+        /// Why, when the broker said: `"; the broker is blocking publishers (resource alarm)"`.
+        blocked: &'static str,
+    },
     /// An SQS call failed.
     #[error("SQS {op}: {message}")]
     Sqs {
@@ -86,6 +97,7 @@ impl Classify for QueueError {
             QueueError::Io { .. } | QueueError::Publish(_) | QueueError::Amqp { .. } => {
                 Kind::Unavailable
             }
+            QueueError::Timeout { .. } => Kind::Timeout,
             QueueError::Sqs { permanent, .. } => {
                 if *permanent {
                     Kind::Invalid
@@ -239,7 +251,15 @@ pub struct QueueSettings {
     pub close: tokio_util::sync::CancellationToken,
     /// Kept by the backend: whether it is connected and receiving (for `/readyz`).
     pub health: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Longest wait for one broker operation (connect, declare, publish and its confirm, ack,
+    /// cancel). Past it the connection is taken as dead, dropped and made again, so a broker
+    /// that stops answering (a half-open link, a publisher blocked by a resource alarm) never
+    /// wedges the agent or its shutdown.
+    pub op_timeout: std::time::Duration,
 }
+
+/// [`QueueSettings::op_timeout`] unless configured.
+pub const DEFAULT_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `url` without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
