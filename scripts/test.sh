@@ -19,7 +19,16 @@ step "test image"
 bash scripts/test-image.sh
 
 # Endpoints for the integration tests (localhost defaults; override to point elsewhere).
-export AGENT_IT_AMQP_URL=${AGENT_IT_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+if [ -z "${AGENT_IT_AMQP_URL:-}" ]; then
+  # The AMQP tests get a vhost of their own on the local broker, emptied at every run. Each test
+  # leaves its namespace's quorum queues behind; across runs they pile up into the hundreds, and
+  # every broker start, and the test that restarts the broker, must recover them all.
+  step "test vhost"
+  rabbitmqctl -q delete_vhost reflow-it >/dev/null 2>&1 || true
+  rabbitmqctl -q add_vhost reflow-it
+  rabbitmqctl -q set_permissions -p reflow-it guest '.*' '.*' '.*'
+fi
+export AGENT_IT_AMQP_URL=${AGENT_IT_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/reflow-it}
 export AGENT_IT_AWS_ENDPOINT=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
 export AGENT_IT_IMAGE=${AGENT_IT_IMAGE:-reflow-agent-test/busybox:1}
 

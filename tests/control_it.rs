@@ -16,11 +16,41 @@ use reflow_agent::control::job_alloc_id;
 use reflow_agent::protocol::{Event, EventBody};
 use reflow_agent::queue::{self, Client};
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The broker of these tests: `AGENT_IT_AMQP_URL`, by default a vhost of their own on the
+/// local broker, which scripts/test.sh empties at every run.
+fn amqp() -> String {
+    std::env::var("AGENT_IT_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/reflow-it".to_string())
+}
+
+/// [`amqp`] through a local proxy listening on `port` (the broker must be the local one).
+fn amqp_via(port: u16) -> String {
+    amqp().replacen("127.0.0.1:5672", &format!("127.0.0.1:{port}"), 1)
+}
 
 /// A unique suffix for names of this test run.
 fn uniq(label: &str) -> String {
     format!("{label}-{}", &new_id(label).hex()[..10])
+}
+
+/// The logs of the agents this test started, shown when an awaited event never comes.
+static AGENT_LOGS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The last `n` lines of every agent log of this test.
+fn agent_log_tails(n: usize) -> String {
+    let logs = AGENT_LOGS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    logs.iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            format!("--- {} (last {n} lines)\n{}\n", p.display(), tail(&text, n))
+        })
+        .collect()
 }
 
 /// An agent process.
@@ -57,6 +87,10 @@ impl Agent {
         )
         .unwrap();
         let log = root.join(format!("{name}.log"));
+        AGENT_LOGS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(log.clone());
         let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
         c.args(["--log-format", "json", "serve", "--config"])
             .arg(&cfg)
@@ -87,7 +121,7 @@ impl Agent {
             assert!(
                 Instant::now() < deadline,
                 "agent did not exit in {within:?}; log:\n{}",
-                self.logs()
+                tail(&self.logs(), 60)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -181,7 +215,13 @@ impl Events {
             }
         })
         .await;
-        r.unwrap_or_else(|_| panic!("no {what} within 90 s; seen: {:#?}", self.kinds()))
+        r.unwrap_or_else(|_| {
+            panic!(
+                "no {what} within 90 s; seen: {:#?}\n{}",
+                self.kinds(),
+                agent_log_tails(40)
+            )
+        })
     }
 
     async fn completed(&mut self, id: &str) -> Event {
@@ -233,110 +273,14 @@ fn output(e: &Event) -> (String, bool, bool) {
 
 /// An AMQP URL in a namespace of its own.
 async fn amqp_ns(label: &str) -> String {
-    format!("{AMQP}?ns={}", uniq(label))
+    format!("{}?ns={}", amqp(), uniq(label))
 }
 
-/// The AMQP watch dies with its connection; this tap survives broker restarts: a durable queue
-/// bound to the events exchange, read by `basic_get` on fresh connections.
-mod tap {
-    use lapin::options::*;
-    use lapin::types::FieldTable;
-    use lapin::{Connection, ConnectionProperties, ExchangeKind};
-
-    pub async fn declare(url: &str, ns: &str) {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let ex = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.exchange_declare(
-            &format!("{ns}.events"),
-            ExchangeKind::Topic,
-            ex,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let q = format!("{ns}.tap");
-        ch.queue_declare(
-            &q,
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            &q,
-            &format!("{ns}.events"),
-            "#",
-            Default::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let _ = conn.close(200, "ok").await;
-    }
-
-    /// Every event in the tap, consumed.
-    pub async fn drain(url: &str, ns: &str) -> Vec<reflow_agent::protocol::Event> {
-        let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await else {
-            return Vec::new();
-        };
-        let Ok(ch) = conn.create_channel().await else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        while let Ok(Some(m)) = ch
-            .basic_get(&format!("{ns}.tap"), BasicGetOptions { no_ack: true })
-            .await
-        {
-            if let Ok(e) = serde_json::from_slice(&m.delivery.data) {
-                out.push(e);
-            }
-        }
-        let _ = conn.close(200, "ok").await;
-        out
-    }
-}
-
-/// Events of an AMQP namespace through the tap, as a watch.
-struct TapWatch {
-    ns: String,
-    ready: std::collections::VecDeque<Event>,
-}
-
-#[async_trait::async_trait]
-impl queue::EventWatch for TapWatch {
-    async fn next(&mut self) -> Result<Event, queue::QueueError> {
-        loop {
-            if let Some(e) = self.ready.pop_front() {
-                return Ok(e);
-            }
-            self.ready.extend(tap::drain(AMQP, &self.ns).await);
-            if self.ready.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The events of the AMQP namespace of `url`, through a tap that survives broker restarts.
+/// The events of the AMQP namespace of `url`, through the client's watch: a durable queue of
+/// its own that outlives a broker restart (the watch reconnects and goes on).
 async fn tap(url: &str) -> Events {
-    let ns = url.split("ns=").nth(1).unwrap().to_string();
-    tap::declare(AMQP, &ns).await;
-    Events {
-        watch: Box::new(TapWatch {
-            ns,
-            ready: Default::default(),
-        }),
-        seen: Vec::new(),
-    }
+    let client = queue::client(url, &Default::default()).await.unwrap();
+    Events::new(client.as_ref()).await
 }
 
 /// Submits with retries (the broker may be restarting).
@@ -730,10 +674,35 @@ fn signed_commands_only_when_the_agent_has_a_key() {
     assert_eq!(dead.len(), 2);
 }
 
-/// A TCP proxy to RabbitMQ that the test can cut and restore.
+/// A TCP proxy to RabbitMQ that the test can cut and restore, or freeze: bytes stop flowing
+/// both ways while every socket stays open (a half-open link, as a silent network partition
+/// leaves it; new connections are accepted and hang too).
 struct Proxy {
     port: u16,
     tasks: tokio::task::JoinSet<()>,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies `from` to `to`, holding bytes while the gate says frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if gate.wait_for(|frozen| !frozen).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -742,19 +711,31 @@ impl Proxy {
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (frozen, gate) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let (mut c, _) = listener.accept().await.unwrap();
+                let (c, _) = listener.accept().await.unwrap();
+                let gate = gate.clone();
                 conns.spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                    if let Ok(up) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                        let ((cr, cw), (ur, uw)) = (c.into_split(), up.into_split());
+                        tokio::join!(pump(cr, uw, gate.clone()), pump(ur, cw, gate));
                     }
                 });
             }
         });
-        Proxy { port, tasks }
+        Proxy {
+            port,
+            tasks,
+            frozen,
+        }
+    }
+
+    /// Stops (`true`) or resumes (`false`) the flow of bytes on every connection.
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
     }
 
     /// Cuts every connection and stops listening.
@@ -762,6 +743,23 @@ impl Proxy {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         self.port
+    }
+}
+
+/// Waits until the agent's `/readyz` answers `code`; returns its body.
+async fn ready_becomes(addr: &str, code: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let (c, body) = http_get(addr, "/readyz").await;
+        if c == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {c} after {within:?}: {body}\n{}",
+            agent_log_tails(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -785,13 +783,13 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(0).await;
     let ns = uniq("admin");
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f?ns={ns}", proxy.port);
+    let url = format!("{}?ns={ns}", amqp_via(proxy.port));
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut tap = tap(&format!("{AMQP}?ns={ns}")).await;
+    let mut tap = tap(&format!("{}?ns={ns}", amqp())).await;
     let mut agent = Agent::start(
         dir.path(),
         &uniq("admin"),
@@ -822,7 +820,7 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let (code, body) = http_get(&addr, "/readyz").await;
     assert_eq!(code, 200, "{body}");
 
-    let client = queue::client(&format!("{AMQP}?ns={ns}"), &Default::default())
+    let client = queue::client(&format!("{}?ns={ns}", amqp()), &Default::default())
         .await
         .unwrap();
     let a = uniq("metrics");
@@ -847,26 +845,72 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
 
     // The broker becomes unreachable: not ready, yet alive; back when it returns.
     let port = proxy.cut().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, body) = http_get(&addr, "/readyz").await;
-        if code == 503 {
-            assert!(body.contains("queue FAIL"), "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still ready: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let body = ready_becomes(&addr, 503, Duration::from_secs(30)).await;
+    assert!(body.contains("queue FAIL"), "{body}");
     assert_eq!(http_get(&addr, "/healthz").await.0, 200);
     let _proxy = Proxy::start(port).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&addr, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "not ready again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ready_becomes(&addr, 200, Duration::from_secs(30)).await;
     agent.signal("-TERM");
     recv("STOPPING=1");
     assert!(agent.wait(Duration::from_secs(60)).success());
+}
+
+// Multi-threaded: the proxy pumps bytes while the test blocks on the agent's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_frozen_link_is_noticed_reconnected_and_never_wedges_a_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(0).await;
+    let ns = uniq("frozen");
+    let direct = format!("{}?ns={ns}", amqp());
+    // Heartbeat and deadlines of 2 s: a frozen link is noticed within seconds.
+    let via_proxy = format!("{}?ns={ns}&heartbeat=2", amqp_via(proxy.port));
+    let mut tap = tap(&direct).await;
+    let name = uniq("frozen");
+    let mut agent = Agent::start(dir.path(), &name, &via_proxy, "op_timeout_secs = 2\n", &[]);
+    let addr = admin_addr(&agent).await;
+    let client = queue::client(&direct, &Default::default()).await.unwrap();
+    let a = uniq("before");
+    submit(client.as_ref(), &a, &job(&a, "echo a > $out")).await;
+    assert_eq!(output(&tap.completed(&a).await).0, sha256sum(b"a\n"));
+
+    // The link freezes: the consumer notices (missed heartbeats) and the agent is not ready.
+    proxy.freeze(true);
+    let body = ready_becomes(&addr, 503, Duration::from_secs(30)).await;
+    assert!(body.contains("queue FAIL"), "{body}");
+    let b = uniq("during");
+    submit(client.as_ref(), &b, &job(&b, "echo b > $out")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = agent.logs();
+    assert!(
+        logs.contains("got no answer from the broker within 2s"),
+        "no deadline hit while frozen:\n{}",
+        tail(&logs, 40)
+    );
+    // It thaws: the agent reconnects on its own and the job sent meanwhile runs.
+    proxy.freeze(false);
+    assert_eq!(output(&tap.completed(&b).await).0, sha256sum(b"b\n"));
+    ready_becomes(&addr, 200, Duration::from_secs(30)).await;
+
+    // Frozen again, SIGTERM: the drain cannot publish, yet the agent exits in bounded time
+    // (deadlines, then at most 10 s for the outbox), keeping its last events in the outbox.
+    proxy.freeze(true);
+    ready_becomes(&addr, 503, Duration::from_secs(30)).await;
+    let t0 = Instant::now();
+    agent.signal("-TERM");
+    let st = agent.wait(Duration::from_secs(45));
+    assert!(st.success(), "{st:?}");
+    let took = t0.elapsed();
+    assert!(
+        !tap.seen.iter().any(|e| e.body.kind() == "agent.stopped"),
+        "agent.stopped went out through a frozen link"
+    );
+    // The next start on the same state directory publishes what the drain could not.
+    let _again = Agent::start(dir.path(), &name, &direct, "", &[]);
+    tap.until("the previous run's agent.stopped", |e| {
+        e.body.kind() == "agent.stopped" && e.agent == name
+    })
+    .await;
+    eprintln!("drain through a frozen link took {took:?}");
 }
 
 /// Runs `reflow-agent submit --wait` of `body` on `queue`.
