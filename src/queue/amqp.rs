@@ -257,6 +257,26 @@ async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<
     Ok(())
 }
 
+/// Starts consuming `queue` (manual acks) as `tag`, within `limit`.
+async fn consume_from(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    limit: Duration,
+) -> Result<lapin::Consumer, QueueError> {
+    call(
+        "consume",
+        limit,
+        ch.basic_consume(
+            queue,
+            tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
 fn persistent(headers: FieldTable) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
@@ -398,28 +418,8 @@ impl AmqpSource {
             ch.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default()),
         )
         .await?;
-        let shared = call(
-            "consume",
-            limit,
-            ch.basic_consume(
-                &self.topo.commands,
-                TAG_SHARED,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        let mine = call(
-            "consume",
-            limit,
-            ch.basic_consume(
-                &own,
-                TAG_OWN,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let shared = consume_from(&ch, &self.topo.commands, TAG_SHARED, limit).await?;
+        let mine = consume_from(&ch, &own, TAG_OWN, limit).await?;
         tracing::info!(queue = %self.topo.commands, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
         self.consumer = Some((conn, ch, shared, mine));
         self.backoff = Duration::from_millis(100);
@@ -874,17 +874,7 @@ impl AmqpWatch {
             ),
         )
         .await?;
-        let consumer = call(
-            "consume watch queue",
-            limit,
-            ch.basic_consume(
-                &self.queue,
-                "reflow-agent.watch",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let consumer = consume_from(&ch, &self.queue, "reflow-agent.watch", limit).await?;
         self.conn = Some((conn, ch, consumer));
         Ok(())
     }
