@@ -12,6 +12,9 @@
 //! - `NAME`'s redrive policy moves a message received more than the delivery limit to the DLQ
 //!   (`D`, default `NAME-dlq`); the agent moves poison there itself with a `reason` attribute.
 //! - Events go to the results queue (`R`, default `NAME-results`).
+//! - Every request has a deadline: one attempt may take the long poll plus
+//!   [`super::QueueSettings::op_timeout`]; past it the SDK abandons the attempt and retries, so
+//!   a connection that stops answering never hangs the agent.
 //! - `create=true` creates the three queues and the redrive policy (development; production
 //!   uses deploy/'s template).
 
@@ -238,7 +241,7 @@ impl CommandSource for SqsSource {
                 .receive_message()
                 .queue_url(&self.urls.commands)
                 .max_number_of_messages(want)
-                .wait_time_seconds(20)
+                .wait_time_seconds(LONG_POLL_SECS)
                 .visibility_timeout(secs(self.settings.visibility))
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send();
@@ -412,8 +415,24 @@ impl EventSink for SqsSink {
     }
 }
 
-async fn sdk_client(aws: &crate::aws::AwsSettings) -> Client {
-    Client::new(&crate::aws::sdk_config(aws).await)
+/// How long a receive waits for a message (SQS's most).
+const LONG_POLL_SECS: i32 = 20;
+
+/// An SQS client whose every attempt ends within a long poll plus `op_timeout`; the SDK
+/// config's other timeouts (its connect timeout) are kept.
+fn client_with_deadline(sdk: &aws_config::SdkConfig, op_timeout: Duration) -> Client {
+    let long_poll = Duration::from_secs(LONG_POLL_SECS.unsigned_abs().into());
+    let timeouts = sdk
+        .timeout_config()
+        .map(|t| t.to_builder())
+        .unwrap_or_default()
+        .operation_attempt_timeout(long_poll + op_timeout)
+        .build();
+    Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(sdk)
+            .timeout_config(timeouts)
+            .build(),
+    )
 }
 
 /// Connects the agent's source and sink.
@@ -425,7 +444,8 @@ pub(super) async fn connect(
     settings: &QueueSettings,
 ) -> Result<(SqsSource, SqsSink), QueueError> {
     let names = parse_url(url)?;
-    let client = sdk_client(&settings.aws).await;
+    let sdk = crate::aws::sdk_config(&settings.aws).await;
+    let client = client_with_deadline(&sdk, settings.op_timeout);
     let urls = resolve(&client, &names, settings.delivery_limit).await?;
     tracing::info!(queue = %names.commands, results = %names.results, dlq = %names.dlq, "SQS queues resolved.");
     settings
@@ -472,7 +492,7 @@ impl SqsClient {
         delivery_limit: u32,
     ) -> Result<SqsClient, QueueError> {
         let names = parse_url(url)?;
-        let client = Client::new(sdk);
+        let client = client_with_deadline(sdk, super::DEFAULT_OP_TIMEOUT);
         let urls = resolve(&client, &names, delivery_limit).await?;
         Ok(SqsClient { client, urls })
     }
