@@ -239,10 +239,10 @@ pub async fn run(
         aws: cfg.aws.clone(),
         close: close.clone(),
         health: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        op_timeout: match cfg.queue.op_timeout_secs {
-            0 => crate::queue::DEFAULT_OP_TIMEOUT,
-            n => Duration::from_secs(n),
-        },
+        op_timeout: Duration::from_secs(or(
+            cfg.queue.op_timeout_secs,
+            crate::queue::DEFAULT_OP_TIMEOUT.as_secs(),
+        )),
     };
     let metrics = Arc::new(crate::admin::Metrics::default());
     let notifier = crate::notify::Notifier::from_env();

@@ -162,8 +162,9 @@ pub struct QueueSection {
     pub visibility_timeout_secs: u64,
     /// Tries of a job step that fails with a retryable error. Default (0): 3.
     pub job_attempts: u32,
-    /// Longest wait for one broker operation (connect, declare, publish and its confirm, ack)
-    /// before the connection is taken as dead and made again, seconds. Default (0): 30.
+    /// Longest wait for one broker operation, seconds: on AMQP connect, declare, publish and
+    /// its confirm, ack (then the connection is taken as dead and made again); on SQS one
+    /// request attempt beyond the 20 s long poll (then the SDK retries). Default (0): 30.
     pub op_timeout_secs: u64,
 }
 

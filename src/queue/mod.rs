@@ -251,10 +251,11 @@ pub struct QueueSettings {
     pub close: tokio_util::sync::CancellationToken,
     /// Kept by the backend: whether it is connected and receiving (for `/readyz`).
     pub health: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Longest wait for one broker operation (connect, declare, publish and its confirm, ack,
-    /// cancel). Past it the connection is taken as dead, dropped and made again, so a broker
-    /// that stops answering (a half-open link, a publisher blocked by a resource alarm) never
-    /// wedges the agent or its shutdown.
+    /// Longest wait for one broker operation (AMQP: connect, declare, publish and its confirm,
+    /// ack, cancel; SQS: one request attempt beyond the long poll). Past it the connection is
+    /// taken as dead, dropped and made again (the SDK retries), so a broker that stops
+    /// answering (a half-open link, a publisher blocked by a resource alarm) never wedges the
+    /// agent or its shutdown.
     pub op_timeout: std::time::Duration,
 }
 
