@@ -789,7 +789,8 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut tap = tap(&format!("{}?ns={ns}", amqp())).await;
+    let direct = format!("{}?ns={ns}", amqp());
+    let mut tap = tap(&direct).await;
     let mut agent = Agent::start(
         dir.path(),
         &uniq("admin"),
@@ -820,9 +821,7 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let (code, body) = http_get(&addr, "/readyz").await;
     assert_eq!(code, 200, "{body}");
 
-    let client = queue::client(&format!("{}?ns={ns}", amqp()), &Default::default())
-        .await
-        .unwrap();
+    let client = queue::client(&direct, &Default::default()).await.unwrap();
     let a = uniq("metrics");
     submit(client.as_ref(), &a, &job(&a, "echo m > $out")).await;
     tap.completed(&a).await;

@@ -176,6 +176,11 @@ async fn call<T>(
     deadline(op, limit, async { f.await.map_err(amqp_err(op)) }).await
 }
 
+/// Whether a connection and its channel are both still open.
+fn up(conn: &Connection, ch: &Channel) -> bool {
+    conn.status().connected() && ch.status().connected()
+}
+
 async fn open_channel(url: &str, limit: Duration) -> Result<(Connection, Channel), QueueError> {
     let conn = call(
         "connect",
@@ -313,10 +318,7 @@ impl Publisher {
         headers: FieldTable,
     ) -> Result<(), QueueError> {
         let mut guard = self.ch.lock().await;
-        if guard
-            .as_ref()
-            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
-        {
+        if guard.as_ref().is_none_or(|(c, ch)| !up(c, ch)) {
             // Dropped first: a dead connection is not kept while a new one is made.
             *guard = None;
             let (conn, ch) = open_channel(&self.url, self.limit).await?;
@@ -397,6 +399,14 @@ const TAG_SHARED: &str = "reflow-agent.shared";
 const TAG_OWN: &str = "reflow-agent.own";
 
 impl AmqpSource {
+    /// Forgets a consumer whose connection is gone: not ready until the next one is made.
+    fn lost(&mut self) {
+        self.consumer = None;
+        self.settings
+            .health
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn consume(&mut self) -> Result<(), QueueError> {
         let limit = self.settings.op_timeout;
         let (conn, ch) = open_channel(&self.url, limit).await?;
@@ -478,14 +488,11 @@ impl CommandSource for AmqpSource {
                 () = tokio::time::sleep(LIVENESS_CHECK) => None,
             };
             let Some(item) = item else {
-                if !conn.status().connected() || !ch.status().connected() {
+                if !up(conn, ch) {
                     tracing::warn!(
                         "AMQP connection lost while waiting for commands; reconnecting."
                     );
-                    self.consumer = None;
-                    self.settings
-                        .health
-                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    self.lost();
                 }
                 continue;
             };
@@ -512,17 +519,11 @@ impl CommandSource for AmqpSource {
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "AMQP consumer failed; reconnecting.");
-                    self.consumer = None;
-                    self.settings
-                        .health
-                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    self.lost();
                 }
                 None => {
                     tracing::warn!("AMQP consumer ended; reconnecting.");
-                    self.consumer = None;
-                    self.settings
-                        .health
-                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    self.lost();
                 }
             }
         }
@@ -906,7 +907,7 @@ impl super::EventWatch for AmqpWatch {
                         Err(e) => tracing::warn!(error = %e, "Skipping an undecodable event."),
                     }
                 }
-                None if conn.status().connected() && ch.status().connected() => {}
+                None if up(conn, ch) => {}
                 other => {
                     let why = match other {
                         Some(Some(Err(e))) => e.to_string(),
