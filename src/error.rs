@@ -103,12 +103,42 @@ impl Kind {
         )
     }
 
-    /// Reflow's human text for the kind, used when rendering errors.
+    /// The kind's name in JSON (Go's `kind2string`), e.g. `NotExist` or `OOM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Other => "Other",
+            Kind::Canceled => "Canceled",
+            Kind::Timeout => "Timeout",
+            Kind::Temporary => "Temporary",
+            Kind::NotExist => "NotExist",
+            Kind::NotAllowed => "NotAllowed",
+            Kind::NotSupported => "NotSupported",
+            Kind::TooManyTries => "TooManyTries",
+            Kind::Integrity => "Integrity",
+            Kind::ResourcesExhausted => "ResourcesExhausted",
+            Kind::Eval => "Eval",
+            Kind::Unavailable => "Unavailable",
+            Kind::Fatal => "Fatal",
+            Kind::Invalid => "Invalid",
+            Kind::Net => "Net",
+            Kind::Precondition => "Precondition",
+            Kind::Oom => "OOM",
+            Kind::Module => "Module",
+            Kind::DockerExec => "DockerExec",
+        }
+    }
+
+    /// The kind named `name` (see [`Kind::name`]); `None` for an unknown name.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Reflow's human text for the kind (Go's `Kind.String()`), used when rendering errors.
     pub fn text(self) -> &'static str {
         match self {
             Kind::Other => "unknown error",
-            Kind::Canceled => "operation was canceled",
-            Kind::Timeout => "operation timed out",
+            Kind::Canceled => "canceled",
+            Kind::Timeout => "timeout",
             Kind::Temporary => "temporary",
             Kind::NotExist => "resource does not exist",
             Kind::NotAllowed => "access denied",
@@ -119,11 +149,11 @@ impl Kind {
             Kind::Eval => "evaluation error",
             Kind::Unavailable => "unavailable",
             Kind::Fatal => "fatal",
-            Kind::Invalid => "invalid argument",
+            Kind::Invalid => "invalid",
             Kind::Net => "network error",
-            Kind::Precondition => "precondition failed",
+            Kind::Precondition => "precondition was not met",
             Kind::Oom => "OOM error",
-            Kind::Module => "module error",
+            Kind::Module => "invalid module",
             Kind::DockerExec => "docker exec",
         }
     }
@@ -148,27 +178,122 @@ pub trait Classify {
 
 /// A Reflow error as carried in results, manifests and queue events.
 ///
-/// JSON (compatible with Reflow's `errors.Error`):
-/// `{"Op": "...", "Arg": ["..."], "Kind": "NotExist", "Cause": {...}}` or with `"Error": "text"`
-/// for a plain-text cause.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+/// The model follows Go's `errors.Error`: an operation with arguments, a kind, and one cause,
+/// which is either another Reflow error ([`ReflowError::cause`]) or a plain message
+/// ([`ReflowError::message`]). At most one of the two is set.
+///
+/// JSON is exactly Reflow's (`errors.go`, `jsonError`): every node is
+/// `{"Op","Arg","Kind","Cause"?,"Error"}` with `Arg` `null` when empty, `Kind` the kind's name and
+/// `"Error": ""`. A plain message is a leaf node under `Cause`:
+/// `{"Op":"","Arg":null,"Kind":"","Error":"<text>"}`. Decoding also accepts the shape earlier
+/// versions of this agent wrote (the message as a top-level `"Error"` beside the kind), `"Kind": ""`
+/// and unknown kind names (both read as `Other`, as Go reads them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReflowError {
     /// The operation that failed, e.g. `exec`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub op: String,
     /// Arguments of the operation, e.g. the exec digest.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arg: Vec<String>,
     /// The kind.
-    #[serde(default)]
     pub kind: Kind,
     /// A nested Reflow error, when the cause is itself one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Box<ReflowError>>,
     /// A plain-text cause.
-    #[serde(default, rename = "Error", skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// One node of Reflow's error JSON (Go's `jsonError`), in its field order.
+#[derive(Serialize, Deserialize)]
+struct WireNode {
+    #[serde(rename = "Op", default, deserialize_with = "null_string")]
+    op: String,
+    #[serde(rename = "Arg", default)]
+    arg: Option<Vec<String>>,
+    #[serde(rename = "Kind", default, deserialize_with = "null_string")]
+    kind: String,
+    #[serde(rename = "Cause", default, skip_serializing_if = "Option::is_none")]
+    cause: Option<Box<WireNode>>,
+    #[serde(rename = "Error", default, deserialize_with = "null_string")]
+    error: String,
+}
+
+fn null_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+impl WireNode {
+    /// A leaf that wraps a plain (non-Reflow) error: only its text.
+    fn leaf(text: &str) -> Self {
+        WireNode {
+            op: String::new(),
+            arg: None,
+            kind: String::new(),
+            cause: None,
+            error: text.to_string(),
+        }
+    }
+
+    fn is_plain_leaf(&self) -> bool {
+        !self.error.is_empty()
+            && self.op.is_empty()
+            && self.arg.as_ref().is_none_or(Vec::is_empty)
+            && (self.kind.is_empty() || self.kind == "Other")
+            && self.cause.is_none()
+    }
+
+    fn from_error(e: &ReflowError) -> Self {
+        let cause = match (&e.cause, &e.message) {
+            (Some(c), _) => Some(Box::new(WireNode::from_error(c))),
+            (None, Some(m)) => Some(Box::new(WireNode::leaf(m))),
+            (None, None) => None,
+        };
+        WireNode {
+            op: e.op.clone(),
+            arg: (!e.arg.is_empty()).then(|| e.arg.clone()),
+            kind: e.kind.name().to_string(),
+            cause,
+            error: String::new(),
+        }
+    }
+
+    fn into_error(self) -> ReflowError {
+        if self.is_plain_leaf() {
+            // Go refuses a bare leaf where an *Error is expected; we read it as a plain error.
+            return ReflowError {
+                message: Some(self.error),
+                ..ReflowError::default()
+            };
+        }
+        let mut e = ReflowError {
+            op: self.op,
+            arg: self.arg.unwrap_or_default(),
+            kind: Kind::from_name(&self.kind).unwrap_or_default(),
+            cause: None,
+            message: None,
+        };
+        match self.cause {
+            Some(c) if c.is_plain_leaf() => e.message = Some(c.error),
+            Some(c) => e.cause = Some(Box::new(c.into_error())),
+            None => {}
+        }
+        if e.message.is_none() && !self.error.is_empty() {
+            // The shape earlier agents wrote: the text beside the kind.
+            e.message = Some(self.error);
+        }
+        e
+    }
+}
+
+impl Serialize for ReflowError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireNode::from_error(self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReflowError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        WireNode::deserialize(d).map(WireNode::into_error)
+    }
 }
 
 impl ReflowError {
@@ -190,15 +315,25 @@ impl ReflowError {
         self
     }
 
-    /// Wraps `cause` as the cause of a new error for `op`. The new error takes the cause's kind.
-    pub fn wrap(op: impl Into<String>, cause: ReflowError) -> Self {
-        ReflowError {
+    /// Wraps `cause` as the cause of a new error for `op`, as Go's `errors.E(op, cause)` does:
+    /// the new error takes the cause's kind and the cause keeps `Other`, so the kind is stated
+    /// once; a cause left with neither an op nor a kind is folded into the new error.
+    pub fn wrap(op: impl Into<String>, mut cause: ReflowError) -> Self {
+        let kind = std::mem::take(&mut cause.kind);
+        let mut e = ReflowError {
             op: op.into(),
             arg: Vec::new(),
-            kind: cause.kind,
-            cause: Some(Box::new(cause)),
+            kind,
+            cause: None,
             message: None,
+        };
+        if cause.op.is_empty() {
+            e.cause = cause.cause;
+            e.message = cause.message;
+        } else {
+            e.cause = Some(Box::new(cause));
         }
+        e
     }
 
     /// The single conversion from a module error to the wire form: the kind comes from
@@ -236,33 +371,47 @@ impl Classify for ReflowError {
     }
 }
 
-impl fmt::Display for ReflowError {
-    /// Renders as Reflow does: `op arg1 arg2: kind text: cause`, nested errors separated by
-    /// `":\n\t"`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        if !self.op.is_empty() {
-            let mut head = self.op.clone();
-            for a in &self.arg {
-                head.push(' ');
-                head.push_str(a);
+impl ReflowError {
+    /// Renders as Go's `ErrorSeparator(sep)`: `op arg1 arg2: kind text: cause`, with `sep`
+    /// before a nested Reflow error and `": "` before a plain message.
+    pub fn render(&self, sep: &str) -> String {
+        let mut out = String::new();
+        let pad = |out: &mut String, s: &str| {
+            if !out.is_empty() {
+                out.push_str(s);
             }
-            parts.push(head);
+        };
+        if !self.op.is_empty() {
+            out.push_str(&self.op);
+            for a in &self.arg {
+                out.push(' ');
+                out.push_str(a);
+            }
         }
         if self.kind != Kind::Other {
-            parts.push(self.kind.text().to_string());
+            pad(&mut out, ": ");
+            out.push_str(self.kind.text());
         }
-        if let Some(m) = &self.message {
-            parts.push(m.clone());
-        }
-        f.write_str(&parts.join(": "))?;
         if let Some(c) = &self.cause {
-            if !parts.is_empty() {
-                f.write_str(":\n\t")?;
-            }
-            write!(f, "{c}")?;
+            pad(&mut out, sep);
+            out.push_str(&c.render(sep));
+        } else if let Some(m) = &self.message {
+            pad(&mut out, ": ");
+            out.push_str(m);
         }
-        Ok(())
+        out
+    }
+
+    /// The error on one line (nested errors separated by `": "`), for listings and logs.
+    pub fn one_line(&self) -> String {
+        self.render(": ")
+    }
+}
+
+impl fmt::Display for ReflowError {
+    /// Renders as Reflow does (Go's `Error()`): nested errors separated by `":\n\t"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(":\n\t"))
     }
 }
 
@@ -326,8 +475,63 @@ mod tests {
         assert_eq!(w.kind, Kind::NotExist);
         assert_eq!(
             w.to_string(),
-            "load: resource does not exist:\n\tstat: resource does not exist: no such object"
+            "load: resource does not exist:\n\tstat: no such object"
         );
+        assert_eq!(w.cause.as_ref().unwrap().kind, Kind::Other);
+        // A cause with neither op nor kind folds into the wrapper, as Go's errors.E does.
+        let folded = ReflowError::wrap("get", ReflowError::new(Kind::Other, "", "boom"));
+        assert_eq!(folded.to_string(), "get: boom");
+        assert!(folded.cause.is_none());
+    }
+
+    #[test]
+    fn kind_names_and_texts_are_reflows() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+        assert_eq!(Kind::from_name("Bogus"), None);
+        let texts: Vec<&str> = [
+            Kind::Canceled,
+            Kind::Timeout,
+            Kind::Invalid,
+            Kind::Precondition,
+        ]
+        .into_iter()
+        .map(Kind::text)
+        .collect();
+        assert_eq!(
+            texts,
+            ["canceled", "timeout", "invalid", "precondition was not met"]
+        );
+    }
+
+    #[test]
+    fn decodes_every_node_shape() {
+        // Reflow's: kind on the node, plain text as a leaf cause, Arg null.
+        let go: ReflowError = serde_json::from_str(
+            r#"{"Op":"exec","Arg":null,"Kind":"DockerExec","Cause":{"Op":"","Arg":null,"Kind":"","Error":"exited with code 1"},"Error":""}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            go,
+            ReflowError::new(Kind::DockerExec, "exec", "exited with code 1")
+        );
+        // What earlier agents wrote: the text beside the kind.
+        let legacy: ReflowError = serde_json::from_str(
+            r#"{"Op":"exec","Kind":"DockerExec","Error":"exited with code 1"}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy, go);
+        // A bare leaf, an empty kind, an unknown kind: read as Other, never refused.
+        let leaf: ReflowError = serde_json::from_str(r#"{"Error":"boom"}"#).unwrap();
+        assert_eq!(
+            (leaf.kind, leaf.message.as_deref()),
+            (Kind::Other, Some("boom"))
+        );
+        let unknown: ReflowError = serde_json::from_str(r#"{"Op":"x","Kind":"Bogus"}"#).unwrap();
+        assert_eq!(unknown.kind, Kind::Other);
+        assert!(serde_json::from_str::<ReflowError>(r#"{"Op":5}"#).is_err());
     }
 
     #[test]
@@ -339,8 +543,13 @@ mod tests {
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(j["Op"], "put");
         assert_eq!(j["Kind"], "Temporary");
-        assert_eq!(j["Cause"]["Error"], "exit code 75");
+        assert_eq!(j["Error"], "");
+        assert_eq!(j["Arg"], serde_json::Value::Null);
+        assert_eq!(j["Cause"]["Op"], "exec");
+        assert_eq!(j["Cause"]["Kind"], "Other");
         assert_eq!(j["Cause"]["Arg"][0], "x");
+        assert_eq!(j["Cause"]["Cause"]["Error"], "exit code 75");
+        assert_eq!(j["Cause"]["Cause"]["Kind"], "");
         let back: ReflowError = serde_json::from_value(j).unwrap();
         assert_eq!(back, e);
         assert!(back.is(Kind::Temporary));
@@ -348,8 +557,11 @@ mod tests {
 
     #[test]
     fn is_looks_through_other_wrappers() {
-        let mut outer = ReflowError::wrap("a", ReflowError::new(Kind::Integrity, "b", "c"));
-        outer.kind = Kind::Other;
+        let outer = ReflowError {
+            op: "a".into(),
+            cause: Some(Box::new(ReflowError::new(Kind::Integrity, "b", "c"))),
+            ..ReflowError::default()
+        };
         assert!(outer.is(Kind::Integrity));
         assert!(!outer.is(Kind::NotExist));
     }
