@@ -431,7 +431,7 @@ fn summarize(m: &crate::manifest::Manifest, id: Digest) -> ExecSummary {
             .result
             .err
             .as_ref()
-            .map(|e| e.to_string().lines().next().unwrap_or("").to_string()),
+            .map(crate::error::ReflowError::one_line),
         oom: m.oom.as_ref().map(|o| {
             format!(
                 "{} ({})",
@@ -463,21 +463,30 @@ pub fn run_inspect(opts: &InspectOptions) -> Result<(), CliError> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     ids.sort();
-    let manifest_of = |alloc: &str, exec: &Digest| -> Option<crate::manifest::Manifest> {
-        read_json(
-            &allocs_dir
-                .join(alloc)
-                .join("execs")
-                .join(exec.hex())
-                .join(crate::manifest::MANIFEST_FILE),
+    let manifest_path = |alloc: &str, exec: &Digest| {
+        allocs_dir
+            .join(alloc)
+            .join("execs")
+            .join(exec.hex())
+            .join(crate::manifest::MANIFEST_FILE)
+    };
+    let manifest_of = |alloc: &str, exec: &Digest| {
+        read_json::<crate::manifest::Manifest>(
+            &manifest_path(alloc, exec),
             crate::manifest::MAX_MANIFEST_BYTES,
         )
-        .ok()
     };
     if let Some(want) = &opts.exec {
         let want = Digest::parse(want)?;
         for alloc in &ids {
-            if let Some(m) = manifest_of(alloc, &want) {
+            if !manifest_path(alloc, &want).exists() {
+                continue;
+            }
+            let m = manifest_of(alloc, &want).map_err(|source| CliError::Input {
+                what: "the exec manifest",
+                source,
+            })?;
+            {
                 if opts.json {
                     return print_json(&m);
                 }
@@ -524,7 +533,19 @@ pub fn run_inspect(opts: &InspectOptions) -> Result<(), CliError> {
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| Digest::parse(&e.file_name().to_string_lossy()).ok())
-                    .filter_map(|d| manifest_of(&alloc, &d).map(|m| summarize(&m, d)))
+                    .filter(|d| manifest_path(&alloc, d).exists())
+                    .map(|d| match manifest_of(&alloc, &d) {
+                        Ok(m) => summarize(&m, d),
+                        Err(e) => ExecSummary {
+                            id: d,
+                            state: "unreadable".into(),
+                            ident: String::new(),
+                            error: Some(
+                                crate::error::ReflowError::from_classified("read", &e).one_line(),
+                            ),
+                            oom: None,
+                        },
+                    })
                     .collect()
             })
             .unwrap_or_default();

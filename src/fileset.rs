@@ -38,8 +38,88 @@ pub struct AssertionKey {
 }
 
 /// Assertions about a reference's source (e.g. its ETag), part of a reference's digest.
-/// Not part of the standard JSON form.
+///
+/// JSON (Reflow's `Assertions.MarshalJSON`): a list of entries
+/// `{"Key": {"Namespace", "Subject", "Object"}, "Value"}` ordered by namespace, subject and object,
+/// each string omitted when empty.
 pub type Assertions = BTreeMap<AssertionKey, BTreeMap<String, String>>;
+
+/// Serde `with` module for `Option<Assertions>` in Reflow's entry-list form.
+mod assertions_json {
+    use super::*;
+    use serde::Serializer;
+
+    #[derive(Serialize, Deserialize, Default)]
+    struct EntryKey {
+        #[serde(
+            rename = "Namespace",
+            default,
+            skip_serializing_if = "String::is_empty"
+        )]
+        namespace: String,
+        #[serde(rename = "Subject", default, skip_serializing_if = "String::is_empty")]
+        subject: String,
+        #[serde(rename = "Object", default, skip_serializing_if = "String::is_empty")]
+        object: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        #[serde(rename = "Key", default)]
+        key: EntryKey,
+        #[serde(rename = "Value", default, skip_serializing_if = "String::is_empty")]
+        value: String,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        a: &Option<Assertions>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let entries: Vec<Entry> = a
+            .iter()
+            .flatten()
+            .flat_map(|(k, props)| {
+                props.iter().map(|(object, value)| Entry {
+                    key: EntryKey {
+                        namespace: k.namespace.clone(),
+                        subject: k.subject.clone(),
+                        object: object.clone(),
+                    },
+                    value: value.clone(),
+                })
+            })
+            .collect();
+        entries.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Assertions>, D::Error> {
+        let Some(entries) = Option::<Vec<Entry>>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let mut out = Assertions::new();
+        for e in entries {
+            let key = AssertionKey {
+                namespace: e.key.namespace,
+                subject: e.key.subject,
+            };
+            let props = out.entry(key).or_default();
+            match props.get(&e.key.object) {
+                Some(v) if *v != e.value => {
+                    return Err(serde::de::Error::custom(format!(
+                        "conflicting assertions for object {:?}",
+                        e.key.object
+                    )));
+                }
+                _ => {
+                    props.insert(e.key.object, e.value);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
 
 /// A file: resolved (content digest known) or a reference to content at a source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +142,13 @@ pub struct File {
     /// Known content digest of a reference (zero when unknown).
     #[serde(rename = "ContentHash", default)]
     pub content_hash: Digest,
-    /// Assertions; included in a reference's digest, not in JSON.
-    #[serde(skip)]
+    /// Assertions about the source; part of a reference's digest.
+    #[serde(
+        rename = "Assertions",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "assertions_json"
+    )]
     pub assertions: Option<Assertions>,
 }
 
@@ -157,7 +242,12 @@ impl Classify for FilesetError {
 }
 
 /// A tree of files: a list of filesets and/or a map from relative path to file.
+///
+/// As in Reflow, a fileset whose `List` is present (Go's non-nil slice, even an empty one) is a
+/// list fileset: its digest, [`Fileset::flatten`] and [`Fileset::pullup`] follow the list, and a
+/// map beside it does not enter the digest.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "FilesetWire")]
 pub struct Fileset {
     /// Sub-filesets (one per output of a multi-output exec, or per element of a list value).
     #[serde(
@@ -175,28 +265,62 @@ pub struct Fileset {
         deserialize_with = "null_default"
     )]
     pub map: BTreeMap<String, File>,
+    /// Whether `List` was present although empty (`{"List": []}`); see the type's docs.
+    #[serde(skip)]
+    pub list_present: bool,
+}
+
+/// The JSON form of a [`Fileset`], which tells a `null` or absent `List` from an empty one.
+#[derive(Deserialize)]
+struct FilesetWire {
+    #[serde(rename = "List", default)]
+    list: Option<Vec<Fileset>>,
+    #[serde(rename = "Fileset", default, deserialize_with = "null_default")]
+    map: BTreeMap<String, File>,
+}
+
+impl From<FilesetWire> for Fileset {
+    fn from(w: FilesetWire) -> Self {
+        Fileset {
+            list_present: w.list.is_some(),
+            list: w.list.unwrap_or_default(),
+            map: w.map,
+        }
+    }
 }
 
 impl Fileset {
     /// A fileset with one file at `.`.
     pub fn single(file: File) -> Self {
+        Fileset::from_map(BTreeMap::from([(".".to_string(), file)]))
+    }
+
+    /// A map fileset.
+    pub fn from_map(map: BTreeMap<String, File>) -> Self {
         Fileset {
             list: Vec::new(),
-            map: BTreeMap::from([(".".to_string(), file)]),
+            map,
+            list_present: false,
         }
     }
 
-    /// A list fileset.
+    /// A list fileset (a list fileset even when `list` is empty).
     pub fn from_list(list: Vec<Fileset>) -> Self {
         Fileset {
             list,
             map: BTreeMap::new(),
+            list_present: true,
         }
+    }
+
+    /// Whether this is a list fileset: `List` is present, even if empty.
+    pub fn is_list(&self) -> bool {
+        self.list_present || !self.list.is_empty()
     }
 
     /// The list elements if this is a list, else a one-element list of this fileset.
     pub fn flatten(&self) -> Vec<&Fileset> {
-        if self.list.is_empty() {
+        if !self.is_list() {
             vec![self]
         } else {
             self.list.iter().collect()
@@ -206,7 +330,7 @@ impl Fileset {
     /// Merges the tree into one map: own map first, then list elements in order, later keys
     /// overwriting earlier ones. A fileset without a list is returned as is.
     pub fn pullup(&self) -> Fileset {
-        if self.list.is_empty() {
+        if !self.is_list() {
             return self.clone();
         }
         fn walk(fs: &Fileset, out: &mut BTreeMap<String, File>) {
@@ -219,10 +343,7 @@ impl Fileset {
         }
         let mut map = BTreeMap::new();
         walk(self, &mut map);
-        Fileset {
-            list: Vec::new(),
-            map,
-        }
+        Fileset::from_map(map)
     }
 
     /// Visits every (path, file) in the tree, depth first, own map before list.
@@ -304,14 +425,25 @@ impl Fileset {
                 s
             })
             .collect();
-        (Fileset { list, map }, resolved)
+        (
+            Fileset {
+                list,
+                map,
+                list_present: self.list_present,
+            },
+            resolved,
+        )
     }
 
-    /// Writes the digest material: each list element's material, then each map entry in key
-    /// order as the key bytes followed by the binary form of the file's digest.
+    /// Writes the digest material as Reflow does: for a list fileset ([`Fileset::is_list`]) each
+    /// element's material and nothing else; otherwise each map entry in key order as the key
+    /// bytes followed by the binary form of the file's digest.
     pub fn write_digest(&self, w: &mut impl Write) -> std::io::Result<()> {
-        for sub in &self.list {
-            sub.write_digest(w)?;
+        if self.is_list() {
+            for sub in &self.list {
+                sub.write_digest(w)?;
+            }
+            return Ok(());
         }
         for (k, f) in &self.map {
             w.write_all(k.as_bytes())?;
@@ -363,13 +495,10 @@ mod tests {
     }
 
     fn m1() -> Fileset {
-        Fileset {
-            list: vec![],
-            map: BTreeMap::from([
-                ("a".into(), File::resolved(d(FOOBAR), 7)),
-                ("b/c".into(), File::resolved(d(X), 1)),
-            ]),
-        }
+        Fileset::from_map(BTreeMap::from([
+            ("a".into(), File::resolved(d(FOOBAR), 7)),
+            ("b/c".into(), File::resolved(d(X), 1)),
+        ]))
     }
 
     fn m2() -> Fileset {
@@ -405,6 +534,57 @@ mod tests {
     }
 
     #[test]
+    fn list_filesets_digest_their_list_only_as_reflow_does() {
+        // A list beside a map: Reflow hashes the list and ignores the map.
+        let mut both = Fileset::from_list(vec![m1(), m2()]);
+        both.map.insert("ignored".into(), File::resolved(d(X), 1));
+        assert_eq!(both.digest(), d(LIST_BOTH));
+        // An empty but present list is a list fileset: it hashes nothing, whatever its map.
+        let parse = |j: &str| serde_json::from_str::<Fileset>(j).unwrap();
+        let empty_list = parse(r#"{"List":[]}"#);
+        assert!(empty_list.is_list());
+        assert_eq!(empty_list.digest(), d(EMPTY));
+        let with_map = parse(
+            r#"{"List":[],"Fileset":{".":{"ID":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","Size":1}}}"#,
+        );
+        assert_eq!(with_map.digest(), d(EMPTY));
+        assert!(with_map.flatten().is_empty());
+        // A null or absent list is not a list.
+        let null_list = parse(
+            r#"{"List":null,"Fileset":{".":{"ID":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","Size":1}}}"#,
+        );
+        assert!(!null_list.is_list());
+        assert_eq!(null_list.digest(), d(MAP_DOT_X));
+    }
+
+    #[test]
+    fn assertions_travel_in_json_and_keep_reference_digests() {
+        let mut a = File::reference("s3://b/k", "", 0);
+        a.assertions = Some(BTreeMap::from([(
+            AssertionKey {
+                namespace: "blob".into(),
+                subject: "s3://b/k".into(),
+            },
+            BTreeMap::from([("size".into(), "0".into()), ("etag".into(), "e1".into())]),
+        )]));
+        let j = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            j["Assertions"],
+            serde_json::json!([
+                {"Key": {"Namespace": "blob", "Subject": "s3://b/k", "Object": "etag"}, "Value": "e1"},
+                {"Key": {"Namespace": "blob", "Subject": "s3://b/k", "Object": "size"}, "Value": "0"}
+            ])
+        );
+        let back: File = serde_json::from_value(j).unwrap();
+        assert_eq!(back.digest(), d(REF_WITH_ASSERTIONS));
+        assert_eq!(back, a);
+        let conflict = r#"{"Size":0,"Assertions":[{"Key":{"Object":"etag"},"Value":"a"},{"Key":{"Object":"etag"},"Value":"b"}]}"#;
+        assert!(serde_json::from_str::<File>(conflict).is_err());
+        let plain: File = serde_json::from_str(r#"{"Size":1,"Assertions":null}"#).unwrap();
+        assert!(plain.assertions.is_none());
+    }
+
+    #[test]
     fn flatten_pullup_files() {
         let l = Fileset::from_list(vec![m1(), m2()]);
         assert_eq!(l.flatten().len(), 2);
@@ -436,10 +616,10 @@ mod tests {
         let r = File::reference("s3://b/k", "abc", 5);
         let fs = Fileset::from_list(vec![
             Fileset::single(r.clone()),
-            Fileset {
-                list: vec![],
-                map: BTreeMap::from([("z".into(), File::reference("s3://b/other", "", 1))]),
-            },
+            Fileset::from_map(BTreeMap::from([(
+                "z".into(),
+                File::reference("s3://b/other", "", 1),
+            )])),
         ]);
         assert!(fs.has_refs());
         let (_, ok) = fs.subst(&HashMap::new());

@@ -128,8 +128,9 @@ impl<'de> Deserialize<'de> for ExecType {
 /// An exec's durable state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version; 0 means written by Reflow.
-    #[serde(rename = "Version", default)]
+    /// Format version; 0 means written by Reflow (and is not written back, so a Reflow
+    /// manifest re-encodes as Reflow wrote it).
+    #[serde(rename = "Version", default, skip_serializing_if = "is_zero_version")]
     pub version: u32,
     /// Docker or blob.
     #[serde(rename = "Type", default)]
@@ -172,6 +173,10 @@ pub struct Manifest {
     /// OOM evidence, when any source showed an OOM (also for an exec that exited 0).
     #[serde(rename = "Oom", default, skip_serializing_if = "Option::is_none")]
     pub oom: Option<crate::oom::OomEvidence>,
+}
+
+fn is_zero_version(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Manifest {

@@ -276,8 +276,9 @@ pub struct ExecResult {
 /// A reference to an object in a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RepoObjectRef {
-    /// The repository URL (a string here; Reflow serializes Go's `url.URL` struct).
-    #[serde(rename = "RepoURL", default, skip_serializing_if = "String::is_empty")]
+    /// The repository URL, empty when none. In JSON it is Go's `url.URL` struct, or `null`, as
+    /// Reflow writes it (see [`gourl`]); a plain string is also read.
+    #[serde(rename = "RepoURL", default, with = "gourl")]
     pub repo_url: String,
     /// The object's digest.
     #[serde(rename = "Digest", default)]
@@ -309,12 +310,7 @@ pub struct ExecInspect {
     #[serde(rename = "Gauges", default, deserialize_with = "null_default")]
     pub gauges: Gauges,
     /// Process command lines while running.
-    #[serde(
-        rename = "Commands",
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(rename = "Commands", default, deserialize_with = "null_default")]
     pub commands: Vec<String>,
     /// Docker's container inspect JSON.
     #[serde(rename = "Docker", default)]
@@ -358,10 +354,227 @@ pub struct InspectResponse {
     pub run_info: Option<RunInfo>,
 }
 
+/// Go's `url.URL` in JSON, as Reflow writes a `RepoObjectRef.RepoURL`: a struct of the URL's
+/// parts, or `null` for no URL. The agent keeps the URL as a string; this serde `with` module
+/// converts both ways, and also reads a plain string (what earlier agents wrote).
+///
+/// Go's `Userinfo` has no exported fields, so Go writes a URL's user as `{}` and loses it; so do
+/// we. A percent-escaped path is kept in `RawPath`, its decoded form in `Path`, as Go does.
+pub mod gourl {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// The fields of Go's `url.URL`, in declaration order.
+    #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "PascalCase", default)]
+    pub struct GoUrl {
+        /// `s3`, `file`, ...
+        pub scheme: String,
+        /// The part after `scheme:` when it does not start with `/`.
+        pub opaque: String,
+        /// `{}` when the URL had a user (Go writes no more), else `null`.
+        pub user: Option<serde_json::Map<String, serde_json::Value>>,
+        /// Host, or host:port.
+        pub host: String,
+        /// Path, percent-decoded.
+        pub path: String,
+        /// The path as written, when it had escapes.
+        pub raw_path: String,
+        /// Go 1.19+: no `//` after the scheme.
+        pub omit_host: bool,
+        /// A `?` with an empty query.
+        pub force_query: bool,
+        /// The query, without `?`.
+        pub raw_query: String,
+        /// The fragment, without `#`.
+        pub fragment: String,
+        /// The fragment as written, when it had escapes.
+        pub raw_fragment: String,
+    }
+
+    fn percent_decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b[i],
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    // Two hex digits make one byte: h and l are below 16.
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 3;
+                }
+                (c, _, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    impl GoUrl {
+        /// Splits `s` as Go's `url.Parse` does for the URLs a repository can have.
+        pub fn parse(s: &str) -> GoUrl {
+            let mut u = GoUrl::default();
+            let (rest, fragment) = match s.split_once('#') {
+                Some((r, f)) => (r, Some(f)),
+                None => (s, None),
+            };
+            if let Some(f) = fragment {
+                u.fragment = percent_decode(f);
+                if u.fragment != f {
+                    u.raw_fragment = f.to_string();
+                }
+            }
+            let (rest, query) = match rest.split_once('?') {
+                Some((r, q)) => (r, Some(q)),
+                None => (rest, None),
+            };
+            if let Some(q) = query {
+                u.raw_query = q.to_string();
+                u.force_query = q.is_empty();
+            }
+            let scheme_end = rest.find(':').filter(|&i| {
+                let sch = &rest[..i];
+                sch.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && sch
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            });
+            let mut rest = rest;
+            if let Some(i) = scheme_end {
+                u.scheme = rest[..i].to_ascii_lowercase();
+                rest = &rest[i + 1..];
+                if !rest.starts_with('/') {
+                    u.opaque = rest.to_string();
+                    return u;
+                }
+            }
+            if let Some(auth_and_path) = rest.strip_prefix("//") {
+                let cut = auth_and_path.find('/').unwrap_or(auth_and_path.len());
+                let authority = &auth_and_path[..cut];
+                rest = &auth_and_path[cut..];
+                u.host = match authority.rsplit_once('@') {
+                    Some((_, host)) => {
+                        u.user = Some(serde_json::Map::new());
+                        host.to_string()
+                    }
+                    None => authority.to_string(),
+                };
+            }
+            u.path = percent_decode(rest);
+            if u.path != rest {
+                u.raw_path = rest.to_string();
+            }
+            u
+        }
+
+        /// The URL as text, as Go's `URL.String` writes it.
+        pub fn to_url_string(&self) -> String {
+            let mut out = String::new();
+            if !self.scheme.is_empty() {
+                out.push_str(&self.scheme);
+                out.push(':');
+            }
+            if !self.opaque.is_empty() {
+                out.push_str(&self.opaque);
+            } else {
+                let has_authority = !self.scheme.is_empty() || !self.host.is_empty();
+                if has_authority
+                    && !(self.omit_host && self.host.is_empty())
+                    && (!self.host.is_empty() || !self.path.is_empty() || self.user.is_some())
+                {
+                    out.push_str("//");
+                }
+                out.push_str(&self.host);
+                out.push_str(if self.raw_path.is_empty() {
+                    &self.path
+                } else {
+                    &self.raw_path
+                });
+            }
+            if self.force_query || !self.raw_query.is_empty() {
+                out.push('?');
+                out.push_str(&self.raw_query);
+            }
+            if !self.fragment.is_empty() {
+                out.push('#');
+                out.push_str(if self.raw_fragment.is_empty() {
+                    &self.fragment
+                } else {
+                    &self.raw_fragment
+                });
+            }
+            out
+        }
+    }
+
+    /// Serializes `""` as `null` and anything else as Go's struct.
+    ///
+    /// # Errors
+    /// Only the serializer's own errors.
+    pub fn serialize<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+        if url.is_empty() {
+            s.serialize_none()
+        } else {
+            GoUrl::parse(url).serialize(s)
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Go(Box<GoUrl>),
+    }
+
+    /// Reads `null`, Go's struct, or a string.
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(match Option::<Either>::deserialize(d)? {
+            None => String::new(),
+            Some(Either::Text(s)) => s,
+            Some(Either::Go(u)) => u.to_url_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fileset::File;
+
+    #[test]
+    fn go_url_round_trips() {
+        for s in [
+            "s3://bucket/prefix",
+            "s3://bucket",
+            "file:///var/lib/repo",
+            "file:///var/a%20b",
+            "http://h:5000/p?x=1#frag",
+            "mailto:someone",
+            "relative/path",
+        ] {
+            let u = gourl::GoUrl::parse(s);
+            assert_eq!(u.to_url_string(), s, "{u:?}");
+        }
+        let u = gourl::GoUrl::parse("s3://bucket/prefix");
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.path.as_str()),
+            ("s3", "bucket", "/prefix")
+        );
+        let esc = gourl::GoUrl::parse("file:///var/a%20b");
+        assert_eq!(
+            (esc.path.as_str(), esc.raw_path.as_str()),
+            ("/var/a b", "/var/a%20b")
+        );
+    }
 
     fn exec(cmd: &str, args: Vec<Arg>) -> ExecConfig {
         ExecConfig {

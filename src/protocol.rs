@@ -874,4 +874,76 @@ mod tests {
         assert_eq!(event_id("a", "b", 1), event_id("a", "b", 1));
         assert_ne!(event_id("a", "b", 1), event_id("a", "b", 2));
     }
+
+    #[test]
+    fn every_error_on_the_wire_is_a_reflow_error_node() {
+        // What every backend carries: these bytes go to spool files, AMQP bodies and SQS messages.
+        let err = ReflowError::new(Kind::DockerExec, "exec", "exited with code 1")
+            .with_arg(Digest::of(b"x"));
+        let want = serde_json::json!({
+            "Op": "exec", "Arg": [Digest::of(b"x").to_string()], "Kind": "DockerExec",
+            "Cause": {"Op": "", "Arg": null, "Kind": "", "Error": "exited with code 1"},
+            "Error": ""
+        });
+        let bodies = [
+            (
+                EventBody::ExecState {
+                    state: "complete".into(),
+                    error: Some(err.clone()),
+                    manifest: None,
+                },
+                "/body/error",
+            ),
+            (
+                EventBody::ExecCompleted {
+                    result: ExecResult {
+                        err: Some(err.clone()),
+                        ..ExecResult::default()
+                    },
+                    repository: None,
+                    cached: false,
+                    locations: None,
+                },
+                "/body/result/Err",
+            ),
+            (
+                EventBody::CommandRejected {
+                    command_id: Some("c".into()),
+                    error: err.clone(),
+                },
+                "/body/error",
+            ),
+            (
+                EventBody::CommandResult {
+                    command_id: "c".into(),
+                    value: serde_json::Value::Null,
+                    error: Some(err.clone()),
+                },
+                "/body/error",
+            ),
+        ];
+        for (body, at) in bodies {
+            let kind = body.kind();
+            let e = Event {
+                v: PROTOCOL_VERSION,
+                id: event_id("c", kind, 0),
+                agent: "a".into(),
+                alloc: None,
+                exec: None,
+                correlation_id: None,
+                command: Some("c".into()),
+                time: time::parse("2026-11-29T12:00:00Z").unwrap(),
+                body,
+                labels: BTreeMap::new(),
+            };
+            let bytes = serde_json::to_vec(&e).unwrap();
+            let j: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(j.pointer(at), Some(&want), "{kind}");
+            assert_eq!(
+                serde_json::from_slice::<Event>(&bytes).unwrap(),
+                e,
+                "{kind}"
+            );
+        }
+    }
 }

@@ -326,14 +326,37 @@ fn spool_round_trip_through_the_cli_with_the_minimal_job() {
     );
 
     // A job whose exec fails exits non-zero and says why.
+    let bad = uniq("exit3");
     let out = submit_wait(
         dir.path(),
         &spool,
         "bad",
-        &String::from_utf8(job(&uniq("exit3"), "exit 3")).unwrap(),
+        &String::from_utf8(job(&bad, "exit 3")).unwrap(),
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("the exec failed"));
+    // The failure as published, byte for byte on the wire: Reflow's error node shape.
+    let events = dir.path().join("spool/events");
+    let raw: Vec<serde_json::Value> = std::fs::read_dir(&events)
+        .unwrap()
+        .flatten()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "exec.completed" && v["command"] == bad)
+        .collect();
+    assert_eq!(raw.len(), 1, "one exec.completed for {bad}");
+    let err = &raw[0]["body"]["result"]["Err"];
+    assert_eq!(err["Kind"], "DockerExec", "{err}");
+    assert_eq!(err["Op"], "exec", "{err}");
+    assert_eq!(err["Error"], "", "{err}");
+    assert_eq!(err["Cause"]["Kind"], "", "{err}");
+    assert_eq!(err["Cause"]["Arg"], serde_json::Value::Null, "{err}");
+    assert!(
+        err["Cause"]["Error"]
+            .as_str()
+            .unwrap()
+            .starts_with("exited with code 3"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

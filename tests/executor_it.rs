@@ -88,13 +88,10 @@ async fn inputs_via_load_then_unload_empties_the_repository() {
     let src = FileRepository::open(&src_dir).unwrap();
     let a = src.put_bytes(b"hello\n").unwrap();
     let b = src.put_bytes(b"world\n").unwrap();
-    let input = Fileset {
-        list: vec![],
-        map: BTreeMap::from([
-            ("in/a.txt".to_string(), a.clone()),
-            ("b.txt".to_string(), b.clone()),
-        ]),
-    };
+    let input = Fileset::from_map(BTreeMap::from([
+        ("in/a.txt".to_string(), a.clone()),
+        ("b.txt".to_string(), b.clone()),
+    ]));
     let ex = executor(&dir.path().join("alloc")).await;
     let url = format!("file://{}", src_dir.display());
     let loaded = ex.load(&url, &input).await.unwrap();
@@ -168,10 +165,10 @@ async fn load_of_corrupt_source_is_integrity_and_signals() {
     let good = ex.repository().put_bytes(b"good").unwrap();
     let bad = ex.repository().put_bytes(b"bad").unwrap();
     fs::write(ex.repository().path(&bad.id), b"rot").unwrap();
-    let fs_ = Fileset {
-        list: vec![],
-        map: BTreeMap::from([("g".into(), good), ("b".into(), bad.clone())]),
-    };
+    let fs_ = Fileset::from_map(BTreeMap::from([
+        ("g".into(), good),
+        ("b".into(), bad.clone()),
+    ]));
     let err = ex.verify_integrity(&fs_).await.unwrap_err();
     assert_eq!(err.kind(), Kind::Integrity);
     assert!(err.to_string().contains(&bad.id.to_string()), "{err}");

@@ -854,10 +854,7 @@ impl Exec {
             let (path, f) = r?;
             map.insert(path, f);
         }
-        Ok(Fileset {
-            map,
-            ..Fileset::default()
-        })
+        Ok(Fileset::from_map(map))
     }
 
     /// Uploads the exec's one input fileset under `cfg.url` (path `.` is the URL itself), each

@@ -50,8 +50,8 @@ pub const POOL_ROW_TTL: Duration = Duration::minutes(2);
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AllocMeta {
-    /// Resources wanted.
-    #[serde(default)]
+    /// Resources wanted (`null`, as Go writes a nil map, reads as none).
+    #[serde(default, deserialize_with = "crate::fileset::null_default")]
     pub want: Resources,
     /// Who asked.
     #[serde(default)]
