@@ -210,6 +210,27 @@ fn run_info_urls_are_gos_url_struct_both_ways() {
 }
 
 #[test]
+fn golden_filesets_have_reflows_digests() {
+    // Computed independently (Python's hashlib) from Reflow's digest rules: a list fileset is its
+    // elements' material only; a map entry is the path, 0x0005 and the file digest's 32 bytes; a
+    // reference without content hash is SHA-256 of size (8 bytes LE), source and ETag.
+    let list: Fileset = round_trip("fileset_list.json");
+    assert_eq!(
+        list.digest().to_string(),
+        "sha256:9d14306462208faf22f594b3187fdd242ed80615680ae9ffac3a9f8ac7e21e90"
+    );
+    let refs: Fileset = round_trip("fileset_times.json");
+    assert_eq!(
+        refs.digest().to_string(),
+        "sha256:cb7bf8e14a27adbe09e98fb388b413469aac42e181ceb19e69505027321b80d2"
+    );
+    let x: Digest = round_trip("digest_x.json");
+    assert_eq!(x, Digest::of(b"x"));
+    let zero: Digest = round_trip("digest_zero.json");
+    assert!(zero.is_zero());
+}
+
+#[test]
 fn meta_with_null_want_and_labels_reads_as_empty() {
     let m: AllocMeta = round_trip("meta_json_zero.json");
     assert!(m.want.0.is_empty());
