@@ -11,8 +11,10 @@ log "checking the Docker engine"
 REFLOW_SERVICES=docker bash scripts/dev-services.sh
 log "building the offline test image"
 image=$(bash scripts/test-image.sh)
-log "building reflow-agent"
-cargo build --quiet
+# The embedded default (spool queue, file repository, no TaskDB) needs none of the optional
+# backends, so the demo builds without them: no AWS SDK, no AMQP client.
+log "building reflow-agent (no optional backends)"
+cargo build --quiet --no-default-features --bin reflow-agent
 bin=target/debug/reflow-agent
 
 state=${REFLOW_DEMO_DIR:-$(mktemp -d -t reflow-demo.XXXXXX)}

@@ -36,6 +36,8 @@ step "fmt"
 cargo fmt --check
 step "clippy"
 cargo clippy --all-targets --all-features -- -D warnings
+# The build without optional backends (what scripts/demo.sh and the fuzz targets compile).
+cargo clippy --all-targets --no-default-features -- -D warnings
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
 fuzz_secs=${REFLOW_FUZZ_SECONDS:-10}

@@ -23,7 +23,6 @@ use crate::error::{Classify, Kind};
 use crate::oom::kmsg::KmsgMonitor;
 use crate::pool::{Pool, PoolConfig, PoolError};
 use crate::queue::QueueSettings;
-use crate::taskdb::dynamodb::DynamoDbTaskDb;
 use crate::taskdb::{NoopTaskDb, TaskDb, TaskDbError};
 
 /// Why the agent could not run.
@@ -136,10 +135,10 @@ fn hostname() -> String {
 /// one (`~/.docker/config.json`) that cannot is skipped with a warning.
 async fn registry_auth(
     cfg: &Config,
-    sdk: &aws_config::SdkConfig,
+    aws: &AwsClients,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<Arc<dyn crate::docker::auth::Authenticator>>, AgentError> {
-    use crate::docker::auth::{Authenticator, ChainAuth, DockerConfigAuth, EcrAuth};
+    use crate::docker::auth::{Authenticator, ChainAuth, DockerConfigAuth};
     let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
     if let Some((path, explicit)) = cfg.docker_config_path() {
         match DockerConfigAuth::load(&path) {
@@ -153,10 +152,63 @@ async fn registry_auth(
             }
         }
     }
+    #[cfg(feature = "ecr")]
     if cfg.executor.ecr_auth {
-        chain.push(Arc::new(EcrAuth::new(sdk, clock)));
+        chain.push(Arc::new(crate::docker::auth::EcrAuth::new(&aws.sdk, clock)));
     }
+    #[cfg(not(feature = "ecr"))]
+    let _ = (aws, clock, cfg.executor.ecr_auth);
     Ok((!chain.is_empty()).then(|| Arc::new(ChainAuth(chain)) as Arc<dyn Authenticator>))
+}
+
+/// The AWS SDK configuration shared by every AWS client of the agent (TaskDB, S3, ECR), when
+/// this build has one of them.
+struct AwsClients {
+    #[cfg(feature = "aws")]
+    sdk: aws_config::SdkConfig,
+}
+
+impl AwsClients {
+    /// Loads the SDK configuration: this resolves the region and credential chain, which may
+    /// probe instance metadata.
+    async fn load(settings: &crate::aws::AwsSettings) -> Self {
+        #[cfg(not(feature = "aws"))]
+        let _ = settings;
+        AwsClients {
+            #[cfg(feature = "aws")]
+            sdk: crate::aws::sdk_config(settings).await,
+        }
+    }
+
+    /// The TaskDB named by the config: DynamoDB when a table is set, else none.
+    async fn taskdb(&self, cfg: &Config) -> Result<Arc<dyn TaskDb>, AgentError> {
+        let Some(table) = &cfg.taskdb.table else {
+            return Ok(Arc::new(NoopTaskDb));
+        };
+        #[cfg(feature = "dynamodb")]
+        {
+            let db = crate::taskdb::dynamodb::DynamoDbTaskDb::new(&self.sdk, table);
+            if cfg.taskdb.create_table {
+                db.create_table().await.map_err(AgentError::TaskDb)?;
+            }
+            Ok(Arc::new(db))
+        }
+        #[cfg(not(feature = "dynamodb"))]
+        {
+            // Config validation refuses this before the agent gets here.
+            let _ = table;
+            Ok(Arc::new(NoopTaskDb))
+        }
+    }
+
+    /// The blob store for `s3://` repositories and intern/extern execs; the SDK resolves
+    /// credentials lazily, so an agent that never touches S3 needs none.
+    fn blob(&self) -> Option<Arc<dyn crate::blob::BlobStore>> {
+        #[cfg(feature = "s3")]
+        return Some(Arc::new(crate::blob::s3::S3Store::new(&self.sdk)));
+        #[cfg(not(feature = "s3"))]
+        None
+    }
 }
 
 /// Runs the agent until `shutdown` completes or the pool has been idle long enough.
@@ -192,26 +244,13 @@ pub async fn run(
     runtime.ping().await.map_err(AgentError::Engine)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kmsg = KmsgMonitor::start(clock.clone());
-    // One SDK configuration for every AWS client here (TaskDB, S3, ECR): loading it resolves the
-    // region and credential chain, which may probe instance metadata.
-    let sdk = crate::aws::sdk_config(&cfg.aws).await;
-    let taskdb: Arc<dyn TaskDb> = match &cfg.taskdb.table {
-        Some(table) => {
-            let db = DynamoDbTaskDb::new(&sdk, table);
-            if cfg.taskdb.create_table {
-                db.create_table().await.map_err(AgentError::TaskDb)?;
-            }
-            Arc::new(db)
-        }
-        None => Arc::new(NoopTaskDb),
-    };
-    // The S3 store for s3:// repositories and intern/extern execs; the SDK resolves credentials
-    // lazily, so an agent that never touches S3 needs none.
-    let blob: Arc<dyn crate::blob::BlobStore> = Arc::new(crate::blob::s3::S3Store::new(&sdk));
+    let aws = AwsClients::load(&cfg.aws).await;
+    let taskdb = aws.taskdb(&cfg).await?;
+    let blob = aws.blob();
     let mut executor = cfg.executor_template();
-    executor.auth = registry_auth(&cfg, &sdk, clock.clone()).await?;
+    executor.auth = registry_auth(&cfg, &aws, clock.clone()).await?;
     executor.oom_detectors = vec![Arc::new(kmsg.clone())];
-    executor.blob = Some(blob.clone());
+    executor.blob = blob.clone();
     let pool_cfg = PoolConfig {
         id: cfg.agent.pool_id.clone().unwrap_or_else(hostname),
         dir: cfg.agent.state_dir.clone(),
@@ -276,7 +315,7 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         notifier: notifier.clone(),
-        blob: Some(blob.clone()),
+        blob,
     };
     let control = Control::new(
         control_cfg,

@@ -2,6 +2,11 @@
 //! usual credential variables, profiles and instance roles work), with optional overrides from
 //! the agent's config. Tests point the endpoint at a local emulator.
 
+//!
+//! [`AwsSettings`] is always part of the configuration; loading the SDK needs one of the AWS
+//! features (`sqs`, `s3`, `dynamodb`, `ecr`).
+
+#[cfg(feature = "aws")]
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 /// Overrides on top of the standard chain.
@@ -16,6 +21,7 @@ pub struct AwsSettings {
 }
 
 /// Loads the SDK configuration.
+#[cfg(feature = "aws")]
 pub async fn sdk_config(s: &AwsSettings) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(r) = &s.region {

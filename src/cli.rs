@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,6 +60,14 @@ pub enum CliError {
     /// The command to submit is not valid.
     #[error("the command is not valid")]
     Command(#[from] crate::protocol::ProtocolError),
+    /// The command needs a backend this build does not have.
+    #[error("{}", crate::features::not_built(what, feature))]
+    NotBuilt {
+        /// What needs it.
+        what: &'static str,
+        /// The cargo feature.
+        feature: &'static str,
+    },
     /// The submitted command failed or was rejected (the event was printed).
     #[error("{what}: {error}")]
     Failed {
@@ -103,6 +112,7 @@ impl Classify for CliError {
             CliError::Command(e) => e.kind(),
             CliError::Failed { error, .. } => error.kind,
             CliError::Timeout { .. } => Kind::Timeout,
+            CliError::NotBuilt { .. } => Kind::NotSupported,
         }
     }
 }
@@ -874,17 +884,29 @@ async fn hash_file(path: PathBuf) -> Result<(Digest, u64), CliError> {
         .map_err(CliError::Output)
 }
 
+/// The S3 store for `s3 cp`, configured by the SDK's standard chain.
+async fn s3_store() -> Result<Arc<dyn crate::blob::BlobStore>, CliError> {
+    #[cfg(feature = "s3")]
+    return Ok(Arc::new(crate::blob::s3::S3Store::new(
+        &crate::aws::sdk_config(&Default::default()).await,
+    )));
+    #[cfg(not(feature = "s3"))]
+    Err(CliError::NotBuilt {
+        what: "s3 cp",
+        feature: "s3",
+    })
+}
+
 /// Copies between local files and S3 with a progress bar: uploads carry `Content-Sha256`,
 /// downloads are verified against it.
 ///
 /// # Errors
 /// Blob store, I/O and integrity errors.
 pub fn run_s3_cp(opts: &S3CpOptions) -> Result<(), CliError> {
-    use crate::blob::{BlobStore, BlobUrl, Progress};
+    use crate::blob::{BlobUrl, Progress};
     use futures_util::StreamExt;
     runtime()?.block_on(async {
-        let store =
-            crate::blob::s3::S3Store::new(&crate::aws::sdk_config(&Default::default()).await);
+        let store = s3_store().await?;
         let progress = Progress::default();
         let jobs = opts.jobs.max(1);
         if opts.dst.starts_with("s3://") {

@@ -346,6 +346,20 @@ impl Config {
         if self.taskdb.create_table && self.taskdb.table.is_none() {
             bad("taskdb.create_table", "needs taskdb.table");
         }
+        if self.taskdb.table.is_some() && !cfg!(feature = "dynamodb") {
+            bad(
+                "taskdb.table",
+                &crate::features::not_built("a DynamoDB TaskDB", "dynamodb"),
+            );
+        }
+        for (field, url) in [
+            ("queue.url", &self.queue.url),
+            ("repository.url", &self.repository.url),
+        ] {
+            if let Some(feature) = url.as_deref().and_then(crate::features::missing_for_url) {
+                bad(field, &crate::features::not_built("this URL", feature));
+            }
+        }
         // Defaults derive from agent.state_dir, already checked; only given URLs are checked.
         if let Some(url) = &self.queue.url
             && !["amqp://", "amqps://", "sqs://", "spool:///"]
@@ -449,6 +463,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_missing_from_the_build_is_refused_by_name() {
+        let text = r#"
+            [queue]
+            url = "sqs://jobs"
+            [repository]
+            url = "s3://bucket/prefix"
+            [taskdb]
+            table = "reflow-taskdb"
+        "#;
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        let errs: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
+        // Holds in every build: a refusal exactly when the feature is missing.
+        for (field, built) in [
+            ("queue.url", cfg!(feature = "sqs")),
+            ("repository.url", cfg!(feature = "s3")),
+            ("taskdb.table", cfg!(feature = "dynamodb")),
+        ] {
+            let refused = errs
+                .iter()
+                .any(|e| e.starts_with(field) && e.contains("cargo feature"));
+            assert_eq!(refused, !built, "{field}: {errs:?}");
+        }
+    }
 
     #[test]
     fn defaults_and_full_file() {

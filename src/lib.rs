@@ -22,6 +22,7 @@
 //! - [`taskdb`]: the TaskDB port (pool and alloc rows).
 //! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
 //! - [`aws`]: AWS SDK configuration from the standard chain.
+//! - [`features`]: which optional backends (cargo features) this build carries.
 //! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
 //! - [`par`]: parallel map for hashing many files.
 //! - [`config`], [`agent`]: the configuration and the wiring that runs the agent (`serve`).
@@ -41,6 +42,7 @@ pub mod digest;
 pub mod docker;
 pub mod error;
 pub mod executor;
+pub mod features;
 pub mod fileset;
 pub mod manifest;
 pub mod model;

@@ -5,6 +5,7 @@
 //! same layout as a local repository directory. Every object written carries the user metadata
 //! `Content-Sha256` (its digest, hex), which readers verify.
 
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::path::Path;

@@ -15,9 +15,11 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::RegistryAuth;
+#[cfg(feature = "ecr")]
 use crate::clock::Clock;
 use crate::error::{Classify, Kind};
 use crate::persist::{self, PersistError};
+#[cfg(feature = "ecr")]
 use crate::time::Time;
 
 /// Largest docker config file read.
@@ -362,6 +364,7 @@ impl Authenticator for DockerConfigAuth {
     }
 }
 
+#[cfg(feature = "ecr")]
 /// ECR tokens from `GetAuthorizationToken`, cached until [`ECR_RENEW_BEFORE`] before expiry.
 /// Only images on ECR hosts are claimed.
 pub struct EcrAuth {
@@ -370,12 +373,14 @@ pub struct EcrAuth {
     cache: tokio::sync::Mutex<Option<(RegistryAuth, Time)>>,
 }
 
+#[cfg(feature = "ecr")]
 impl fmt::Debug for EcrAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EcrAuth").finish_non_exhaustive()
     }
 }
 
+#[cfg(feature = "ecr")]
 impl EcrAuth {
     /// An authenticator using `sdk` (region, endpoint and credentials from the standard chain or
     /// the agent's config).
@@ -433,6 +438,7 @@ impl EcrAuth {
     }
 }
 
+#[cfg(feature = "ecr")]
 #[async_trait]
 impl Authenticator for EcrAuth {
     async fn authenticate(&self, image: &str) -> Result<Option<RegistryAuth>, AuthError> {

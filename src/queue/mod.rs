@@ -16,6 +16,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod spool;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 
 use std::fmt;
@@ -44,6 +45,14 @@ pub enum QueueError {
     Url {
         /// The URL (credentials removed, truncated).
         url: String,
+    },
+    /// The URL's backend is not in this build.
+    #[error("{}", crate::features::not_built(url, feature))]
+    NotBuilt {
+        /// The URL (credentials removed).
+        url: String,
+        /// The cargo feature it needs.
+        feature: &'static str,
     },
     /// A filesystem operation of the spool failed.
     #[error("{op} {path}")]
@@ -94,6 +103,7 @@ impl Classify for QueueError {
     fn kind(&self) -> Kind {
         match self {
             QueueError::Url { .. } => Kind::Invalid,
+            QueueError::NotBuilt { .. } => Kind::NotSupported,
             QueueError::Io { .. } | QueueError::Publish(_) | QueueError::Amqp { .. } => {
                 Kind::Unavailable
             }
@@ -188,6 +198,10 @@ pub trait Client: Send + Sync + fmt::Debug {
 #[async_trait]
 pub trait EventWatch: Send {
     /// The next event, waiting for one.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future (a timeout, a `select!`) loses no event; one it was
+    /// about to return comes from the next call (or again later: ids tell duplicates).
     async fn next(&mut self) -> Result<Event, QueueError>;
 }
 
@@ -210,12 +224,14 @@ pub async fn client(
             DEFAULT_DELIVERY_LIMIT,
         )?));
     }
+    #[cfg(feature = "sqs")]
     if url.starts_with("sqs://") {
         return Ok(Box::new(
             sqs::SqsClient::new(url, aws, DEFAULT_DELIVERY_LIMIT).await?,
         ));
     }
-    Err(QueueError::Url { url: redact(url) })
+    let _ = aws;
+    Err(unusable(url))
 }
 
 /// Deliveries before a message is dead-lettered, unless configured.
@@ -309,6 +325,7 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
             display,
         });
     }
+    #[cfg(feature = "sqs")]
     if url.starts_with("sqs://") {
         let (source, sink) = sqs::connect(url, settings).await?;
         return Ok(Backend {
@@ -318,7 +335,16 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
             display,
         });
     }
-    Err(QueueError::Url { url: display })
+    Err(unusable(url))
+}
+
+/// The error for a URL no backend of this build takes: a missing feature, or a bad scheme.
+fn unusable(url: &str) -> QueueError {
+    let url = redact(url);
+    match crate::features::missing_for_url(&url) {
+        Some(feature) => QueueError::NotBuilt { url, feature },
+        None => QueueError::Url { url },
+    }
 }
 
 /// Where events go.

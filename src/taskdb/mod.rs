@@ -2,6 +2,7 @@
 //! end) for fleet accounting. [`NoopTaskDb`] when none is configured; [`MemoryTaskDb`] records
 //! calls for tests; [`dynamodb::DynamoDbTaskDb`] for fleets.
 
+#[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 
 use std::fmt;
