@@ -23,6 +23,7 @@
 //! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
 //! - [`aws`]: AWS SDK configuration from the standard chain.
 //! - [`features`]: which optional backends (cargo features) this build carries.
+//! - [`failpoint`]: failure injection for crash tests (cargo feature `failpoints`).
 //! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
 //! - [`par`]: parallel map for hashing many files.
 //! - [`config`], [`agent`]: the configuration and the wiring that runs the agent (`serve`).
@@ -42,6 +43,7 @@ pub mod digest;
 pub mod docker;
 pub mod error;
 pub mod executor;
+pub mod failpoint;
 pub mod features;
 pub mod fileset;
 pub mod manifest;

@@ -697,10 +697,13 @@ pub struct Event {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A deterministic event id: the same cause always yields the same id, so consumers can drop
-/// duplicates after a republish.
-pub fn event_id(cause: &str, kind: &str, seq: u64) -> String {
-    Digest::of(format!("{cause}\0{kind}\0{seq}").as_bytes()).hex()[..32].to_string()
+/// A deterministic event id, one per (cause, kind, occurrence): the cause is the command id (or
+/// the agent and occasion), the occurrence tells events of one kind and cause apart (the exec
+/// state of an `exec.state`, the agent's incarnation of a lifecycle event, a sequence number).
+/// The id is stored with the event, so a republished event keeps it and consumers can drop
+/// duplicates.
+pub fn event_id(cause: &str, kind: &str, occurrence: impl std::fmt::Display) -> String {
+    Digest::of(format!("{cause}\0{kind}\0{occurrence}").as_bytes()).hex()[..32].to_string()
 }
 
 #[cfg(test)]

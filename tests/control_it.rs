@@ -158,32 +158,10 @@ fn job(id: &str, cmd: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// Containers created for the job with command id `id` since `since` (unix seconds), from the
-/// engine's own event log.
-fn containers_created(id: &str, since: u64) -> usize {
-    let until = std::time::UNIX_EPOCH.elapsed().unwrap().as_secs() + 1;
-    docker(&[
-        "events",
-        "--since",
-        &since.to_string(),
-        "--until",
-        &until.to_string(),
-        "--filter",
-        "type=container",
-        "--filter",
-        "event=create",
-        "--filter",
-        &format!("label=reflow-executor={}", job_alloc_id(id)),
-        "--format",
-        "{{.ID}}",
-    ])
-    .lines()
-    .filter(|l| !l.trim().is_empty())
-    .count()
-}
-
-fn now_secs() -> u64 {
-    std::time::UNIX_EPOCH.elapsed().unwrap().as_secs()
+/// Container starts of the job with command id `id` seen by `counter` (from the engine's own
+/// event stream, independently of the agent).
+fn job_starts(counter: &StartCounter, id: &str) -> usize {
+    counter.starts(&job_alloc_id(id))
 }
 
 /// Events seen so far, from any backend.
@@ -366,7 +344,7 @@ async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
     let mut tap = tap(&url).await;
     let _agent = Agent::start(dir.path(), &uniq("amqp-rt"), &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let since = now_secs();
+    let starts = StartCounter::new();
     let marker = uniq("m");
     let (a, b) = (uniq("a"), uniq("b"));
     submit(
@@ -393,8 +371,8 @@ async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
         output(&e),
         (sha256sum(format!("{marker}\n").as_bytes()), true, true)
     );
-    assert_eq!(containers_created(&a, since), 1);
-    assert_eq!(containers_created(&b, since), 0);
+    assert_eq!(job_starts(&starts, &a), 1);
+    assert_eq!(job_starts(&starts, &b), 0);
     tap.until("agent.heartbeat", |e| e.body.kind() == "agent.heartbeat")
         .await;
 }
@@ -472,7 +450,7 @@ async fn amqp_duplicate_delivery_runs_one_container() {
     let mut tap = tap(&url).await;
     let _agent = Agent::start(dir.path(), &uniq("amqp-dup"), &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let since = now_secs();
+    let starts = StartCounter::new();
     let a = uniq("dup");
     let body = job(&a, "sleep 2; echo once > $out");
     for _ in 0..3 {
@@ -486,7 +464,7 @@ async fn amqp_duplicate_delivery_runs_one_container() {
     let ids = tap.ids(&a, "exec.completed");
     assert!(!ids.is_empty());
     assert!(ids.iter().all(|i| *i == ids[0]), "one event id: {ids:?}");
-    assert_eq!(containers_created(&a, since), 1);
+    assert_eq!(job_starts(&starts, &a), 1);
 }
 
 #[tokio::test]
@@ -497,7 +475,7 @@ async fn amqp_kill9_mid_exec_then_restart_completes_exactly_once() {
     let name = uniq("amqp-k9");
     let mut agent = Agent::start(dir.path(), &name, &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let since = now_secs();
+    let starts = StartCounter::new();
     let a = uniq("k9");
     submit(
         client.as_ref(),
@@ -517,7 +495,7 @@ async fn amqp_kill9_mid_exec_then_restart_completes_exactly_once() {
     tap.linger(Duration::from_secs(2)).await;
     let ids = tap.ids(&a, "exec.completed");
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-    assert_eq!(containers_created(&a, since), 1, "re-attached, not re-run");
+    assert_eq!(job_starts(&starts, &a), 1, "re-attached, not re-run");
 }
 
 #[tokio::test]
@@ -527,7 +505,7 @@ async fn amqp_broker_restart_mid_run_loses_nothing() {
     let mut tap = tap(&url).await;
     let _agent = Agent::start(dir.path(), &uniq("amqp-restart"), &url, "", &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let since = now_secs();
+    let starts = StartCounter::new();
     let a = uniq("before");
     submit(client.as_ref(), &a, &job(&a, "sleep 4; echo a > $out")).await;
     tap.until("exec.state running", |e| {
@@ -548,7 +526,7 @@ async fn amqp_broker_restart_mid_run_loses_nothing() {
     submit(client.as_ref(), &b, &job(&b, "echo b > $out")).await;
     assert_eq!(output(&tap.completed(&a).await).0, sha256sum(b"a\n"));
     assert_eq!(output(&tap.completed(&b).await).0, sha256sum(b"b\n"));
-    assert_eq!(containers_created(&a, since), 1);
+    assert_eq!(job_starts(&starts, &a), 1);
 }
 
 #[tokio::test]
@@ -1082,7 +1060,7 @@ fn zombie_allocs_are_collected_and_a_resubmitted_job_still_dedupes() {
         &[],
     );
     let id = uniq("gc");
-    let start = now_secs();
+    let starts = StartCounter::new();
     let body = String::from_utf8(job(&id, "echo gc > $out")).unwrap();
     let first = submit_ok(dir.path(), &spool, "gc", &body);
     let allocs = dir.path().join(&name).join("allocs");
@@ -1103,8 +1081,167 @@ fn zombie_allocs_are_collected_and_a_resubmitted_job_still_dedupes() {
     assert_eq!(output(&again).0, output(&first).0);
     assert_eq!(output(&first).0, sha256sum(b"gc\n"));
     assert_eq!(
-        containers_created(&id, start),
+        job_starts(&starts, &id),
         1,
         "one container for both submissions"
     );
+}
+
+/// A job that takes the whole machine's CPUs (so no two fit side by side) and sleeps `secs`.
+fn whole_machine_job(id: &str, secs: u32) -> Vec<u8> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    serde_json::to_vec(&serde_json::json!({
+        "v": 1, "id": id, "kind": "job",
+        "body": {"config": {"Type": "exec", "Image": image(),
+                            "Cmd": format!("sleep {secs}; echo {id} > $out"),
+                            "Resources": {"mem": 67108864, "cpu": cpus}}}
+    }))
+    .unwrap()
+}
+
+/// Three whole-machine jobs dropped at once: each waits for the one before it, none fails; a
+/// job's `exec.state` running, `exec.state` complete and `exec.completed` have three ids; two
+/// starts of the agent publish two `agent.started` events.
+async fn jobs_wait_for_room_and_events_are_unique(
+    root: &Path,
+    name: &str,
+    url: &str,
+    client: &dyn Client,
+) {
+    let mut events = Events::new(client).await;
+    let starts = StartCounter::new();
+    let mut agent = Agent::start(root, name, url, "", &[]);
+    let ids: Vec<String> = (0..3).map(|i| uniq(&format!("whole{i}"))).collect();
+    for id in &ids {
+        submit(client, id, &whole_machine_job(id, 1)).await;
+    }
+    for id in &ids {
+        let e = events.completed(id).await;
+        let (digest, ok, _) = output(&e);
+        assert!(ok, "{id} failed: {e:?}\n{}", tail(&agent.logs(), 40));
+        assert_eq!(digest, sha256sum(format!("{id}\n").as_bytes()));
+    }
+    for id in &ids {
+        assert_eq!(job_starts(&starts, id), 1, "{id} started once");
+    }
+    let first = &ids[0];
+    events
+        .until("exec.state complete", |e| {
+            e.command.as_deref() == Some(first.as_str())
+                && matches!(&e.body, EventBody::ExecState { state, .. } if state == "complete")
+        })
+        .await;
+    let mut all = events.ids(first, "exec.state");
+    assert_eq!(all.len(), 2, "running and complete: {:#?}", events.kinds());
+    all.extend(events.ids(first, "exec.completed"));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "three distinct ids: {all:?}");
+    assert!(
+        !agent.logs().contains("\"Job failed.\""),
+        "a job failed while it only had to wait"
+    );
+
+    // A second start of the same agent: a second agent.started, under its own id.
+    agent.signal("-TERM");
+    agent.wait(Duration::from_secs(60));
+    let _again = Agent::start(root, name, url, "", &[]);
+    let started = |e: &Event| e.agent == name && e.body.kind() == "agent.started";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ids: Vec<&str> = events
+            .seen
+            .iter()
+            .filter(|e| started(e))
+            .map(|e| e.id.as_str())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one agent.started per start: {:#?}\n{}",
+            events.kinds(),
+            agent_log_tails(40)
+        );
+        events.linger(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn spool_jobs_wait_for_room_and_events_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("spool://{}", dir.path().join("spool").display());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    jobs_wait_for_room_and_events_are_unique(
+        dir.path(),
+        &uniq("wait-spool"),
+        &url,
+        client.as_ref(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn amqp_jobs_wait_for_room_and_events_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("wait").await;
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    jobs_wait_for_room_and_events_are_unique(dir.path(), &uniq("wait-amqp"), &url, client.as_ref())
+        .await;
+}
+
+#[tokio::test]
+async fn sqs_jobs_wait_for_room_and_events_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqs://{}?create=true", uniq("wait"));
+    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
+        .await
+        .unwrap();
+    jobs_wait_for_room_and_events_are_unique(dir.path(), &uniq("wait-sqs"), &url, &client).await;
+}
+
+/// The agent dies right after the engine started a container (before it could persist that);
+/// the container exits while no agent runs; the restarted agent waits for it and reports its
+/// result. The engine's own events show exactly one start.
+#[tokio::test]
+async fn a_crash_right_after_start_never_starts_the_container_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("spool://{}", dir.path().join("spool").display());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let mut events = Events::new(client.as_ref()).await;
+    let starts = StartCounter::new();
+    let name = uniq("failpoint");
+    let mut agent = Agent::start(
+        dir.path(),
+        &name,
+        &url,
+        "",
+        &[(reflow_agent::failpoint::ENV, "exec.after_start")],
+    );
+    let id = uniq("once");
+    submit(client.as_ref(), &id, &job(&id, "echo once > $out")).await;
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(137), "the failpoint ended the agent");
+    assert!(agent.logs().contains("Failpoint armed"), "{}", agent.logs());
+    // Let the container finish while no agent runs.
+    let label = format!("label=reflow-executor={}", job_alloc_id(&id));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !docker(&["ps", "-q", "--filter", &label]).trim().is_empty() {
+        assert!(Instant::now() < deadline, "the container did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = Agent::start(dir.path(), &name, &url, "", &[]);
+    let e = events.completed(&id).await;
+    assert_eq!(output(&e), (sha256sum(b"once\n"), true, false));
+    assert!(
+        again
+            .logs()
+            .contains("waiting for it instead of starting it again"),
+        "{}",
+        again.logs()
+    );
+    assert_eq!(job_starts(&starts, &id), 1, "started exactly once");
 }

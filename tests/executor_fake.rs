@@ -67,6 +67,11 @@ fn script() -> Script {
                 runtime: ms(10),
                 ..FakeExit::default()
             },
+            "short" => FakeExit {
+                outputs: vec![("default".into(), b"x".to_vec())],
+                runtime: ms(300),
+                ..FakeExit::default()
+            },
             "hang" => FakeExit {
                 hang: true,
                 ..FakeExit::default()
@@ -204,6 +209,38 @@ async fn restart_reattaches_without_a_second_create() {
     assert_eq!(again.status().state, ExecState::Running);
     assert_eq!(rt.count("create "), 1, "{:?}", rt.calls());
     second.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_container_started_before_a_crash_is_never_started_again() {
+    // The agent died after the engine started the container but before `Running` was
+    // persisted: the manifest on disk still says Created, and the container ran on (here it
+    // exits while no agent runs).
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let first = start(dir.path(), rt.clone()).await;
+    let e = first.put(id("s"), cfg("short")).await.unwrap();
+    e.wait_until(ExecState::Running).await.unwrap();
+    first.shutdown().await;
+    let manifest = dir
+        .path()
+        .join("execs")
+        .join(id("s").hex())
+        .join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["State"], 3);
+    m["State"] = serde_json::json!(2);
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rt.count("start "), 1);
+
+    let second = start(dir.path(), rt.clone()).await;
+    let again = second.get(&id("s")).unwrap();
+    again.wait().await.unwrap();
+    assert_eq!(again.status().state, ExecState::Complete);
+    assert!(again.result().unwrap().err.is_none());
+    assert_eq!(rt.count("start "), 1, "started once: {:?}", rt.calls());
 }
 
 #[tokio::test]

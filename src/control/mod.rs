@@ -123,6 +123,21 @@ struct Inner {
     tasks: TaskTracker,
     draining: CancellationToken,
     reported: std::sync::Mutex<HashSet<String>>,
+    /// This start of the agent (random), which tells its lifecycle events from other starts'.
+    incarnation: String,
+}
+
+/// A random name for this start of the agent: 16 hex characters from the OS's CSPRNG (the
+/// clock, should that fail: two starts in the same nanosecond are not a concern then).
+fn incarnation(clock: &dyn Clock) -> String {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => hex::encode(b),
+        Err(_) => format!(
+            "{:016x}",
+            clock.now().timestamp_nanos_opt().unwrap_or_default()
+        ),
+    }
 }
 
 /// The deterministic alloc id of the job with command id `command_id`.
@@ -182,6 +197,7 @@ impl Control {
         let journal = Journal::open(&cfg.state_dir)?;
         let outbox = Outbox::open(&cfg.state_dir, clock.now())?;
         let results = Results::open(&cfg.state_dir)?;
+        let incarnation = incarnation(clock.as_ref());
         if let Some(p) = cfg.repository.strip_prefix("file://") {
             FileRepository::open(p)?;
         }
@@ -202,6 +218,7 @@ impl Control {
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
                 reported: std::sync::Mutex::new(HashSet::new()),
+                incarnation,
             }),
         })
     }
@@ -220,12 +237,9 @@ impl Control {
         let publisher_stop = CancellationToken::new();
         let publisher = tokio::spawn(publish_loop(inner.clone(), publisher_stop.clone()));
         inner.resume(source.as_ref()).await;
-        let started = inner.agent_event(
-            "agent.started",
-            EventBody::AgentStarted {
-                resources: inner.pool.resources(),
-            },
-        );
+        let started = inner.lifecycle_event(EventBody::AgentStarted {
+            resources: inner.pool.resources(),
+        });
         inner.emit(&[started]);
         let heartbeat = tokio::spawn(heartbeat_loop(inner.clone(), shutdown.clone()));
         inner.cfg.notifier.notify("READY=1");
@@ -262,7 +276,7 @@ impl Control {
         // Drain.
         tracing::info!(grace_secs = inner.cfg.drain_grace.as_secs(), "Draining.");
         inner.cfg.notifier.notify("STOPPING=1");
-        let draining = inner.agent_event("agent.draining", EventBody::AgentDraining {});
+        let draining = inner.lifecycle_event(EventBody::AgentDraining {});
         inner.emit(&[draining]);
         inner.draining.cancel();
         source.close().await;
@@ -275,7 +289,7 @@ impl Control {
             tracing::warn!(jobs = ?left, "Drain grace period over; these jobs keep running and are resumed at the next start.");
         }
         heartbeat.abort();
-        let stopped = inner.agent_event("agent.stopped", EventBody::AgentStopped {});
+        let stopped = inner.lifecycle_event(EventBody::AgentStopped {});
         inner.emit(&[stopped]);
         // Give the publisher a moment to empty the outbox; what is left goes at the next start.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -430,6 +444,13 @@ impl Inner {
         }
     }
 
+    /// A lifecycle event (`agent.started`, `agent.draining`, `agent.stopped`): one per start of
+    /// the agent.
+    fn lifecycle_event(&self, body: EventBody) -> Event {
+        let cause = format!("{} {}", body.kind(), self.incarnation);
+        self.agent_event(&cause, body)
+    }
+
     /// An event caused by command `req` (the `seq`th of its kind).
     fn command_event(&self, req: &Request, seq: u64, body: EventBody) -> Event {
         Event {
@@ -446,7 +467,7 @@ impl Inner {
         }
     }
 
-    /// A job's `exec.state` event, with the exec's manifest.
+    /// A job's `exec.state` event, with the exec's manifest; its id is one per state.
     fn exec_state_event(
         &self,
         req: &Request,
@@ -463,6 +484,7 @@ impl Inner {
                 manifest: Some(Box::new(exec.manifest())),
             },
         );
+        e.id = event_id(&req.id, "exec.state", state);
         e.exec = Some(exec.id());
         e.alloc = Some(alloc.to_string());
         e
@@ -851,15 +873,9 @@ impl Inner {
             () = self.draining.cancelled() => return self.settle_later(settle, SettleAction::Requeue).await,
             s = self.run_slots.clone().acquire_owned() => s.ok(),
         };
-        loop {
-            let free = self.pool.available().await;
-            if free.available(&want) || entry.alloc.is_some() {
-                break;
-            }
-            tokio::select! {
-                () = self.draining.cancelled() => return self.settle_later(settle, SettleAction::Requeue).await,
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
+        let mut entry = entry;
+        if !self.reserve(&req, &spec, &mut entry, settle.as_ref()).await {
+            return self.settle_later(settle, SettleAction::Requeue).await;
         }
         if let Err(e) = self.journal.put(&entry) {
             tracing::warn!(error = %e, "Journaling the job failed; handing it back.");
@@ -875,6 +891,54 @@ impl Inner {
         };
         self.active.lock().await.insert(req.id.clone(), held);
         self.run_job(req, spec, entry, slot).await;
+    }
+
+    /// Reserves the job's alloc before the job is journaled: the pool checks and takes the free
+    /// resources in one step, so two jobs can never both pass a check only one of them fits. A
+    /// job that fits the agent but not beside the running ones waits here, keeping its delivery
+    /// (its lease is extended meanwhile); waiting is not an attempt. False when a drain began
+    /// meanwhile (hand the job back). Any other pool failure is left to the job's attempts.
+    async fn reserve(
+        &self,
+        req: &Request,
+        spec: &JobSpec,
+        entry: &mut Entry,
+        settle: &dyn Settle,
+    ) -> bool {
+        let alloc_id = job_alloc_id(&req.id);
+        let mut waited = false;
+        let mut extended = tokio::time::Instant::now();
+        loop {
+            match self.pool.new_alloc_as(&alloc_id, job_meta(req, spec)).await {
+                Ok(_) => {
+                    entry.alloc = Some(alloc_id);
+                    if waited {
+                        tracing::info!(command_id = %req.id, "Room freed up; the job starts.");
+                    }
+                    return true;
+                }
+                Err(e) if e.kind() == Kind::ResourcesExhausted => {
+                    if !waited {
+                        tracing::info!(command_id = %req.id, want = %job_want(spec), "The job waits for room beside the running jobs.");
+                        waited = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(command_id = %req.id, error = %e, "Reserving the job's alloc failed; the job's attempts take over.");
+                    return true;
+                }
+            }
+            if extended.elapsed() >= self.cfg.lease / 3 {
+                if let Err(e) = settle.extend(self.cfg.lease).await {
+                    tracing::warn!(command_id = %req.id, error = %e, "Extending the lease of a waiting job failed.");
+                }
+                extended = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                () = self.draining.cancelled() => return false,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
     }
 
     /// Runs a journaled job to its outcome and settles every delivery attached to it.
@@ -1048,14 +1112,9 @@ impl Inner {
         events: &mut Vec<Event>,
     ) -> Result<ExecResult, ReflowError> {
         let alloc_id = job_alloc_id(&req.id);
-        let meta = AllocMeta {
-            want: job_want(spec),
-            owner: format!("job {}", req.id),
-            labels: [("command_id".to_string(), req.id.clone())].into(),
-        };
         let alloc = self
             .pool
-            .new_alloc_as(&alloc_id, meta)
+            .new_alloc_as(&alloc_id, job_meta(req, spec))
             .await
             .map_err(|e| rerr("alloc", &e))?;
         if entry.alloc.as_deref() != Some(alloc_id.as_str()) {
@@ -1141,6 +1200,15 @@ fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
 }
 
 /// What a job allocates: its `resources`, else its exec's.
+/// The alloc a job asks the pool for.
+fn job_meta(req: &Request, spec: &JobSpec) -> AllocMeta {
+    AllocMeta {
+        want: job_want(spec),
+        owner: format!("job {}", req.id),
+        labels: [("command_id".to_string(), req.id.clone())].into(),
+    }
+}
+
 fn job_want(spec: &JobSpec) -> crate::resources::Resources {
     spec.resources
         .clone()

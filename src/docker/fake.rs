@@ -284,7 +284,7 @@ impl ContainerRuntime for FakeRuntime {
             exit_code: c.exit.map(|e| e.0).unwrap_or(0),
             oom_killed: c.exit.map(|e| e.1).unwrap_or(false),
             pid: if c.running { 4_000_000 } else { 0 },
-            started_at: Some(now),
+            started_at: (c.running || c.exit.is_some()).then_some(now),
             finished_at: c.exit.map(|_| now),
             raw: serde_json::json!({"Id": c.id, "Name": format!("/{name}")}),
         }))

@@ -460,11 +460,24 @@ impl Exec {
     // === start ===
 
     async fn start(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
+        // An agent that died after the engine started the container, but before `Running` was
+        // persisted, resumes here: a container that has ever started (running, or exited since)
+        // is waited for, never started a second time.
+        if let Ok(Some(info)) = inner.runtime.inspect(&self.container).await
+            && (info.running || info.started_at.is_some() || info.status == "exited")
+        {
+            tracing::warn!(exec = %self.id, status = %info.status, "The container started before the agent stopped; waiting for it instead of starting it again.");
+            let mut m = lock(&self.manifest);
+            m.pid = info.pid;
+            m.docker = info.raw;
+            return Ok(ExecState::Running);
+        }
         inner
             .runtime
             .start(&self.container)
             .await
             .map_err(|e| self.classified("start", &e))?;
+        crate::failpoint::hit("exec.after_start");
         match inner.runtime.inspect(&self.container).await {
             Ok(Some(info)) => {
                 let mut m = lock(&self.manifest);

@@ -900,8 +900,14 @@ impl super::EventWatch for AmqpWatch {
             };
             match item {
                 Some(Some(Ok(d))) => {
-                    // Acked once read: a watch that dies before this sees it again.
-                    let _ = call("ack", self.limit, d.acker.ack(BasicAckOptions::default())).await;
+                    // Acked once read: a watch that dies before this sees it again. The ack runs
+                    // on its own task, so nothing is awaited between taking the delivery and
+                    // returning it: a caller that drops this future (a timeout, a select) loses
+                    // no event.
+                    let (acker, limit) = (d.acker.clone(), self.limit);
+                    tokio::spawn(async move {
+                        let _ = call("ack", limit, acker.ack(BasicAckOptions::default())).await;
+                    });
                     match serde_json::from_slice::<Event>(&d.data) {
                         Ok(e) => return Ok(e),
                         Err(e) => tracing::warn!(error = %e, "Skipping an undecodable event."),

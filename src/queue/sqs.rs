@@ -640,6 +640,9 @@ impl super::EventWatch for SqsWatch {
                 };
                 match event {
                     Some(e) if self.command.is_none() || e.command == self.command => {
+                        // Kept before it is deleted: a caller that drops this future mid-way
+                        // finds it next time (or, undeleted, sees it again: ids tell duplicates).
+                        self.ready.push_back(e);
                         let _ = self
                             .client
                             .client
@@ -648,7 +651,6 @@ impl super::EventWatch for SqsWatch {
                             .receipt_handle(receipt)
                             .send()
                             .await;
-                        self.ready.push_back(e);
                     }
                     _ => self.client.release(&results, &receipt).await,
                 }

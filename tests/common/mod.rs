@@ -132,3 +132,64 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// Counts container `start` events per `reflow-executor` label from a `docker events` stream
+/// opened when it is made (dockerd keeps only its last 256 events, so `--since` after a long or
+/// busy test can miss some). The stream begins two seconds back, so nothing between making the
+/// counter and the stream's connection is missed.
+pub struct StartCounter {
+    child: std::process::Child,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl StartCounter {
+    /// Opens the stream.
+    pub fn new() -> StartCounter {
+        use std::io::BufRead;
+        let since = std::time::UNIX_EPOCH.elapsed().unwrap().as_secs() - 2;
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--since",
+                &since.to_string(),
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=start",
+                "--format",
+                "{{index .Actor.Attributes \"reflow-executor\"}}",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker events");
+        let out = child.stdout.take().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        StartCounter { child, seen }
+    }
+
+    /// Starts so far of containers labelled `reflow-executor=executor`, after letting the
+    /// stream catch up for a moment.
+    pub fn starts(&self, executor: &str) -> usize {
+        std::thread::sleep(Duration::from_millis(500));
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| l.trim() == executor)
+            .count()
+    }
+}
+
+impl Drop for StartCounter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
