@@ -316,6 +316,8 @@ pub async fn run(
         metrics: metrics.clone(),
         notifier: notifier.clone(),
         blob,
+        retention: (cfg.agent.state_retention_secs > 0)
+            .then(|| Duration::from_secs(cfg.agent.state_retention_secs)),
     };
     let control = Control::new(
         control_cfg,

@@ -77,6 +77,10 @@ pub struct AgentSection {
     /// Remove a dead alloc's directory (a zombie: its exec manifests, results and logs) this many
     /// seconds after its last change. Default 86400 (one day); 0 keeps zombies forever.
     pub zombie_max_age_secs: u64,
+    /// Prune done journal entries, stored job results and spool events this many seconds after
+    /// they were written. Default 604800 (7 days); 0 keeps them forever. A command delivered
+    /// again after its entry was pruned runs again (docs/protocol.md, "Retention").
+    pub state_retention_secs: u64,
 }
 
 impl Default for AgentSection {
@@ -87,12 +91,15 @@ impl Default for AgentSection {
             expected_usable_mem: 0.0,
             idle_exit_after_secs: None,
             zombie_max_age_secs: DEFAULT_ZOMBIE_MAX_AGE_SECS,
+            state_retention_secs: DEFAULT_STATE_RETENTION_SECS,
         }
     }
 }
 
 /// Default of `agent.zombie_max_age_secs`: one day.
 pub const DEFAULT_ZOMBIE_MAX_AGE_SECS: u64 = 86_400;
+/// Default of `agent.state_retention_secs`: seven days.
+pub const DEFAULT_STATE_RETENTION_SECS: u64 = 7 * 86_400;
 
 /// `[executor]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

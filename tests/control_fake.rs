@@ -35,6 +35,10 @@ struct Harness {
 }
 
 async fn start(runtime_ms: u64, max_jobs: usize) -> Harness {
+    start_with(runtime_ms, max_jobs, None).await
+}
+
+async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeRuntime::new(
         &[IMAGE],
@@ -78,6 +82,7 @@ async fn start(runtime_ms: u64, max_jobs: usize) -> Harness {
             metrics: Default::default(),
             notifier: Default::default(),
             blob: None,
+            retention,
         },
         pool,
         Arc::new(SystemClock),
@@ -253,4 +258,36 @@ async fn drain_hands_back_jobs_not_started() {
     let incoming = spool.list("incoming");
     assert_eq!(incoming.len(), 2, "{incoming:?}");
     assert!(spool.list("processing").is_empty());
+}
+
+#[tokio::test]
+async fn done_state_and_spool_events_are_pruned_after_the_retention() {
+    let mut h = start_with(50, 2, Some(Duration::from_secs(2))).await;
+    h.send(job("old", "echo a > $out"));
+    h.outcome("old", "exec.completed").await;
+    let state = h._dir.path().join("state");
+    let count = |sub: &str| {
+        std::fs::read_dir(state.join(sub))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(count("journal"), 1, "the done job's entry");
+    assert_eq!(count("results"), 1);
+    // Past the retention (2 s) and a prune period (1 s), the done state is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("journal") + count("results") > 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was pruned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events_left = h.spool.list("events").len();
+    assert!(
+        events_left < 6,
+        "old spool events pruned too: {events_left} left"
+    );
+    // (Unfinished entries are never pruned: control::journal's unit tests.)
+    h.stop().await;
 }

@@ -1,10 +1,15 @@
 //! The control plane's durable state under the agent's state directory:
 //!
 //! ```text
-//! journal/<sha256(command id)>.json   one Entry per accepted command (idempotency)
+//! journal/pending/<sha256(id)>.json   the Entry of each command accepted and not yet done
+//! journal/<sha256(command id)>.json   the Entry of each done command (idempotency)
 //! outbox/<seq>-<event id>.json        events written before they are published
 //! results/<key>.json                  stored results of successful jobs, by exec identity
 //! ```
+//!
+//! A start reads only `journal/pending/` (the commands to resume), so restart time does not grow
+//! with the number of commands ever received. Done entries and stored results older than the
+//! retention are pruned by file age ([`prune_older`]) while the agent runs.
 //!
 //! Every file is written atomically (temp file, fsync, rename, fsync the directory). A command
 //! is settled with the broker only after its journal entry (or, for a job, its outcome) is on
@@ -143,11 +148,43 @@ fn read_all<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
-/// The command journal.
+/// Removes the `*.json` files in `dir` last written before `before`; returns how many. Only
+/// file metadata is read, so pruning a large directory costs one `stat` per file.
+///
+/// # Errors
+/// Listing the directory.
+pub fn prune_older(dir: &Path, before: std::time::SystemTime) -> Result<usize, JournalError> {
+    let mut n = 0;
+    for e in fs::read_dir(dir).map_err(io_err("list", dir))?.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().ends_with(".json") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < before);
+        if old && e.file_type().is_ok_and(|t| t.is_file()) {
+            match fs::remove_file(e.path()) {
+                Ok(()) => n += 1,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err("remove", &e.path())(err)),
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The command journal: `journal/` for done commands, `journal/pending/` for the rest.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    pending: PathBuf,
 }
+
+/// Marks a journal whose unfinished entries live in `pending/` (journals written before kept
+/// them beside the done ones; the first open moves them).
+const SPLIT_MARKER: &str = ".pending-split";
 
 impl Journal {
     /// Opens (creating) the journal under `state_dir`.
@@ -156,67 +193,109 @@ impl Journal {
     /// Creating the directory.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         let dir = state_dir.join("journal");
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let pending = dir.join("pending");
+        fs::create_dir_all(&pending).map_err(io_err("create", &pending))?;
         let _ = persist::clean_leftovers(&dir);
-        Ok(Journal { dir })
+        let _ = persist::clean_leftovers(&pending);
+        let j = Journal { dir, pending };
+        if !j.dir.join(SPLIT_MARKER).exists() {
+            j.split_pending()?;
+        }
+        Ok(j)
+    }
+
+    /// Moves unfinished entries of an older journal into `pending/`, once.
+    fn split_pending(&self) -> Result<(), JournalError> {
+        let mut moved = 0;
+        for (name, e) in read_all::<Entry>(&self.dir, "journal entry")? {
+            if e.phase == Phase::Accepted {
+                let (from, to) = (self.dir.join(&name), self.pending.join(&name));
+                fs::rename(&from, &to).map_err(io_err("move", &from))?;
+                moved += 1;
+            }
+        }
+        persist::sync_dir(&self.pending).map_err(io_err("fsync", &self.pending))?;
+        persist::write_atomic(&self.dir.join(SPLIT_MARKER), b"1\n")
+            .map_err(persist_err("journal marker", &self.dir))?;
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "Journal: unfinished commands moved to journal/pending/."
+            );
+        }
+        Ok(())
+    }
+
+    fn name(command_id: &str) -> String {
+        format!("{}.json", Digest::of(command_id.as_bytes()).hex())
     }
 
     fn path(&self, command_id: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.json", Digest::of(command_id.as_bytes()).hex()))
+        self.dir.join(Journal::name(command_id))
     }
 
-    /// The entry of `command_id`, if it was accepted before.
+    fn pending_path(&self, command_id: &str) -> PathBuf {
+        self.pending.join(Journal::name(command_id))
+    }
+
+    /// The entry of `command_id`, if it was accepted before (and not pruned since).
     ///
     /// # Errors
     /// An unreadable entry.
     pub fn get(&self, command_id: &str) -> Result<Option<Entry>, JournalError> {
-        let p = self.path(command_id);
-        match persist::read_json::<Entry>(&p, MAX_ENTRY_BYTES) {
-            Ok(e) => Ok(Some(e)),
-            Err(e) if e.kind() == Kind::NotExist => Ok(None),
-            Err(e) => Err(persist_err("journal entry", &p)(e)),
+        for p in [self.path(command_id), self.pending_path(command_id)] {
+            match persist::read_json::<Entry>(&p, MAX_ENTRY_BYTES) {
+                Ok(e) => return Ok(Some(e)),
+                Err(e) if e.kind() == Kind::NotExist => {}
+                Err(e) => return Err(persist_err("journal entry", &p)(e)),
+            }
         }
+        Ok(None)
     }
 
-    /// Writes `e` durably.
+    /// Writes `e` durably: an unfinished entry under `pending/`; a done one beside it, after
+    /// which the pending one is removed (a crash in between leaves both, and the done one wins).
     ///
     /// # Errors
     /// Writing.
     pub fn put(&self, e: &Entry) -> Result<(), JournalError> {
+        if e.phase == Phase::Accepted {
+            let p = self.pending_path(&e.command_id);
+            return persist::write_json_atomic(&p, e).map_err(persist_err("journal entry", &p));
+        }
         let p = self.path(&e.command_id);
-        persist::write_json_atomic(&p, e).map_err(persist_err("journal entry", &p))
+        persist::write_json_atomic(&p, e).map_err(persist_err("journal entry", &p))?;
+        let pending = self.pending_path(&e.command_id);
+        match fs::remove_file(&pending) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("remove", &pending)(err)),
+        }
+        Ok(())
     }
 
-    /// Every entry not yet done (to resume at start), oldest first.
+    /// Every entry not yet done (to resume at start), oldest first. Reads `pending/` only.
     ///
     /// # Errors
     /// Listing the directory.
     pub fn unfinished(&self) -> Result<Vec<Entry>, JournalError> {
-        let mut v: Vec<Entry> = read_all::<Entry>(&self.dir, "journal entry")?
+        let mut v: Vec<Entry> = read_all::<Entry>(&self.pending, "journal entry")?
             .into_iter()
             .map(|(_, e)| e)
-            .filter(|e| e.phase == Phase::Accepted)
+            .filter(|e| e.phase == Phase::Accepted && !self.path(&e.command_id).exists())
             .collect();
         v.sort_by_key(|e| e.accepted);
         Ok(v)
     }
 
-    /// Removes done entries accepted before `before` (redeliveries older than that are run
-    /// again). Returns how many were removed.
+    /// Removes done entries last written before `before`; unfinished ones are never pruned.
+    /// Returns how many were removed. A command delivered again after its entry was pruned is
+    /// run again (docs/protocol.md, "Retention").
     ///
     /// # Errors
     /// Listing the directory.
-    pub fn prune(&self, before: Time) -> Result<usize, JournalError> {
-        let mut n = 0;
-        for (name, e) in read_all::<Entry>(&self.dir, "journal entry")? {
-            if e.phase == Phase::Done && e.accepted < before {
-                let p = self.dir.join(name);
-                fs::remove_file(&p).map_err(io_err("remove", &p))?;
-                n += 1;
-            }
-        }
-        Ok(n)
+    pub fn prune(&self, before: std::time::SystemTime) -> Result<usize, JournalError> {
+        prune_older(&self.dir, before)
     }
 }
 
@@ -326,6 +405,14 @@ impl Results {
         let p = self.path(key);
         persist::write_json_atomic(&p, r).map_err(persist_err("stored result", &p))
     }
+
+    /// Removes results stored before `before` (an identical job after that runs again).
+    ///
+    /// # Errors
+    /// Listing the directory.
+    pub fn prune(&self, before: std::time::SystemTime) -> Result<usize, JournalError> {
+        prune_older(&self.dir, before)
+    }
 }
 
 #[cfg(test)]
@@ -371,15 +458,56 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b"], "oldest first, done ones skipped");
         assert_eq!(j.get("c").unwrap().unwrap().phase, Phase::Done);
-        assert_eq!(j.prune(t("2026-01-01T12:00:00Z")).unwrap(), 1);
+        // Done moves an entry out of pending/.
+        j.put(&entry("b", Phase::Done, "2026-01-02T00:00:00Z"))
+            .unwrap();
+        assert_eq!(j.get("b").unwrap().unwrap().phase, Phase::Done);
+        assert_eq!(j.unfinished().unwrap().len(), 1);
+        assert!(!j.pending_path("b").exists());
+        // Pruning goes by file age and never touches unfinished entries.
+        let future =
+            std::time::SystemTime::from(crate::clock::Clock::now(&crate::clock::SystemClock))
+                + std::time::Duration::from_secs(3600);
+        assert_eq!(j.prune(std::time::SystemTime::UNIX_EPOCH).unwrap(), 0);
+        assert_eq!(j.prune(future).unwrap(), 2);
         assert_eq!(j.get("c").unwrap(), None);
         assert!(j.get("a").unwrap().is_some(), "unfinished ones are kept");
 
         // A torn entry is set aside, not fatal.
-        let torn = j.path("torn");
+        let torn = j.pending_path("torn");
         std::fs::write(&torn, b"{\"v\":1,").unwrap();
-        assert_eq!(j.unfinished().unwrap().len(), 2);
+        assert_eq!(j.unfinished().unwrap().len(), 1);
         assert!(torn.with_extension("corrupt").exists());
+    }
+
+    #[test]
+    fn an_older_journal_is_split_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("journal");
+        std::fs::create_dir_all(&jdir).unwrap();
+        // What earlier agents wrote: every entry in journal/.
+        for (id, phase) in [("old-a", Phase::Accepted), ("old-d", Phase::Done)] {
+            let e = entry(id, phase, "2026-01-01T00:00:00Z");
+            std::fs::write(
+                jdir.join(Journal::name(id)),
+                serde_json::to_vec(&e).unwrap(),
+            )
+            .unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let ids: Vec<String> = j
+            .unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.command_id)
+            .collect();
+        assert_eq!(ids, ["old-a"]);
+        assert!(j.pending_path("old-a").exists());
+        assert_eq!(j.get("old-d").unwrap().unwrap().phase, Phase::Done);
+        assert!(jdir.join(SPLIT_MARKER).exists());
+        // Reopening does not scan again, and finds the same.
+        let j2 = Journal::open(dir.path()).unwrap();
+        assert_eq!(j2.unfinished().unwrap().len(), 1);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct ControlConfig {
     pub notifier: crate::notify::Notifier,
     /// The blob store for `s3://` repositories (absent: only `file://`).
     pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    /// Done journal entries, stored results and spool events older than this are pruned while
+    /// the agent runs; `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 /// Why the control plane could not start.
@@ -242,6 +245,7 @@ impl Control {
         });
         inner.emit(&[started]);
         let heartbeat = tokio::spawn(heartbeat_loop(inner.clone(), shutdown.clone()));
+        let pruner = tokio::spawn(prune_loop(inner.clone()));
         inner.cfg.notifier.notify("READY=1");
         loop {
             let intake = tokio::select! {
@@ -289,6 +293,7 @@ impl Control {
             tracing::warn!(jobs = ?left, "Drain grace period over; these jobs keep running and are resumed at the next start.");
         }
         heartbeat.abort();
+        pruner.abort();
         let stopped = inner.lifecycle_event(EventBody::AgentStopped {});
         inner.emit(&[stopped]);
         // Give the publisher a moment to empty the outbox; what is left goes at the next start.
@@ -306,6 +311,58 @@ impl Control {
         publisher_stop.cancel();
         let _ = publisher.await;
     }
+}
+
+/// Prunes done journal entries, stored results and spool events older than the retention: a
+/// minute after the start, then every tenth of the retention (at most hourly). Only file ages
+/// are read, in a blocking task.
+async fn prune_loop(inner: Arc<Inner>) {
+    let Some(retention) = inner.cfg.retention else {
+        return;
+    };
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tokio::time::sleep(every.min(Duration::from_secs(60))).await;
+    loop {
+        let (journal, results, sink) = (
+            inner.journal.clone(),
+            inner.results.clone(),
+            inner.sink.clone(),
+        );
+        let before = std::time::SystemTime::from(inner.clock.now()) - retention;
+        let pruned = tokio::task::spawn_blocking(move || {
+            (
+                journal.prune(before),
+                results.prune(before),
+                sink.prune(before),
+            )
+        })
+        .await;
+        match pruned {
+            Ok((j, r, s)) => {
+                let (j, r, s) = (
+                    j.unwrap_or_else(|e| warn_zero("journal", &e)),
+                    r.unwrap_or_else(|e| warn_zero("results", &e)),
+                    s.unwrap_or_else(|e| warn_zero("spool events", &e)),
+                );
+                if j + r + s > 0 {
+                    tracing::info!(
+                        journal = j,
+                        results = r,
+                        events = s,
+                        retention_secs = retention.as_secs(),
+                        "Pruned state older than the retention."
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Pruning stopped unexpectedly."),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn warn_zero(what: &str, e: &dyn std::error::Error) -> usize {
+    tracing::warn!(what, error = %e, "Pruning failed; trying again later.");
+    0
 }
 
 /// Publishes the outbox in order until `stop`, retrying with backoff while the broker is away.
@@ -650,34 +707,59 @@ impl Inner {
                     }
                     return self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
                 }
-                Ok(Some(entry)) => {
-                    let mut active = self.active.lock().await;
-                    if let Some(held) = active.get_mut(&req.id) {
-                        tracing::info!("Duplicate of a running job: attached, no second container.");
-                        match self.settle_policy {
-                            SettlePolicy::OnOutcome => held.push(settle),
-                            SettlePolicy::OnAccept => {
-                                drop(active);
-                                self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
-                            }
+                Ok(found) => {
+                    let Command::Job(spec) = req.command.clone() else {
+                        return self.request(req, settle).await;
+                    };
+                    // One claim per command id in this process, taken before anything is
+                    // awaited: a second delivery arriving while the first still waits for room
+                    // (not journaled yet) is attached to it, never started beside it.
+                    let settle = match self.claim(&req, settle).await {
+                        Some(s) => s,
+                        None => return,
+                    };
+                    match found {
+                        Some(entry) => {
+                            tracing::info!("Resuming a job accepted before, with this delivery.");
+                            self.start_job(req, *spec, entry, settle, intake).await
                         }
-                        return;
-                    }
-                    drop(active);
-                    if let Command::Job(spec) = req.command.clone() {
-                        tracing::info!("Resuming a job accepted before, with this delivery.");
-                        return self.start_job(req, *spec, entry, settle, intake).await;
+                        None => self.accept_job(req, *spec, &body, settle, intake).await,
                     }
                 }
-                Ok(None) => {}
-            }
-            match req.command.clone() {
-                Command::Job(spec) => self.accept_job(req, *spec, &body, settle, intake).await,
-                _ => self.request(req, settle).await,
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Claims command `req` for this process: `Some(settle)` when nobody runs it here yet (the
+    /// caller starts it), `None` when it is running or starting here (the delivery was attached
+    /// to it, or acked at once where the broker holds no lease).
+    async fn claim(&self, req: &Request, settle: Box<dyn Settle>) -> Option<Box<dyn Settle>> {
+        let mut active = self.active.lock().await;
+        let Some(held) = active.get_mut(&req.id) else {
+            active.insert(req.id.clone(), Vec::new());
+            return Some(settle);
+        };
+        tracing::info!("Duplicate of a running job: attached, no second container.");
+        match self.settle_policy {
+            SettlePolicy::OnOutcome => held.push(settle),
+            SettlePolicy::OnAccept => {
+                drop(active);
+                self.settle_later(settle, SettleAction::Ack(req.command.kind()))
+                    .await;
+            }
+        }
+        None
+    }
+
+    /// Hands a claimed job back before it was journaled: its delivery and every duplicate
+    /// attached meanwhile go back to the broker, and the claim is released.
+    async fn hand_back(&self, req: &Request, settle: Box<dyn Settle>) {
+        let attached = self.active.lock().await.remove(&req.id).unwrap_or_default();
+        for s in std::iter::once(settle).chain(attached) {
+            self.settle_later(s, SettleAction::Requeue).await;
+        }
     }
 
     /// Answers a request command with a `command.result` (plus any side events), journaling the
@@ -866,20 +948,20 @@ impl Inner {
         if !self.pool.resources().available(&want) {
             tracing::warn!(want = %want, have = %self.pool.resources(), "The job is larger than this agent; handing it back for a larger one.");
             tokio::time::sleep(self.cfg.retry_base).await;
-            return self.settle_later(settle, SettleAction::Requeue).await;
+            return self.hand_back(&req, settle).await;
         }
         // A slot, then room in the pool; a drain meanwhile hands the job back.
         let slot = tokio::select! {
-            () = self.draining.cancelled() => return self.settle_later(settle, SettleAction::Requeue).await,
+            () = self.draining.cancelled() => return self.hand_back(&req, settle).await,
             s = self.run_slots.clone().acquire_owned() => s.ok(),
         };
         let mut entry = entry;
         if !self.reserve(&req, &spec, &mut entry, settle.as_ref()).await {
-            return self.settle_later(settle, SettleAction::Requeue).await;
+            return self.hand_back(&req, settle).await;
         }
         if let Err(e) = self.journal.put(&entry) {
             tracing::warn!(error = %e, "Journaling the job failed; handing it back.");
-            return self.settle_later(settle, SettleAction::Requeue).await;
+            return self.hand_back(&req, settle).await;
         }
         drop(intake);
         let held = match self.settle_policy {
@@ -889,7 +971,12 @@ impl Inner {
             }
             SettlePolicy::OnOutcome => vec![settle],
         };
-        self.active.lock().await.insert(req.id.clone(), held);
+        self.active
+            .lock()
+            .await
+            .entry(req.id.clone())
+            .or_default()
+            .extend(held);
         self.run_job(req, spec, entry, slot).await;
     }
 

@@ -352,6 +352,15 @@ fn unusable(url: &str) -> QueueError {
 pub trait EventSink: Send + Sync + fmt::Debug {
     /// Publishes `event` durably (an event with an id already published is not duplicated).
     async fn publish(&self, event: &Event) -> Result<(), QueueError>;
+
+    /// Removes events this sink keeps itself (the spool's `events/`) published before
+    /// `before`; returns how many. Brokers keep no such history: a no-op there.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    fn prune(&self, _before: std::time::SystemTime) -> Result<usize, QueueError> {
+        Ok(0)
+    }
 }
 
 #[cfg(test)]

@@ -311,6 +311,14 @@ impl EventSink for SpoolSink {
             })?
             .map_err(QueueError::Publish)
     }
+
+    fn prune(&self, before: std::time::SystemTime) -> Result<usize, QueueError> {
+        crate::control::journal::prune_older(&self.dir, before).map_err(|e| QueueError::Io {
+            op: "prune",
+            path: self.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
 }
 
 /// The file name a submitted command gets: the time (for FIFO order) and a safe form of its id.
