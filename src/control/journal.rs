@@ -148,22 +148,34 @@ fn read_all<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
-/// Removes the `*.json` files in `dir` last written before `before`; returns how many. Only
-/// file metadata is read, so pruning a large directory costs one `stat` per file.
+/// Removes the `*.json` files in `dir` last written before `before`, and the temp files an
+/// interrupted atomic write left (once they are an hour old, so no write in progress is
+/// touched); returns how many `*.json` were removed. Only file metadata is read, so pruning a
+/// large directory costs one `stat` per file. (Large directories are cleaned here, in the
+/// background, rather than at open, which would make a start cost one `stat` per file ever
+/// written.)
 ///
 /// # Errors
 /// Listing the directory.
 pub fn prune_older(dir: &Path, before: std::time::SystemTime) -> Result<usize, JournalError> {
     let mut n = 0;
     for e in fs::read_dir(dir).map_err(io_err("list", dir))?.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().ends_with(".json") {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let modified = e.metadata().and_then(|m| m.modified());
+        if persist::is_leftover(&name) {
+            let stale = modified.is_ok_and(|t| {
+                t.elapsed()
+                    .is_ok_and(|age| age > std::time::Duration::from_secs(3600))
+            });
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
             continue;
         }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < before);
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let old = modified.is_ok_and(|t| t < before);
         if old && e.file_type().is_ok_and(|t| t.is_file()) {
             match fs::remove_file(e.path()) {
                 Ok(()) => n += 1,
@@ -195,7 +207,8 @@ impl Journal {
         let dir = state_dir.join("journal");
         let pending = dir.join("pending");
         fs::create_dir_all(&pending).map_err(io_err("create", &pending))?;
-        let _ = persist::clean_leftovers(&dir);
+        // journal/ itself can hold every command of the retention: its leftovers are cleaned
+        // by pruning, in the background.
         let _ = persist::clean_leftovers(&pending);
         let j = Journal { dir, pending };
         if !j.dir.join(SPLIT_MARKER).exists() {
@@ -384,7 +397,7 @@ impl Results {
     pub fn open(state_dir: &Path) -> Result<Results, JournalError> {
         let dir = state_dir.join("results");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let _ = persist::clean_leftovers(&dir);
+        // Leftovers are cleaned by pruning, in the background (see Journal::open).
         Ok(Results { dir })
     }
 

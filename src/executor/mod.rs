@@ -1096,14 +1096,26 @@ impl Executor {
         let (scanned, manifests): (Vec<ScannedExec>, Vec<Option<Manifest>>) =
             scanned.into_iter().unzip();
         let plan = recover::plan(&scanned, &containers);
-        let manifests: HashMap<String, Manifest> = scanned
+        let mut manifests: HashMap<String, Manifest> = scanned
             .iter()
             .zip(manifests)
             .filter_map(|(s, m)| Some((s.name.clone(), m?)))
             .collect();
+        let served = plan
+            .iter()
+            .filter(|a| matches!(a, RecoveryAction::Serve { .. }))
+            .count();
         for action in plan {
-            tracing::info!(executor = %self.inner.cfg.id, action = ?action, "Recovery.");
-            self.apply(action, &execs_dir, &manifests).await;
+            // Completed execs are served as they are: one summary line, not one line each.
+            if matches!(action, RecoveryAction::Serve { .. }) {
+                tracing::debug!(executor = %self.inner.cfg.id, action = ?action, "Recovery.");
+            } else {
+                tracing::info!(executor = %self.inner.cfg.id, action = ?action, "Recovery.");
+            }
+            self.apply(action, &execs_dir, &mut manifests).await;
+        }
+        if served > 0 {
+            tracing::info!(executor = %self.inner.cfg.id, served, "Recovery: completed execs served from their manifests.");
         }
         Ok(())
     }
@@ -1112,18 +1124,32 @@ impl Executor {
         &self,
         action: RecoveryAction,
         execs_dir: &Path,
-        manifests: &HashMap<String, Manifest>,
+        manifests: &mut HashMap<String, Manifest>,
     ) {
-        let register = |id: Digest, status: Status| -> Option<Arc<Exec>> {
-            let m = manifests.get(&id.hex())?.clone();
+        // Each manifest is moved into its exec, never copied.
+        let mut register = |id: Digest, status: Status| -> Option<Arc<Exec>> {
+            let m = manifests.remove(&id.hex())?;
+            let status = Status {
+                state: if status.state == ExecState::Unstarted {
+                    m.state
+                } else {
+                    status.state
+                },
+                ..status
+            };
             let e = self.new_exec(id, m, status);
             lock(&self.inner.execs).insert(id, e.clone());
             Some(e)
         };
         match action {
             RecoveryAction::Resume { id, from } => {
-                let state = manifests.get(&id.hex()).map(|m| m.state).unwrap_or(from);
-                if let Some(e) = register(id, Status { state, err: None }) {
+                // Unstarted: the manifest's own state, filled in by register.
+                let unknown = Status {
+                    state: ExecState::Unstarted,
+                    err: None,
+                };
+                if let Some(e) = register(id, unknown) {
+                    let state = e.status().state;
                     lock(&e.manifest).state = from.min(state);
                     self.spawn(e, from);
                 }
@@ -1247,18 +1273,28 @@ fn load_one(inner: &Inner, src: &Path, f: &File) -> Result<File, ExecutorError> 
 /// Scans `execs/` for recovery: each entry's name, id and manifest state, with the manifest
 /// itself when it is usable.
 fn scan_execs(dir: &Path) -> Result<Vec<(ScannedExec, Option<Manifest>)>, ExecutorError> {
-    let mut out = Vec::new();
+    let mut names = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.path().is_dir() {
-            continue;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
         }
+    }
+    // Reading and decoding thousands of manifests is most of a restart: on every core.
+    Ok(crate::par::map(&names, crate::par::default_threads(), |name| {
+        scan_exec(dir, name.clone())
+    }))
+}
+
+/// One entry of `execs/`: see [`scan_execs`].
+fn scan_exec(dir: &Path, name: String) -> (ScannedExec, Option<Manifest>) {
+    {
+        let path = dir.join(&name);
         let id = (name.len() == 64)
             .then(|| Digest::parse(&name).ok())
             .flatten();
-        let _ = persist::clean_leftovers(&entry.path());
-        let p = entry.path().join(MANIFEST_FILE);
+        let _ = persist::clean_leftovers(&path);
+        let p = path.join(MANIFEST_FILE);
         let (scan, manifest) = match persist::read_json::<Manifest>(&p, MAX_MANIFEST_BYTES) {
             Ok(m) => match m.check_version() {
                 Ok(()) if m.exec_type == ExecType::Blob => {
@@ -1275,7 +1311,6 @@ fn scan_execs(dir: &Path) -> Result<Vec<(ScannedExec, Option<Manifest>)>, Execut
                 (DirScan::Corrupt(format!("{e}: {cause}")), None)
             }
         };
-        out.push((ScannedExec { name, id, scan }, manifest));
+        (ScannedExec { name, id, scan }, manifest)
     }
-    Ok(out)
 }
