@@ -154,7 +154,10 @@ async fn registry_auth(
     }
     #[cfg(feature = "ecr")]
     if cfg.executor.ecr_auth {
-        chain.push(Arc::new(crate::docker::auth::EcrAuth::new(&aws.sdk, clock)));
+        chain.push(Arc::new(crate::docker::auth::LazyEcrAuth::new(
+            aws.sdk.clone(),
+            clock,
+        )));
     }
     #[cfg(not(feature = "ecr"))]
     let _ = (aws, clock, cfg.executor.ecr_auth);
@@ -162,21 +165,25 @@ async fn registry_auth(
 }
 
 /// The AWS SDK configuration shared by every AWS client of the agent (TaskDB, S3, ECR), when
-/// this build has one of them.
+/// this build has one of them. It is loaded on first use (resolving the region and credential
+/// chain may probe instance metadata): an agent on a spool or AMQP queue that never touches
+/// S3, ECR or DynamoDB never loads it.
 struct AwsClients {
     #[cfg(feature = "aws")]
-    sdk: aws_config::SdkConfig,
+    #[cfg_attr(
+        not(any(feature = "s3", feature = "dynamodb", feature = "ecr")),
+        expect(dead_code, reason = "only SQS, which loads its own configuration")
+    )]
+    sdk: Arc<crate::aws::LazySdk>,
 }
 
 impl AwsClients {
-    /// Loads the SDK configuration: this resolves the region and credential chain, which may
-    /// probe instance metadata.
-    async fn load(settings: &crate::aws::AwsSettings) -> Self {
+    fn new(settings: &crate::aws::AwsSettings) -> Self {
         #[cfg(not(feature = "aws"))]
         let _ = settings;
         AwsClients {
             #[cfg(feature = "aws")]
-            sdk: crate::aws::sdk_config(settings).await,
+            sdk: Arc::new(crate::aws::LazySdk::new(settings.clone())),
         }
     }
 
@@ -187,7 +194,7 @@ impl AwsClients {
         };
         #[cfg(feature = "dynamodb")]
         {
-            let db = crate::taskdb::dynamodb::DynamoDbTaskDb::new(&self.sdk, table);
+            let db = crate::taskdb::dynamodb::DynamoDbTaskDb::new(self.sdk.get().await, table);
             if cfg.taskdb.create_table {
                 db.create_table().await.map_err(AgentError::TaskDb)?;
             }
@@ -205,7 +212,9 @@ impl AwsClients {
     /// credentials lazily, so an agent that never touches S3 needs none.
     fn blob(&self) -> Option<Arc<dyn crate::blob::BlobStore>> {
         #[cfg(feature = "s3")]
-        return Some(Arc::new(crate::blob::s3::S3Store::new(&self.sdk)));
+        return Some(Arc::new(crate::blob::s3::LazyS3Store::new(
+            self.sdk.clone(),
+        )));
         #[cfg(not(feature = "s3"))]
         None
     }
@@ -244,7 +253,7 @@ pub async fn run(
     runtime.ping().await.map_err(AgentError::Engine)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kmsg = KmsgMonitor::start(clock.clone());
-    let aws = AwsClients::load(&cfg.aws).await;
+    let aws = AwsClients::new(&cfg.aws);
     let taskdb = aws.taskdb(&cfg).await?;
     let blob = aws.blob();
     let mut executor = cfg.executor_template();

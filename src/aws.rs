@@ -32,3 +32,39 @@ pub async fn sdk_config(s: &AwsSettings) -> SdkConfig {
     }
     loader.load().await
 }
+
+/// The SDK configuration, loaded on first use and shared by every AWS client of the agent
+/// (TaskDB, S3, ECR). An agent that never touches AWS never loads it: no credential chain, no
+/// instance-metadata probe, and about 8 MiB less memory.
+#[cfg(feature = "aws")]
+#[derive(Debug, Default)]
+pub struct LazySdk {
+    settings: AwsSettings,
+    sdk: tokio::sync::OnceCell<SdkConfig>,
+}
+
+#[cfg(feature = "aws")]
+impl LazySdk {
+    /// A configuration to be loaded from `settings` when first needed.
+    pub fn new(settings: AwsSettings) -> Self {
+        LazySdk {
+            settings,
+            sdk: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether the configuration was loaded.
+    pub fn loaded(&self) -> bool {
+        self.sdk.initialized()
+    }
+
+    /// The configuration, loading it on the first call.
+    pub async fn get(&self) -> &SdkConfig {
+        self.sdk
+            .get_or_init(|| async {
+                tracing::debug!("Loading the AWS SDK configuration.");
+                sdk_config(&self.settings).await
+            })
+            .await
+    }
+}

@@ -532,3 +532,69 @@ mod tests {
         assert!(part_size(10 << 40).div_ceil(1).saturating_mul(10_000) >= 10 << 40);
     }
 }
+
+/// An [`S3Store`] made on first use from a [`crate::aws::LazySdk`], so an agent that never
+/// touches S3 never loads the SDK configuration.
+#[derive(Debug)]
+pub struct LazyS3Store {
+    sdk: std::sync::Arc<crate::aws::LazySdk>,
+    store: tokio::sync::OnceCell<S3Store>,
+}
+
+impl LazyS3Store {
+    /// A store that loads `sdk` when first used.
+    pub fn new(sdk: std::sync::Arc<crate::aws::LazySdk>) -> Self {
+        LazyS3Store {
+            sdk,
+            store: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn store(&self) -> &S3Store {
+        self.store
+            .get_or_init(|| async { S3Store::new(self.sdk.get().await) })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for LazyS3Store {
+    async fn head(&self, bucket: &str, key: &str) -> Result<BlobInfo, BlobError> {
+        self.store().await.head(bucket, key).await
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, BlobError> {
+        self.store().await.list(bucket, prefix).await
+    }
+
+    async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, BlobError> {
+        self.store().await.list_keys(bucket, prefix).await
+    }
+
+    async fn download(
+        &self,
+        bucket: &str,
+        info: &BlobInfo,
+        dst: &std::path::Path,
+        progress: &Progress,
+    ) -> Result<Option<Digest>, BlobError> {
+        self.store()
+            .await
+            .download(bucket, info, dst, progress)
+            .await
+    }
+
+    async fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        src: &std::path::Path,
+        sha256: &Digest,
+        progress: &Progress,
+    ) -> Result<(), BlobError> {
+        self.store()
+            .await
+            .upload(bucket, key, src, sha256, progress)
+            .await
+    }
+}

@@ -452,6 +452,43 @@ impl Authenticator for EcrAuth {
     }
 }
 
+/// [`EcrAuth`] made on the first pull from an ECR host, so an agent that never pulls from ECR
+/// never loads the AWS SDK configuration.
+#[cfg(feature = "ecr")]
+#[derive(Debug)]
+pub struct LazyEcrAuth {
+    sdk: Arc<crate::aws::LazySdk>,
+    clock: Arc<dyn Clock>,
+    auth: tokio::sync::OnceCell<EcrAuth>,
+}
+
+#[cfg(feature = "ecr")]
+impl LazyEcrAuth {
+    /// An authenticator that loads `sdk` when an ECR image is first pulled.
+    pub fn new(sdk: Arc<crate::aws::LazySdk>, clock: Arc<dyn Clock>) -> Self {
+        LazyEcrAuth {
+            sdk,
+            clock,
+            auth: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+#[cfg(feature = "ecr")]
+#[async_trait]
+impl Authenticator for LazyEcrAuth {
+    async fn authenticate(&self, image: &str) -> Result<Option<RegistryAuth>, AuthError> {
+        if !is_ecr_host(&registry_host(image)) {
+            return Ok(None);
+        }
+        let auth = self
+            .auth
+            .get_or_init(|| async { EcrAuth::new(self.sdk.get().await, self.clock.clone()) })
+            .await;
+        auth.authenticate(image).await
+    }
+}
+
 /// Asks each authenticator in turn; the first with credentials wins.
 #[derive(Debug, Default, Clone)]
 pub struct ChainAuth(pub Vec<Arc<dyn Authenticator>>);
@@ -471,6 +508,21 @@ impl Authenticator for ChainAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "ecr")]
+    #[tokio::test]
+    async fn lazy_ecr_loads_nothing_for_other_registries() {
+        let sdk = Arc::new(crate::aws::LazySdk::new(Default::default()));
+        let auth = LazyEcrAuth::new(sdk.clone(), Arc::new(crate::clock::SystemClock));
+        for image in [
+            "ubuntu",
+            "127.0.0.1:5001/team/tool:1",
+            "ghcr.io/x/y@sha256:00",
+        ] {
+            assert_eq!(auth.authenticate(image).await.unwrap(), None, "{image}");
+        }
+        assert!(!sdk.loaded(), "no AWS configuration was loaded");
+    }
 
     #[test]
     fn registry_hosts() {

@@ -1281,9 +1281,11 @@ fn scan_execs(dir: &Path) -> Result<Vec<(ScannedExec, Option<Manifest>)>, Execut
         }
     }
     // Reading and decoding thousands of manifests is most of a restart: on every core.
-    Ok(crate::par::map(&names, crate::par::default_threads(), |name| {
-        scan_exec(dir, name.clone())
-    }))
+    Ok(crate::par::map(
+        &names,
+        crate::par::default_threads(),
+        |name| scan_exec(dir, name.clone()),
+    ))
 }
 
 /// One entry of `execs/`: see [`scan_execs`].
