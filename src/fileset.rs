@@ -501,6 +501,19 @@ mod tests {
         ]))
     }
 
+    /// A reference to s3://b/k with blob assertions on its size and ETag.
+    fn asserted_ref() -> File {
+        let mut a = File::reference("s3://b/k", "", 0);
+        a.assertions = Some(BTreeMap::from([(
+            AssertionKey {
+                namespace: "blob".into(),
+                subject: "s3://b/k".into(),
+            },
+            BTreeMap::from([("size".into(), "0".into()), ("etag".into(), "e1".into())]),
+        )]));
+        a
+    }
+
     fn m2() -> Fileset {
         Fileset::single(File::resolved(d(X), 1))
     }
@@ -514,14 +527,7 @@ mod tests {
         let mut with_hash = r.clone();
         with_hash.content_hash = d(FOOBAR);
         assert_eq!(with_hash.digest(), d(FOOBAR));
-        let mut a = File::reference("s3://b/k", "", 0);
-        a.assertions = Some(BTreeMap::from([(
-            AssertionKey {
-                namespace: "blob".into(),
-                subject: "s3://b/k".into(),
-            },
-            BTreeMap::from([("size".into(), "0".into()), ("etag".into(), "e1".into())]),
-        )]));
+        let a = asserted_ref();
         assert_eq!(a.digest(), d(REF_WITH_ASSERTIONS));
     }
 
@@ -559,14 +565,7 @@ mod tests {
 
     #[test]
     fn assertions_travel_in_json_and_keep_reference_digests() {
-        let mut a = File::reference("s3://b/k", "", 0);
-        a.assertions = Some(BTreeMap::from([(
-            AssertionKey {
-                namespace: "blob".into(),
-                subject: "s3://b/k".into(),
-            },
-            BTreeMap::from([("size".into(), "0".into()), ("etag".into(), "e1".into())]),
-        )]));
+        let a = asserted_ref();
         let j = serde_json::to_value(&a).unwrap();
         assert_eq!(
             j["Assertions"],

@@ -452,6 +452,14 @@ mod tests {
         }
     }
 
+    fn unfinished_ids(j: &Journal) -> Vec<String> {
+        j.unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.command_id)
+            .collect()
+    }
+
     #[test]
     fn journal_round_trip_unfinished_and_prune() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,12 +471,7 @@ mod tests {
             .unwrap();
         j.put(&entry("c", Phase::Done, "2026-01-01T00:00:00Z"))
             .unwrap();
-        let ids: Vec<String> = j
-            .unfinished()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.command_id)
-            .collect();
+        let ids = unfinished_ids(&j);
         assert_eq!(ids, ["a", "b"], "oldest first, done ones skipped");
         assert_eq!(j.get("c").unwrap().unwrap().phase, Phase::Done);
         // Done moves an entry out of pending/.
@@ -508,12 +511,7 @@ mod tests {
             .unwrap();
         }
         let j = Journal::open(dir.path()).unwrap();
-        let ids: Vec<String> = j
-            .unfinished()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.command_id)
-            .collect();
+        let ids = unfinished_ids(&j);
         assert_eq!(ids, ["old-a"]);
         assert!(j.pending_path("old-a").exists());
         assert_eq!(j.get("old-d").unwrap().unwrap().phase, Phase::Done);
