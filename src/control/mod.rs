@@ -651,6 +651,13 @@ impl Inner {
                 None => None,
             };
             tracing::info!(command_id = %entry.command_id, reowned = settle.is_some(), "Resuming a job accepted before a restart.");
+            // A restored alloc starts expired; kept alive now, before any new command is taken,
+            // so a new job's admission cannot reclaim it (and kill its container) first.
+            if let Some(a) = &entry.alloc
+                && let Err(e) = self.pool.keepalive(a, chrono::Duration::seconds(120)).await
+            {
+                tracing::debug!(alloc = %a, error = %e, "Keeping a resumed job's alloc alive.");
+            }
             self.active
                 .lock()
                 .await
