@@ -489,47 +489,45 @@ pub fn run_inspect(opts: &InspectOptions) -> Result<(), CliError> {
     if let Some(want) = &opts.exec {
         let want = Digest::parse(want)?;
         for alloc in &ids {
-            if !manifest_path(alloc, &want).exists() {
-                continue;
+            let m = match manifest_of(alloc, &want) {
+                Err(e) if e.is_not_found() => continue,
+                r => r.map_err(|source| CliError::Input {
+                    what: "the exec manifest",
+                    source,
+                })?,
+            };
+            if opts.json {
+                return print_json(&m);
             }
-            let m = manifest_of(alloc, &want).map_err(|source| CliError::Input {
-                what: "the exec manifest",
-                source,
-            })?;
-            {
-                if opts.json {
-                    return print_json(&m);
-                }
-                let s = summarize(&m, want);
-                let mut out = io::stdout().lock();
-                let line = |out: &mut io::StdoutLock, k: &str, v: &str| {
-                    writeln!(out, "{k:<10} {v}").map_err(CliError::Output)
-                };
-                line(&mut out, "exec", &want.to_string())?;
-                line(&mut out, "alloc", alloc)?;
-                line(&mut out, "ident", &s.ident)?;
-                line(&mut out, "state", &s.state)?;
-                line(&mut out, "created", &crate::time::format(&m.created))?;
-                line(&mut out, "image", &m.config.image)?;
-                line(&mut out, "command", &m.config.cmd)?;
-                line(&mut out, "error", s.error.as_deref().unwrap_or("-"))?;
-                line(&mut out, "oom", s.oom.as_deref().unwrap_or("-"))?;
-                for (k, f) in m.result.fileset.pullup().map {
-                    line(
-                        &mut out,
-                        "output",
-                        &format!("{k} {} {} bytes", f.id, f.size),
-                    )?;
-                }
-                for (k, p) in crate::profile::profile(&m.stats) {
-                    line(
-                        &mut out,
-                        "profile",
-                        &format!("{k}: max {} mean {:.1} n {}", p.max, p.mean, p.n),
-                    )?;
-                }
-                return Ok(());
+            let s = summarize(&m, want);
+            let mut out = io::stdout().lock();
+            let line = |out: &mut io::StdoutLock, k: &str, v: &str| {
+                writeln!(out, "{k:<10} {v}").map_err(CliError::Output)
+            };
+            line(&mut out, "exec", &want.to_string())?;
+            line(&mut out, "alloc", alloc)?;
+            line(&mut out, "ident", &s.ident)?;
+            line(&mut out, "state", &s.state)?;
+            line(&mut out, "created", &crate::time::format(&m.created))?;
+            line(&mut out, "image", &m.config.image)?;
+            line(&mut out, "command", &m.config.cmd)?;
+            line(&mut out, "error", s.error.as_deref().unwrap_or("-"))?;
+            line(&mut out, "oom", s.oom.as_deref().unwrap_or("-"))?;
+            for (k, f) in m.result.fileset.pullup().map {
+                line(
+                    &mut out,
+                    "output",
+                    &format!("{k} {} {} bytes", f.id, f.size),
+                )?;
             }
+            for (k, p) in crate::profile::profile(&m.stats) {
+                line(
+                    &mut out,
+                    "profile",
+                    &format!("{k}: max {} mean {:.1} n {}", p.max, p.mean, p.n),
+                )?;
+            }
+            return Ok(());
         }
         return Err(CliError::Executor(
             crate::executor::ExecutorError::NoSuchExec { id: want },
@@ -543,10 +541,10 @@ pub fn run_inspect(opts: &InspectOptions) -> Result<(), CliError> {
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| Digest::parse(&e.file_name().to_string_lossy()).ok())
-                    .filter(|d| manifest_path(&alloc, d).exists())
-                    .map(|d| match manifest_of(&alloc, &d) {
-                        Ok(m) => summarize(&m, d),
-                        Err(e) => ExecSummary {
+                    .filter_map(|d| match manifest_of(&alloc, &d) {
+                        Ok(m) => Some(summarize(&m, d)),
+                        Err(e) if e.is_not_found() => None,
+                        Err(e) => Some(ExecSummary {
                             id: d,
                             state: "unreadable".into(),
                             ident: String::new(),
@@ -554,7 +552,7 @@ pub fn run_inspect(opts: &InspectOptions) -> Result<(), CliError> {
                                 crate::error::ReflowError::from_classified("read", &e).one_line(),
                             ),
                             oom: None,
-                        },
+                        }),
                     })
                     .collect()
             })

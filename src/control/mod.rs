@@ -1293,7 +1293,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// What a job allocates: its `resources`, else its exec's.
 /// The alloc a job asks the pool for.
 fn job_meta(req: &Request, spec: &JobSpec) -> AllocMeta {
     AllocMeta {
@@ -1303,6 +1302,7 @@ fn job_meta(req: &Request, spec: &JobSpec) -> AllocMeta {
     }
 }
 
+/// What a job allocates: its `resources`, else its exec's.
 fn job_want(spec: &JobSpec) -> crate::resources::Resources {
     spec.resources
         .clone()

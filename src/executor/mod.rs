@@ -1126,42 +1126,29 @@ impl Executor {
         execs_dir: &Path,
         manifests: &mut HashMap<String, Manifest>,
     ) {
-        // Each manifest is moved into its exec, never copied.
-        let mut register = |id: Digest, status: Status| -> Option<Arc<Exec>> {
-            let m = manifests.remove(&id.hex())?;
-            let status = Status {
-                state: if status.state == ExecState::Unstarted {
-                    m.state
-                } else {
-                    status.state
-                },
-                ..status
+        // Each manifest is moved into its exec, never copied. The status's state is `state`, or
+        // the manifest's own when `None`.
+        let mut register =
+            |id: Digest, state: Option<ExecState>, err: Option<ReflowError>| -> Option<Arc<Exec>> {
+                let m = manifests.remove(&id.hex())?;
+                let status = Status {
+                    state: state.unwrap_or(m.state),
+                    err,
+                };
+                let e = self.new_exec(id, m, status);
+                lock(&self.inner.execs).insert(id, e.clone());
+                Some(e)
             };
-            let e = self.new_exec(id, m, status);
-            lock(&self.inner.execs).insert(id, e.clone());
-            Some(e)
-        };
         match action {
             RecoveryAction::Resume { id, from } => {
-                // Unstarted: the manifest's own state, filled in by register.
-                let unknown = Status {
-                    state: ExecState::Unstarted,
-                    err: None,
-                };
-                if let Some(e) = register(id, unknown) {
+                if let Some(e) = register(id, None, None) {
                     let state = e.status().state;
                     lock(&e.manifest).state = from.min(state);
                     self.spawn(e, from);
                 }
             }
             RecoveryAction::Serve { id } => {
-                register(
-                    id,
-                    Status {
-                        state: ExecState::Complete,
-                        err: None,
-                    },
-                );
+                register(id, Some(ExecState::Complete), None);
             }
             RecoveryAction::MarkLost { id } => {
                 let err = ReflowError::new(
@@ -1171,13 +1158,7 @@ impl Executor {
                 )
                 .with_arg(id);
                 tracing::error!(exec = %id, "Exec lost: its container disappeared while no agent ran.");
-                register(
-                    id,
-                    Status {
-                        state: ExecState::Running,
-                        err: Some(err),
-                    },
-                );
+                register(id, Some(ExecState::Running), Some(err));
             }
             RecoveryAction::Quarantine { name, reason } => {
                 let from = execs_dir.join(&name).join(MANIFEST_FILE);
