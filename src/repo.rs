@@ -362,12 +362,17 @@ impl FileRepository {
         replace: bool,
         progress: Progress,
     ) -> Result<Fileset, RepoError> {
-        let entries = match walk_tree(root)? {
+        // With `replace`, a digest symlink to an object of this repository is a file an earlier
+        // install already replaced (one a crash interrupted before its result was recorded):
+        // it counts as that object, so installing again is idempotent.
+        let done = |p: &Path| if replace { self.installed_link(p) } else { None };
+        let entries = match walk_tree(root, &|p| done(p).is_some())? {
             Some(e) => e,
             None => return Ok(Fileset::default()),
         };
-        let results = par::map(&entries, self.threads, |(_, p)| {
-            self.install_unsynced(p, progress)
+        let results = par::map(&entries, self.threads, |(_, p)| match done(p) {
+            Some(file) => Ok((file, None)),
+            None => self.install_unsynced(p, progress),
         });
         let mut fs = Fileset::default();
         let mut unsynced = std::collections::BTreeSet::new();
@@ -386,12 +391,27 @@ impl FileRepository {
         if replace {
             for (key, p) in &entries {
                 let d = fs.map[key].id;
+                if done(p).is_some() {
+                    continue;
+                }
                 fs::remove_file(p).map_err(|e| RepoError::io("remove", p, e))?;
                 std::os::unix::fs::symlink(d.to_string(), p)
                     .map_err(|e| RepoError::io("symlink", p, e))?;
             }
         }
         Ok(fs)
+    }
+
+    /// The object a digest symlink at `p` (as [`FileRepository::install_tree`] leaves with
+    /// `replace`) names, when `p` is such a link and this repository holds the object.
+    fn installed_link(&self, p: &Path) -> Option<RFile> {
+        let meta = fs::symlink_metadata(p).ok()?;
+        if !meta.file_type().is_symlink() {
+            return None;
+        }
+        let d = Digest::parse(fs::read_link(p).ok()?.to_str()?).ok()?;
+        let obj = fs::metadata(self.path(&d)).ok().filter(fs::Metadata::is_file)?;
+        Some(RFile::resolved(d, obj.len()))
     }
 
     /// Links the file at `src`, whose digest is already known to be `d` (e.g. an object of
@@ -562,7 +582,14 @@ pub fn tree_bytes(p: &Path) -> u64 {
 }
 
 /// Lists the regular files under `root` as (relative key, path); `None` when `root` is missing.
-fn walk_tree(root: &Path) -> Result<Option<Vec<(String, PathBuf)>>, RepoError> {
+/// Paths for which `keep` holds are listed as they are, whatever they are.
+fn walk_tree(
+    root: &Path,
+    keep: &dyn Fn(&Path) -> bool,
+) -> Result<Option<Vec<(String, PathBuf)>>, RepoError> {
+    if keep(root) {
+        return Ok(Some(vec![(".".to_string(), root.to_path_buf())]));
+    }
     let meta = match fs::metadata(root) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -585,7 +612,9 @@ fn walk_tree(root: &Path) -> Result<Option<Vec<(String, PathBuf)>>, RepoError> {
                 stack.push(path);
                 continue;
             }
-            if ft.is_symlink() {
+            if ft.is_symlink() && keep(&path) {
+                // Accepted as it is (see the caller).
+            } else if ft.is_symlink() {
                 let target =
                     fs::canonicalize(&path).map_err(|e| RepoError::io("resolve", &path, e))?;
                 if !target.starts_with(&canon_root) || !target.is_file() {
@@ -694,6 +723,38 @@ mod tests {
         let target = fs::read_link(out.join("o")).unwrap();
         assert_eq!(target.to_str().unwrap(), fs_.map["o"].id.to_string());
         assert!(r.verify(&fs_.map["o"].id, &no_progress).is_ok());
+    }
+
+    /// A crash between an install with `replace` and the recording of its result leaves digest
+    /// symlinks; installing again must give the same fileset, not an empty one.
+    #[test]
+    fn install_replace_again_is_idempotent() {
+        let (d, r) = repo();
+        let out = d.path().join("return");
+        fs::create_dir_all(out.join("sub")).unwrap();
+        fs::write(out.join("o"), b"foobar\n").unwrap();
+        fs::write(out.join("sub/p"), b"other").unwrap();
+        let first = r.install_tree(&out, true, &no_progress).unwrap();
+        let again = r.install_tree(&out, true, &no_progress).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(again.map.len(), 2);
+        // A single output file at the root, as `return/default` is.
+        let single = d.path().join("default");
+        fs::write(&single, b"single").unwrap();
+        let first = r.install_tree(&single, true, &no_progress).unwrap();
+        assert_eq!(r.install_tree(&single, true, &no_progress).unwrap(), first);
+        assert_eq!(first.map["."].size, 6);
+    }
+
+    #[test]
+    fn digest_link_without_its_object_is_an_escape() {
+        let (d, r) = repo();
+        let out = d.path().join("return");
+        fs::create_dir_all(&out).unwrap();
+        let absent = Digest::of(b"not in the repository");
+        std::os::unix::fs::symlink(absent.to_string(), out.join("o")).unwrap();
+        let e = r.install_tree(&out, true, &no_progress).unwrap_err();
+        assert!(matches!(e, RepoError::SymlinkEscape { .. } | RepoError::Io { .. }), "{e:?}");
     }
 
     #[test]
