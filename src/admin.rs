@@ -392,7 +392,7 @@ pub async fn serve(
                 c = listener.accept() => match c {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "Admin accept failed.");
+                        tracing::warn!(error = %crate::error::chain(&e), "Admin accept failed.");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -406,7 +406,7 @@ pub async fn serve(
                     .serve_connection(io, svc)
                     .await
                 {
-                    tracing::debug!(error = %e, "Admin connection ended.");
+                    tracing::debug!(error = %crate::error::chain(&e), "Admin connection ended.");
                 }
             });
         }

@@ -148,7 +148,7 @@ async fn registry_auth(
             }
             Err(source) if explicit => return Err(AgentError::DockerConfig { path, source }),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "Ignoring the default docker config file.");
+                tracing::warn!(path = %path.display(), error = %crate::error::chain(&e), "Ignoring the default docker config file.");
             }
         }
     }
@@ -400,7 +400,7 @@ pub async fn run(
     stop.cancel();
     close.cancel();
     if let Err(e) = control_task.await {
-        tracing::warn!(error = %e, "The control plane task failed.");
+        tracing::warn!(error = %crate::error::chain(&e), "The control plane task failed.");
     }
     tracing::info!(
         "Stopped taking work; running containers keep running and are re-attached at the next start."
@@ -408,7 +408,7 @@ pub async fn run(
     pool.shutdown().await;
     cancel.cancel();
     if let Err(e) = maintain.await {
-        tracing::warn!(error = %e, "The TaskDB row task failed.");
+        tracing::warn!(error = %crate::error::chain(&e), "The TaskDB row task failed.");
     }
     kmsg.stop();
     Ok(exit)

@@ -201,7 +201,7 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
             let errs = repo.verify_many(&ds, &|n| pb.inc(n));
             pb.finish_and_clear();
             for e in &errs {
-                tracing::error!(error = %e, "Object failed verification.");
+                tracing::error!(error = %crate::error::chain(&e), "Object failed verification.");
             }
             if errs.is_empty() {
                 tracing::info!(objects = ds.len(), "All objects verified.");

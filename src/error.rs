@@ -165,6 +165,42 @@ impl fmt::Display for Kind {
     }
 }
 
+/// The kind of an I/O error, the one place that decides it: a missing file is
+/// [`Kind::NotExist`]; a full disk or an exhausted quota is [`Kind::ResourcesExhausted`] (it
+/// clears when space is freed, so it is retryable, and it is never the work's own fault);
+/// anything else is [`Kind::Unavailable`].
+pub fn io_kind(e: &std::io::Error) -> Kind {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Kind::NotExist,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            Kind::ResourcesExhausted
+        }
+        _ => Kind::Unavailable,
+    }
+}
+
+/// An error with its causes, `top: cause: cause`, for logs: module errors name what failed and
+/// leave the why to their source, which a plain `%e` field would drop.
+#[derive(Debug)]
+pub struct Chain<'a, E: ?Sized>(&'a E);
+
+/// See [`Chain`].
+pub fn chain<E: std::error::Error + ?Sized>(e: &E) -> Chain<'_, E> {
+    Chain(e)
+}
+
+impl<E: std::error::Error + ?Sized> fmt::Display for Chain<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
 /// Implemented by every module error: which [`Kind`] it is.
 pub trait Classify {
     /// The kind of this error.
@@ -342,14 +378,7 @@ impl ReflowError {
     where
         E: Classify + std::error::Error + ?Sized,
     {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        ReflowError::new(err.kind(), op, text)
+        ReflowError::new(err.kind(), op, chain(err).to_string())
     }
 
     /// Whether this error is of `kind`, looking through `Other`-kinded wrappers as Reflow's
@@ -420,6 +449,39 @@ impl std::error::Error for ReflowError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_have_one_classifier() {
+        use std::io::{Error, ErrorKind};
+        let table = [
+            (ErrorKind::NotFound, Kind::NotExist),
+            (ErrorKind::StorageFull, Kind::ResourcesExhausted),
+            (ErrorKind::QuotaExceeded, Kind::ResourcesExhausted),
+            (ErrorKind::PermissionDenied, Kind::Unavailable),
+            (ErrorKind::Other, Kind::Unavailable),
+        ];
+        for (io, kind) in table {
+            assert_eq!(io_kind(&Error::from(io)), kind, "{io:?}");
+        }
+        // ENOSPC as the kernel reports it.
+        assert_eq!(
+            io_kind(&Error::from_raw_os_error(28)),
+            Kind::ResourcesExhausted
+        );
+        let p = crate::persist::PersistError::io(
+            "write",
+            std::path::Path::new("x"),
+            Error::from_raw_os_error(28),
+        );
+        assert_eq!(Classify::kind(&p), Kind::ResourcesExhausted);
+        assert!(
+            chain(&p)
+                .to_string()
+                .ends_with("No space left on device (os error 28)"),
+            "{}",
+            chain(&p)
+        );
+    }
 
     #[test]
     fn classifier_table() {

@@ -58,7 +58,7 @@ impl Notifier {
             Ok(())
         })();
         if let Err(e) = r {
-            tracing::warn!(error = %e, "sd_notify failed.");
+            tracing::warn!(error = %crate::error::chain(&e), "sd_notify failed.");
         }
     }
 

@@ -72,7 +72,7 @@ pub enum PersistError {
 }
 
 impl PersistError {
-    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         PersistError::Io {
             op,
             path: path.to_path_buf(),
@@ -89,10 +89,7 @@ impl PersistError {
 impl Classify for PersistError {
     fn kind(&self) -> Kind {
         match self {
-            PersistError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                Kind::NotExist
-            }
-            PersistError::Io { .. } => Kind::Unavailable,
+            PersistError::Io { source, .. } => crate::error::io_kind(source),
             PersistError::Serialize { .. } | PersistError::NoParent { .. } => Kind::Fatal,
             PersistError::TooLarge { .. } | PersistError::Decode { .. } => Kind::Invalid,
         }

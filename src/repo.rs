@@ -94,13 +94,7 @@ impl RepoError {
 impl Classify for RepoError {
     fn kind(&self) -> Kind {
         match self {
-            RepoError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                Kind::NotExist
-            }
-            RepoError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
-                Kind::ResourcesExhausted
-            }
-            RepoError::Io { .. } => Kind::Unavailable,
+            RepoError::Io { source, .. } => crate::error::io_kind(source),
             RepoError::NotExist { .. } => Kind::NotExist,
             RepoError::Integrity { .. } | RepoError::SourceChanged { .. } => Kind::Integrity,
             RepoError::NonUtf8 { .. } | RepoError::SymlinkEscape { .. } => Kind::Invalid,
@@ -365,7 +359,13 @@ impl FileRepository {
         // With `replace`, a digest symlink to an object of this repository is a file an earlier
         // install already replaced (one a crash interrupted before its result was recorded):
         // it counts as that object, so installing again is idempotent.
-        let done = |p: &Path| if replace { self.installed_link(p) } else { None };
+        let done = |p: &Path| {
+            if replace {
+                self.installed_link(p)
+            } else {
+                None
+            }
+        };
         let entries = match walk_tree(root, &|p| done(p).is_some())? {
             Some(e) => e,
             None => return Ok(Fileset::default()),
@@ -410,7 +410,9 @@ impl FileRepository {
             return None;
         }
         let d = Digest::parse(fs::read_link(p).ok()?.to_str()?).ok()?;
-        let obj = fs::metadata(self.path(&d)).ok().filter(fs::Metadata::is_file)?;
+        let obj = fs::metadata(self.path(&d))
+            .ok()
+            .filter(fs::Metadata::is_file)?;
         Some(RFile::resolved(d, obj.len()))
     }
 
@@ -754,7 +756,10 @@ mod tests {
         let absent = Digest::of(b"not in the repository");
         std::os::unix::fs::symlink(absent.to_string(), out.join("o")).unwrap();
         let e = r.install_tree(&out, true, &no_progress).unwrap_err();
-        assert!(matches!(e, RepoError::SymlinkEscape { .. } | RepoError::Io { .. }), "{e:?}");
+        assert!(
+            matches!(e, RepoError::SymlinkEscape { .. } | RepoError::Io { .. }),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -142,7 +142,9 @@ impl Agent {
     /// This incarnation's log lines.
     fn logs(&self) -> String {
         let all = std::fs::read(&self.log).unwrap_or_default();
-        let from = usize::try_from(self.from).unwrap_or(usize::MAX).min(all.len());
+        let from = usize::try_from(self.from)
+            .unwrap_or(usize::MAX)
+            .min(all.len());
         String::from_utf8_lossy(&all[from..]).into_owned()
     }
 }
@@ -1341,4 +1343,101 @@ async fn sqs_kill9_loop_completes_every_job_once() {
         .await
         .unwrap();
     kill9_loop(dir.path(), &uniq("kill-sqs"), &url, &client).await;
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs needs root");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Files under `root` whose names say they are torn or half-written: temp files of an atomic
+/// write, or state that does not decode.
+fn torn_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if reflow_agent::persist::is_leftover(&name)
+                || (name.ends_with(".json")
+                    && serde_json::from_slice::<serde_json::Value>(&std::fs::read(&p).unwrap())
+                        .is_err())
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The state directory sits on a 24 MiB tmpfs and a job's output fills it. The job completes
+/// with a clear `ResourcesExhausted` error instead of wedging its slot, nothing on disk is torn,
+/// and once the space is freed the next job runs.
+#[tokio::test]
+async fn a_full_disk_fails_the_job_clearly_and_the_next_one_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("spool://{}", dir.path().join("spool").display());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let name = uniq("full");
+    let _fs = Tmpfs::mount(&dir.path().join(&name), "24m");
+    // One run slot: a wedged slot would hold up the second job.
+    let agent = Agent::start(dir.path(), &name, &url, "max_jobs = 1\n", &[]);
+    let mut events = Events::new(client.as_ref()).await;
+    // One job fails because its write hit the full disk; the other ignores the failed write and
+    // exits 0 with a truncated output. Both are the full disk's doing.
+    for cmd in [
+        "cat /dev/zero > $out",
+        "cat /dev/zero > $out 2>/dev/null || true",
+    ] {
+        let fill = uniq("fill");
+        submit(client.as_ref(), &fill, &job(&fill, cmd)).await;
+        let e = events.completed(&fill).await;
+        let EventBody::ExecCompleted { result, .. } = &e.body else {
+            unreachable!()
+        };
+        let Some(err) = result.err.as_ref() else {
+            panic!(
+                "{cmd}: a job that filled the disk succeeded: {e:?}\n{}",
+                tail(&agent.logs(), 60)
+            );
+        };
+        assert_eq!(
+            err.kind,
+            reflow_agent::error::Kind::ResourcesExhausted,
+            "{cmd}: {err}\n{}",
+            tail(&agent.logs(), 40)
+        );
+        assert!(
+            err.to_string().contains("No space left on device"),
+            "{cmd}: the error says why: {err}"
+        );
+    }
+    let next = uniq("next");
+    submit(client.as_ref(), &next, &job(&next, "echo fine > $out")).await;
+    let e = events.completed(&next).await;
+    let (digest, ok, _) = output(&e);
+    assert!(ok, "{e:?}\n{}", tail(&agent.logs(), 40));
+    assert_eq!(digest, sha256sum(b"fine\n"));
+    let torn = torn_files(&dir.path().join(&name));
+    assert!(torn.is_empty(), "torn state: {torn:?}");
 }

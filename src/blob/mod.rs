@@ -92,7 +92,8 @@ impl Classify for BlobError {
             BlobError::NotAllowed { .. } => Kind::NotAllowed,
             BlobError::Changed { .. } => Kind::Temporary,
             BlobError::Integrity { .. } => Kind::Integrity,
-            BlobError::Unavailable { .. } | BlobError::Io { .. } => Kind::Unavailable,
+            BlobError::Io { source, .. } => crate::error::io_kind(source),
+            BlobError::Unavailable { .. } => Kind::Unavailable,
             BlobError::Url { .. } => Kind::Invalid,
         }
     }

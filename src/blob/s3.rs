@@ -199,7 +199,7 @@ impl S3Store {
                 }
                 Err(e) => {
                     let e = map("upload part", url.clone())(e);
-                    tracing::debug!(part = n, attempt, error = %e, "Upload part failed.");
+                    tracing::debug!(part = n, attempt, error = %crate::error::chain(&e), "Upload part failed.");
                     last = Some(e);
                 }
             }

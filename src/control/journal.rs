@@ -66,7 +66,7 @@ impl Classify for JournalError {
     fn kind(&self) -> Kind {
         match self {
             JournalError::Persist { source, .. } => source.kind(),
-            JournalError::Io { .. } => Kind::Unavailable,
+            JournalError::Io { source, .. } => crate::error::io_kind(source),
         }
     }
 }
@@ -140,7 +140,7 @@ fn read_all<T: serde::de::DeserializeOwned>(
         match persist::read_json::<T>(&p, MAX_ENTRY_BYTES) {
             Ok(v) => out.push((name, v)),
             Err(e) => {
-                tracing::error!(file = %p.display(), error = %e, what, "Unreadable state file; set aside as .corrupt.");
+                tracing::error!(file = %p.display(), error = %crate::error::chain(&e), what, "Unreadable state file; set aside as .corrupt.");
                 let _ = fs::rename(&p, p.with_extension("corrupt"));
             }
         }

@@ -44,6 +44,10 @@ use journal::{
     Entry, JOURNAL_VERSION, Journal, JournalError, Outbox, Phase, Results, StoredResult,
 };
 
+/// How long a finished job keeps its run slot while its outcome cannot be written (a full or
+/// failing disk) before the command is handed back unsettled.
+pub const OUTCOME_PATIENCE: Duration = Duration::from_secs(60);
+
 /// How the control plane behaves.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -269,7 +273,7 @@ impl Control {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Receiving commands failed; retrying.");
+                    tracing::warn!(error = %crate::error::chain(&e), "Receiving commands failed; retrying.");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -354,14 +358,16 @@ async fn prune_loop(inner: Arc<Inner>) {
                     );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "Pruning stopped unexpectedly."),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "Pruning stopped unexpectedly.")
+            }
         }
         tokio::time::sleep(every).await;
     }
 }
 
 fn warn_zero(what: &str, e: &dyn std::error::Error) -> usize {
-    tracing::warn!(what, error = %e, "Pruning failed; trying again later.");
+    tracing::warn!(what, error = %crate::error::chain(&e), "Pruning failed; trying again later.");
     0
 }
 
@@ -382,12 +388,12 @@ async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                     match published {
                         Ok(()) => {
                             if let Err(e) = inner.outbox.remove(&name) {
-                                tracing::warn!(error = %e, "Removing a published event failed.");
+                                tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
                             }
                             backoff = Duration::from_millis(100);
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, event = %event.id, kind = event.body.kind(), "Publishing failed; retrying.");
+                            tracing::warn!(error = %crate::error::chain(&e), event = %event.id, kind = event.body.kind(), "Publishing failed; retrying.");
                             failed = true;
                             break;
                         }
@@ -395,7 +401,7 @@ async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Reading the outbox failed.");
+                tracing::warn!(error = %crate::error::chain(&e), "Reading the outbox failed.");
                 failed = true;
             }
         }
@@ -551,7 +557,7 @@ impl Inner {
     /// logged: these are agent events, not command outcomes.
     fn emit(&self, events: &[Event]) {
         if let Err(e) = self.outbox.add(events) {
-            tracing::error!(error = %e, "Writing events to the outbox failed.");
+            tracing::error!(error = %crate::error::chain(&e), "Writing events to the outbox failed.");
         }
         self.outbox_wake.notify_one();
     }
@@ -572,7 +578,7 @@ impl Inner {
             self.cfg.metrics.acked(kind);
         }
         if let Err(e) = r {
-            tracing::warn!(error = %e, "Settling a command failed; the broker will redeliver it and the journal dedupes it.");
+            tracing::warn!(error = %crate::error::chain(&e), "Settling a command failed; the broker will redeliver it and the journal dedupes it.");
         }
     }
 
@@ -608,14 +614,14 @@ impl Inner {
         };
         ev.labels.insert("reason".into(), e.to_string());
         if let Err(err) = self.emit_durable(&[ev]) {
-            tracing::error!(error = %err, "Could not record the rejection; handing the command back.");
+            tracing::error!(error = %crate::error::chain(&err), "Could not record the rejection; handing the command back.");
             return self.settle_later(settle, SettleAction::Requeue).await;
         }
         match settle.dead_letter(&e.to_string()).await {
             Ok(()) => self.cfg.metrics.rejected(e.kind, true),
             Err(err) => {
                 self.cfg.metrics.rejected(e.kind, false);
-                tracing::warn!(error = %err, "Dead-lettering failed; the broker will redeliver it.");
+                tracing::warn!(error = %crate::error::chain(&err), "Dead-lettering failed; the broker will redeliver it.");
             }
         }
     }
@@ -625,7 +631,7 @@ impl Inner {
         let entries = match self.journal.unfinished() {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(error = %e, "Reading the journal failed; nothing resumed.");
+                tracing::error!(error = %crate::error::chain(&e), "Reading the journal failed; nothing resumed.");
                 return;
             }
         };
@@ -656,7 +662,7 @@ impl Inner {
             if let Some(a) = &entry.alloc
                 && let Err(e) = self.pool.keepalive(a, chrono::Duration::seconds(120)).await
             {
-                tracing::debug!(alloc = %a, error = %e, "Keeping a resumed job's alloc alive.");
+                tracing::debug!(alloc = %a, error = %crate::error::chain(&e), "Keeping a resumed job's alloc alive.");
             }
             self.active
                 .lock()
@@ -702,14 +708,14 @@ impl Inner {
             }
             match self.journal.get(&req.id) {
                 Err(e) => {
-                    tracing::warn!(error = %e, "Reading the journal failed; handing the command back.");
+                    tracing::warn!(error = %crate::error::chain(&e), "Reading the journal failed; handing the command back.");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     return self.settle_later(settle, SettleAction::Requeue).await;
                 }
                 Ok(Some(entry)) if entry.phase == Phase::Done => {
                     tracing::info!("Duplicate of a finished command: replaying its outcome.");
                     if let Err(e) = self.emit_durable(&entry.outcome) {
-                        tracing::warn!(error = %e, "Replaying an outcome failed; handing the command back.");
+                        tracing::warn!(error = %crate::error::chain(&e), "Replaying an outcome failed; handing the command back.");
                         return self.settle_later(settle, SettleAction::Requeue).await;
                     }
                     return self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
@@ -776,7 +782,7 @@ impl Inner {
         let (value, error) = match value {
             Ok(v) => (v, None),
             Err(e) => {
-                tracing::info!(error = %e, "Command failed.");
+                tracing::info!(error = %crate::error::chain(&e), "Command failed.");
                 (serde_json::Value::Null, Some(e))
             }
         };
@@ -805,7 +811,7 @@ impl Inner {
             }
         }
         if let Err(e) = self.emit_durable(&events) {
-            tracing::warn!(error = %e, "Recording the outcome failed; handing the command back.");
+            tracing::warn!(error = %crate::error::chain(&e), "Recording the outcome failed; handing the command back.");
             return self.settle_later(settle, SettleAction::Requeue).await;
         }
         if changes_state(&req.command) {
@@ -822,7 +828,7 @@ impl Inner {
                 accepted: self.clock.now(),
             };
             if let Err(e) = self.journal.put(&entry) {
-                tracing::warn!(error = %e, "Journaling the outcome failed; a redelivery runs it again.");
+                tracing::warn!(error = %crate::error::chain(&e), "Journaling the outcome failed; a redelivery runs it again.");
             }
         }
         self.settle_later(settle, SettleAction::Ack(req.command.kind()))
@@ -967,7 +973,7 @@ impl Inner {
             return self.hand_back(&req, settle).await;
         }
         if let Err(e) = self.journal.put(&entry) {
-            tracing::warn!(error = %e, "Journaling the job failed; handing it back.");
+            tracing::warn!(error = %crate::error::chain(&e), "Journaling the job failed; handing it back.");
             return self.hand_back(&req, settle).await;
         }
         drop(intake);
@@ -1018,13 +1024,13 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(command_id = %req.id, error = %e, "Reserving the job's alloc failed; the job's attempts take over.");
+                    tracing::warn!(command_id = %req.id, error = %crate::error::chain(&e), "Reserving the job's alloc failed; the job's attempts take over.");
                     return true;
                 }
             }
             if extended.elapsed() >= self.cfg.lease / 3 {
                 if let Err(e) = settle.extend(self.cfg.lease).await {
-                    tracing::warn!(command_id = %req.id, error = %e, "Extending the lease of a waiting job failed.");
+                    tracing::warn!(command_id = %req.id, error = %crate::error::chain(&e), "Extending the lease of a waiting job failed.");
                 }
                 extended = tokio::time::Instant::now();
             }
@@ -1050,7 +1056,7 @@ impl Inner {
                     tokio::time::sleep(inner.cfg.lease / 3).await;
                     for s in inner.active.lock().await.get(&id).into_iter().flatten() {
                         if let Err(e) = s.extend(inner.cfg.lease).await {
-                            tracing::warn!(command_id = %id, error = %e, "Extending the lease failed.");
+                            tracing::warn!(command_id = %id, error = %crate::error::chain(&e), "Extending the lease failed.");
                         }
                     }
                 }
@@ -1081,30 +1087,57 @@ impl Inner {
             e.exec = e.exec.or(exec);
         }
         // Outcome first, then the journal, then the broker: each step is durable before the next.
-        while let Err(e) = self.emit_durable(&events) {
-            tracing::error!(error = %e, "Recording a job outcome failed; retrying.");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e) = self.record_outcome(&req, &events).await {
+            // The outcome is not durable, so the command must not be settled: hand every
+            // delivery back and release the slot. The journal entry stays unfinished, so a
+            // redelivery (or the next start) resumes the job and finds its result again.
+            tracing::error!(command_id = %req.id, error = %crate::error::chain(&e), "Could not record the job's outcome; handing the command back.");
+            let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
+            for s in held {
+                self.settle_later(s, SettleAction::Requeue).await;
+            }
+            return;
         }
         entry.phase = Phase::Done;
         entry.outcome = events;
         if let Err(e) = self.journal.put(&entry) {
-            tracing::error!(error = %e, "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
+            tracing::error!(error = %crate::error::chain(&e), "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
         }
         let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
         for s in held {
             self.settle_later(s, SettleAction::Ack("job")).await;
         }
-        if let Some(alloc) = &entry.alloc {
-            match self.pool.free(alloc).await {
-                Ok(()) => {
-                    let mut e = self.command_event(&req, 0, EventBody::AllocFreed {});
-                    e.alloc = Some(alloc.clone());
-                    self.emit(&[e]);
-                }
-                Err(e) => tracing::debug!(error = %e, "Freeing the job's alloc."),
-            }
-        }
+        self.free_job_alloc(&req, entry.alloc.as_deref()).await;
         drop(slot);
+    }
+
+    /// Writes a job's outcome events to the outbox, retrying for up to [`OUTCOME_PATIENCE`].
+    async fn record_outcome(&self, req: &Request, events: &[Event]) -> Result<(), JournalError> {
+        let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
+        loop {
+            let e = match self.emit_durable(events) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(e);
+            }
+            tracing::error!(command_id = %req.id, error = %crate::error::chain(&e), "Recording a job outcome failed; retrying.");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Frees a job's alloc, when it has one, and says so with `alloc.freed`.
+    async fn free_job_alloc(&self, req: &Request, alloc: Option<&str>) {
+        let Some(alloc) = alloc else { return };
+        match self.pool.free(alloc).await {
+            Ok(()) => {
+                let mut e = self.command_event(req, 0, EventBody::AllocFreed {});
+                e.alloc = Some(alloc.to_string());
+                self.emit(&[e]);
+            }
+            Err(e) => tracing::debug!(error = %crate::error::chain(&e), "Freeing the job's alloc."),
+        }
     }
 
     /// The events of a job's outcome: `exec.completed` (with the error when it failed).
@@ -1152,7 +1185,7 @@ impl Inner {
                         && attempt < self.cfg.job_attempts
                         && !self.draining.is_cancelled() =>
                 {
-                    tracing::warn!(error = %e, attempt, "Job step failed; retrying.");
+                    tracing::warn!(error = %crate::error::chain(&e), attempt, "Job step failed; retrying.");
                     if let Some(a) = &entry.alloc
                         && let Ok(a) = self.pool.alloc(a).await
                     {
@@ -1163,7 +1196,7 @@ impl Inner {
                     attempt += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "Job failed.");
+                    tracing::warn!(error = %crate::error::chain(&e), attempt, "Job failed.");
                     break ExecResult {
                         fileset: Default::default(),
                         err: Some(e),
@@ -1178,7 +1211,7 @@ impl Inner {
                 exec: exec_id,
             };
             if let Err(e) = self.results.put(&key, &stored) {
-                tracing::warn!(error = %e, "Storing the job result failed (identical jobs will run again).");
+                tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
             }
         }
         if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Integrity) {

@@ -286,6 +286,9 @@ impl Exec {
             match next {
                 Ok(next) => {
                     if let Err(e) = self.persist_state(next).await {
+                        if e.kind == Kind::ResourcesExhausted {
+                            self.discard_scratch(Some(&inner)).await;
+                        }
                         self.publish(state, Some(e));
                         return;
                     }
@@ -294,7 +297,7 @@ impl Exec {
                         // told, so a completed exec never has a container. A crash in between
                         // leaves one that recovery removes.
                         if let Err(e) = inner.runtime.remove(&self.container, false).await {
-                            tracing::warn!(exec = %self.id, error = %e, "Removing a completed exec's container failed.");
+                            tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Removing a completed exec's container failed.");
                         }
                     }
                     self.publish(next, None);
@@ -302,13 +305,39 @@ impl Exec {
                 }
                 Err(e) => {
                     if e.kind != Kind::Canceled {
-                        tracing::warn!(exec = %self.id, error = %e, "Exec state machine failed.");
+                        tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Exec state machine failed.");
                     }
                     self.publish(state, Some(e));
                     return;
                 }
             }
         }
+    }
+
+    /// After a full disk failed the exec: removes its container and what it wrote (`return/`,
+    /// `tmp/`, and the staging `objects/` its outputs were installed into, never promoted),
+    /// which is often what filled the disk, so the agent can record outcomes and run
+    /// the next job. Without a container, a restart marks the exec lost: never a success
+    /// without its outputs.
+    async fn discard_scratch(&self, container: Option<&Inner>) {
+        tracing::warn!(exec = %self.id, "The disk is full: discarding what the exec wrote.");
+        if let Some(inner) = container
+            && let Err(e) = inner.runtime.remove(&self.container, true).await
+        {
+            tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Removing the container failed.");
+        }
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for sub in ["return", "tmp", "objects"] {
+                let p = dir.join(sub);
+                if let Err(e) = fs::remove_dir_all(&p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %p.display(), error = %e, "Discarding failed.");
+                }
+            }
+        })
+        .await;
     }
 
     // === create ===
@@ -558,7 +587,7 @@ impl Exec {
         lock(&self.manifest).result = result;
         for sub in ["arg", "tmp"] {
             if let Err(e) = fs::remove_dir_all(self.dir.join(sub)) {
-                tracing::debug!(exec = %self.id, error = %e, dir = sub, "Cleaning an exec directory failed.");
+                tracing::debug!(exec = %self.id, error = %crate::error::chain(&e), dir = sub, "Cleaning an exec directory failed.");
             }
         }
         Ok(ExecState::Complete)
@@ -602,6 +631,25 @@ impl Exec {
     ) -> Result<ExecResult, ReflowError> {
         let e = |kind, msg: String| Some(err(kind, "exec", &self.id, msg));
         let killed = self.killed.load(Ordering::SeqCst);
+        if !killed && let Some(free) = free_bytes(&self.dir).filter(|f| *f < MIN_FREE_AFTER_EXEC) {
+            // The disk under the exec's directory is full. Whatever the exit code, a write of the
+            // exec most likely failed (a truncated output, or the very reason it exited), and the
+            // agent could not record the result anyway. Reported as the full disk it is, and what
+            // the exec wrote is discarded so the agent can go on.
+            self.discard_scratch(None).await;
+            return Ok(ExecResult {
+                fileset: Fileset::default(),
+                err: Some(err(
+                    Kind::ResourcesExhausted,
+                    "exec",
+                    &self.id,
+                    format!(
+                        "No space left on device: {free} bytes free under {} when the exec exited (exit code {code}); its outputs may be truncated and were discarded",
+                        self.dir.display()
+                    ),
+                )),
+            });
+        }
         let err = if code == 0 && !killed {
             // A process of the exec may have been OOM-killed while the exec still succeeded by its
             // own account; the evidence stays in the manifest.
@@ -661,12 +709,12 @@ impl Exec {
                         &mut errf
                     };
                     if let Err(e) = f.write_all(&c.bytes) {
-                        tracing::warn!(exec = %self.id, error = %e, "Writing exec logs failed.");
+                        tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Writing exec logs failed.");
                         return;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(exec = %self.id, error = %e, "Reading exec logs failed.");
+                    tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Reading exec logs failed.");
                     return;
                 }
             }
@@ -920,12 +968,12 @@ fn prepare_dirs(
     id: &Digest,
 ) -> Result<Vec<String>, ReflowError> {
     let io = |op: &str, p: &Path, e: std::io::Error| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound {
-            Kind::NotExist
-        } else {
-            Kind::Unavailable
-        };
-        ReflowError::new(kind, op, format!("{}: {e}", p.display())).with_arg(id)
+        ReflowError::new(
+            crate::error::io_kind(&e),
+            op,
+            format!("{}: {e}", p.display()),
+        )
+        .with_arg(id)
     };
     for sub in ["arg", "tmp", "return"] {
         let p = dir.join(sub);
@@ -978,6 +1026,16 @@ fn prepare_dirs(
         args.push(paths.join(" "));
     }
     Ok(args)
+}
+
+/// Below this many free bytes under an exec's directory when it exits, the exec is taken to have
+/// hit a full disk (see `classify`).
+const MIN_FREE_AFTER_EXEC: u64 = 1 << 20;
+
+/// Bytes available to the agent on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    s.f_bavail.checked_mul(s.f_frsize)
 }
 
 /// Installs the exec's outputs into its staging repository (originals become digest symlinks).

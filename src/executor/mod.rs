@@ -231,10 +231,7 @@ impl Classify for ExecutorError {
             ExecutorError::Repo(e) => e.kind(),
             ExecutorError::Runtime(e) => e.kind(),
             ExecutorError::Persist(e) => e.kind(),
-            ExecutorError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Kind::NotExist
-            }
-            ExecutorError::Io { .. } => Kind::Unavailable,
+            ExecutorError::Io { source, .. } => crate::error::io_kind(source),
             ExecutorError::Integrity { .. } => Kind::Integrity,
             ExecutorError::NotLoaded { .. } => Kind::Precondition,
         }
@@ -662,14 +659,14 @@ impl Executor {
         if e.status().state != ExecState::Complete {
             e.killed.store(true, Ordering::SeqCst);
             if let Err(err) = self.inner.runtime.kill(e.container_name()).await {
-                tracing::warn!(exec = %e.id(), error = %err, "Killing an exec's container failed.");
+                tracing::warn!(exec = %e.id(), error = %crate::error::chain(&err), "Killing an exec's container failed.");
             }
             // A state machine that is not waiting on the container stops on cancellation.
             let _ = tokio::time::timeout(Duration::from_secs(30), e.wait()).await;
             e.cancel.cancel();
         }
         if let Err(err) = self.inner.runtime.remove(e.container_name(), true).await {
-            tracing::warn!(exec = %e.id(), error = %err, "Removing an exec's container failed.");
+            tracing::warn!(exec = %e.id(), error = %crate::error::chain(&err), "Removing an exec's container failed.");
         }
     }
 
@@ -740,10 +737,10 @@ impl Executor {
             .await?;
         for c in containers {
             if let Err(e) = self.inner.runtime.kill(&c.name).await {
-                tracing::warn!(container = %c.name, error = %e, "Killing a container failed.");
+                tracing::warn!(container = %c.name, error = %crate::error::chain(&e), "Killing a container failed.");
             }
             if let Err(e) = self.inner.runtime.remove(&c.name, true).await {
-                tracing::warn!(container = %c.name, error = %e, "Removing a container failed.");
+                tracing::warn!(container = %c.name, error = %crate::error::chain(&e), "Removing a container failed.");
             }
         }
         self.wait_gc().await;
@@ -794,7 +791,7 @@ impl Executor {
                 match self.inner.runtime.remove(e.container_name(), true).await {
                     Ok(()) => removed += 1,
                     Err(err) => {
-                        tracing::debug!(exec = %e.id(), error = %err, "Removing a hanging container failed.")
+                        tracing::debug!(exec = %e.id(), error = %crate::error::chain(&err), "Removing a hanging container failed.")
                     }
                 }
             }
@@ -813,7 +810,7 @@ impl Executor {
             match self.inner.runtime.top(e.container_name()).await {
                 Ok(cmds) => insp.commands = cmds,
                 Err(err) => {
-                    tracing::debug!(exec = %id, error = %err, "Listing exec processes failed.")
+                    tracing::debug!(exec = %id, error = %crate::error::chain(&err), "Listing exec processes failed.")
                 }
             }
         }
@@ -1008,7 +1005,7 @@ impl Executor {
                     if !refs.contains_key(&d)
                         && let Err(e) = inner.repo.delete(&d)
                     {
-                        tracing::warn!(object = %d, error = %e, "Garbage collection failed.");
+                        tracing::warn!(object = %d, error = %crate::error::chain(&e), "Garbage collection failed.");
                     }
                     drop(refs);
                 }
@@ -1168,7 +1165,7 @@ impl Executor {
                 ));
                 tracing::error!(exec_dir = %name, %reason, quarantined = %to.display(), "Unreadable manifest quarantined; its container, if any, is left running.");
                 if let Err(e) = fs::rename(&from, &to) {
-                    tracing::error!(error = %e, "Quarantining a manifest failed.");
+                    tracing::error!(error = %crate::error::chain(&e), "Quarantining a manifest failed.");
                 }
             }
             RecoveryAction::RemoveDir { name } => {
@@ -1181,7 +1178,7 @@ impl Executor {
             RecoveryAction::RemoveContainer { name } => {
                 tracing::warn!(container = %name, "Removing a container without a live exec.");
                 if let Err(e) = self.inner.runtime.remove(&name, true).await {
-                    tracing::warn!(container = %name, error = %e, "Removing a container failed.");
+                    tracing::warn!(container = %name, error = %crate::error::chain(&e), "Removing a container failed.");
                 }
             }
         }

@@ -251,11 +251,11 @@ impl KmsgMonitor {
             .name("kmsg".into())
             .spawn(move || {
                 if let Err(e) = read_loop(&records, &last_seq, &drained_at, &stop) {
-                    tracing::warn!(error = %e, "Reading the kernel log stopped; OOM evidence from it is unavailable.");
+                    tracing::warn!(error = %crate::error::chain(&e), "Reading the kernel log stopped; OOM evidence from it is unavailable.");
                 }
             })
             .map(|_| ())
-            .unwrap_or_else(|e| tracing::warn!(error = %e, "Starting the kernel log reader failed."));
+            .unwrap_or_else(|e| tracing::warn!(error = %crate::error::chain(&e), "Starting the kernel log reader failed."));
         m
     }
 

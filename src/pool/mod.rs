@@ -149,7 +149,8 @@ impl Classify for PoolError {
             PoolError::Admit(e) => e.kind(),
             PoolError::Executor(e) => e.kind(),
             PoolError::Persist(e) => e.kind(),
-            PoolError::Io { .. } | PoolError::Random(_) => Kind::Unavailable,
+            PoolError::Io { source, .. } => crate::error::io_kind(source),
+            PoolError::Random(_) => Kind::Unavailable,
         }
     }
 }
@@ -536,7 +537,7 @@ impl Pool {
                         .start_alloc(row, self.inner.pool_row, &id, &meta.want, now)
                         .await
                     {
-                        tracing::warn!(alloc = %id, error = %e, "TaskDB start_alloc failed.");
+                        tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "TaskDB start_alloc failed.");
                     }
                     tracing::info!(alloc = %id, execs = executor.execs().len(), "Restored alloc (expired until kept alive).");
                     allocs.insert(
@@ -555,7 +556,7 @@ impl Pool {
                     tracing::warn!(alloc = %id, "Alloc was freed before the restart; killing its containers.");
                     let executor = self.executor_for(&id).await?;
                     if let Err(e) = executor.kill().await {
-                        tracing::warn!(alloc = %id, error = %e, "Killing a freed alloc failed.");
+                        tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "Killing a freed alloc failed.");
                     }
                     let _ = self
                         .inner
@@ -695,7 +696,7 @@ impl Pool {
             .start_alloc(row, self.inner.pool_row, &id, &alloc.meta.want, now)
             .await
         {
-            tracing::warn!(alloc = %id, error = %e, "TaskDB start_alloc failed.");
+            tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "TaskDB start_alloc failed.");
         }
         tracing::info!(alloc = %id, want = %alloc.meta.want, owner = %alloc.meta.owner, "New alloc.");
         Ok(alloc)
@@ -704,7 +705,7 @@ impl Pool {
     /// Kills an alloc's executor and records its end; the directory stays (a zombie).
     async fn end(&self, a: &Alloc) {
         if let Err(e) = a.executor.kill().await {
-            tracing::warn!(alloc = %a.id, error = %e, "Killing an alloc's executor failed.");
+            tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "Killing an alloc's executor failed.");
         }
         if let Err(e) = self
             .inner
@@ -712,7 +713,7 @@ impl Pool {
             .set_end_time(a.row, self.inner.clock.now())
             .await
         {
-            tracing::warn!(alloc = %a.id, error = %e, "TaskDB end time failed.");
+            tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "TaskDB end time failed.");
         }
     }
 
@@ -743,7 +744,9 @@ impl Pool {
             .await
             {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "TaskDB alloc keepalive failed."),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "TaskDB alloc keepalive failed.")
+                }
                 Err(_) => tracing::warn!("TaskDB alloc keepalive timed out."),
             }
         });
@@ -826,7 +829,7 @@ impl Pool {
                         removed += 1;
                     }
                     Err(err) => {
-                        tracing::warn!(alloc = %id, error = %err, "Removing a zombie alloc failed.")
+                        tracing::warn!(alloc = %id, error = %crate::error::chain(&err), "Removing a zombie alloc failed.")
                     }
                 }
             }
@@ -851,7 +854,9 @@ impl Pool {
             match self.collect_zombies(age).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "Zombie allocs collected."),
-                Err(e) => tracing::warn!(error = %e, "Collecting zombie allocs failed."),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "Collecting zombie allocs failed.")
+                }
             }
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -927,7 +932,9 @@ where
     for attempt in 1..=5 {
         match f().await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(what, attempt, error = %e, "TaskDB update failed; retrying."),
+            Err(e) => {
+                tracing::warn!(what, attempt, error = %crate::error::chain(&e), "TaskDB update failed; retrying.")
+            }
         }
         tokio::select! {
             () = cancel.cancelled() => return,

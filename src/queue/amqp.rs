@@ -469,7 +469,7 @@ impl CommandSource for AmqpSource {
             if self.consumer.is_none()
                 && let Err(e) = self.consume().await
             {
-                tracing::warn!(error = %e, retry_in_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX), "AMQP connection failed; reconnecting.");
+                tracing::warn!(error = %crate::error::chain(&e), retry_in_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX), "AMQP connection failed; reconnecting.");
                 let wait = self.backoff;
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
                 tokio::select! {
@@ -518,7 +518,7 @@ impl CommandSource for AmqpSource {
                     }));
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "AMQP consumer failed; reconnecting.");
+                    tracing::warn!(error = %crate::error::chain(&e), "AMQP consumer failed; reconnecting.");
                     self.lost();
                 }
                 None => {
@@ -545,7 +545,7 @@ impl CommandSource for AmqpSource {
             {
                 // The connection is gone or not answering: what it held goes back to the
                 // queue when the broker notices, and the journal dedupes it.
-                tracing::warn!(error = %e, "Cancelling the consumer failed.");
+                tracing::warn!(error = %crate::error::chain(&e), "Cancelling the consumer failed.");
                 return;
             }
         }
@@ -555,7 +555,7 @@ impl CommandSource for AmqpSource {
             tokio::time::timeout(Duration::from_millis(200), stream.next()).await
         {
             if let Err(e) = call("nack", limit, d.acker.nack(requeue())).await {
-                tracing::warn!(error = %e, returned, "Handing back prefetched commands failed; the broker requeues them when the connection closes.");
+                tracing::warn!(error = %crate::error::chain(&e), returned, "Handing back prefetched commands failed; the broker requeues them when the connection closes.");
                 return;
             }
             returned += 1;
@@ -888,7 +888,7 @@ impl super::EventWatch for AmqpWatch {
         loop {
             let Some((conn, ch, consumer)) = self.conn.as_mut() else {
                 if let Err(e) = self.connect().await {
-                    tracing::warn!(error = %e, "Reconnecting the event watch failed; retrying.");
+                    tracing::warn!(error = %crate::error::chain(&e), "Reconnecting the event watch failed; retrying.");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -910,7 +910,9 @@ impl super::EventWatch for AmqpWatch {
                     });
                     match serde_json::from_slice::<Event>(&d.data) {
                         Ok(e) => return Ok(e),
-                        Err(e) => tracing::warn!(error = %e, "Skipping an undecodable event."),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error::chain(&e), "Skipping an undecodable event.")
+                        }
                     }
                 }
                 None if up(conn, ch) => {}

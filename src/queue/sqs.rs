@@ -293,7 +293,7 @@ impl CommandSource for SqsSource {
         match s.extend(self.settings.visibility).await {
             Ok(()) => Some(Box::new(s)),
             Err(e) => {
-                tracing::info!(error = %e, "The journaled SQS lease is no longer valid.");
+                tracing::info!(error = %crate::error::chain(&e), "The journaled SQS lease is no longer valid.");
                 None
             }
         }
