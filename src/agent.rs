@@ -294,6 +294,8 @@ pub async fn run(
     };
     let metrics = Arc::new(crate::admin::Metrics::default());
     let notifier = crate::notify::Notifier::from_env();
+    let engine = crate::docker::health::EngineHealth::default();
+
     let backend = crate::queue::open(&queue_url, &settings)
         .await
         .map_err(|source| AgentError::Queue {
@@ -327,6 +329,7 @@ pub async fn run(
         blob,
         retention: (cfg.agent.state_retention_secs > 0)
             .then(|| Duration::from_secs(cfg.agent.state_retention_secs)),
+        engine: engine.clone(),
     };
     let control = Control::new(
         control_cfg,
@@ -346,6 +349,8 @@ pub async fn run(
     );
 
     let cancel = CancellationToken::new();
+    // Stops with `cancel`.
+    let _engine_watch = engine.watch(runtime.clone(), Duration::from_secs(1), cancel.clone());
     if let Some(addr) = cfg.admin_listen() {
         let st = crate::admin::AdminState {
             agent_id: pool.name().to_string(),

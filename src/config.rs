@@ -14,6 +14,7 @@
 //! allow_aws_creds = false
 //! network_mode = "host"
 //! profile_interval_secs = 10
+//! engine_wait_secs = 600               # an exec waits this long for a dockerd that went away
 //!
 //! [aws]
 //! region = "us-west-2"
@@ -122,6 +123,9 @@ pub struct ExecutorSection {
     /// Pull ECR images (`<account>.dkr.ecr.<region>.amazonaws.com/...`) with tokens from ECR's
     /// `GetAuthorizationToken` (the SDK's standard chain). Default true.
     pub ecr_auth: bool,
+    /// How long an accepted job's exec waits for a container engine that stopped answering
+    /// (a dockerd restart) before it fails, seconds. Default 600.
+    pub engine_wait_secs: u64,
 }
 
 impl Default for ExecutorSection {
@@ -134,6 +138,7 @@ impl Default for ExecutorSection {
             profile_interval_secs: 10,
             docker_config: None,
             ecr_auth: true,
+            engine_wait_secs: crate::executor::DEFAULT_ENGINE_WAIT.as_secs(),
         }
     }
 }
@@ -463,6 +468,7 @@ impl Config {
         c.allow_aws_creds = self.executor.allow_aws_creds;
         c.network_mode = self.executor.network_mode.clone();
         c.profile_interval = Duration::from_secs(self.executor.profile_interval_secs);
+        c.engine_wait = Duration::from_secs(self.executor.engine_wait_secs);
         c
     }
 }

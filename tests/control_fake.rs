@@ -83,6 +83,7 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration
             notifier: Default::default(),
             blob: None,
             retention,
+            engine: Default::default(),
         },
         pool,
         Arc::new(SystemClock),

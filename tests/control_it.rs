@@ -1441,3 +1441,91 @@ async fn a_full_disk_fails_the_job_clearly_and_the_next_one_runs() {
     let torn = torn_files(&dir.path().join(&name));
     assert!(torn.is_empty(), "torn state: {torn:?}");
 }
+
+/// Kills dockerd and starts it again the way `scripts/dev-services.sh` does, while jobs run and
+/// while more arrive. Nothing is lost,
+/// nothing fails, every output is right: jobs whose containers the restart stopped run again,
+/// and the agent takes no new work while the engine is away. Runs alone (.config/nextest.toml).
+#[tokio::test]
+async fn engine_restart_mid_run_loses_and_fails_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("spool://{}", dir.path().join("spool").display());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let name = uniq("engine");
+    let agent = Agent::start(dir.path(), &name, &url, "max_jobs = 2\n", &[]);
+    let addr = admin_addr(&agent).await;
+    let mut events = Events::new(client.as_ref()).await;
+    let ids: Vec<String> = (0..6).map(|i| uniq(&format!("e{i}"))).collect();
+    // The first two outlast the outage: the restarted daemon, without live-restore, stops them
+    // as it starts (they exit on its SIGTERM; as PID 1 they would otherwise ignore it and hold
+    // the daemon's start for its 10 s stop timeout). The rest are short.
+    let job_of = |i: usize, id: &String| {
+        let run = if i < 2 {
+            "trap 'exit 143' TERM; sleep 10 & wait $!"
+        } else {
+            "sleep 1"
+        };
+        job(id, &format!("{run}; echo {id} > $out"))
+    };
+    for (i, id) in ids[..4].iter().enumerate() {
+        submit(client.as_ref(), id, &job_of(i, id)).await;
+    }
+    ready_becomes(&addr, 200, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // dockerd crashes. Its containers outlive it (their shims keep them), and the restarted
+    // daemon, without live-restore, kills them as it starts: the agent must see that as the
+    // engine's doing and run those execs again.
+    let st = Command::new("pkill")
+        .args(["-KILL", "-x", "dockerd"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "no dockerd to kill");
+    ready_becomes(&addr, 503, Duration::from_secs(30)).await;
+    // Work that arrives while the engine is away waits for it.
+    for (i, id) in ids.iter().enumerate().skip(4) {
+        submit(client.as_ref(), id, &job_of(i, id)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Command::new("pgrep")
+        .args(["-x", "dockerd"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "dockerd did not stop");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let st = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/dev-services.sh"
+        ))
+        .env("REFLOW_SERVICES", "docker")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "dockerd did not start again");
+    ready_becomes(&addr, 200, Duration::from_secs(30)).await;
+    for id in &ids {
+        let e = events.completed(id).await;
+        let (digest, ok, _) = output(&e);
+        assert!(ok, "{id} failed: {e:?}\n{}", tail(&agent.logs(), 60));
+        assert_eq!(digest, sha256sum(format!("{id}\n").as_bytes()), "{id}");
+    }
+    let logs = agent.logs();
+    assert!(
+        !logs.contains("\"Job failed.\""),
+        "a job failed:\n{}",
+        tail(&logs, 60)
+    );
+    assert!(
+        logs.contains("The container engine does not answer"),
+        "the outage is logged"
+    );
+    assert!(
+        logs.contains("stopped by the engine, not a failure of the exec"),
+        "no container was stopped by the restart: the test did not test it\n{}",
+        tail(&logs, 60)
+    );
+}

@@ -84,6 +84,9 @@ pub struct ControlConfig {
     /// Done journal entries, stored results and spool events older than this are pruned while
     /// the agent runs; `None` keeps them forever.
     pub retention: Option<Duration>,
+    /// The container engine's health: while it does not answer, no new command is taken and
+    /// jobs not started yet are handed back.
+    pub engine: crate::docker::health::EngineHealth,
 }
 
 /// Why the control plane could not start.
@@ -259,6 +262,14 @@ impl Control {
                     Err(_) => break,
                 },
             };
+            if !inner.cfg.engine.is_up() {
+                // Paused: nothing more is received until the engine answers again. What was
+                // received and not started is handed back (`start_job`).
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = inner.cfg.engine.until_up() => {}
+                }
+            }
             let next = tokio::select! {
                 () = shutdown.cancelled() => break,
                 n = source.next() => n,
@@ -968,6 +979,11 @@ impl Inner {
             () = self.draining.cancelled() => return self.hand_back(&req, settle).await,
             s = self.run_slots.clone().acquire_owned() => s.ok(),
         };
+        if !self.cfg.engine.is_up() {
+            tracing::warn!("The container engine does not answer; handing the job back unstarted.");
+            tokio::time::sleep(self.cfg.retry_base).await;
+            return self.hand_back(&req, settle).await;
+        }
         let mut entry = entry;
         if !self.reserve(&req, &spec, &mut entry, settle.as_ref()).await {
             return self.hand_back(&req, settle).await;
@@ -1288,6 +1304,11 @@ impl Inner {
         self.emit(&[self.exec_state_event(req, &exec, &alloc_id, "running")]);
         exec.wait().await?;
         let result = exec.result()?;
+        if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Unavailable) {
+            // Not the exec's own failure (e.g. the engine stopped its container while it
+            // restarted): one more attempt, like a failed step.
+            return Err(e.clone());
+        }
         if result.err.is_none() {
             ex.promote(&exec_id)
                 .await

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bollard;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::fmt;

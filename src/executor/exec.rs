@@ -61,6 +61,9 @@ pub struct Exec {
     pub(super) status: watch::Sender<Status>,
     pub(super) cancel: CancellationToken,
     pub(super) killed: AtomicBool,
+    /// The engine stopped answering while the container ran: a non-zero exit is then the
+    /// engine's doing (its shutdown stops containers), not the exec's.
+    engine_lost: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
 }
 
@@ -87,6 +90,7 @@ impl Exec {
             status: watch::Sender::new(status),
             cancel,
             killed: AtomicBool::new(false),
+            engine_lost: AtomicBool::new(false),
             promoted: OnceCell::new(),
         })
     }
@@ -304,6 +308,14 @@ impl Exec {
                     state = next;
                 }
                 Err(e) => {
+                    if e.kind == Kind::Unavailable && !blob && self.outage(&inner).await {
+                        // The engine went away and came back: redo the step. (Create finds its
+                        // container; start inspects first; wait finds the exit code.)
+                        if state == ExecState::Running {
+                            self.engine_lost.store(true, Ordering::SeqCst);
+                        }
+                        continue;
+                    }
                     if e.kind != Kind::Canceled {
                         tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Exec state machine failed.");
                     }
@@ -338,6 +350,37 @@ impl Exec {
             }
         })
         .await;
+    }
+
+    /// After a step failed as unavailable: whether the engine was down and is back. A pinged
+    /// engine that answers means the failure was the step's own (false at once). One that does
+    /// not is waited for, up to `engine_wait`; false when it stays away or the exec is stopped.
+    async fn outage(&self, inner: &Inner) -> bool {
+        let ping = || async {
+            matches!(
+                tokio::time::timeout(crate::docker::health::PING_TIMEOUT, inner.runtime.ping())
+                    .await,
+                Ok(Ok(()))
+            )
+        };
+        if ping().await {
+            return false;
+        }
+        let bound = inner.cfg.engine_wait;
+        tracing::warn!(exec = %self.id, wait_secs = bound.as_secs(), "The container engine does not answer; the exec waits for it.");
+        let deadline = tokio::time::Instant::now() + bound;
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if ping().await {
+                tracing::info!(exec = %self.id, "The container engine is back; the exec goes on.");
+                return true;
+            }
+        }
+        tracing::error!(exec = %self.id, wait_secs = bound.as_secs(), "The container engine stayed away; the exec fails.");
+        false
     }
 
     // === create ===
@@ -631,6 +674,19 @@ impl Exec {
     ) -> Result<ExecResult, ReflowError> {
         let e = |kind, msg: String| Some(err(kind, "exec", &self.id, msg));
         let killed = self.killed.load(Ordering::SeqCst);
+        if !killed && code != 0 && self.engine_lost.load(Ordering::SeqCst) {
+            return Ok(ExecResult {
+                fileset: Fileset::default(),
+                err: Some(err(
+                    Kind::Unavailable,
+                    "exec",
+                    &self.id,
+                    format!(
+                        "the container engine went away while the exec ran and its container ended with exit code {code}: stopped by the engine, not a failure of the exec"
+                    ),
+                )),
+            });
+        }
         if !killed && let Some(free) = free_bytes(&self.dir).filter(|f| *f < MIN_FREE_AFTER_EXEC) {
             // The disk under the exec's directory is full. Whatever the exit code, a write of the
             // exec most likely failed (a truncated output, or the very reason it exited), and the

@@ -75,6 +75,10 @@ impl fmt::Debug for AwsCredentials {
     }
 }
 
+/// How long an exec waits for a container engine that stopped answering (10 minutes: a
+/// dockerd restart or upgrade takes seconds to a minute).
+pub const DEFAULT_ENGINE_WAIT: Duration = Duration::from_secs(600);
+
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -110,6 +114,8 @@ pub struct ExecutorConfig {
     pub oom_poll_interval: Duration,
     /// The blob store for `s3://` repositories and intern/extern execs (absent: not supported).
     pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    /// How long an exec waits for an engine that stopped answering before it fails.
+    pub engine_wait: Duration,
 }
 
 impl ExecutorConfig {
@@ -131,6 +137,7 @@ impl ExecutorConfig {
             oom_detectors: Vec::new(),
             oom_poll_interval: Duration::from_millis(500),
             blob: None,
+            engine_wait: DEFAULT_ENGINE_WAIT,
         }
     }
 }
