@@ -320,6 +320,8 @@ pub async fn run(
         security: Policy {
             hmac_key,
             image_allowlist: cfg.security.image_allowlist.clone(),
+            own_repository: cfg.repository_url(),
+            repositories: cfg.security.repositories.clone(),
             max_resources: cfg.security.max_resources.clone(),
             allow_docker_socket: cfg.executor.allow_docker_socket,
             allow_aws_creds: cfg.executor.allow_aws_creds,

@@ -41,6 +41,7 @@
 //! [security]
 //! hmac_key_file = "/etc/reflow-agent/hmac.key"     # commands must be signed with this key
 //! image_allowlist = ["reflow-agent-test/", "123456789012.dkr.ecr.us-west-2.amazonaws.com/"]
+//! repositories = ["s3://shared-bucket/inputs", "file:///data/shared"]  # besides the agent's own
 //! max_resources = { mem = 68719476736.0, cpu = 16.0 }
 //! ```
 //!
@@ -196,8 +197,14 @@ pub struct SecuritySection {
     /// A file holding the HMAC key; when set (here or by `REFLOW_AGENT_HMAC_KEY`), unsigned or
     /// badly signed commands are rejected. Never logged.
     pub hmac_key_file: Option<PathBuf>,
-    /// Image prefixes execs may use; empty allows any image.
+    /// Images execs may use, as reference patterns matched on path-component boundaries
+    /// (`registry.example/team/` for a namespace, a repository, a tag or digest, a trailing
+    /// `@` to require digest pinning); empty allows any image.
     pub image_allowlist: Vec<String>,
+    /// Repositories commands may name besides the agent's own (`inputs_from`, `outputs_to`,
+    /// `load`'s `repo_url`, intern/extern URLs): `file:///path` or `s3://bucket/prefix`, each
+    /// granting itself and what is beneath it. Default: none.
+    pub repositories: Vec<String>,
     /// The most one command may ask for, per resource (`mem` and `disk` in bytes, `cpu` in cores).
     pub max_resources: crate::resources::Resources,
 }
@@ -410,6 +417,27 @@ impl Config {
             bad(
                 "security.image_allowlist",
                 "an empty prefix would allow every image; leave the list empty instead",
+            );
+        }
+        if let Some(p) =
+            self.security.image_allowlist.iter().find(|p| {
+                !p.is_empty() && crate::control::security::ImagePattern::parse(p).is_none()
+            })
+        {
+            bad(
+                "security.image_allowlist",
+                &format!(
+                    "{p:?} is not an image reference such as registry.example/team/ or ubuntu:24.04"
+                ),
+            );
+        }
+        if let Some(r) = self.security.repositories.iter().find(|r| {
+            !(r.starts_with("file:///") || r.starts_with("s3://"))
+                || r.split('/').skip(3).any(|c| c == "." || c == "..")
+        }) {
+            bad(
+                "security.repositories",
+                &format!("{r:?} is not a file:///absolute/path or s3://bucket/prefix"),
             );
         }
         errs

@@ -1529,3 +1529,131 @@ async fn engine_restart_mid_run_loses_and_fails_nothing() {
         tail(&logs, 60)
     );
 }
+
+/// A queue command is not a root shell: on a live agent, commands that name an image off the
+/// allowlist, a repository that is not granted, or a host file as an input are refused before
+/// anything is read or written, dead-lettered with a reason that names the setting to change.
+/// A granted repository works.
+#[tokio::test]
+async fn commands_reach_only_granted_repositories_and_allowed_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("spool://{}", dir.path().join("spool").display());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let granted = dir.path().join("granted");
+    let not_granted = dir.path().join("not-granted");
+    let agent = Agent::start(
+        dir.path(),
+        &uniq("grants"),
+        &url,
+        &format!(
+            "[security]\nimage_allowlist = [\"reflow-agent-test/\"]\nrepositories = [\"file://{}\"]\n",
+            granted.display()
+        ),
+        &[],
+    );
+    let mut events = Events::new(client.as_ref()).await;
+    let with = |id: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_slice(&job(id, "echo x > $out")).unwrap();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let host = format!("file://{}", not_granted.display());
+    let cases: Vec<(String, Vec<u8>, &str)> = vec![
+        {
+            let id = uniq("image");
+            let body = with(&id, &|v| {
+                v["body"]["config"]["Image"] = "reflow-agent-test-evil/busybox:1".into();
+            });
+            (id, body, "is not allowed on this agent")
+        },
+        {
+            let id = uniq("inputs");
+            let body = with(&id, &|v| v["body"]["inputs_from"] = "file:///etc".into());
+            (id, body, "security.repositories")
+        },
+        {
+            let id = uniq("outputs");
+            let body = with(&id, &|v| v["body"]["outputs_to"] = host.clone().into());
+            (id, body, "security.repositories")
+        },
+        {
+            let id = uniq("escape");
+            let esc = format!("file://{}/../not-granted", granted.display());
+            let body = with(&id, &|v| v["body"]["outputs_to"] = esc.clone().into());
+            (id, body, "security.repositories")
+        },
+        {
+            let id = uniq("hostfile");
+            let body = with(&id, &|v| {
+                v["body"]["config"]["Args"] = serde_json::json!([{"Fileset": {"Fileset": {"f": {
+                    "Size": 5, "Source": "file:///etc/hostname", "ETag": "x"}}}}]);
+            });
+            (id, body, "host filesystem")
+        },
+        {
+            let id = uniq("load");
+            let body = serde_json::to_vec(&serde_json::json!({
+                "v": 1, "id": id, "kind": "load", "alloc": "0123456789abcdef",
+                "body": {"repo_url": "file:///etc", "fileset": {}}
+            }))
+            .unwrap();
+            (id, body, "security.repositories")
+        },
+    ];
+    for (id, body, _) in &cases {
+        submit(client.as_ref(), id, body).await;
+    }
+    for (id, _, why) in &cases {
+        let e = events
+            .until(&format!("command.rejected {id}"), |e| {
+                e.body.kind() == "command.rejected" && e.command.as_deref() == Some(id.as_str())
+            })
+            .await;
+        let EventBody::CommandRejected { error, .. } = &e.body else {
+            unreachable!()
+        };
+        assert_eq!(
+            error.kind,
+            reflow_agent::error::Kind::NotAllowed,
+            "{id}: {error}"
+        );
+        assert!(error.to_string().contains(why), "{id}: {error}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let d = client.dead_letters(20).await.unwrap();
+        if d.len() >= cases.len() || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(dead.len(), cases.len(), "every refusal is dead-lettered");
+    assert!(
+        dead.iter().all(|d| d.reason.contains("not allowed")
+            || d.reason.contains("not granted")
+            || d.reason.contains("host filesystem")),
+        "{:?}",
+        dead.iter().map(|d| &d.reason).collect::<Vec<_>>()
+    );
+    assert!(
+        !not_granted.exists(),
+        "nothing was written outside the grants"
+    );
+    // A granted repository is usable.
+    let ok = uniq("granted");
+    let out = format!("file://{}/run", granted.display());
+    submit(
+        client.as_ref(),
+        &ok,
+        &with(&ok, &|v| v["body"]["outputs_to"] = out.clone().into()),
+    )
+    .await;
+    let e = events.completed(&ok).await;
+    let (digest, fine, _) = output(&e);
+    assert!(fine, "{e:?}\n{}", tail(&agent.logs(), 30));
+    assert_eq!(digest, sha256sum(b"x\n"));
+    assert!(
+        granted.join("run").exists(),
+        "outputs sent to the granted repository"
+    );
+}

@@ -294,7 +294,7 @@ fn a_job_reads_and_writes_s3() {
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nstate_dir = \"{}\"\n[queue]\nurl = \"spool://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[agent]\nstate_dir = \"{}\"\n[queue]\nurl = \"spool://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[security]\nrepositories = [\"s3://{b}/repo\"]\n",
             dir.path().join("state").display(),
             spool.display()
         ),

@@ -46,6 +46,24 @@ pub enum SecurityError {
         /// The limit.
         limit: f64,
     },
+    /// A repository the agent's config does not grant to queue commands.
+    #[error(
+        "repository {url:?} ({field}) is not granted to queue commands on this agent; add it to security.repositories"
+    )]
+    Repository {
+        /// The URL (truncated).
+        url: String,
+        /// Where the command named it.
+        field: &'static str,
+    },
+    /// A reference input read from the agent's host filesystem.
+    #[error(
+        "input {source_url:?} reads the agent's host filesystem, which queue commands may not do; load it into a granted repository (security.repositories) and name it by digest"
+    )]
+    HostFile {
+        /// The reference's source (truncated).
+        source_url: String,
+    },
     /// A passthrough the agent's config does not allow.
     #[error("{what} is not allowed by this agent's config ({switch})")]
     Passthrough {
@@ -67,8 +85,13 @@ impl Classify for SecurityError {
 pub struct Policy {
     /// The HMAC key; when set, every command must carry a valid signature.
     pub hmac_key: Option<Vec<u8>>,
-    /// Image prefixes allowed (`repo/name:` or a full reference); empty allows every image.
+    /// Images allowed, as reference patterns (see [`ImagePattern`]); empty allows every image.
     pub image_allowlist: Vec<String>,
+    /// The agent's own repository, always granted.
+    pub own_repository: String,
+    /// Further repositories commands may read and write (`file:///path` or `s3://bucket/prefix`,
+    /// matched on path-component boundaries).
+    pub repositories: Vec<String>,
     /// The most one command may ask for, per resource (absent: no limit beyond the machine).
     pub max_resources: Resources,
     /// Execs may mount the Docker socket.
@@ -82,6 +105,7 @@ impl std::fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
             .field("image_allowlist", &self.image_allowlist)
+            .field("repositories", &self.repositories)
             .field("max_resources", &self.max_resources)
             .field("allow_docker_socket", &self.allow_docker_socket)
             .field("allow_aws_creds", &self.allow_aws_creds)
@@ -173,10 +197,45 @@ impl Policy {
         }
         match command {
             Command::ExecPut { config, .. } => self.admit_config(config, None),
-            Command::Job(job) => self.admit_config(&job.config, job.resources.as_ref()),
+            Command::Job(job) => {
+                for (url, field) in [
+                    (&job.inputs_from, "inputs_from"),
+                    (&job.outputs_to, "outputs_to"),
+                ] {
+                    if let Some(url) = url {
+                        self.admit_repository(url, field)?;
+                    }
+                }
+                self.admit_config(&job.config, job.resources.as_ref())
+            }
+            Command::Load {
+                repo_url, fileset, ..
+            } => {
+                self.admit_repository(repo_url, "repo_url")?;
+                admit_files(fileset)
+            }
+            Command::Unload { fileset, .. } | Command::Verify { fileset, .. } => {
+                admit_files(fileset)
+            }
             Command::AllocNew { meta } => self.admit_resources(&meta.want),
             _ => Ok(()),
         }
+    }
+
+    /// Whether `url` is the agent's own repository or under a granted one.
+    fn admit_repository(&self, url: &str, field: &'static str) -> Result<(), SecurityError> {
+        let refused = || SecurityError::Repository {
+            url: url.chars().take(200).collect(),
+            field,
+        };
+        let Some(want) = RepoPath::parse(url) else {
+            return Err(refused());
+        };
+        let granted = std::iter::once(&self.own_repository)
+            .chain(&self.repositories)
+            .filter_map(|g| RepoPath::parse(g))
+            .any(|g| g.covers(&want));
+        if granted { Ok(()) } else { Err(refused()) }
     }
 
     fn admit_config(
@@ -184,16 +243,16 @@ impl Policy {
         c: &ExecConfig,
         resources: Option<&Resources>,
     ) -> Result<(), SecurityError> {
-        if !c.image.is_empty()
-            && !self.image_allowlist.is_empty()
-            && !self
-                .image_allowlist
-                .iter()
-                .any(|p| c.image.starts_with(p.as_str()))
-        {
+        if !c.image.is_empty() && !self.image_allowed(&c.image) {
             return Err(SecurityError::Image {
                 image: c.image.chars().take(200).collect(),
             });
+        }
+        if matches!(c.kind.as_str(), "intern" | "extern") && !c.url.is_empty() {
+            self.admit_repository(&c.url, "URL")?;
+        }
+        for fs in c.args.iter().filter_map(|a| a.fileset.as_ref()) {
+            admit_files(fs)?;
         }
         if c.need_docker_access && !self.allow_docker_socket {
             return Err(SecurityError::Passthrough {
@@ -214,6 +273,20 @@ impl Policy {
         }
     }
 
+    /// Whether `image` matches an allowlist entry (every image when the list is empty).
+    pub fn image_allowed(&self, image: &str) -> bool {
+        if self.image_allowlist.is_empty() {
+            return true;
+        }
+        let Some(image) = ImageRef::parse(image) else {
+            return false;
+        };
+        self.image_allowlist
+            .iter()
+            .filter_map(|p| ImagePattern::parse(p))
+            .any(|p| p.matches(&image))
+    }
+
     fn admit_resources(&self, want: &Resources) -> Result<(), SecurityError> {
         for (name, &limit) in &self.max_resources.0 {
             let asked = want.get(name);
@@ -226,6 +299,201 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses reference files whose source is on the agent's host (`file://`): a queue command
+/// must not make the agent read host files as root.
+fn admit_files(fs: &crate::fileset::Fileset) -> Result<(), SecurityError> {
+    match fs
+        .files()
+        .into_iter()
+        .find(|f| f.is_ref() && !f.source.starts_with("s3://"))
+    {
+        Some(f) => Err(SecurityError::HostFile {
+            source_url: f.source.chars().take(200).collect(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A repository location: a scheme, then path components (`file`: absolute path; `s3`: the
+/// bucket, then the key prefix's components).
+#[derive(Debug, PartialEq)]
+struct RepoPath {
+    scheme: &'static str,
+    parts: Vec<String>,
+}
+
+impl RepoPath {
+    /// `file:///abs/path` or `s3://bucket[/prefix]`; `None` for anything else, and for paths
+    /// with `.`, `..` or empty components (no way around a grant).
+    fn parse(url: &str) -> Option<RepoPath> {
+        let (scheme, rest) = if let Some(p) = url.strip_prefix("file://") {
+            ("file", p.strip_prefix('/')?)
+        } else if let Some(p) = url.strip_prefix("s3://") {
+            ("s3", p)
+        } else {
+            return None;
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let parts: Vec<String> = rest.split('/').map(str::to_string).collect();
+        if parts.iter().any(|p| p.is_empty() || p == "." || p == "..") {
+            return None;
+        }
+        Some(RepoPath { scheme, parts })
+    }
+
+    /// Whether `other` is this location or under it.
+    fn covers(&self, other: &RepoPath) -> bool {
+        self.scheme == other.scheme && other.parts.starts_with(&self.parts)
+    }
+}
+
+/// A parsed image reference: registry host, repository path, tag and digest, normalized the
+/// way Docker does (`ubuntu` is `docker.io/library/ubuntu`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The registry host (with port), `docker.io` when the reference names none.
+    pub registry: String,
+    /// The repository path's components.
+    pub path: Vec<String>,
+    /// The tag, if any.
+    pub tag: Option<String>,
+    /// The digest (`sha256:<hex>`), if any.
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    /// Parses a reference: `[registry/]path[:tag][@digest]`. `None` when malformed.
+    pub fn parse(s: &str) -> Option<ImageRef> {
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d)),
+            None => (s, None),
+        };
+        if let Some(d) = digest {
+            let hex = d.strip_prefix("sha256:")?;
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+        }
+        // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+        let (name, tag) = match rest.rfind(':') {
+            Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        if tag.is_some_and(|t| t.is_empty() || t.len() > 128) {
+            return None;
+        }
+        let mut parts: Vec<&str> = name.split('/').collect();
+        let registry = if parts.len() > 1
+            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+        {
+            parts.remove(0).to_string()
+        } else {
+            "docker.io".to_string()
+        };
+        if parts.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        }) {
+            return None;
+        }
+        let mut path: Vec<String> = parts.into_iter().map(str::to_string).collect();
+        if registry == "docker.io" && path.len() == 1 {
+            path.insert(0, "library".into());
+        }
+        Some(ImageRef {
+            registry,
+            path,
+            tag: tag.map(str::to_string),
+            digest: digest.map(str::to_string),
+        })
+    }
+}
+
+/// An allowlist entry, an image reference matched on path-component boundaries:
+/// - `registry.example/team/` (trailing `/`): every image under that namespace;
+/// - `registry.example/team/tool`: that repository, any tag (and `team/tool/...` beneath it);
+/// - `...:tag` or `...@sha256:<hex>`: only that tag or digest;
+/// - a trailing `@` (`registry.example/team/@`): as without it, and the image must be pinned
+///   by digest.
+///
+/// `team` never matches `team-evil`; `ubuntu` and `docker.io/library/ubuntu` are the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePattern {
+    registry: String,
+    path: Vec<String>,
+    tag: Option<String>,
+    digest: Option<String>,
+    pinned: bool,
+}
+
+impl ImagePattern {
+    /// Parses an entry; `None` when malformed.
+    pub fn parse(s: &str) -> Option<ImagePattern> {
+        let (s, pinned) = match s.strip_suffix('@') {
+            Some(r) => (r, true),
+            None => (s, false),
+        };
+        let r = match s.strip_suffix('/') {
+            // A namespace: no `library/` for a single component, no tag.
+            Some(ns) => {
+                let mut parts: Vec<&str> = ns.split('/').collect();
+                let registry = if parts.len() > 1
+                    && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+                {
+                    parts.remove(0).to_string()
+                } else if parts.len() == 1
+                    && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+                {
+                    // A whole registry: `registry.example/`.
+                    return Some(ImagePattern {
+                        registry: parts[0].to_string(),
+                        path: Vec::new(),
+                        tag: None,
+                        digest: None,
+                        pinned,
+                    });
+                } else {
+                    "docker.io".to_string()
+                };
+                if parts.iter().any(|p| p.is_empty()) {
+                    return None;
+                }
+                ImageRef {
+                    registry,
+                    path: parts.into_iter().map(str::to_string).collect(),
+                    tag: None,
+                    digest: None,
+                }
+            }
+            None => ImageRef::parse(s)?,
+        };
+        Some(ImagePattern {
+            registry: r.registry,
+            path: r.path,
+            tag: r.tag,
+            digest: r.digest,
+            pinned,
+        })
+    }
+
+    /// Whether `image` is allowed by this entry.
+    pub fn matches(&self, image: &ImageRef) -> bool {
+        self.registry == image.registry
+            && image.path.starts_with(&self.path)
+            && self
+                .tag
+                .as_ref()
+                .is_none_or(|t| image.tag.as_ref() == Some(t))
+            && self
+                .digest
+                .as_ref()
+                .is_none_or(|d| image.digest.as_ref() == Some(d))
+            && (!self.pinned || image.digest.is_some())
     }
 }
 
@@ -293,6 +561,97 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"a":null,"b":[1,{"c":2.5,"d":"é"}]}"#
         );
+    }
+
+    #[test]
+    fn images_are_matched_as_references() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let table: &[(&str, &str, bool)] = &[
+            ("ubuntu", "docker.io/library/ubuntu:24.04", true),
+            ("docker.io/library/ubuntu", "ubuntu", true),
+            ("ubuntu", "ubuntu-evil", false),
+            ("ubuntu", "evil/ubuntu", false),
+            ("team/", "team/tool:1", true),
+            ("team/", "team-evil/tool:1", false),
+            ("team/", "teamx/tool", false),
+            ("registry.example/team/", "registry.example/team/tool", true),
+            (
+                "registry.example/team/",
+                "registry.example/team-evil/tool",
+                false,
+            ),
+            (
+                "registry.example/team",
+                "registry.example/team/sub/tool:2",
+                true,
+            ),
+            ("registry.example/team/", "other.example/team/tool", false),
+            ("registry.example/team/", "team/tool", false),
+            ("localhost:5001/", "localhost:5001/x/y:1", true),
+            ("localhost:5001/", "localhost:5002/x/y:1", false),
+            (
+                "127.0.0.1:5001/reflow-agent-test/",
+                "127.0.0.1:5001/reflow-agent-test/busybox:1",
+                true,
+            ),
+            (
+                "registry.example/",
+                "registry.example/anything/at/all",
+                true,
+            ),
+            ("ubuntu:24.04", "ubuntu:24.04", true),
+            ("ubuntu:24.04", "ubuntu:22.04", false),
+            ("ubuntu:24.04", "ubuntu", false),
+            ("team/@", "team/tool:1", false),
+            ("team/@", &format!("team/tool@{d}"), true),
+            (&format!("team/tool@{d}"), &format!("team/tool@{d}"), true),
+            (&format!("team/tool@{d}"), "team/tool:latest", false),
+            ("team/", "team/Tool", false), // not a valid reference
+            ("team/", "team//tool", false),
+        ];
+        for (entry, image, want) in table {
+            let p = Policy {
+                image_allowlist: vec![entry.to_string()],
+                ..Policy::default()
+            };
+            assert_eq!(p.image_allowed(image), *want, "{entry} vs {image}");
+        }
+        assert!(ImagePattern::parse("team//").is_none());
+        assert!(ImageRef::parse("x@sha256:zz").is_none());
+    }
+
+    #[test]
+    fn repositories_are_granted_on_component_boundaries() {
+        let p = Policy {
+            own_repository: "file:///var/lib/reflow-agent/repository".into(),
+            repositories: vec!["file:///data/shared".into(), "s3://bucket/in".into()],
+            ..Policy::default()
+        };
+        let table = [
+            ("file:///var/lib/reflow-agent/repository", true),
+            ("file:///data/shared", true),
+            ("file:///data/shared/", true),
+            ("file:///data/shared/run-1", true),
+            ("file:///data/shared-evil", false),
+            ("file:///data/shared/../../etc", false),
+            ("file:///data/./shared", false),
+            ("file:///data", false),
+            ("file:///etc", false),
+            ("file://host/data/shared", false),
+            ("s3://bucket/in", true),
+            ("s3://bucket/in/x/y", true),
+            ("s3://bucket/input", false),
+            ("s3://bucket", false),
+            ("s3://other/in", false),
+            ("http://bucket/in", false),
+        ];
+        for (url, want) in table {
+            let r = p.admit_repository(url, "outputs_to");
+            assert_eq!(r.is_ok(), want, "{url}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("security.repositories"), "{e}");
+            }
+        }
     }
 
     #[test]
