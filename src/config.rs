@@ -379,6 +379,17 @@ impl Config {
                 bad(field, &crate::features::not_built("this URL", feature));
             }
         }
+        if self
+            .queue
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("amqps://"))
+        {
+            bad(
+                "queue.url",
+                "amqps:// is not supported by this build (no TLS for AMQP yet), and it is never downgraded to plaintext: use amqp:// on a trusted network or through a TLS-terminating proxy",
+            );
+        }
         // Defaults derive from agent.state_dir, already checked; only given URLs are checked.
         if let Some(url) = &self.queue.url
             && !["amqp://", "amqps://", "sqs://", "spool:///"]
@@ -504,6 +515,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amqps_is_refused_never_downgraded() {
+        let c = Config::parse(
+            "[queue]\nurl = \"amqps://u:p@broker:5671/\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let errs: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("queue.url") && e.contains("never downgraded")),
+            "{errs:?}"
+        );
+    }
 
     #[test]
     fn a_backend_missing_from_the_build_is_refused_by_name() {

@@ -46,6 +46,15 @@ pub enum QueueError {
         /// The URL (credentials removed, truncated).
         url: String,
     },
+    /// `amqps://`: TLS to the broker is not built in yet, and the agent never falls back to
+    /// plaintext.
+    #[error(
+        "{url}: TLS to RabbitMQ is not supported by this build, and amqps:// is never downgraded to plaintext; use amqp:// on a trusted network or through a TLS-terminating proxy"
+    )]
+    NoTls {
+        /// The URL (credentials removed).
+        url: String,
+    },
     /// The URL's backend is not in this build.
     #[error("{}", crate::features::not_built(url, feature))]
     NotBuilt {
@@ -103,7 +112,7 @@ impl Classify for QueueError {
     fn kind(&self) -> Kind {
         match self {
             QueueError::Url { .. } => Kind::Invalid,
-            QueueError::NotBuilt { .. } => Kind::NotSupported,
+            QueueError::NotBuilt { .. } | QueueError::NoTls { .. } => Kind::NotSupported,
             QueueError::Io { .. } | QueueError::Publish(_) | QueueError::Amqp { .. } => {
                 Kind::Unavailable
             }
@@ -207,6 +216,15 @@ pub trait EventWatch: Send {
 
 /// A client for `url`.
 ///
+/// Refuses `amqps://` (see [`QueueError::NoTls`]): the AMQP client is built without TLS, and
+/// connecting anyway would send credentials and commands in the clear.
+fn refuse_amqps(url: &str) -> Result<(), QueueError> {
+    if url.starts_with("amqps://") {
+        return Err(QueueError::NoTls { url: redact(url) });
+    }
+    Ok(())
+}
+
 /// # Errors
 /// An unsupported URL, or a backend that cannot be set up.
 pub async fn client(
@@ -217,8 +235,9 @@ pub async fn client(
         let (spool, _) = spool::Spool::open(dir)?;
         return Ok(Box::new(spool));
     }
+    refuse_amqps(url)?;
     #[cfg(feature = "amqp")]
-    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+    if url.starts_with("amqp://") {
         return Ok(Box::new(amqp::AmqpClient::new(
             url,
             DEFAULT_DELIVERY_LIMIT,
@@ -315,8 +334,9 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
             display,
         });
     }
+    refuse_amqps(url)?;
     #[cfg(feature = "amqp")]
-    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+    if url.starts_with("amqp://") {
         let (source, sink) = amqp::connect(url, settings).await?;
         return Ok(Backend {
             source: Box::new(source),
@@ -365,6 +385,17 @@ pub trait EventSink: Send + Sync + fmt::Debug {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn amqps_is_refused_with_its_reason() {
+        let e = match client("amqps://user:secret@broker:5671/", &Default::default()).await {
+            Err(e) => e,
+            Ok(_) => panic!("amqps:// connected without TLS"),
+        };
+        assert!(matches!(e, QueueError::NoTls { .. }), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
     use super::*;
 
     #[test]
