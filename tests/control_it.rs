@@ -1189,9 +1189,7 @@ async fn jobs_wait_for_room_and_events_are_unique(
 
 #[tokio::test]
 async fn spool_jobs_wait_for_room_and_events_are_unique() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("spool://{}", dir.path().join("spool").display());
-    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (dir, url, client) = spool_queue().await;
     jobs_wait_for_room_and_events_are_unique(
         dir.path(),
         &uniq("wait-spool"),
@@ -1225,9 +1223,7 @@ async fn sqs_jobs_wait_for_room_and_events_are_unique() {
 /// result. The engine's own events show exactly one start.
 #[tokio::test]
 async fn a_crash_right_after_start_never_starts_the_container_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("spool://{}", dir.path().join("spool").display());
-    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (dir, url, client) = spool_queue().await;
     let mut events = Events::new(client.as_ref()).await;
     let starts = StartCounter::new();
     let name = uniq("failpoint");
@@ -1315,9 +1311,7 @@ async fn kill9_loop(root: &Path, name: &str, url: &str, client: &dyn Client) {
 
 #[tokio::test]
 async fn spool_kill9_loop_completes_every_job_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("spool://{}", dir.path().join("spool").display());
-    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (dir, url, client) = spool_queue().await;
     kill9_loop(dir.path(), &uniq("kill-spool"), &url, client.as_ref()).await;
 }
 
@@ -1343,6 +1337,14 @@ async fn sqs_kill9_loop_completes_every_job_once() {
         .await
         .unwrap();
     kill9_loop(dir.path(), &uniq("kill-sqs"), &url, &client).await;
+}
+
+/// A temporary directory with a `spool://` queue in it, and a client of that queue.
+async fn spool_queue() -> (tempfile::TempDir, String, Box<dyn Client>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("spool://{}", dir.path().join("spool").display());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    (dir, url, client)
 }
 
 /// A tmpfs mounted for a test, unmounted when dropped.
@@ -1395,9 +1397,7 @@ fn torn_files(root: &Path) -> Vec<PathBuf> {
 /// and once the space is freed the next job runs.
 #[tokio::test]
 async fn a_full_disk_fails_the_job_clearly_and_the_next_one_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("spool://{}", dir.path().join("spool").display());
-    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (dir, url, client) = spool_queue().await;
     let name = uniq("full");
     let _fs = Tmpfs::mount(&dir.path().join(&name), "24m");
     // One run slot: a wedged slot would hold up the second job.
@@ -1448,9 +1448,7 @@ async fn a_full_disk_fails_the_job_clearly_and_the_next_one_runs() {
 /// and the agent takes no new work while the engine is away. Runs alone (.config/nextest.toml).
 #[tokio::test]
 async fn engine_restart_mid_run_loses_and_fails_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("spool://{}", dir.path().join("spool").display());
-    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (dir, url, client) = spool_queue().await;
     let name = uniq("engine");
     let agent = Agent::start(dir.path(), &name, &url, "max_jobs = 2\n", &[]);
     let addr = admin_addr(&agent).await;
@@ -1536,9 +1534,7 @@ async fn engine_restart_mid_run_loses_and_fails_nothing() {
 /// A granted repository works.
 #[tokio::test]
 async fn commands_reach_only_granted_repositories_and_allowed_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("spool://{}", dir.path().join("spool").display());
-    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (dir, url, client) = spool_queue().await;
     let granted = dir.path().join("granted");
     let not_granted = dir.path().join("not-granted");
     let agent = Agent::start(

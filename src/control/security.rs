@@ -350,6 +350,12 @@ impl RepoPath {
     }
 }
 
+/// Whether the first component of a reference names a registry host, as Docker decides: it has
+/// a `.` or a port, or is `localhost`.
+fn is_registry(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost"
+}
+
 /// A parsed image reference: registry host, repository path, tag and digest, normalized the
 /// way Docker does (`ubuntu` is `docker.io/library/ubuntu`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,9 +392,7 @@ impl ImageRef {
             return None;
         }
         let mut parts: Vec<&str> = name.split('/').collect();
-        let registry = if parts.len() > 1
-            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-        {
+        let registry = if parts.len() > 1 && is_registry(parts[0]) {
             parts.remove(0).to_string()
         } else {
             "docker.io".to_string()
@@ -442,13 +446,9 @@ impl ImagePattern {
             // A namespace: no `library/` for a single component, no tag.
             Some(ns) => {
                 let mut parts: Vec<&str> = ns.split('/').collect();
-                let registry = if parts.len() > 1
-                    && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-                {
+                let registry = if parts.len() > 1 && is_registry(parts[0]) {
                     parts.remove(0).to_string()
-                } else if parts.len() == 1
-                    && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-                {
+                } else if parts.len() == 1 && is_registry(parts[0]) {
                     // A whole registry: `registry.example/`.
                     return Some(ImagePattern {
                         registry: parts[0].to_string(),
