@@ -321,6 +321,7 @@ pub async fn run(
             hmac_key,
             image_allowlist: cfg.security.image_allowlist.clone(),
             own_repository: cfg.repository_url(),
+            max_clock_skew: Duration::from_secs(cfg.security.max_clock_skew_secs),
             repositories: cfg.security.repositories.clone(),
             max_resources: cfg.security.max_resources.clone(),
             allow_docker_socket: cfg.executor.allow_docker_socket,

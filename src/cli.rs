@@ -653,6 +653,11 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
             let mut env: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(CliError::Encode)?;
             if env.get("signature").is_none() {
+                // A signed command says when it was sent (the agent's replay window).
+                if env.get("time").is_none() {
+                    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                    env["time"] = crate::time::format(&now).into();
+                }
                 env["signature"] = crate::control::security::sign(k.as_bytes(), &env).into();
             }
             serde_json::to_vec(&env).map_err(CliError::Encode)?

@@ -207,6 +207,9 @@ pub struct SecuritySection {
     pub repositories: Vec<String>,
     /// The most one command may ask for, per resource (`mem` and `disk` in bytes, `cpu` in cores).
     pub max_resources: crate::resources::Resources,
+    /// With a key, how far a signed command's `time` may be from the agent's clock, seconds.
+    /// Default (0): 300.
+    pub max_clock_skew_secs: u64,
 }
 
 /// `[admin]`.

@@ -683,13 +683,40 @@ fn signed_commands_only_when_the_agent_has_a_key() {
         "{}",
         String::from_utf8_lossy(&signed.stderr)
     );
-    // Both rejected commands are in the dead-letter directory with their reasons.
+    // A captured command replayed later: correctly signed, but sent long ago.
+    let old = uniq("replayed");
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&job(&old, "echo replayed > $out")).unwrap();
+    env["time"] = "2020-01-01T00:00:00Z".into();
+    env["signature"] = reflow_agent::control::security::sign(key.as_bytes(), &env).into();
+    let file = dir.path().join("replayed.json");
+    std::fs::write(&file, serde_json::to_vec(&env).unwrap()).unwrap();
+    let replayed = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args([
+            "submit",
+            "--wait",
+            "--timeout-secs",
+            "90",
+            "--queue",
+            &spool,
+        ])
+        .arg(&file)
+        .env_remove("REFLOW_AGENT_HMAC_KEY")
+        .output()
+        .unwrap();
+    assert!(!replayed.status.success());
+    assert!(
+        String::from_utf8_lossy(&replayed.stdout).contains("security.max_clock_skew_secs"),
+        "{}",
+        String::from_utf8_lossy(&replayed.stdout)
+    );
+    // The three rejected commands are in the dead-letter directory with their reasons.
     let dead: Vec<_> = std::fs::read_dir(spool_dir.join("dead"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".reason.json"))
         .collect();
-    assert_eq!(dead.len(), 2);
+    assert_eq!(dead.len(), 3);
 }
 
 /// A TCP proxy to RabbitMQ that the test can cut and restore, or freeze: bytes stop flowing

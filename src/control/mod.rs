@@ -710,7 +710,12 @@ impl Inner {
         }
         let span = tracing::info_span!("command", command_id = %req.id, kind = req.command.kind(), attempt);
         async move {
-            if let Err(e) = self.cfg.security.admit(&body, &req.command) {
+            if let Err(e) = self
+                .cfg
+                .security
+                .admit(&body, &req.command)
+                .and_then(|()| self.cfg.security.admit_time(req.time, self.clock.now()))
+            {
                 return self.reject(settle, Some(req.id.clone()), &Rejection::from(e)).await;
             }
             if attempt > self.cfg.max_deliveries {

@@ -18,6 +18,9 @@ use crate::model::ExecConfig;
 use crate::protocol::Command;
 use crate::resources::Resources;
 
+/// The default replay window of signed commands: 5 minutes either way.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The signature scheme prefix.
 pub const SCHEME: &str = "hmac-sha256:";
 
@@ -30,6 +33,17 @@ pub enum SecurityError {
     /// The signature does not match.
     #[error("bad command signature")]
     BadSignature,
+    /// A signed command without `time`, or sent too far from the agent's clock: possibly a
+    /// captured command replayed.
+    #[error(
+        "signed command {problem}; it must carry `time` within security.max_clock_skew_secs ({skew_secs} s) of the agent's clock"
+    )]
+    Replay {
+        /// What is wrong.
+        problem: String,
+        /// The window.
+        skew_secs: u64,
+    },
     /// The image is not on the allowlist.
     #[error("image {image:?} is not allowed on this agent")]
     Image {
@@ -94,6 +108,9 @@ pub struct Policy {
     pub repositories: Vec<String>,
     /// The most one command may ask for, per resource (absent: no limit beyond the machine).
     pub max_resources: Resources,
+    /// With a key, how far a command's `time` may be from the agent's clock, either way
+    /// (zero: [`DEFAULT_MAX_CLOCK_SKEW`]).
+    pub max_clock_skew: std::time::Duration,
     /// Execs may mount the Docker socket.
     pub allow_docker_socket: bool,
     /// Execs may receive the agent's AWS credentials.
@@ -106,6 +123,7 @@ impl std::fmt::Debug for Policy {
             .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
             .field("image_allowlist", &self.image_allowlist)
             .field("repositories", &self.repositories)
+            .field("max_clock_skew", &self.max_clock_skew)
             .field("max_resources", &self.max_resources)
             .field("allow_docker_socket", &self.allow_docker_socket)
             .field("allow_aws_creds", &self.allow_aws_creds)
@@ -220,6 +238,42 @@ impl Policy {
             Command::AllocNew { meta } => self.admit_resources(&meta.want),
             _ => Ok(()),
         }
+    }
+
+    /// With a key, checks that the command says when it was sent (`time`, covered by the
+    /// signature) and that this is within the replay window of `now`. An id seen before is the
+    /// same command (the journal answers it), so a replay inside the window runs nothing new.
+    ///
+    /// # Errors
+    /// [`SecurityError::Replay`].
+    pub fn admit_time(
+        &self,
+        sent: Option<crate::time::Time>,
+        now: crate::time::Time,
+    ) -> Result<(), SecurityError> {
+        if self.hmac_key.is_none() {
+            return Ok(());
+        }
+        let window = if self.max_clock_skew.is_zero() {
+            DEFAULT_MAX_CLOCK_SKEW
+        } else {
+            self.max_clock_skew
+        };
+        let skew_secs = window.as_secs();
+        let Some(sent) = sent else {
+            return Err(SecurityError::Replay {
+                problem: "has no `time`".into(),
+                skew_secs,
+            });
+        };
+        let off = (now - sent).num_seconds();
+        if off.unsigned_abs() > skew_secs {
+            return Err(SecurityError::Replay {
+                problem: format!("was sent at {sent} and it is {now} ({off} s apart)"),
+                skew_secs,
+            });
+        }
+        Ok(())
     }
 
     /// Whether `url` is the agent's own repository or under a granted one.
@@ -561,6 +615,30 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"a":null,"b":[1,{"c":2.5,"d":"é"}]}"#
         );
+    }
+
+    #[test]
+    fn signed_commands_carry_a_recent_time() {
+        let now = crate::time::parse("2026-12-02T12:00:00Z").unwrap();
+        let at = |s: &str| Some(crate::time::parse(s).unwrap());
+        assert!(
+            Policy::default().admit_time(None, now).is_ok(),
+            "no key: no window"
+        );
+        let p = Policy {
+            hmac_key: Some(b"k".to_vec()),
+            ..Policy::default()
+        };
+        assert!(p.admit_time(at("2026-12-02T11:56:00Z"), now).is_ok());
+        assert!(p.admit_time(at("2026-12-02T12:04:59Z"), now).is_ok());
+        for bad in [None, at("2026-12-02T11:54:59Z"), at("2026-12-02T12:06:00Z")] {
+            let e = p.admit_time(bad, now).unwrap_err();
+            assert!(
+                e.to_string().contains("security.max_clock_skew_secs"),
+                "{e}"
+            );
+            assert_eq!(e.kind(), Kind::NotAllowed);
+        }
     }
 
     #[test]
