@@ -19,3 +19,19 @@ fn example_configs_are_valid() {
     }
     assert_eq!(n, 3, "amqp, sqs and spool");
 }
+
+/// The unit restarts a crashed agent but not one that exited cleanly for scale-in (an idle exit
+/// or a drain), which exits 0 (`serve_it` shows both statuses).
+#[test]
+fn systemd_restarts_crashes_not_scale_in_exits() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/reflow-agent.service"
+    ))
+    .unwrap();
+    let restart: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("Restart="))
+        .collect();
+    assert_eq!(restart, ["Restart=on-failure"], "{restart:?}");
+}
