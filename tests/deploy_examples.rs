@@ -29,9 +29,6 @@ fn systemd_restarts_crashes_not_scale_in_exits() {
         "/systemd/reflow-agent.service"
     ))
     .unwrap();
-    let restart: Vec<&str> = unit
-        .lines()
-        .filter(|l| l.starts_with("Restart="))
-        .collect();
+    let restart: Vec<&str> = unit.lines().filter(|l| l.starts_with("Restart=")).collect();
     assert_eq!(restart, ["Restart=on-failure"], "{restart:?}");
 }
