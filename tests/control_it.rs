@@ -1680,3 +1680,103 @@ async fn commands_reach_only_granted_repositories_and_allowed_images() {
         "outputs sent to the granted repository"
     );
 }
+
+/// Secrets never reach a log or an event: a live agent with an HMAC key, its own AWS secret
+/// key and registry credentials signs-checks jobs, pulls an image with auth, writes outputs to
+/// S3 and rejects a bad command; then every log line, event and dead letter is searched for
+/// each secret (and the registry's base64 `auth`). Serialised with the registry tests, which
+/// remove and pull the same image (.config/nextest.toml).
+#[tokio::test]
+async fn secrets_never_reach_logs_or_events() {
+    use base64::Engine as _;
+    let (dir, url, client) = spool_queue().await;
+    let hmac = format!("hmac-{}", uniq("secret"));
+    let aws_secret = format!("aws-{}", uniq("secret"));
+    let registry_auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", REGISTRY_CREDS.0, REGISTRY_CREDS.1));
+    let docker_config = dir.path().join("docker-config.json");
+    std::fs::write(
+        &docker_config,
+        format!(r#"{{"auths": {{"{REGISTRY}": {{"auth": "{registry_auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let s3 = reflow_agent::blob::s3::S3Store::new(&aws_sdk().await);
+    let bucket = format!("it-{}", &uniq("secrets")[8..]);
+    s3.client()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let image = format!("{REGISTRY}/reflow-agent-test/busybox:1");
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    let name = uniq("secrets");
+    let agent = Agent::start_with(
+        dir.path(),
+        &name,
+        "",
+        &url,
+        &format!(
+            "[executor]\ndocker_config = \"{}\"\n[security]\nrepositories = [\"s3://{bucket}/repo\"]\n",
+            docker_config.display()
+        ),
+        &[
+            ("REFLOW_AGENT_HMAC_KEY", hmac.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", aws_secret.as_str()),
+        ],
+    );
+    let mut events = Events::new(client.as_ref()).await;
+    let signed = |mut env: serde_json::Value| {
+        let now = reflow_agent::clock::Clock::now(&reflow_agent::clock::SystemClock);
+        env["time"] = reflow_agent::time::format(&now).into();
+        env["signature"] = reflow_agent::control::security::sign(hmac.as_bytes(), &env).into();
+        serde_json::to_vec(&env).unwrap()
+    };
+    let ok = uniq("pulled");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&job(&ok, "echo secretless > $out")).unwrap();
+    body["body"]["config"]["Image"] = image.clone().into();
+    body["body"]["outputs_to"] = format!("s3://{bucket}/repo").into();
+    submit(client.as_ref(), &ok, &signed(body)).await;
+    let unsigned = uniq("unsigned");
+    submit(
+        client.as_ref(),
+        &unsigned,
+        &job(&unsigned, "echo no > $out"),
+    )
+    .await;
+    let e = events.completed(&ok).await;
+    let (digest, fine, _) = output(&e);
+    assert!(fine, "{e:?}\n{}", tail(&agent.logs(), 40));
+    assert_eq!(digest, sha256sum(b"secretless\n"));
+    events
+        .until("command.rejected (unsigned)", |e| {
+            e.body.kind() == "command.rejected" && e.command.as_deref() == Some(unsigned.as_str())
+        })
+        .await;
+    events.linger(Duration::from_millis(500)).await;
+    let mut haystack = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+    for sub in ["spool/events", "spool/dead"] {
+        for f in std::fs::read_dir(dir.path().join(sub)).unwrap().flatten() {
+            haystack.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+        }
+    }
+    for e in &events.seen {
+        haystack.push_str(&format!("{e:?}"));
+    }
+    assert!(
+        haystack.contains(&ok),
+        "the search covers the job's own records"
+    );
+    for (what, secret) in [
+        ("HMAC key", hmac.as_str()),
+        ("AWS secret key", aws_secret.as_str()),
+        ("registry password", REGISTRY_CREDS.1),
+        ("registry auth", registry_auth.as_str()),
+    ] {
+        assert!(
+            !haystack.contains(secret),
+            "the {what} leaked into logs or events"
+        );
+    }
+}
