@@ -81,6 +81,7 @@ impl Spool {
     ) -> SpoolSource {
         SpoolSource {
             dir: self.dir.clone(),
+            wake: DirWake::new(&self.dir.join(INCOMING)),
             poll,
             close,
             redelivered,
@@ -182,10 +183,79 @@ fn claim(dir: &Path) -> Result<Option<(String, Vec<u8>)>, QueueError> {
     Ok(None)
 }
 
+/// Wakes a waiter when a directory changes: inotify through the `notify` crate, so a command
+/// or an event is seen as soon as it is renamed into place. Where the filesystem offers no
+/// notifications (or the watch cannot be set up), the fallback poll alone wakes it; with them,
+/// a slow poll stays as a safety net for missed notifications (an overflowed inotify queue).
+#[derive(Debug)]
+struct DirWake {
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// The safety-net poll while notifications work.
+const WATCHED_POLL: Duration = Duration::from_secs(1);
+
+impl DirWake {
+    fn new(dir: &Path) -> DirWake {
+        use notify::Watcher as _;
+        let n = std::sync::Arc::new(tokio::sync::Notify::new());
+        let handler = {
+            let n = n.clone();
+            move |r: notify::Result<notify::Event>| {
+                use notify::event::{EventKind, ModifyKind};
+                // Only arrivals: a file created or renamed in. Listing the directory itself
+                // raises open and access events, which must not wake the lister again.
+                if let Ok(e) = r
+                    && matches!(
+                        e.kind,
+                        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+                    )
+                {
+                    // Stored when nobody waits yet, so a change between a scan and the wait
+                    // is not lost.
+                    n.notify_one();
+                }
+            }
+        };
+        let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        match watcher {
+            Ok(w) => DirWake {
+                notify: n,
+                watcher: Some(w),
+            },
+            Err(e) => {
+                tracing::info!(dir = %dir.display(), error = %e, "No change notifications for the spool directory; polling it.");
+                DirWake {
+                    notify: n,
+                    watcher: None,
+                }
+            }
+        }
+    }
+
+    /// Waits for a change, or `poll` (without notifications; [`WATCHED_POLL`] with them).
+    async fn wait(&self, poll: Duration) {
+        let poll = if self.watcher.is_some() {
+            WATCHED_POLL.max(poll)
+        } else {
+            poll
+        };
+        tokio::select! {
+            () = self.notify.notified() => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
 /// Commands from a spool.
 #[derive(Debug)]
 pub struct SpoolSource {
     dir: PathBuf,
+    wake: DirWake,
     poll: Duration,
     close: CancellationToken,
     redelivered: BTreeSet<String>,
@@ -226,7 +296,7 @@ impl CommandSource for SpoolSource {
             }
             tokio::select! {
                 () = self.close.cancelled() => return Ok(None),
-                () = tokio::time::sleep(self.poll) => {}
+                () = self.wake.wait(self.poll) => {}
             }
         }
     }
@@ -354,6 +424,7 @@ impl super::Client for Spool {
     ) -> Result<Box<dyn super::EventWatch>, QueueError> {
         Ok(Box::new(SpoolWatch {
             dir: self.dir.join(EVENTS),
+            wake: DirWake::new(&self.dir.join(EVENTS)),
             seen: std::collections::HashSet::new(),
             ready: std::collections::VecDeque::new(),
         }))
@@ -392,6 +463,7 @@ impl super::Client for Spool {
 /// Events of a spool, including those already there (a replayed outcome is not rewritten).
 struct SpoolWatch {
     dir: PathBuf,
+    wake: DirWake,
     seen: std::collections::HashSet<String>,
     ready: std::collections::VecDeque<Event>,
 }
@@ -418,7 +490,7 @@ impl super::EventWatch for SpoolWatch {
                 }
             }
             if self.ready.is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.wake.wait(Duration::from_millis(50)).await;
             }
         }
     }
