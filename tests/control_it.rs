@@ -649,9 +649,8 @@ fn signed_commands_only_when_the_agent_has_a_key() {
         "",
         &[("REFLOW_AGENT_HMAC_KEY", key)],
     );
-    let submit = |id: &str, key: Option<&str>| {
-        let file = dir.path().join(format!("{id}.json"));
-        std::fs::write(&file, job(id, "echo signed > $out")).unwrap();
+    // `reflow-agent submit --wait` of the command in `file`, signing with `key` if given.
+    let submit_file = |file: &Path, key: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
         c.args([
             "submit",
@@ -661,12 +660,17 @@ fn signed_commands_only_when_the_agent_has_a_key() {
             "--queue",
             &spool,
         ])
-        .arg(&file)
+        .arg(file)
         .env_remove("REFLOW_AGENT_HMAC_KEY");
         if let Some(k) = key {
             c.env("REFLOW_AGENT_HMAC_KEY", k);
         }
         c.output().unwrap()
+    };
+    let submit = |id: &str, key: Option<&str>| {
+        let file = dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, job(id, "echo signed > $out")).unwrap();
+        submit_file(&file, key)
     };
     let unsigned = submit(&uniq("unsigned"), None);
     assert!(!unsigned.status.success());
@@ -691,19 +695,7 @@ fn signed_commands_only_when_the_agent_has_a_key() {
     env["signature"] = reflow_agent::control::security::sign(key.as_bytes(), &env).into();
     let file = dir.path().join("replayed.json");
     std::fs::write(&file, serde_json::to_vec(&env).unwrap()).unwrap();
-    let replayed = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
-        .args([
-            "submit",
-            "--wait",
-            "--timeout-secs",
-            "90",
-            "--queue",
-            &spool,
-        ])
-        .arg(&file)
-        .env_remove("REFLOW_AGENT_HMAC_KEY")
-        .output()
-        .unwrap();
+    let replayed = submit_file(&file, None);
     assert!(!replayed.status.success());
     assert!(
         String::from_utf8_lossy(&replayed.stdout).contains("security.max_clock_skew_secs"),
