@@ -12,6 +12,14 @@ use super::ContainerRuntime;
 /// How long one ping may take before the engine counts as not answering.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether `runtime` answers a ping within [`PING_TIMEOUT`].
+pub async fn answers(runtime: &dyn ContainerRuntime) -> bool {
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, runtime.ping()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// The engine's health as last seen; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EngineHealth {
@@ -60,10 +68,7 @@ impl EngineHealth {
         let health = self.clone();
         tokio::spawn(async move {
             loop {
-                let up = matches!(
-                    tokio::time::timeout(PING_TIMEOUT, runtime.ping()).await,
-                    Ok(Ok(()))
-                );
+                let up = answers(runtime.as_ref()).await;
                 if health.set(up) {
                     if up {
                         tracing::info!("The container engine answers again; taking commands.");

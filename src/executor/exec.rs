@@ -356,13 +356,7 @@ impl Exec {
     /// engine that answers means the failure was the step's own (false at once). One that does
     /// not is waited for, up to `engine_wait`; false when it stays away or the exec is stopped.
     async fn outage(&self, inner: &Inner) -> bool {
-        let ping = || async {
-            matches!(
-                tokio::time::timeout(crate::docker::health::PING_TIMEOUT, inner.runtime.ping())
-                    .await,
-                Ok(Ok(()))
-            )
-        };
+        let ping = || crate::docker::health::answers(inner.runtime.as_ref());
         if ping().await {
             return false;
         }
