@@ -422,16 +422,22 @@ pub async fn run(
     Ok(exit)
 }
 
-/// Completes on SIGTERM or SIGINT.
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.
+///
+/// The handlers are registered before this returns, not when the future is first polled: a
+/// signal that arrives while the agent is still starting (after `state.json` exists, say) is
+/// held for the main loop instead of killing the process with the default action.
 ///
 /// # Panics
 /// When the signal handlers cannot be installed (no signal support in this process).
-pub async fn signals() {
+pub fn signals() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM."),
-        _ = int.recv() => tracing::info!("SIGINT."),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM."),
+            _ = int.recv() => tracing::info!("SIGINT."),
+        }
     }
 }

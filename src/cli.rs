@@ -394,7 +394,11 @@ pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
         cfg.agent.idle_exit_after_secs = opts.idle_exit_after_secs;
     }
     let rt = runtime()?;
-    let exit = rt.block_on(crate::agent::run(cfg, secrets, crate::agent::signals()))?;
+    // The handlers go in before anything is written, so an early SIGTERM is a clean stop.
+    let exit = rt.block_on(async {
+        let signals = crate::agent::signals();
+        crate::agent::run(cfg, secrets, signals).await
+    })?;
     tracing::info!(?exit, "Agent stopped.");
     Ok(())
 }
