@@ -275,7 +275,7 @@ pub async fn run(
     let settings = QueueSettings {
         agent_id: agent_id.clone(),
         prefetch: u16::try_from(match cfg.queue.prefetch {
-            0 => 2 * max_jobs,
+            0 => max_jobs,
             n => n,
         })
         .unwrap_or(u16::MAX),
@@ -284,6 +284,7 @@ pub async fn run(
             n => n,
         },
         visibility: Duration::from_secs(or(cfg.queue.visibility_timeout_secs, 120)),
+        max_job: cfg.max_job(),
         aws: cfg.aws.clone(),
         close: close.clone(),
         health: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -312,6 +313,7 @@ pub async fn run(
         drain_grace: Duration::from_secs(or(cfg.queue.drain_grace_secs, 300)),
         heartbeat: Duration::from_secs(or(cfg.queue.heartbeat_secs, 30)),
         lease: settings.visibility,
+        max_job: settings.max_job,
         job_attempts: match cfg.queue.job_attempts {
             0 => 3,
             n => n,
@@ -334,13 +336,7 @@ pub async fn run(
             .then(|| Duration::from_secs(cfg.agent.state_retention_secs)),
         engine: engine.clone(),
     };
-    let control = Control::new(
-        control_cfg,
-        pool.clone(),
-        clock,
-        backend.sink.clone(),
-        backend.policy,
-    )?;
+    let control = Control::new(control_cfg, pool.clone(), clock, backend.sink.clone())?;
     tracing::info!(
         state_dir = %cfg.agent.state_dir.display(),
         queue = %backend.display,

@@ -27,7 +27,8 @@
 //! [queue]
 //! url = "amqp://agent:secret@broker:5672/%2f"  # or sqs://NAME, spool://DIR; default spool://STATE/spool
 //! max_jobs = 4                        # jobs at once; default: CPU cores
-//! prefetch = 8                        # commands received, not started; default 2 x max_jobs
+//! prefetch = 4                        # commands held at once, running ones included; default max_jobs
+//! max_job_secs = 36000                # longest job; AMQP consumer timeout derives from it
 //! max_deliveries = 5                  # then the command is dead-lettered
 //! drain_grace_secs = 300              # running jobs' time to finish at shutdown
 //! heartbeat_secs = 30
@@ -154,6 +155,10 @@ pub struct TaskDbSection {
     pub create_table: bool,
 }
 
+/// The longest `queue.max_job_secs` on SQS: 12 hours of visibility less 20 minutes for the
+/// wait before a job starts and the recording of its outcome.
+pub const MAX_SQS_JOB_SECS: u64 = 42_000;
+
 /// `[queue]`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,8 +168,14 @@ pub struct QueueSection {
     pub url: Option<String>,
     /// Jobs running at once. Default (0): the number of CPU cores.
     pub max_jobs: usize,
-    /// Commands received and not yet started. Default (0): twice `max_jobs`.
+    /// Commands held at once, running jobs included: an agent receives only what it can start,
+    /// and leaves the rest to idle agents. Default (0): `max_jobs`.
     pub prefetch: usize,
+    /// The longest a job may run, seconds: a job declaring a longer `timeout_secs` is refused,
+    /// and a job still running past it is stopped and fails with a timeout. AMQP's consumer
+    /// timeout (`x-consumer-timeout`) is this plus 10 minutes. On SQS it must stay within the
+    /// 12-hour visibility cap (at most 42,000). Default (0): 36,000 (10 hours).
+    pub max_job_secs: u64,
     /// Deliveries of one command before it is dead-lettered. Default (0): 5.
     pub max_deliveries: u32,
     /// Seconds running jobs get to finish at shutdown. Default (0): 300.
@@ -415,6 +426,24 @@ impl Config {
                 "must be file:///ABSOLUTE/DIR or s3://bucket/prefix",
             );
         }
+        if self
+            .queue
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("sqs://"))
+            && self.max_job().as_secs() > MAX_SQS_JOB_SECS
+        {
+            bad(
+                "queue.max_job_secs",
+                "must be at most 42000 on SQS: a message's visibility cannot be extended past 12 hours after it was received",
+            );
+        }
+        if self.queue.visibility_timeout_secs > 43_200 {
+            bad(
+                "queue.visibility_timeout_secs",
+                "must be at most 43200 (SQS's limit)",
+            );
+        }
         if self.security.max_resources.validate().is_err() {
             bad(
                 "security.max_resources",
@@ -480,7 +509,15 @@ impl Config {
         })
     }
 
-    /// Jobs at once, with its default.
+    /// The longest a job may run: `queue.max_job_secs`, or [`crate::queue::DEFAULT_MAX_JOB`].
+    pub fn max_job(&self) -> std::time::Duration {
+        match self.queue.max_job_secs {
+            0 => crate::queue::DEFAULT_MAX_JOB,
+            n => std::time::Duration::from_secs(n),
+        }
+    }
+
+    /// Jobs at once: `queue.max_jobs`, or the number of CPU cores.
     pub fn max_jobs(&self) -> usize {
         match self.queue.max_jobs {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -174,6 +174,11 @@ pub struct JobSpec {
     /// Resources to allocate; the exec's own resources when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::resources::Resources>,
+    /// The longest the job may take, seconds, counted from when the agent accepted it: past
+    /// it the exec is stopped and the job fails with `Timeout`. A job asking for more than the
+    /// agent's `queue.max_job_secs` is rejected; absent, that bound applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 /// A decoded, validated command.

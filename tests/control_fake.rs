@@ -18,7 +18,7 @@ use reflow_agent::executor::ExecutorConfig;
 use reflow_agent::pool::{Pool, PoolConfig};
 use reflow_agent::protocol::{Event, EventBody};
 use reflow_agent::queue::spool::Spool;
-use reflow_agent::queue::{Client, EventWatch, SettlePolicy};
+use reflow_agent::queue::{Client, EventWatch};
 use reflow_agent::taskdb::NoopTaskDb;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,7 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration
             drain_grace: Duration::from_secs(30),
             heartbeat: Duration::from_secs(3600),
             lease: Duration::from_secs(30),
+            max_job: Duration::from_secs(3600),
             job_attempts: 2,
             retry_base: Duration::from_millis(10),
             security: Policy::default(),
@@ -88,7 +89,6 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration
         pool,
         Arc::new(SystemClock),
         Arc::new(spool.sink()),
-        SettlePolicy::OnOutcome,
     )
     .unwrap();
     let source = spool.source(Duration::from_millis(5), stop.clone(), returned);

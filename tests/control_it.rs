@@ -219,6 +219,22 @@ impl Events {
         })
     }
 
+    /// Waits for the next event (up to 90 s), without cancelling a receive half way (on SQS
+    /// that would hide what it received until its visibility runs out).
+    async fn one_more(&mut self) {
+        let e = tokio::time::timeout(Duration::from_secs(90), self.watch.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no event within 90 s; seen: {:#?}\n{}",
+                    self.kinds(),
+                    agent_log_tails(40)
+                )
+            })
+            .unwrap();
+        self.seen.push(e);
+    }
+
     async fn completed(&mut self, id: &str) -> Event {
         self.until(&format!("exec.completed of {id}"), |e| {
             e.command.as_deref() == Some(id) && e.body.kind() == "exec.completed"
@@ -1335,9 +1351,6 @@ async fn spool_kill9_loop_completes_every_job_once() {
 }
 
 #[tokio::test]
-#[ignore = "fails today: commands prefetched but not started when the agent is killed are \
-            redelivered with a higher delivery count, and after five kills some reach the DLQ \
-            (docs/reliability.md, 'Not covered yet'; issues 16 and 17)"]
 async fn amqp_kill9_loop_completes_every_job_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = amqp_ns("kill").await;
@@ -1346,9 +1359,6 @@ async fn amqp_kill9_loop_completes_every_job_once() {
 }
 
 #[tokio::test]
-#[ignore = "fails today: messages received into the buffer but not started are neither extended \
-            nor journaled, so kills and expiring visibility raise their receive count until \
-            SQS's redrive moves them to the DLQ (docs/reliability.md; issues 16 and 17)"]
 async fn sqs_kill9_loop_completes_every_job_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqs://{}?create=true", uniq("kill"));
@@ -1356,6 +1366,115 @@ async fn sqs_kill9_loop_completes_every_job_once() {
         .await
         .unwrap();
     kill9_loop(dir.path(), &uniq("kill-sqs"), &url, &client).await;
+}
+
+/// Two agents on one queue run 8 jobs, 4 each; then one machine dies for good: its agent is
+/// SIGKILLed, its containers are removed and its state directory is deleted. Every job still
+/// completes once with its own output, the dead machine's on the survivor: the broker hands
+/// back what the dead agent held (its connection closes on AMQP, its leases lapse on SQS).
+async fn machine_death(root: &Path, url: &str, client: &dyn Client, extra: &str) {
+    let mut events = Events::new(client).await;
+    let limits = format!("max_jobs = 4\n{extra}");
+    let (dead, survivor) = (uniq("dies"), uniq("survives"));
+    let mut doomed = Agent::start(root, &dead, url, &limits, &[]);
+    let _survivor = Agent::start(root, &survivor, url, &limits, &[]);
+    for n in [&dead, &survivor] {
+        events
+            .until("agent.started", |e| {
+                e.body.kind() == "agent.started" && e.agent == *n
+            })
+            .await;
+    }
+    let ids: Vec<String> = (0..8).map(|i| uniq(&format!("m{i}"))).collect();
+    for id in &ids {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "v": 1, "id": id, "kind": "job",
+            "body": {"config": {"Type": "exec", "Image": image(),
+                                "Cmd": format!("sleep 8; echo {id} > $out"),
+                                "Resources": {"mem": 33554432, "cpu": 0.25}}}
+        }))
+        .unwrap();
+        submit(client, id, &body).await;
+    }
+    let running_on = |events: &Events, agent: &str| -> Vec<String> {
+        let mut v: Vec<String> = events
+            .seen
+            .iter()
+            .filter(|e| {
+                e.agent == agent
+                    && matches!(&e.body, EventBody::ExecState { state, .. } if state == "running")
+            })
+            .filter_map(|e| e.command.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    // Each agent holds only what it can run (prefetch = max_jobs), so the 8 jobs split 4 and 4.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_on(&events, &dead).len() < 4 || running_on(&events, &survivor).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "not 4 + 4 running jobs: {:#?}\n{}",
+            events.kinds(),
+            agent_log_tails(40)
+        );
+        events.one_more().await;
+    }
+    let lost = running_on(&events, &dead);
+    doomed.signal("-KILL");
+    doomed.wait(Duration::from_secs(30));
+    for id in &lost {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=reflow-executor={}", job_alloc_id(id)))
+            .output()
+            .unwrap();
+        for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let st = Command::new("docker")
+                .args(["rm", "-f", c])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "docker rm -f {c}");
+        }
+    }
+    std::fs::remove_dir_all(root.join(&dead)).unwrap();
+    for id in &ids {
+        let e = events.completed(id).await;
+        let (digest, ok, _) = output(&e);
+        assert!(ok, "{id} failed: {e:?}");
+        assert_eq!(digest, sha256sum(format!("{id}\n").as_bytes()), "{id}");
+        if lost.contains(id) {
+            assert_eq!(e.agent, survivor, "{id} completed by the dead machine");
+        }
+    }
+    events.linger(Duration::from_secs(1)).await;
+    for id in &ids {
+        let mut completed = events.ids(id, "exec.completed");
+        completed.sort();
+        completed.dedup();
+        assert_eq!(completed.len(), 1, "{id}: {completed:?}");
+    }
+}
+
+#[tokio::test]
+async fn amqp_machine_death_loses_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("death").await;
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    machine_death(dir.path(), &url, client.as_ref(), "").await;
+}
+
+#[tokio::test]
+async fn sqs_machine_death_loses_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqs://{}?create=true", uniq("death"));
+    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
+        .await
+        .unwrap();
+    // A short lease, so the dead machine's messages reappear within seconds.
+    machine_death(dir.path(), &url, &client, "visibility_timeout_secs = 6\n").await;
 }
 
 /// A temporary directory with a `spool://` queue in it, and a client of that queue.

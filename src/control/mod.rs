@@ -2,8 +2,10 @@
 //! and their outcomes become events. docs/protocol.md is the contract; this module keeps its
 //! promises:
 //!
-//! - **Durable before settled.** A command is acked only after its journal entry ([`journal`])
-//!   or its outcome is fsynced, depending on the backend's [`SettlePolicy`].
+//! - **Held until done.** A job's delivery is acked only once its outcome is fsynced; until then
+//!   it is held (leases kept by [`lease_loop`]), so a machine that dies returns it to the queue.
+//!   A request is acked once its result (and, if it changes state, its journal entry) is
+//!   durable.
 //! - **Idempotent.** The command id is the key. A redelivered job finds its journal entry and
 //!   never starts a second container: a running one gets the delivery attached, a finished one
 //!   replays its stored outcome. Allocs of a job are named after its command id, and execs after
@@ -38,7 +40,7 @@ use crate::protocol::{
     Command, Event, EventBody, JobSpec, PROTOCOL_VERSION, ProtocolError, Request, decode_command,
     event_id,
 };
-use crate::queue::{CommandSource, Delivery, EventSink, Settle, SettlePolicy};
+use crate::queue::{CommandSource, Delivery, EventSink, Settle};
 use crate::repo::FileRepository;
 use journal::{
     Entry, JOURNAL_VERSION, Journal, JournalError, Outbox, Phase, Results, StoredResult,
@@ -69,6 +71,8 @@ pub struct ControlConfig {
     pub heartbeat: Duration,
     /// Lease (SQS visibility) granted per extension while a job runs.
     pub lease: Duration,
+    /// The longest a job may run, counted from its acceptance (`queue.max_job_secs`).
+    pub max_job: Duration,
     /// Attempts of a job step failing with a retryable error.
     pub job_attempts: u32,
     /// First retry delay (doubled each attempt).
@@ -124,9 +128,10 @@ struct Inner {
     outbox: Outbox,
     results: Results,
     sink: Arc<dyn EventSink>,
-    settle_policy: SettlePolicy,
     outbox_wake: Notify,
-    /// Jobs running in this process, with the deliveries to settle when each finishes.
+    /// Jobs claimed by this process (waiting for a slot or room, or running), with every
+    /// delivery of each: all are held (their leases kept) until the job's outcome is durable,
+    /// then acked together, or handed back together.
     active: Mutex<HashMap<String, Vec<Box<dyn Settle>>>>,
     run_slots: Arc<Semaphore>,
     intake: Arc<Semaphore>,
@@ -176,6 +181,8 @@ enum Rejection {
     Security(#[from] security::SecurityError),
     #[error("delivered {attempt} times, more than the limit of {limit}")]
     DeliveryLimit { attempt: u32, limit: u32 },
+    #[error("timeout_secs {asked} is outside 1..={max}, this agent's limit (queue.max_job_secs)")]
+    JobTooLong { asked: u64, max: u64 },
 }
 
 impl Classify for Rejection {
@@ -184,6 +191,7 @@ impl Classify for Rejection {
             Rejection::Protocol(e) => e.kind(),
             Rejection::Security(e) => e.kind(),
             Rejection::DeliveryLimit { .. } => Kind::TooManyTries,
+            Rejection::JobTooLong { .. } => Kind::Invalid,
         }
     }
 }
@@ -202,7 +210,6 @@ impl Control {
         pool: Pool,
         clock: Arc<dyn Clock>,
         sink: Arc<dyn EventSink>,
-        settle_policy: SettlePolicy,
     ) -> Result<Control, ControlError> {
         let journal = Journal::open(&cfg.state_dir)?;
         let outbox = Outbox::open(&cfg.state_dir, clock.now())?;
@@ -222,7 +229,6 @@ impl Control {
                 outbox,
                 results,
                 sink,
-                settle_policy,
                 outbox_wake: Notify::new(),
                 active: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
@@ -253,6 +259,7 @@ impl Control {
         inner.emit(&[started]);
         let heartbeat = tokio::spawn(heartbeat_loop(inner.clone(), shutdown.clone()));
         let pruner = tokio::spawn(prune_loop(inner.clone()));
+        let keeper = tokio::spawn(lease_loop(inner.clone()));
         inner.cfg.notifier.notify("READY=1");
         loop {
             let intake = tokio::select! {
@@ -270,9 +277,10 @@ impl Control {
                     () = inner.cfg.engine.until_up() => {}
                 }
             }
+            let room = 1 + inner.intake.available_permits();
             let next = tokio::select! {
                 () = shutdown.cancelled() => break,
-                n = source.next() => n,
+                n = source.next(room) => n,
             };
             match next {
                 Ok(Some(d)) => {
@@ -309,6 +317,7 @@ impl Control {
         }
         heartbeat.abort();
         pruner.abort();
+        keeper.abort();
         let stopped = inner.lifecycle_event(EventBody::AgentStopped {});
         inner.emit(&[stopped]);
         // Give the publisher a moment to empty the outbox; what is left goes at the next start.
@@ -325,6 +334,28 @@ impl Control {
         }
         publisher_stop.cancel();
         let _ = publisher.await;
+    }
+}
+
+/// Keeps the lease of every delivery this process holds (waiting or running), every third of
+/// the lease: a held message never reappears for another agent while this one has it.
+async fn lease_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(inner.cfg.lease / 3).await;
+        let leases: Vec<(String, Arc<dyn crate::queue::Lease>)> = inner
+            .active
+            .lock()
+            .await
+            .iter()
+            .flat_map(|(id, held)| held.iter().filter_map(|s| Some((id.clone(), s.keeper()?))))
+            .collect();
+        let lease = inner.cfg.lease;
+        futures_util::future::join_all(leases.into_iter().map(|(id, l)| async move {
+            if let Err(e) = l.extend(lease).await {
+                tracing::warn!(command_id = %id, error = %crate::error::chain(&e), "Extending a lease failed.");
+            }
+        }))
+        .await;
     }
 }
 
@@ -718,8 +749,11 @@ impl Inner {
             {
                 return self.reject(settle, Some(req.id.clone()), &Rejection::from(e)).await;
             }
-            if attempt > self.cfg.max_deliveries {
-                let e = Rejection::DeliveryLimit { attempt, limit: self.cfg.max_deliveries };
+            if let Command::Job(spec) = &req.command
+                && let Some(asked) = spec.timeout_secs
+                && (asked == 0 || asked > self.cfg.max_job.as_secs())
+            {
+                let e = Rejection::JobTooLong { asked, max: self.cfg.max_job.as_secs() };
                 return self.reject(settle, Some(req.id.clone()), &e).await;
             }
             match self.journal.get(&req.id) {
@@ -737,22 +771,30 @@ impl Inner {
                     return self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
                 }
                 Ok(found) => {
+                    // The delivery count is the poison rule for what this agent has not taken
+                    // on. A command its journal holds came back because the agent stopped or
+                    // lost its connection while holding it, not because it harms the agent: it
+                    // is resumed or attached, however often that happened.
+                    if found.is_none() && attempt > self.cfg.max_deliveries {
+                        let e = Rejection::DeliveryLimit { attempt, limit: self.cfg.max_deliveries };
+                        return self.reject(settle, Some(req.id.clone()), &e).await;
+                    }
                     let Command::Job(spec) = req.command.clone() else {
                         return self.request(req, settle).await;
                     };
+                    let lease = settle.lease();
                     // One claim per command id in this process, taken before anything is
                     // awaited: a second delivery arriving while the first still waits for room
                     // (not journaled yet) is attached to it, never started beside it.
-                    let settle = match self.claim(&req, settle).await {
-                        Some(s) => s,
-                        None => return,
-                    };
+                    if !self.claim(&req, settle).await {
+                        return;
+                    }
                     match found {
                         Some(entry) => {
                             tracing::info!("Resuming a job accepted before, with this delivery.");
-                            self.start_job(req, *spec, entry, settle, intake).await
+                            self.start_job(req, *spec, entry, intake).await
                         }
-                        None => self.accept_job(req, *spec, &body, settle, intake).await,
+                        None => self.accept_job(req, *spec, &body, lease, intake).await,
                     }
                 }
             }
@@ -761,32 +803,25 @@ impl Inner {
         .await
     }
 
-    /// Claims command `req` for this process: `Some(settle)` when nobody runs it here yet (the
-    /// caller starts it), `None` when it is running or starting here (the delivery was attached
-    /// to it, or acked at once where the broker holds no lease).
-    async fn claim(&self, req: &Request, settle: Box<dyn Settle>) -> Option<Box<dyn Settle>> {
+    /// Claims command `req` for this process and holds `settle` with it: true when nobody runs
+    /// it here yet (the caller starts it), false when it is running or starting here (the
+    /// delivery was attached to it and is settled with it).
+    async fn claim(&self, req: &Request, settle: Box<dyn Settle>) -> bool {
         let mut active = self.active.lock().await;
-        let Some(held) = active.get_mut(&req.id) else {
-            active.insert(req.id.clone(), Vec::new());
-            return Some(settle);
-        };
-        tracing::info!("Duplicate of a running job: attached, no second container.");
-        match self.settle_policy {
-            SettlePolicy::OnOutcome => held.push(settle),
-            SettlePolicy::OnAccept => {
-                drop(active);
-                self.settle_later(settle, SettleAction::Ack(req.command.kind()))
-                    .await;
-            }
+        if let Some(held) = active.get_mut(&req.id) {
+            tracing::info!("Duplicate of a running job: attached, no second container.");
+            held.push(settle);
+            return false;
         }
-        None
+        active.insert(req.id.clone(), vec![settle]);
+        true
     }
 
-    /// Hands a claimed job back before it was journaled: its delivery and every duplicate
-    /// attached meanwhile go back to the broker, and the claim is released.
-    async fn hand_back(&self, req: &Request, settle: Box<dyn Settle>) {
-        let attached = self.active.lock().await.remove(&req.id).unwrap_or_default();
-        for s in std::iter::once(settle).chain(attached) {
+    /// Hands a claimed job back before it was journaled: every delivery held for it goes back
+    /// to the broker, and the claim is released.
+    async fn hand_back(&self, req: &Request) {
+        let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
+        for s in held {
             self.settle_later(s, SettleAction::Requeue).await;
         }
     }
@@ -940,14 +975,14 @@ impl Inner {
         (r, extra)
     }
 
-    /// Waits for room, journals the job (acking it under `OnAccept`) and runs it. Until it is
-    /// journaled it is not started: a drain hands it back.
+    /// Waits for room, journals the job and runs it. Until it is journaled it is not started: a
+    /// drain hands it back.
     async fn accept_job(
         self: &Arc<Self>,
         req: Request,
         spec: JobSpec,
         body: &[u8],
-        settle: Box<dyn Settle>,
+        lease: Option<String>,
         intake: OwnedSemaphorePermit,
     ) {
         let entry = Entry {
@@ -958,77 +993,58 @@ impl Inner {
             command: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
             alloc: None,
             exec: None,
-            lease: settle.lease(),
+            lease,
             outcome: Vec::new(),
             accepted: self.clock.now(),
         };
-        self.start_job(req, spec, entry, settle, intake).await;
+        self.start_job(req, spec, entry, intake).await;
     }
 
+    /// Starts a claimed job: a slot, room in the pool and a journal entry, then [`Self::run_job`].
     async fn start_job(
         self: &Arc<Self>,
         req: Request,
         spec: JobSpec,
         entry: Entry,
-        settle: Box<dyn Settle>,
         intake: OwnedSemaphorePermit,
     ) {
         let want = job_want(&spec);
         if !self.pool.resources().available(&want) {
             tracing::warn!(want = %want, have = %self.pool.resources(), "The job is larger than this agent; handing it back for a larger one.");
             tokio::time::sleep(self.cfg.retry_base).await;
-            return self.hand_back(&req, settle).await;
+            return self.hand_back(&req).await;
         }
         // A slot, then room in the pool; a drain meanwhile hands the job back.
         let slot = tokio::select! {
-            () = self.draining.cancelled() => return self.hand_back(&req, settle).await,
+            () = self.draining.cancelled() => return self.hand_back(&req).await,
             s = self.run_slots.clone().acquire_owned() => s.ok(),
         };
         if !self.cfg.engine.is_up() {
             tracing::warn!("The container engine does not answer; handing the job back unstarted.");
             tokio::time::sleep(self.cfg.retry_base).await;
-            return self.hand_back(&req, settle).await;
+            return self.hand_back(&req).await;
         }
         let mut entry = entry;
-        if !self.reserve(&req, &spec, &mut entry, settle.as_ref()).await {
-            return self.hand_back(&req, settle).await;
+        if !self.reserve(&req, &spec, &mut entry).await {
+            return self.hand_back(&req).await;
         }
         if let Err(e) = self.journal.put(&entry) {
             tracing::warn!(error = %crate::error::chain(&e), "Journaling the job failed; handing it back.");
-            return self.hand_back(&req, settle).await;
+            return self.hand_back(&req).await;
         }
-        drop(intake);
-        let held = match self.settle_policy {
-            SettlePolicy::OnAccept => {
-                self.settle_later(settle, SettleAction::Ack("job")).await;
-                Vec::new()
-            }
-            SettlePolicy::OnOutcome => vec![settle],
-        };
-        self.active
-            .lock()
-            .await
-            .entry(req.id.clone())
-            .or_default()
-            .extend(held);
+        // The intake permit is kept while the job runs: `prefetch` bounds every command held.
         self.run_job(req, spec, entry, slot).await;
+        drop(intake);
     }
 
     /// Reserves the job's alloc before the job is journaled: the pool checks and takes the free
     /// resources in one step, so two jobs can never both pass a check only one of them fits. A
     /// job that fits the agent but not beside the running ones waits here, keeping its delivery
-    /// (its lease is extended meanwhile); waiting is not an attempt. False when a drain began
+    /// (its lease is kept by [`lease_loop`]); waiting is not an attempt. False when a drain began
     /// meanwhile (hand the job back). Any other pool failure is left to the job's attempts.
-    async fn reserve(
-        &self,
-        req: &Request,
-        spec: &JobSpec,
-        entry: &mut Entry,
-        settle: &dyn Settle,
-    ) -> bool {
+    async fn reserve(&self, req: &Request, spec: &JobSpec, entry: &mut Entry) -> bool {
         let alloc_id = job_alloc_id(&req.id);
         let mut waited = false;
-        let mut extended = tokio::time::Instant::now();
         loop {
             match self.pool.new_alloc_as(&alloc_id, job_meta(req, spec)).await {
                 Ok(_) => {
@@ -1049,12 +1065,6 @@ impl Inner {
                     return true;
                 }
             }
-            if extended.elapsed() >= self.cfg.lease / 3 {
-                if let Err(e) = settle.extend(self.cfg.lease).await {
-                    tracing::warn!(command_id = %req.id, error = %crate::error::chain(&e), "Extending the lease of a waiting job failed.");
-                }
-                extended = tokio::time::Instant::now();
-            }
             tokio::select! {
                 () = self.draining.cancelled() => return false,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -1070,19 +1080,6 @@ impl Inner {
         mut entry: Entry,
         slot: Option<OwnedSemaphorePermit>,
     ) {
-        let extender = (self.settle_policy == SettlePolicy::OnOutcome).then(|| {
-            let (inner, id) = (self.clone(), req.id.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(inner.cfg.lease / 3).await;
-                    for s in inner.active.lock().await.get(&id).into_iter().flatten() {
-                        if let Err(e) = s.extend(inner.cfg.lease).await {
-                            tracing::warn!(command_id = %id, error = %crate::error::chain(&e), "Extending the lease failed.");
-                        }
-                    }
-                }
-            })
-        });
         let started = self.clock.now();
         let mut events = self.job_outcome(&req, &spec, &mut entry).await;
         let oom = match (&entry.alloc, entry.exec) {
@@ -1099,9 +1096,6 @@ impl Inner {
         };
         let took = (self.clock.now() - started).num_milliseconds() as f64 / 1000.0;
         self.cfg.metrics.exec_done(took, oom.as_deref());
-        if let Some(x) = extender {
-            x.abort();
-        }
         let exec = entry.exec;
         for e in &mut events {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
@@ -1305,9 +1299,39 @@ impl Inner {
             entry.exec = Some(exec_id);
             self.journal.put(entry).map_err(|e| rerr("journal", &e))?;
         }
-        exec.wait_until(ExecState::Running).await?;
-        self.emit(&[self.exec_state_event(req, &exec, &alloc_id, "running")]);
-        exec.wait().await?;
+        let limit = spec
+            .timeout_secs
+            .map_or(self.cfg.max_job, Duration::from_secs)
+            .min(self.cfg.max_job);
+        let left = (entry.accepted
+            + chrono::Duration::from_std(limit).unwrap_or(chrono::TimeDelta::MAX)
+            - self.clock.now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+        let ran = tokio::time::timeout(left, async {
+            exec.wait_until(ExecState::Running).await?;
+            self.emit(&[self.exec_state_event(req, &exec, &alloc_id, "running")]);
+            exec.wait().await
+        })
+        .await;
+        match ran {
+            Ok(r) => r?,
+            Err(_) => {
+                tracing::warn!(exec = %exec_id, limit_secs = limit.as_secs(), "The job ran out of time; stopping its exec.");
+                ex.remove(&exec_id).await.map_err(|e| rerr("remove", &e))?;
+                return Ok(ExecResult {
+                    fileset: Default::default(),
+                    err: Some(ReflowError::new(
+                        Kind::Timeout,
+                        "job",
+                        format!(
+                            "still running {} s after it was accepted, its limit (timeout_secs, at most queue.max_job_secs); its exec was stopped",
+                            limit.as_secs()
+                        ),
+                    )),
+                });
+            }
+        }
         let result = exec.result()?;
         if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Unavailable) {
             // Not the exec's own failure (e.g. the engine stopped its container while it

@@ -13,11 +13,15 @@
 //! key `NS.commands` (or an agent's queue), persistent. Events are published persistent with publisher confirms; an event
 //! whose command named a `reply_to` queue also goes there.
 //!
-//! Commands are acked once journaled ([`super::SettlePolicy::OnAccept`]), so the broker's
-//! consumer timeout (30 minutes by default) never expires a long exec, and a broker restart or
-//! a lost connection never hands a running job to another agent. Prefetch bounds the commands
-//! received but not yet started. A lost connection is re-established with backoff; messages
-//! received on it and not yet acked go back to the queue, and the journal dedupes them.
+//! A job's delivery is held unacked until its outcome is durable, so a machine that dies
+//! (its connection closes, or its heartbeats stop) returns every job it held to the queue for
+//! another agent. The consumer prefetch bounds what is held, running jobs included, so an agent
+//! receives only what it can start. The command queues are declared with `x-consumer-timeout`
+//! from [`super::QueueSettings::max_job`] (honoured by RabbitMQ 3.12 and later; older brokers
+//! need `consumer_timeout` in `rabbitmq.conf`, see docs/protocol.md). A lost connection is
+//! re-established with backoff; what was held on it goes back to the queue, and when it comes
+//! back to this agent it is attached to the job still running here (the journal), never run
+//! beside it.
 //!
 //! Every broker operation (connect, declare, publish and its confirm, ack, cancel) has a deadline,
 //! [`super::QueueSettings::op_timeout`]. A broker that stops answering (a half-open TCP link, a
@@ -58,7 +62,14 @@ pub struct Topology {
     pub dlq: String,
     /// The events exchange.
     pub events: String,
+    /// `x-consumer-timeout` of the command queues: how long the broker lets a consumer hold
+    /// a delivery unacked (RabbitMQ 3.12+; older brokers ignore it, see the module docs).
+    pub consumer_timeout: Duration,
 }
+
+/// The margin the consumer timeout adds to the longest job: time to wait for a slot and to
+/// record the outcome.
+pub const CONSUMER_TIMEOUT_MARGIN: Duration = Duration::from_secs(600);
 
 impl Topology {
     /// The names in namespace `ns`.
@@ -69,6 +80,7 @@ impl Topology {
             dlx: format!("{ns}.dlx"),
             dlq: format!("{ns}.commands.dlq"),
             events: format!("{ns}.events"),
+            consumer_timeout: super::DEFAULT_MAX_JOB + CONSUMER_TIMEOUT_MARGIN,
         }
     }
 
@@ -210,6 +222,14 @@ fn quorum_args(t: &Topology, delivery_limit: u32, dlx: bool) -> FieldTable {
         t.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(topo.dlx.as_str().into()),
+        );
+        // The first declaration of a queue sets it; later ones with another value are ignored
+        // by the broker (a `consumer-timeout` policy changes it).
+        t.insert(
+            "x-consumer-timeout".into(),
+            AMQPValue::LongLongInt(
+                i64::try_from(topo.consumer_timeout.as_millis()).unwrap_or(i64::MAX),
+            ),
         );
     }
     t
@@ -397,6 +417,8 @@ impl std::fmt::Debug for AmqpSource {
 
 const TAG_SHARED: &str = "reflow-agent.shared";
 const TAG_OWN: &str = "reflow-agent.own";
+/// Deliveries held at once from the agent's own queue (requests addressed to its allocs).
+const OWN_PREFETCH: u16 = 16;
 
 impl AmqpSource {
     /// Forgets a consumer whose connection is gone: not ready until the next one is made.
@@ -422,13 +444,20 @@ impl AmqpSource {
             ),
         )
         .await?;
-        call(
-            "qos",
-            limit,
-            ch.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default()),
-        )
-        .await?;
+        // A per-consumer limit (qos is set before each consume): the shared queue gives this
+        // agent only as many commands as it can hold, running jobs included, so idle agents get
+        // the rest; commands addressed to this agent's allocs have their own allowance, so a
+        // full agent still answers them.
+        let qos = |n: u16| {
+            call(
+                "qos",
+                limit,
+                ch.basic_qos(n.max(1), BasicQosOptions::default()),
+            )
+        };
+        qos(self.settings.prefetch).await?;
         let shared = consume_from(&ch, &self.topo.commands, TAG_SHARED, limit).await?;
+        qos(OWN_PREFETCH).await?;
         let mine = consume_from(&ch, &own, TAG_OWN, limit).await?;
         tracing::info!(queue = %self.topo.commands, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
         self.consumer = Some((conn, ch, shared, mine));
@@ -461,7 +490,7 @@ fn attempt_of(props: &BasicProperties, redelivered: bool) -> u32 {
 
 #[async_trait]
 impl CommandSource for AmqpSource {
-    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+    async fn next(&mut self, _room: usize) -> Result<Option<Delivery>, QueueError> {
         loop {
             if self.settings.close.is_cancelled() {
                 return Ok(None);
@@ -666,7 +695,8 @@ pub(super) async fn connect(
     url: &str,
     settings: &QueueSettings,
 ) -> Result<(AmqpSource, AmqpSink), QueueError> {
-    let (url, topo) = split_url(url)?;
+    let (url, mut topo) = split_url(url)?;
+    topo.consumer_timeout = settings.max_job + CONSUMER_TIMEOUT_MARGIN;
     let url = with_heartbeat(&url, settings.op_timeout);
     let publisher = std::sync::Arc::new(Publisher::new(
         &url,

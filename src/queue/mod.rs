@@ -6,12 +6,13 @@
 //! (`amqp://`, RabbitMQ) and [`sqs`] (`sqs://QUEUE`). [`open`] picks one by URL scheme.
 //!
 //! # When a command is settled
-//! Each backend names its [`SettlePolicy`]. `OnAccept` (AMQP): the command is acked once its
-//! journal entry is fsynced; from then on the agent owns it and resumes it after a crash, so a
-//! broker restart or a lost connection can never hand a running job to a second agent.
-//! `OnOutcome` (SQS, spool): the message is kept in flight, its visibility extended while the
-//! job progresses, and deleted once the outcome is durable; the lease (receipt handle) is
-//! journaled so a restarted agent re-owns it.
+//! On every backend a job's delivery is held until the job's outcome is durable (then acked),
+//! or handed back (requeued) when this agent cannot run it. While it is held, its lease is kept:
+//! SQS visibility is extended ([`Lease`]), and RabbitMQ keeps an unacked delivery for as long
+//! as the consumer's connection lives (bounded by the broker's consumer timeout, which the
+//! agent derives from `queue.max_job_secs`). A machine that dies therefore loses nothing: its
+//! connection or its leases lapse and the broker hands the commands to another agent. The SQS
+//! lease (receipt handle) is journaled so a restarted agent re-owns it.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -27,15 +28,6 @@ use thiserror::Error;
 
 use crate::error::{Classify, Kind};
 use crate::protocol::Event;
-
-/// When a backend settles a command (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettlePolicy {
-    /// Ack once the command is journaled.
-    OnAccept,
-    /// Ack once the command's outcome is durable; extend the lease meanwhile.
-    OnOutcome,
-}
 
 /// Queue failures.
 #[derive(Debug, Error)]
@@ -151,10 +143,10 @@ pub trait Settle: Send + Sync + fmt::Debug {
     async fn requeue(self: Box<Self>) -> Result<(), QueueError>;
     /// Never: move it to the dead-letter queue with `reason`.
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError>;
-    /// Keeps the message in flight for `for_at_least` more (SQS visibility); a no-op where the
-    /// broker has no lease.
-    async fn extend(&self, _for_at_least: std::time::Duration) -> Result<(), QueueError> {
-        Ok(())
+    /// The message's lease, where the broker has one that must be extended to keep the message
+    /// in flight (SQS visibility); `None` where holding the delivery is enough (AMQP, spool).
+    fn keeper(&self) -> Option<std::sync::Arc<dyn Lease>> {
+        None
     }
     /// A token that lets a restarted agent re-own this message ([`CommandSource::reown`]).
     fn lease(&self) -> Option<String> {
@@ -162,14 +154,24 @@ pub trait Settle: Send + Sync + fmt::Debug {
     }
 }
 
+/// A lease on one received message that must be extended to keep it (SQS visibility). Held
+/// apart from its [`Settle`] so a keeper can extend many leases without holding the deliveries.
+#[async_trait]
+pub trait Lease: Send + Sync + fmt::Debug {
+    /// Keeps the message in flight for `for_at_least` more.
+    async fn extend(&self, for_at_least: std::time::Duration) -> Result<(), QueueError>;
+}
+
 /// Where commands come from.
 #[async_trait]
 pub trait CommandSource: Send + Sync + fmt::Debug {
-    /// The next command, waiting for one; `None` once the source is closed.
+    /// The next command, waiting for one; `None` once the source is closed. `room` is how many
+    /// commands the caller can take at once now (at least 1): a source that receives in batches
+    /// (SQS) receives no more than that, so nothing waits unextended in a buffer.
     ///
     /// # Cancel safety
     /// Cancel safe: a command is claimed only when it is returned.
-    async fn next(&mut self) -> Result<Option<Delivery>, QueueError>;
+    async fn next(&mut self, room: usize) -> Result<Option<Delivery>, QueueError>;
     /// Stops consuming and hands every received-but-unreturned message back to the broker.
     async fn close(&mut self) {}
     /// Re-owns a message from a lease journaled by an earlier run, if the broker still has it.
@@ -253,6 +255,10 @@ pub async fn client(
     Err(unusable(url))
 }
 
+/// The longest a job may run unless configured (`queue.max_job_secs`): 10 hours, within
+/// SQS's 12-hour cap on a message's visibility, with room for the wait before it starts.
+pub const DEFAULT_MAX_JOB: std::time::Duration = std::time::Duration::from_secs(36_000);
+
 /// Deliveries before a message is dead-lettered, unless configured.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 
@@ -263,8 +269,6 @@ pub struct Backend {
     pub source: Box<dyn CommandSource>,
     /// Events out.
     pub sink: std::sync::Arc<dyn EventSink>,
-    /// When commands are settled.
-    pub policy: SettlePolicy,
     /// The URL with any credentials removed, for logs.
     pub display: String,
 }
@@ -274,12 +278,16 @@ pub struct Backend {
 pub struct QueueSettings {
     /// This agent's id (names its own AMQP queue).
     pub agent_id: String,
-    /// Most messages received and not yet started or settled.
+    /// Most commands held at once: received and not yet settled, running jobs included (AMQP's
+    /// consumer prefetch; SQS receives no more than the control plane has room for).
     pub prefetch: u16,
     /// Redeliveries before the broker dead-letters a message.
     pub delivery_limit: u32,
     /// SQS visibility granted per receive and per extension.
     pub visibility: std::time::Duration,
+    /// The longest a job may run (`queue.max_job_secs`): AMQP's consumer timeout is derived
+    /// from it.
+    pub max_job: std::time::Duration,
     /// AWS overrides (`sqs://`).
     pub aws: crate::aws::AwsSettings,
     /// Closes the source (drain).
@@ -330,7 +338,6 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
                 returned,
             )),
             sink: std::sync::Arc::new(spool.sink()),
-            policy: SettlePolicy::OnOutcome,
             display,
         });
     }
@@ -341,7 +348,6 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
         return Ok(Backend {
             source: Box::new(source),
             sink: std::sync::Arc::new(sink),
-            policy: SettlePolicy::OnAccept,
             display,
         });
     }
@@ -351,7 +357,6 @@ pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueE
         return Ok(Backend {
             source: Box::new(source),
             sink: std::sync::Arc::new(sink),
-            policy: SettlePolicy::OnOutcome,
             display,
         });
     }

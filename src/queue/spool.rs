@@ -264,7 +264,7 @@ pub struct SpoolSource {
 
 #[async_trait]
 impl CommandSource for SpoolSource {
-    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+    async fn next(&mut self, _room: usize) -> Result<Option<Delivery>, QueueError> {
         loop {
             if self.close.is_cancelled() {
                 return Ok(None);
@@ -518,23 +518,23 @@ mod tests {
         spool.submit("0003-c", b"C").unwrap();
         std::fs::write(dir.path().join("incoming/.0000-partial.tmp"), b"half").unwrap();
         let mut s = src(&spool);
-        let a = s.next().await.unwrap().unwrap();
+        let a = s.next(1).await.unwrap().unwrap();
         assert_eq!(
             (a.body.as_slice(), a.redelivered),
             (&b"A"[..], false),
             "name order, partial writes skipped"
         );
         a.settle.ack().await.unwrap();
-        let b = s.next().await.unwrap().unwrap();
+        let b = s.next(1).await.unwrap().unwrap();
         b.settle.requeue().await.unwrap();
-        let b_again = s.next().await.unwrap().unwrap();
+        let b_again = s.next(1).await.unwrap().unwrap();
         assert_eq!((b_again.body.as_slice(), b_again.attempt), (&b"B"[..], 2));
         b_again
             .settle
             .dead_letter("bad input: reasons are kept")
             .await
             .unwrap();
-        let c = s.next().await.unwrap().unwrap();
+        let c = s.next(1).await.unwrap().unwrap();
         assert_eq!(c.body, b"C");
         drop(c); // a crash: left in processing/
         assert_eq!(spool.list("processing"), vec!["0003-c"]);
@@ -545,7 +545,7 @@ mod tests {
         // The next start returns it and marks it redelivered.
         let (spool, returned) = Spool::open(dir.path()).unwrap();
         let mut s = spool.source(Duration::from_millis(5), CancellationToken::new(), returned);
-        let c = s.next().await.unwrap().unwrap();
+        let c = s.next(1).await.unwrap().unwrap();
         assert_eq!(
             (c.body.as_slice(), c.redelivered, c.attempt),
             (&b"C"[..], true, 2)
@@ -569,7 +569,7 @@ mod tests {
             let mut s = spool.source(Duration::from_millis(1), close.clone(), BTreeSet::new());
             tasks.push(tokio::spawn(async move {
                 let mut got = Vec::new();
-                while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), s.next())
+                while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), s.next(1))
                     .await
                     .unwrap_or(Ok(None))
                 {
@@ -598,7 +598,7 @@ mod tests {
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let close = CancellationToken::new();
         let mut s = spool.source(Duration::from_millis(5), close.clone(), BTreeSet::new());
-        let waiter = tokio::spawn(async move { s.next().await.unwrap().is_none() });
+        let waiter = tokio::spawn(async move { s.next(1).await.unwrap().is_none() });
         close.cancel();
         assert!(waiter.await.unwrap(), "a closed source returns None");
 

@@ -3,10 +3,12 @@
 //! `AWS_ENDPOINT_URL`, the usual credential variables, profiles, instance roles), with the
 //! agent's `[aws]` overrides.
 //!
-//! - Commands come from `NAME` by long polling (20 s), at most `prefetch` in hand.
-//! - A received message stays invisible for `visibility_timeout_secs`; while its job runs the
-//!   agent extends that every third of it, and deletes the message once the job's outcome is
-//!   durable ([`super::SettlePolicy::OnOutcome`]). The receipt handle is journaled, so an agent
+//! - Commands come from `NAME` by long polling (20 s), no more at once than the control plane can
+//!   take (see [`super::CommandSource::next`]).
+//! - A received message stays invisible for `visibility_timeout_secs`; while the agent holds
+//!   it (waiting for a slot or for room, or running) the agent extends that every third of it
+//!   ([`super::Lease`]), and deletes the message once the job's outcome is durable. The
+//!   receipt handle is journaled, so an agent
 //!   restarted before the visibility ran out re-owns the message instead of letting another
 //!   agent run it again.
 //! - `NAME`'s redrive policy moves a message received more than the delivery limit to the DLQ
@@ -212,7 +214,7 @@ fn settle_for(client: &Client, urls: &Urls, receipt: String, body: Vec<u8>) -> S
 
 #[async_trait]
 impl CommandSource for SqsSource {
-    async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+    async fn next(&mut self, room: usize) -> Result<Option<Delivery>, QueueError> {
         loop {
             if self.settings.close.is_cancelled() {
                 return Ok(None);
@@ -235,7 +237,9 @@ impl CommandSource for SqsSource {
                     attempt,
                 }));
             }
-            let want = i32::from(self.settings.prefetch.clamp(1, 10));
+            // Only what the control plane can take now: a message waiting in this buffer would
+            // have no one extending its lease.
+            let want = i32::try_from(room.clamp(1, 10)).unwrap_or(1);
             let recv = self
                 .client
                 .receive_message()
@@ -290,7 +294,7 @@ impl CommandSource for SqsSource {
 
     async fn reown(&self, lease: &str) -> Option<Box<dyn Settle>> {
         let s = settle_for(&self.client, &self.urls, lease.to_string(), Vec::new());
-        match s.extend(self.settings.visibility).await {
+        match s.visibility(self.settings.visibility).await {
             Ok(()) => Some(Box::new(s)),
             Err(e) => {
                 tracing::info!(error = %crate::error::chain(&e), "The journaled SQS lease is no longer valid.");
@@ -370,12 +374,44 @@ impl Settle for SqsSettle {
         self.delete().await
     }
 
-    async fn extend(&self, for_at_least: Duration) -> Result<(), QueueError> {
-        self.visibility(for_at_least).await
+    fn keeper(&self) -> Option<std::sync::Arc<dyn super::Lease>> {
+        Some(std::sync::Arc::new(SqsLease {
+            client: self.client.clone(),
+            queue: self.urls.commands.clone(),
+            receipt: self.receipt.clone(),
+        }))
     }
 
     fn lease(&self) -> Option<String> {
         Some(self.receipt.clone())
+    }
+}
+
+/// The visibility lease of one received message.
+struct SqsLease {
+    client: Client,
+    queue: String,
+    receipt: String,
+}
+
+impl std::fmt::Debug for SqsLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsLease").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl super::Lease for SqsLease {
+    async fn extend(&self, for_at_least: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue)
+            .receipt_handle(&self.receipt)
+            .visibility_timeout(secs(for_at_least))
+            .send()
+            .await
+            .map_err(sqs_err("change visibility"))?;
+        Ok(())
     }
 }
 
