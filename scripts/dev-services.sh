@@ -74,6 +74,7 @@ start_docker() {
 # --- rabbitmq ------------------------------------------------------------------------------------
 export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
 export ERL_EPMD_ADDRESS=127.0.0.1
+RABBITMQ_CONSUMER_TIMEOUT_MS=$(( (36000 + 600) * 1000 ))
 export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 start_rabbitmq() {
   command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
@@ -88,6 +89,14 @@ start_rabbitmq() {
     fi
     rabbitmq-server -detached >"$LOG_DIR/rabbitmq.log" 2>&1 || true
     wait_for "rabbitmq" 120 rabbitmqctl await_startup
+  fi
+  # The agent holds a job's delivery until its outcome is durable. RabbitMQ before 3.12 ignores
+  # the queues' x-consumer-timeout, so the broker-wide consumer_timeout must cover the longest
+  # job: queue.max_job_secs (default 36000) plus 10 minutes (docs/protocol.md). Set for the
+  # running node (new channels) and in rabbitmq.conf for the next start.
+  rabbitmqctl -q eval "application:set_env(rabbit, consumer_timeout, $RABBITMQ_CONSUMER_TIMEOUT_MS)." >/dev/null
+  if [ -w /etc/rabbitmq ] && ! grep -qs '^consumer_timeout' /etc/rabbitmq/rabbitmq.conf; then
+    echo "consumer_timeout = $RABBITMQ_CONSUMER_TIMEOUT_MS" >>/etc/rabbitmq/rabbitmq.conf
   fi
   echo "rabbitmq: amqp://guest:guest@127.0.0.1:5672/%2f"
 }

@@ -1891,3 +1891,61 @@ async fn secrets_never_reach_logs_or_events() {
         );
     }
 }
+
+/// `queue.max_job_secs` bounds every job: one asking for more is rejected with the reason, and
+/// one still running past its own `timeout_secs` is stopped and fails with `Timeout`.
+#[tokio::test]
+async fn a_job_past_its_time_limit_is_stopped_and_a_longer_one_refused() {
+    let (dir, url, client) = spool_queue().await;
+    let mut events = Events::new(client.as_ref()).await;
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("limit"),
+        &url,
+        "max_job_secs = 60\n",
+        &[],
+    );
+    let with_timeout = |id: &str, cmd: &str, secs: u64| {
+        let mut v: serde_json::Value = serde_json::from_slice(&job(id, cmd)).unwrap();
+        v["body"]["timeout_secs"] = secs.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    let (long, slow) = (uniq("too-long"), uniq("slow"));
+    submit(client.as_ref(), &long, &with_timeout(&long, "true", 61)).await;
+    submit(
+        client.as_ref(),
+        &slow,
+        &with_timeout(&slow, "sleep 600; echo > $out", 3),
+    )
+    .await;
+    let rejected = events
+        .until("command.rejected", |e| {
+            e.body.kind() == "command.rejected" && e.command.as_deref() == Some(long.as_str())
+        })
+        .await;
+    let reason = rejected.labels.get("reason").cloned().unwrap_or_default();
+    assert!(
+        reason.contains("timeout_secs 61") && reason.contains("max_job_secs"),
+        "{reason}"
+    );
+    let started = Instant::now();
+    let e = events.completed(&slow).await;
+    let EventBody::ExecCompleted { result, .. } = &e.body else {
+        unreachable!()
+    };
+    let err = result.err.as_ref().expect("the slow job failed");
+    assert_eq!(err.kind, reflow_agent::error::Kind::Timeout, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "stopped at its own limit"
+    );
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=reflow-executor={}", job_alloc_id(&slow)))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "its container is gone"
+    );
+}
