@@ -177,6 +177,9 @@ struct AwsClients {
     sdk: Arc<crate::aws::LazySdk>,
 }
 
+/// The fleet's claim store.
+type Claims = Arc<dyn crate::taskdb::claims::ClaimStore>;
+
 impl AwsClients {
     fn new(settings: &crate::aws::AwsSettings) -> Self {
         #[cfg(not(feature = "aws"))]
@@ -187,24 +190,28 @@ impl AwsClients {
         }
     }
 
-    /// The TaskDB named by the config: DynamoDB when a table is set, else none.
-    async fn taskdb(&self, cfg: &Config) -> Result<Arc<dyn TaskDb>, AgentError> {
+    /// The TaskDB named by the config, and the fleet's claim store in the same table: DynamoDB
+    /// when a table is set, else none (and no fleet-wide claims).
+    async fn taskdb(&self, cfg: &Config) -> Result<(Arc<dyn TaskDb>, Option<Claims>), AgentError> {
         let Some(table) = &cfg.taskdb.table else {
-            return Ok(Arc::new(NoopTaskDb));
+            return Ok((Arc::new(NoopTaskDb), None));
         };
         #[cfg(feature = "dynamodb")]
         {
-            let db = crate::taskdb::dynamodb::DynamoDbTaskDb::new(self.sdk.get().await, table);
+            let db = Arc::new(crate::taskdb::dynamodb::DynamoDbTaskDb::new(
+                self.sdk.get().await,
+                table,
+            ));
             if cfg.taskdb.create_table {
                 db.create_table().await.map_err(AgentError::TaskDb)?;
             }
-            Ok(Arc::new(db))
+            Ok((db.clone(), Some(db)))
         }
         #[cfg(not(feature = "dynamodb"))]
         {
             // Config validation refuses this before the agent gets here.
             let _ = table;
-            Ok(Arc::new(NoopTaskDb))
+            Ok((Arc::new(NoopTaskDb), None))
         }
     }
 
@@ -254,7 +261,7 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kmsg = KmsgMonitor::start(clock.clone());
     let aws = AwsClients::new(&cfg.aws);
-    let taskdb = aws.taskdb(&cfg).await?;
+    let (taskdb, claims) = aws.taskdb(&cfg).await?;
     let blob = aws.blob();
     let mut executor = cfg.executor_template();
     executor.auth = registry_auth(&cfg, &aws, clock.clone()).await?;
@@ -314,6 +321,7 @@ pub async fn run(
         heartbeat: Duration::from_secs(or(cfg.queue.heartbeat_secs, 30)),
         lease: settings.visibility,
         max_job: settings.max_job,
+        claims,
         job_attempts: match cfg.queue.job_attempts {
             0 => 3,
             n => n,

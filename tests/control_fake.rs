@@ -77,6 +77,7 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration
             heartbeat: Duration::from_secs(3600),
             lease: Duration::from_secs(30),
             max_job: Duration::from_secs(3600),
+            claims: None,
             job_attempts: 2,
             retry_base: Duration::from_millis(10),
             security: Policy::default(),

@@ -878,8 +878,16 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let a = uniq("metrics");
     submit(client.as_ref(), &a, &job(&a, "echo m > $out")).await;
     tap.completed(&a).await;
-    let (code, m) = http_get(&addr, "/metrics").await;
-    assert_eq!(code, 200);
+    // The command is acked once its outcome is published, so just after the event is seen.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let (code, m) = http_get(&addr, "/metrics").await;
+        assert_eq!(code, 200);
+        if m.contains("reflow_commands_acked_total{kind=\"job\"} 1") || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for want in [
         "reflow_commands_received_total{kind=\"job\"} 1",
         "reflow_commands_acked_total{kind=\"job\"} 1",
@@ -1898,13 +1906,7 @@ async fn secrets_never_reach_logs_or_events() {
 async fn a_job_past_its_time_limit_is_stopped_and_a_longer_one_refused() {
     let (dir, url, client) = spool_queue().await;
     let mut events = Events::new(client.as_ref()).await;
-    let _agent = Agent::start(
-        dir.path(),
-        &uniq("limit"),
-        &url,
-        "max_job_secs = 60\n",
-        &[],
-    );
+    let _agent = Agent::start(dir.path(), &uniq("limit"), &url, "max_job_secs = 60\n", &[]);
     let with_timeout = |id: &str, cmd: &str, secs: u64| {
         let mut v: serde_json::Value = serde_json::from_slice(&job(id, cmd)).unwrap();
         v["body"]["timeout_secs"] = secs.into();
@@ -1947,5 +1949,77 @@ async fn a_job_past_its_time_limit_is_stopped_and_a_longer_one_refused() {
     assert!(
         String::from_utf8_lossy(&left.stdout).trim().is_empty(),
         "its container is gone"
+    );
+}
+
+/// With a claim store (the DynamoDB TaskDB on moto), a command redelivered to a second agent
+/// while the first still runs it is not started there: the second waits on the first's live
+/// claim, and settles its delivery without running once the first is done. The redelivery is
+/// real: the first agent is frozen (SIGSTOP) until RabbitMQ drops its connection for missed
+/// heartbeats and hands the job to the second.
+#[tokio::test]
+async fn amqp_redelivery_to_a_second_agent_waits_on_the_claim_and_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("claim").await;
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let mut events = Events::new(client.as_ref()).await;
+    let starts = StartCounter::new();
+    let taskdb = format!(
+        "[taskdb]\ntable = \"{}\"\ncreate_table = true\n",
+        uniq("claims")
+    );
+    // Heartbeats follow op_timeout_secs: a frozen agent is dropped within a few seconds.
+    let limits = "max_jobs = 1\nop_timeout_secs = 2\n";
+    let (first, second) = (uniq("claim-1"), uniq("claim-2"));
+    let a = Agent::start_with(dir.path(), &first, &taskdb, &url, limits, &[]);
+    let id = uniq("claimed");
+    submit(
+        client.as_ref(),
+        &id,
+        &job(&id, &format!("sleep 12; echo {id} > $out")),
+    )
+    .await;
+    events
+        .until("running on the first agent", |e| {
+            e.agent == first
+                && e.command.as_deref() == Some(id.as_str())
+                && matches!(&e.body, EventBody::ExecState { state, .. } if state == "running")
+        })
+        .await;
+    let b = Agent::start_with(dir.path(), &second, &taskdb, &url, limits, &[]);
+    a.signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.logs().contains("Another agent holds a live claim") {
+        assert!(
+            Instant::now() < deadline,
+            "the second agent never saw the job:\n{}",
+            tail(&b.logs(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.signal("-CONT");
+    let e = events.completed(&id).await;
+    assert_eq!(e.agent, first);
+    assert_eq!(
+        output(&e),
+        (sha256sum(format!("{id}\n").as_bytes()), true, false)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.logs().contains("Another agent finished this job") {
+        assert!(
+            Instant::now() < deadline,
+            "the second agent never settled its duplicate:\n{}",
+            tail(&b.logs(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    events.linger(Duration::from_secs(2)).await;
+    let mut completed = events.ids(&id, "exec.completed");
+    completed.dedup();
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(
+        job_starts(&starts, &id),
+        1,
+        "one container start in the fleet"
     );
 }

@@ -42,6 +42,7 @@ use crate::protocol::{
 };
 use crate::queue::{CommandSource, Delivery, EventSink, Settle};
 use crate::repo::FileRepository;
+use crate::taskdb::claims::Claim;
 use journal::{
     Entry, JOURNAL_VERSION, Journal, JournalError, Outbox, Phase, Results, StoredResult,
 };
@@ -73,6 +74,9 @@ pub struct ControlConfig {
     pub lease: Duration,
     /// The longest a job may run, counted from its acceptance (`queue.max_job_secs`).
     pub max_job: Duration,
+    /// The fleet's claim store ([`crate::taskdb::claims`]); `None`: claims are per agent only
+    /// (its journal).
+    pub claims: Option<Arc<dyn crate::taskdb::claims::ClaimStore>>,
     /// Attempts of a job step failing with a retryable error.
     pub job_attempts: u32,
     /// First retry delay (doubled each attempt).
@@ -138,6 +142,10 @@ struct Inner {
     tasks: TaskTracker,
     draining: CancellationToken,
     reported: std::sync::Mutex<HashSet<String>>,
+    /// Command ids this agent holds a fleet claim on (renewed by [`lease_loop`]).
+    claimed: std::sync::Mutex<HashSet<String>>,
+    /// Bumped by the publisher each time it removes published events from the outbox.
+    published: tokio::sync::watch::Sender<u64>,
     /// This start of the agent (random), which tells its lifecycle events from other starts'.
     incarnation: String,
 }
@@ -234,6 +242,8 @@ impl Control {
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
                 reported: std::sync::Mutex::new(HashSet::new()),
+                claimed: std::sync::Mutex::new(HashSet::new()),
+                published: tokio::sync::watch::Sender::new(0),
                 incarnation,
             }),
         })
@@ -356,7 +366,38 @@ async fn lease_loop(inner: Arc<Inner>) {
             }
         }))
         .await;
+        if let Some(store) = &inner.cfg.claims {
+            let ids: Vec<String> = lock(&inner.claimed).iter().cloned().collect();
+            let until = inner.clock.now() + chrono::Duration::from_std(lease).unwrap_or_default();
+            for id in ids {
+                match store.renew(&id, &inner.cfg.agent_id, until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(command_id = %id, "This agent's claim on a running job expired and another agent took it over; the job may run twice.");
+                        lock(&inner.claimed).remove(&id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(command_id = %id, error = %crate::error::chain(&e), "Renewing a claim failed.");
+                    }
+                }
+            }
+        }
     }
+}
+
+/// A poisoned lock's data is still consistent here (sets of ids): take it.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the fleet's claim store says about starting a job here.
+enum FleetClaim {
+    /// Start it (claimed, or no claim store, or the store does not answer).
+    Start,
+    /// Another agent finished it: settle this delivery without running.
+    DoneElsewhere,
+    /// A drain began while waiting for another agent's claim: hand the job back.
+    Drain,
 }
 
 /// Prunes done journal entries, stored results and spool events older than the retention: a
@@ -432,6 +473,7 @@ async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                             if let Err(e) = inner.outbox.remove(&name) {
                                 tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
                             }
+                            inner.published.send_modify(|n| *n += 1);
                             backoff = Duration::from_millis(100);
                         }
                         Err(e) => {
@@ -699,6 +741,7 @@ impl Inner {
                 None => None,
             };
             tracing::info!(command_id = %entry.command_id, reowned = settle.is_some(), "Resuming a job accepted before a restart.");
+            self.reclaim(&entry.command_id).await;
             // A restored alloc starts expired; kept alive now, before any new command is taken,
             // so a new job's admission cannot reclaim it (and kill its container) first.
             if let Some(a) = &entry.alloc
@@ -768,6 +811,10 @@ impl Inner {
                         tracing::warn!(error = %crate::error::chain(&e), "Replaying an outcome failed; handing the command back.");
                         return self.settle_later(settle, SettleAction::Requeue).await;
                     }
+                    if !self.until_published(&entry.outcome).await {
+                        tracing::warn!("The replayed outcome was not published in time; handing the command back.");
+                        return self.settle_later(settle, SettleAction::Requeue).await;
+                    }
                     return self.settle_later(settle, SettleAction::Ack(req.command.kind())).await;
                 }
                 Ok(found) => {
@@ -820,9 +867,127 @@ impl Inner {
     /// Hands a claimed job back before it was journaled: every delivery held for it goes back
     /// to the broker, and the claim is released.
     async fn hand_back(&self, req: &Request) {
+        self.release_claim(&req.id).await;
         let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
         for s in held {
             self.settle_later(s, SettleAction::Requeue).await;
+        }
+    }
+
+    /// Claims command `req` in the fleet's claim store before its container is created. While
+    /// another agent holds a live claim, waits (keeping the delivery, whose lease
+    /// [`lease_loop`] keeps) until that claim is done or expired. A store that does not answer
+    /// does not stop the job: it starts, as it would without a store.
+    async fn fleet_claim(&self, req: &Request) -> FleetClaim {
+        let Some(store) = &self.cfg.claims else {
+            return FleetClaim::Start;
+        };
+        let me = &self.cfg.agent_id;
+        let lease = chrono::Duration::from_std(self.cfg.lease).unwrap_or_default();
+        let mut told = false;
+        loop {
+            let now = self.clock.now();
+            match store.claim(&req.id, me, now, now + lease).await {
+                Ok(Claim::Ours) => {
+                    lock(&self.claimed).insert(req.id.clone());
+                    if told {
+                        tracing::info!(
+                            "The other agent's claim ended; this agent takes the job over."
+                        );
+                    }
+                    return FleetClaim::Start;
+                }
+                Ok(Claim::Done { owner }) => {
+                    tracing::info!(owner = %owner, "Another agent finished this job: settling the duplicate without running it.");
+                    return FleetClaim::DoneElsewhere;
+                }
+                Ok(Claim::Held { owner, until }) => {
+                    if !told {
+                        tracing::info!(owner = %owner, until = %crate::time::format(&until), "Another agent holds a live claim on this job: waiting for it to finish or lapse, without starting it.");
+                        told = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "The claim store did not answer; starting the job without a fleet-wide claim.");
+                    return FleetClaim::Start;
+                }
+            }
+            tokio::select! {
+                () = self.draining.cancelled() => return FleetClaim::Drain,
+                () = tokio::time::sleep((self.cfg.lease / 3).min(Duration::from_secs(5))) => {}
+            }
+        }
+    }
+
+    /// Takes the fleet claim of a job resumed after a restart back (it is still this agent's
+    /// unless it lapsed while the agent was down and another agent took the job over).
+    async fn reclaim(&self, command_id: &str) {
+        let Some(store) = &self.cfg.claims else {
+            return;
+        };
+        let now = self.clock.now();
+        let until = now + chrono::Duration::from_std(self.cfg.lease).unwrap_or_default();
+        match store
+            .claim(command_id, &self.cfg.agent_id, now, until)
+            .await
+        {
+            Ok(Claim::Ours) => {
+                lock(&self.claimed).insert(command_id.to_string());
+            }
+            Ok(other) => {
+                tracing::warn!(command_id, claim = ?other, "The claim on a resumed job lapsed while this agent was down and another agent holds it; the job may run twice.");
+            }
+            Err(e) => {
+                tracing::warn!(command_id, error = %crate::error::chain(&e), "The claim store did not answer; resuming without a fleet-wide claim.");
+            }
+        }
+    }
+
+    /// Gives up this agent's fleet claim on `command_id` (handed back unstarted).
+    async fn release_claim(&self, command_id: &str) {
+        if let Some(store) = &self.cfg.claims
+            && lock(&self.claimed).remove(command_id)
+            && let Err(e) = store.release(command_id, &self.cfg.agent_id).await
+        {
+            tracing::warn!(command_id, error = %crate::error::chain(&e), "Releasing a claim failed; it lapses with its lease.");
+        }
+    }
+
+    /// Marks this agent's fleet claim on `command_id` done (its outcome is published).
+    async fn finish_claim(&self, command_id: &str) {
+        if let Some(store) = &self.cfg.claims
+            && lock(&self.claimed).remove(command_id)
+        {
+            let keep = self
+                .cfg
+                .retention
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+            let expires = self.clock.now() + chrono::Duration::from_std(keep).unwrap_or_default();
+            if let Err(e) = store.done(command_id, &self.cfg.agent_id, expires).await {
+                tracing::warn!(command_id, error = %crate::error::chain(&e), "Marking a claim done failed; it lapses with its lease.");
+            }
+        }
+    }
+
+    /// Waits until `events` have left the outbox (the broker confirmed them), up to
+    /// [`OUTCOME_PATIENCE`]; false when they have not by then.
+    async fn until_published(&self, events: &[Event]) -> bool {
+        let mut changed = self.published.subscribe();
+        let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
+        loop {
+            let waiting = match self.outbox.pending() {
+                Ok(p) => p.iter().any(|(_, e)| events.iter().any(|o| o.id == e.id)),
+                Err(_) => true,
+            };
+            if !waiting {
+                return true;
+            }
+            self.outbox_wake.notify_one();
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return false,
+                _ = changed.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 
@@ -1014,6 +1179,19 @@ impl Inner {
             tokio::time::sleep(self.cfg.retry_base).await;
             return self.hand_back(&req).await;
         }
+        // The fleet's claim before anything here starts: a job another agent runs is not
+        // started beside it.
+        match self.fleet_claim(&req).await {
+            FleetClaim::Start => {}
+            FleetClaim::Drain => return self.hand_back(&req).await,
+            FleetClaim::DoneElsewhere => {
+                let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
+                for s in held {
+                    self.settle_later(s, SettleAction::Ack("job")).await;
+                }
+                return;
+            }
+        }
         // A slot, then room in the pool; a drain meanwhile hands the job back.
         let slot = tokio::select! {
             () = self.draining.cancelled() => return self.hand_back(&req).await,
@@ -1107,6 +1285,7 @@ impl Inner {
             // delivery back and release the slot. The journal entry stays unfinished, so a
             // redelivery (or the next start) resumes the job and finds its result again.
             tracing::error!(command_id = %req.id, error = %crate::error::chain(&e), "Could not record the job's outcome; handing the command back.");
+            self.release_claim(&req.id).await;
             let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
             for s in held {
                 self.settle_later(s, SettleAction::Requeue).await;
@@ -1118,9 +1297,19 @@ impl Inner {
         if let Err(e) = self.journal.put(&entry) {
             tracing::error!(error = %crate::error::chain(&e), "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
         }
+        // Published, then settled: a machine that dies between the two leaves the command in
+        // the queue, never an acked command whose outcome was only on its disk.
+        let action = if self.until_published(&entry.outcome).await {
+            self.finish_claim(&req.id).await;
+            SettleAction::Ack("job")
+        } else {
+            tracing::warn!(command_id = %req.id, "The job's outcome was not published in time; handing the command back (a redelivery here replays it).");
+            self.release_claim(&req.id).await;
+            SettleAction::Requeue
+        };
         let held = self.active.lock().await.remove(&req.id).unwrap_or_default();
         for s in held {
-            self.settle_later(s, SettleAction::Ack("job")).await;
+            self.settle_later(s, action).await;
         }
         self.free_job_alloc(&req, entry.alloc.as_deref()).await;
         drop(slot);

@@ -230,3 +230,180 @@ impl TaskDb for DynamoDbTaskDb {
         self.set("end time", row, "EndTime", end).await
     }
 }
+
+/// Epoch seconds as a DynamoDB number.
+fn n(t: Time) -> AttributeValue {
+    AttributeValue::N(t.timestamp().to_string())
+}
+
+/// How long a claim row outlives its lease before DynamoDB's TTL may delete it: long enough
+/// that a redelivery still finds a done claim (docs/taskdb.md).
+const CLAIM_TTL_SLACK: chrono::Duration = chrono::Duration::days(1);
+
+/// Whether `e` is DynamoDB refusing a write whose condition did not hold.
+fn condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+impl DynamoDbTaskDb {
+    /// The claim row of `command_id`: owner, lease end and whether it is done.
+    async fn claim_row(
+        &self,
+        command_id: &str,
+    ) -> Result<Option<(String, Time, bool)>, TaskDbError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("read claim", e))?;
+        Ok(out.item.map(|item| {
+            let owner = match item.get("Owner") {
+                Some(AttributeValue::S(o)) => o.clone(),
+                _ => String::new(),
+            };
+            let until = match item.get("LeaseUntil") {
+                Some(AttributeValue::N(v)) => v
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
+                _ => None,
+            }
+            .unwrap_or_default();
+            let done = matches!(item.get("State"), Some(AttributeValue::S(s)) if s == "done");
+            (owner, until, done)
+        }))
+    }
+}
+
+#[async_trait]
+impl super::claims::ClaimStore for DynamoDbTaskDb {
+    async fn claim(
+        &self,
+        command_id: &str,
+        owner: &str,
+        now: Time,
+        until: Time,
+    ) -> Result<super::claims::Claim, TaskDbError> {
+        use super::claims::{Claim, claim_row, decide};
+        let row = claim_row(command_id);
+        let item = HashMap::from([
+            ("ID".to_string(), s(row.hex())),
+            ("ID4".to_string(), s(row.short())),
+            ("Type".to_string(), s("claim")),
+            ("CommandID".to_string(), s(command_id)),
+            ("Owner".to_string(), s(owner)),
+            ("State".to_string(), s("running")),
+            ("LeaseUntil".to_string(), n(until)),
+            ("TTL".to_string(), n(until + CLAIM_TTL_SLACK)),
+            ("Keepalive".to_string(), s(time::format(&now))),
+        ]);
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(ID) OR (#s = :running AND (#o = :me OR LeaseUntil <= :now))",
+            )
+            .expression_attribute_names("#s", "State")
+            .expression_attribute_names("#o", "Owner")
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(Claim::Ours),
+            Err(e) if condition_failed(&e) => {
+                let current = self.claim_row(command_id).await?;
+                Ok(
+                    match decide(
+                        current.as_ref().map(|(o, u, d)| (o.as_str(), *u, *d)),
+                        owner,
+                        now,
+                    ) {
+                        // The row changed between the write and the read: try again later.
+                        Claim::Ours => Claim::Held {
+                            owner: current.map(|c| c.0).unwrap_or_default(),
+                            until: now,
+                        },
+                        other => other,
+                    },
+                )
+            }
+            Err(e) => Err(classify("claim", e)),
+        }
+    }
+
+    async fn renew(&self, command_id: &str, owner: &str, until: Time) -> Result<bool, TaskDbError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .update_expression("SET LeaseUntil = :u, #t = :ttl")
+            .condition_expression("#o = :me AND #s = :running")
+            .expression_attribute_names("#o", "Owner")
+            .expression_attribute_names("#s", "State")
+            .expression_attribute_names("#t", "TTL")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":u", n(until))
+            .expression_attribute_values(":ttl", n(until + CLAIM_TTL_SLACK))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(classify("renew claim", e)),
+        }
+    }
+
+    async fn done(&self, command_id: &str, owner: &str, expires: Time) -> Result<(), TaskDbError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .update_expression("SET #s = :done, LeaseUntil = :u, #t = :u")
+            .condition_expression("#o = :me")
+            .expression_attribute_names("#o", "Owner")
+            .expression_attribute_names("#s", "State")
+            .expression_attribute_names("#t", "TTL")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":done", s("done"))
+            .expression_attribute_values(":u", n(expires))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // Another agent took over meanwhile: its claim stands.
+            Err(e) if condition_failed(&e) => Ok(()),
+            Err(e) => Err(classify("finish claim", e)),
+        }
+    }
+
+    async fn release(&self, command_id: &str, owner: &str) -> Result<(), TaskDbError> {
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .condition_expression("#o = :me AND #s = :running")
+            .expression_attribute_names("#o", "Owner")
+            .expression_attribute_names("#s", "State")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":running", s("running"))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if condition_failed(&e) => Ok(()),
+            Err(e) => Err(classify("release claim", e)),
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The TaskDB port: rows recording a pool's and its allocs' lives (resources, start, keepalive,
 //! end) for fleet accounting. [`NoopTaskDb`] when none is configured; [`MemoryTaskDb`] records
-//! calls for tests; [`dynamodb::DynamoDbTaskDb`] for fleets.
+//! calls for tests; [`dynamodb::DynamoDbTaskDb`] for fleets. The same table keeps the fleet's
+//! claims on commands ([`claims`]).
 
+pub mod claims;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 
