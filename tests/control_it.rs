@@ -2023,3 +2023,46 @@ async fn amqp_redelivery_to_a_second_agent_waits_on_the_claim_and_runs_once() {
         "one container start in the fleet"
     );
 }
+
+/// SQS leases follow what the agent holds: with a 3 s visibility, jobs that wait 4 to 8 s for
+/// room (held, not running) and then run 4 s never reappear (no second receive of any of them),
+/// and each starts once.
+#[tokio::test]
+async fn sqs_held_messages_never_reappear_while_they_wait_or_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqs://{}?create=true", uniq("held"));
+    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
+        .await
+        .unwrap();
+    let mut events = Events::new(&client).await;
+    let starts = StartCounter::new();
+    let agent = Agent::start(
+        dir.path(),
+        &uniq("held"),
+        &url,
+        "max_jobs = 3\nprefetch = 3\nvisibility_timeout_secs = 3\n",
+        &[],
+    );
+    let ids: Vec<String> = (0..3).map(|i| uniq(&format!("held{i}"))).collect();
+    for id in &ids {
+        submit(&client, id, &whole_machine_job(id, 4)).await;
+    }
+    for id in &ids {
+        let e = events.completed(id).await;
+        assert!(output(&e).1, "{id} failed: {e:?}");
+    }
+    let logs = agent.logs();
+    assert!(
+        logs.contains("The job waits for room"),
+        "no job had to wait: {}",
+        tail(&logs, 30)
+    );
+    assert!(
+        !logs.contains("\"attempt\":2"),
+        "a held message was received again: {}",
+        tail(&logs, 30)
+    );
+    for id in &ids {
+        assert_eq!(job_starts(&starts, id), 1, "{id} started once");
+    }
+}
