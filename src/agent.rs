@@ -119,6 +119,8 @@ pub enum Exit {
     Shutdown,
     /// Every alloc stayed expired for `idle_exit_after_secs` (scale-in).
     Idle,
+    /// Instance metadata announced a spot interruption or a rebalance recommendation.
+    Interrupted,
 }
 
 /// The host name, for the default pool id.
@@ -394,9 +396,20 @@ pub async fn run(
     let idle = cfg.agent.idle_exit_after_secs;
     let check_every = Duration::from_secs(idle.unwrap_or(60).clamp(1, 60));
     tokio::pin!(shutdown);
+    let notice = match cfg.agent.interruption_poll_secs {
+        0 => futures_util::future::Either::Left(std::future::pending()),
+        secs => {
+            futures_util::future::Either::Right(crate::notice::watch(Duration::from_secs(secs)))
+        }
+    };
+    tokio::pin!(notice);
     let exit = loop {
         tokio::select! {
             () = &mut shutdown => break Exit::Shutdown,
+            n = &mut notice => {
+                tracing::warn!(notice = ?n, "The instance is going away: draining now.");
+                break Exit::Interrupted;
+            }
             () = tokio::time::sleep(check_every) => {
                 if let Some(secs) = idle {
                     let (is_idle, _) = pool.stop_if_idle_for(chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))).await;

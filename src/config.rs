@@ -84,6 +84,10 @@ pub struct AgentSection {
     /// they were written. Default 604800 (7 days); 0 keeps them forever. A command delivered
     /// again after its entry was pruned runs again (docs/protocol.md, "Retention").
     pub state_retention_secs: u64,
+    /// Poll EC2 instance metadata for a spot interruption or a rebalance recommendation every
+    /// this many seconds, and drain at once on one (docs/operations.md). Default 5; 0 turns it
+    /// off. Off EC2 it stops by itself after the first try.
+    pub interruption_poll_secs: u64,
 }
 
 impl Default for AgentSection {
@@ -95,10 +99,13 @@ impl Default for AgentSection {
             idle_exit_after_secs: None,
             zombie_max_age_secs: DEFAULT_ZOMBIE_MAX_AGE_SECS,
             state_retention_secs: DEFAULT_STATE_RETENTION_SECS,
+            interruption_poll_secs: DEFAULT_INTERRUPTION_POLL_SECS,
         }
     }
 }
 
+/// Default of `agent.interruption_poll_secs`: AWS's advice for spot notices.
+pub const DEFAULT_INTERRUPTION_POLL_SECS: u64 = 5;
 /// Default of `agent.zombie_max_age_secs`: one day.
 pub const DEFAULT_ZOMBIE_MAX_AGE_SECS: u64 = 86_400;
 /// Default of `agent.state_retention_secs`: seven days.

@@ -48,6 +48,7 @@ pub mod features;
 pub mod fileset;
 pub mod manifest;
 pub mod model;
+pub mod notice;
 pub mod notify;
 pub mod oom;
 pub mod par;

@@ -110,3 +110,136 @@ fn an_invalid_config_lists_every_problem() {
         "{stderr}"
     );
 }
+
+/// A fake EC2 instance metadata service on 127.0.0.1 (IMDSv2: a token by PUT, then GETs with
+/// it). `path` answers 404 until `announce` is set, then `body`; counts the GETs and remembers
+/// when the notice was first served.
+struct FakeImds {
+    addr: std::net::SocketAddr,
+    announce: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    served: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl FakeImds {
+    fn start(path: &'static str, body: &'static str) -> FakeImds {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fake = FakeImds {
+            addr: listener.local_addr().unwrap(),
+            announce: Default::default(),
+            gets: Default::default(),
+            served: Default::default(),
+        };
+        let (announce, gets, served) = (
+            fake.announce.clone(),
+            fake.gets.clone(),
+            fake.served.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let mut parts = line.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (status, extra, text) = if method == "PUT" && target == "/latest/api/token" {
+                    (
+                        "200 OK",
+                        "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n",
+                        "tok",
+                    )
+                } else if method == "GET" && target == path {
+                    gets.fetch_add(1, Ordering::SeqCst);
+                    if announce.load(Ordering::SeqCst) {
+                        served
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(Instant::now);
+                        ("200 OK", "", body)
+                    } else {
+                        ("404 Not Found", "", "")
+                    }
+                } else {
+                    ("404 Not Found", "", "")
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        fake
+    }
+}
+
+/// A spot interruption notice, and a rebalance recommendation, served by a fake instance
+/// metadata endpoint: the agent starts its drain within one poll period (1 s here) and exits
+/// cleanly.
+#[test]
+fn an_interruption_notice_starts_a_drain_within_one_poll() {
+    use std::sync::atomic::Ordering;
+    for (path, body) in [
+        (
+            "/latest/meta-data/spot/instance-action",
+            r#"{"action": "terminate", "time": "2026-12-02T08:22:00Z"}"#,
+        ),
+        (
+            "/latest/meta-data/events/recommendations/rebalance",
+            r#"{"noticeTime": "2026-12-02T08:20:00Z"}"#,
+        ),
+    ] {
+        let imds = FakeImds::start(path, body);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[agent]\nstate_dir = \"{}\"\ninterruption_poll_secs = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let mut child = serve(&cfg)
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://{}", imds.addr),
+            )
+            .spawn()
+            .unwrap();
+        // Polling: two reads answered "no notice".
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while imds.gets.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "the agent never polled {path}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let announced = Instant::now();
+        imds.announce.store(true, Ordering::SeqCst);
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(status.success(), "{status:?}\n{log}");
+        let seen = imds
+            .served
+            .lock()
+            .unwrap()
+            .expect("the notice was never read");
+        assert!(
+            seen.duration_since(announced) <= Duration::from_millis(1500),
+            "read {:?} after it was announced, more than one 1 s poll",
+            seen.duration_since(announced)
+        );
+        for want in ["The instance is going away", "Draining.", "Interrupted"] {
+            assert!(log.contains(want), "{path}: no {want:?} in\n{log}");
+        }
+    }
+}
