@@ -422,6 +422,10 @@ pub async fn run(
         }
     };
     tracing::info!(?exit, "Stopping.");
+    let marked = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.mark_draining().await })
+    };
     stop.cancel();
     close.cancel();
     if let Err(e) = control_task.await {
@@ -431,6 +435,7 @@ pub async fn run(
         "Stopped taking work; running containers keep running and are re-attached at the next start."
     );
     pool.shutdown().await;
+    let _ = marked.await;
     cancel.cancel();
     if let Err(e) = maintain.await {
         tracing::warn!(error = %crate::error::chain(&e), "The TaskDB row task failed.");

@@ -64,6 +64,9 @@ async fn idle_exit_ends_the_pool_row() {
     let row = db.row(pool_row(&pool_id)).await.unwrap().expect("pool row");
     assert_eq!(row["PoolID"], pool_id);
     assert!(row.contains_key("EndTime"), "{row:?}");
+    // The idle exit is a drain, and says so to autoscalers reading the table.
+    assert_eq!(row["State"], "draining", "{row:?}");
+    assert!(row.contains_key("StateTime"), "{row:?}");
 }
 
 #[test]

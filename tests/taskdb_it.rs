@@ -96,7 +96,12 @@ async fn pool_and_alloc_rows_in_dynamodb() {
     }
     assert!(advanced, "the alloc row's keepalive advances");
     pool.free(a.id()).await.unwrap();
-    assert!(db.row(arow).await.unwrap().unwrap().contains_key("EndTime"));
+    let ended = db.row(arow).await.unwrap().unwrap();
+    assert!(ended.contains_key("EndTime"));
+    // Rows expire by DynamoDB's TTL, 30 days after their last write.
+    let ttl: i64 = ended["TTL"].parse().unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(&ended["EndTime"]).unwrap();
+    assert_eq!(ttl, (end + Duration::days(30)).timestamp(), "{ended:?}");
 
     // Shutdown: the pool row gets its end time.
     cancel.cancel();

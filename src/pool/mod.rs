@@ -891,6 +891,21 @@ impl Pool {
         }
     }
 
+    /// Marks the pool's TaskDB row `State = draining` (with `StateTime`), so an autoscaler or a
+    /// scheduler reading the table sees the drain; retried within 10 s, never an error.
+    pub async fn mark_draining(&self) {
+        let (db, row) = (self.inner.taskdb.clone(), self.inner.pool_row);
+        let at = self.inner.clock.now();
+        let budget = CancellationToken::new();
+        let guard = budget.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            guard.cancel();
+        });
+        retry("pool row state", &budget, || db.set_state(row, "draining", at)).await;
+        timer.abort();
+    }
+
     /// Keeps the pool's TaskDB row current until `cancel`: records the pool's resources and start,
     /// renews its keepalive every [`POOL_ROW_PERIOD`] (failures are retried with backoff and never
     /// end the loop), and sets its end time on cancel (within 10 s).

@@ -111,7 +111,7 @@ impl DynamoDbTaskDb {
         }
     }
 
-    /// A row's string attributes, for inspection and tests.
+    /// A row's string and number attributes (numbers in decimal), for inspection and tests.
     ///
     /// # Errors
     /// SDK failures.
@@ -128,7 +128,7 @@ impl DynamoDbTaskDb {
         Ok(out.item.map(|item| {
             item.into_iter()
                 .filter_map(|(k, v)| match v {
-                    AttributeValue::S(v) => Some((k, v)),
+                    AttributeValue::S(v) | AttributeValue::N(v) => Some((k, v)),
                     _ => None,
                 })
                 .collect()
@@ -161,12 +161,14 @@ impl DynamoDbTaskDb {
             .update_item()
             .table_name(&self.table)
             .key("ID", s(row.hex()))
-            // `Date` is a reserved word in DynamoDB expressions.
-            .update_expression("SET #f = :v, #d = :d")
+            // `Date` and `TTL` are reserved words in DynamoDB expressions.
+            .update_expression("SET #f = :v, #d = :d, #t = :ttl")
             .expression_attribute_names("#f", field)
             .expression_attribute_names("#d", "Date")
+            .expression_attribute_names("#t", "TTL")
             .expression_attribute_values(":v", s(time::format(&t)))
             .expression_attribute_values(":d", s(t.format("%Y-%m-%d").to_string()))
+            .expression_attribute_values(":ttl", n(t + ROW_RETENTION))
             .send()
             .await
             .map(|_| ())
@@ -191,8 +193,12 @@ fn base_item(
         ("StartTime".to_string(), s(time::format(&start))),
         ("Date".to_string(), s(start.format("%Y-%m-%d").to_string())),
         ("Keepalive".to_string(), s(time::format(&start))),
+        ("TTL".to_string(), n(start + ROW_RETENTION)),
     ])
 }
+
+/// How long a pool or alloc row outlives its last write before DynamoDB's TTL may delete it.
+pub const ROW_RETENTION: chrono::Duration = chrono::Duration::days(30);
 
 #[async_trait]
 impl TaskDb for DynamoDbTaskDb {
@@ -228,6 +234,21 @@ impl TaskDb for DynamoDbTaskDb {
 
     async fn set_end_time(&self, row: Digest, end: Time) -> Result<(), TaskDbError> {
         self.set("end time", row, "EndTime", end).await
+    }
+
+    async fn set_state(&self, row: Digest, state: &str, at: Time) -> Result<(), TaskDbError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("ID", s(row.hex()))
+            .update_expression("SET #s = :s, StateTime = :t")
+            .expression_attribute_names("#s", "State")
+            .expression_attribute_values(":s", s(state))
+            .expression_attribute_values(":t", s(time::format(&at)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("set state", e))
     }
 }
 

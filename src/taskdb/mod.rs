@@ -82,6 +82,8 @@ pub trait TaskDb: Send + Sync + fmt::Debug {
     async fn keepalive(&self, row: Digest, until: Time) -> Result<(), TaskDbError>;
     /// Sets a row's end time (pool or alloc).
     async fn set_end_time(&self, row: Digest, end: Time) -> Result<(), TaskDbError>;
+    /// Sets a pool row's `State` (`draining`) and when it changed, for autoscalers.
+    async fn set_state(&self, row: Digest, state: &str, at: Time) -> Result<(), TaskDbError>;
 }
 
 /// A TaskDB that records nothing.
@@ -115,6 +117,9 @@ impl TaskDb for NoopTaskDb {
     async fn set_end_time(&self, _: Digest, _: Time) -> Result<(), TaskDbError> {
         Ok(())
     }
+    async fn set_state(&self, _: Digest, _: &str, _: Time) -> Result<(), TaskDbError> {
+        Ok(())
+    }
 }
 
 /// One recorded call of a [`MemoryTaskDb`].
@@ -128,6 +133,8 @@ pub enum TaskDbCall {
     Keepalive(Digest, Time),
     /// `set_end_time`.
     End(Digest, Time),
+    /// `set_state`.
+    State(Digest, String),
 }
 
 /// A TaskDB that records calls in memory; for tests.
@@ -176,6 +183,10 @@ impl TaskDb for MemoryTaskDb {
     }
     async fn set_end_time(&self, row: Digest, end: Time) -> Result<(), TaskDbError> {
         self.push(TaskDbCall::End(row, end));
+        Ok(())
+    }
+    async fn set_state(&self, row: Digest, state: &str, _: Time) -> Result<(), TaskDbError> {
+        self.push(TaskDbCall::State(row, state.to_string()));
         Ok(())
     }
 }
