@@ -2066,3 +2066,92 @@ async fn sqs_held_messages_never_reappear_while_they_wait_or_run() {
         assert_eq!(job_starts(&starts, id), 1, "{id} started once");
     }
 }
+
+/// A fleet: 4 agents on one RabbitMQ share 200 trivial jobs; once a quarter of them completed,
+/// 3 agents are scaled in by SIGTERM (they drain: hand back what they have not started, finish
+/// what runs). Every job completes once: one container start each, one `exec.completed` id each.
+#[tokio::test]
+async fn amqp_fleet_of_four_scaled_to_one_completes_every_job_once() {
+    const JOBS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("fleet").await;
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let mut events = Events::new(client.as_ref()).await;
+    let starts = StartCounter::new();
+    let names: Vec<String> = (0..4).map(|i| uniq(&format!("fleet{i}"))).collect();
+    let mut agents: Vec<Agent> = names
+        .iter()
+        .map(|n| Agent::start(dir.path(), n, &url, "drain_grace_secs = 60\n", &[]))
+        .collect();
+    for n in &names {
+        events
+            .until("agent.started", |e| {
+                e.body.kind() == "agent.started" && e.agent == *n
+            })
+            .await;
+    }
+    let started = Instant::now();
+    let ids: Vec<String> = (0..JOBS).map(|i| uniq(&format!("f{i}"))).collect();
+    for id in &ids {
+        submit(client.as_ref(), id, &job(id, &format!("echo {id} > $out"))).await;
+    }
+    let done = |events: &Events| -> usize {
+        let mut c: Vec<&str> = events
+            .seen
+            .iter()
+            .filter(|e| e.body.kind() == "exec.completed")
+            .filter_map(|e| e.command.as_deref())
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    };
+    while done(&events) < JOBS / 4 {
+        events.one_more().await;
+    }
+    let scaled_in = Instant::now();
+    for a in &agents[1..] {
+        a.signal("-TERM");
+    }
+    for id in &ids {
+        let e = events.completed(id).await;
+        let (digest, ok, _) = output(&e);
+        assert!(ok, "{id} failed: {e:?}");
+        assert_eq!(digest, sha256sum(format!("{id}\n").as_bytes()), "{id}");
+    }
+    let makespan = started.elapsed();
+    for a in &mut agents[1..] {
+        assert!(
+            a.wait(Duration::from_secs(90)).success(),
+            "a drained agent exits 0"
+        );
+    }
+    events.linger(Duration::from_secs(2)).await;
+    let counts = starts.all_starts();
+    for id in &ids {
+        assert_eq!(
+            counts.get(&job_alloc_id(id)).copied().unwrap_or(0),
+            1,
+            "{id}: one container start"
+        );
+        let mut completed = events.ids(id, "exec.completed");
+        completed.sort();
+        completed.dedup();
+        assert_eq!(completed.len(), 1, "{id}: {completed:?}");
+    }
+    let by_agent = names
+        .iter()
+        .map(|n| {
+            let c = events
+                .seen
+                .iter()
+                .filter(|e| e.body.kind() == "exec.completed" && e.agent == *n)
+                .count();
+            format!("{n}: {c}")
+        })
+        .collect::<Vec<_>>();
+    eprintln!(
+        "fleet: {JOBS} jobs in {makespan:?} (4 agents for {:?}, then 1); completions {by_agent:?}",
+        scaled_in - started
+    );
+}

@@ -902,7 +902,10 @@ impl Pool {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             guard.cancel();
         });
-        retry("pool row state", &budget, || db.set_state(row, "draining", at)).await;
+        retry("pool row state", &budget, || {
+            db.set_state(row, "draining", at)
+        })
+        .await;
         timer.abort();
     }
 

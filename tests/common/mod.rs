@@ -187,6 +187,18 @@ impl StartCounter {
     }
 }
 
+impl StartCounter {
+    /// Container starts per executor label, after one settling wait (for many at once).
+    pub fn all_starts(&self) -> std::collections::HashMap<String, usize> {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut m = std::collections::HashMap::new();
+        for l in self.seen.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            *m.entry(l.trim().to_string()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
 impl Drop for StartCounter {
     fn drop(&mut self) {
         let _ = self.child.kill();
