@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 command -v cfn-lint >/dev/null 2>&1 && cfn-lint --version >/dev/null 2>&1 || pip install -q cfn-lint
 cfn-lint deploy/aws/cloudformation.yaml
 echo "deploy/aws/cloudformation.yaml: cfn-lint clean"
+# The fleet wiring cfn-lint cannot ask for: IMDSv2 only, a termination hook, and its invoker.
+for want in "HttpTokens: required" "autoscaling:EC2_INSTANCE_TERMINATING" \
+  "EC2 Instance-terminate Lifecycle Action" "reflow-agent-scale-in-hook" \
+  "autoscaling:CompleteLifecycleAction" "autoscaling:RecordLifecycleActionHeartbeat"; do
+  grep -qF "$want" deploy/aws/cloudformation.yaml || { echo "deploy check failed: the template lacks $want"; exit 1; }
+done
 
 python3 - <<'PY'
 import re, sys, yaml
