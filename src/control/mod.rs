@@ -142,6 +142,8 @@ struct Inner {
     tasks: TaskTracker,
     draining: CancellationToken,
     reported: std::sync::Mutex<HashSet<String>>,
+    /// Running jobs' allocs and execs by command id, for [`lease_loop`]'s health check.
+    running: std::sync::Mutex<HashMap<String, (String, Digest)>>,
     /// Command ids this agent holds a fleet claim on (renewed by [`lease_loop`]).
     claimed: std::sync::Mutex<HashSet<String>>,
     /// Bumped by the publisher each time it removes published events from the outbox.
@@ -243,6 +245,7 @@ impl Control {
                 draining: CancellationToken::new(),
                 reported: std::sync::Mutex::new(HashSet::new()),
                 claimed: std::sync::Mutex::new(HashSet::new()),
+                running: std::sync::Mutex::new(HashMap::new()),
                 published: tokio::sync::watch::Sender::new(0),
                 incarnation,
             }),
@@ -352,11 +355,13 @@ impl Control {
 async fn lease_loop(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(inner.cfg.lease / 3).await;
+        let hung = inner.hanging_jobs().await;
         let leases: Vec<(String, Arc<dyn crate::queue::Lease>)> = inner
             .active
             .lock()
             .await
             .iter()
+            .filter(|(id, _)| !hung.contains(*id))
             .flat_map(|(id, held)| held.iter().filter_map(|s| Some((id.clone(), s.keeper()?))))
             .collect();
         let lease = inner.cfg.lease;
@@ -367,7 +372,11 @@ async fn lease_loop(inner: Arc<Inner>) {
         }))
         .await;
         if let Some(store) = &inner.cfg.claims {
-            let ids: Vec<String> = lock(&inner.claimed).iter().cloned().collect();
+            let ids: Vec<String> = lock(&inner.claimed)
+                .iter()
+                .filter(|id| !hung.contains(*id))
+                .cloned()
+                .collect();
             let until = inner.clock.now() + chrono::Duration::from_std(lease).unwrap_or_default();
             for id in ids {
                 match store.renew(&id, &inner.cfg.agent_id, until).await {
@@ -564,6 +573,26 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 impl Inner {
+    /// Running jobs whose exec is hanging (the executor's check: its container running with no
+    /// processes). Their leases and claims are not extended: the message reappears for another
+    /// agent instead of being held by a job that makes no progress.
+    async fn hanging_jobs(&self) -> HashSet<String> {
+        let running: Vec<(String, (String, Digest))> = lock(&self.running)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut hung = HashSet::new();
+        for (command, (alloc, exec)) in running {
+            if let Ok(a) = self.pool.alloc(&alloc).await
+                && a.executor().is_hanging(&exec).await
+            {
+                tracing::warn!(command_id = %command, exec = %exec, "The job's exec is hanging: its lease is no longer extended.");
+                hung.insert(command);
+            }
+        }
+        hung
+    }
+
     fn first_report(&self, what: &str) -> bool {
         self.reported
             .lock()
@@ -1260,6 +1289,7 @@ impl Inner {
     ) {
         let started = self.clock.now();
         let mut events = self.job_outcome(&req, &spec, &mut entry).await;
+        lock(&self.running).remove(&req.id);
         let oom = match (&entry.alloc, entry.exec) {
             (Some(a), Some(x)) => match self.pool.alloc(a).await {
                 Ok(a) => a
@@ -1488,6 +1518,7 @@ impl Inner {
             entry.exec = Some(exec_id);
             self.journal.put(entry).map_err(|e| rerr("journal", &e))?;
         }
+        lock(&self.running).insert(req.id.clone(), (alloc_id.clone(), exec_id));
         let limit = spec
             .timeout_secs
             .map_or(self.cfg.max_job, Duration::from_secs)

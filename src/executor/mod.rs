@@ -780,20 +780,7 @@ impl Executor {
     pub async fn check_hanging(&self) -> usize {
         let mut removed = 0;
         for e in self.execs() {
-            let st = e.status();
-            if st.state != ExecState::Running || st.err.is_some() {
-                continue;
-            }
-            let mut hanging = true;
-            for round in 0..2 {
-                if round > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let running = matches!(self.inner.runtime.inspect(e.container_name()).await, Ok(Some(ref i)) if i.running);
-                let idle = matches!(self.inner.runtime.top(e.container_name()).await, Ok(ref p) if p.is_empty());
-                hanging &= running && idle;
-            }
-            if hanging {
+            if self.hanging(&e).await {
                 tracing::warn!(exec = %e.id(), container = %e.container_name(), "Exec is hanging (running, no processes); removing its container.");
                 match self.inner.runtime.remove(e.container_name(), true).await {
                     Ok(()) => removed += 1,
@@ -804,6 +791,33 @@ impl Executor {
             }
         }
         removed
+    }
+
+    /// Whether exec `id` is hanging: running, and its container reported running with no
+    /// processes twice, 100 ms apart (Reflow's `IsHanging`). Unknown execs are not.
+    pub async fn is_hanging(&self, id: &Digest) -> bool {
+        match self.get(id) {
+            Ok(e) => self.hanging(&e).await,
+            Err(_) => false,
+        }
+    }
+
+    async fn hanging(&self, e: &Exec) -> bool {
+        let st = e.status();
+        if st.state != ExecState::Running || st.err.is_some() {
+            return false;
+        }
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let running = matches!(self.inner.runtime.inspect(e.container_name()).await, Ok(Some(ref i)) if i.running);
+            let idle = matches!(self.inner.runtime.top(e.container_name()).await, Ok(ref p) if p.is_empty());
+            if !(running && idle) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Reflow's `ExecInspect` of exec `id`; while it runs, `Commands` lists its processes.

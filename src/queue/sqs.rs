@@ -479,9 +479,35 @@ pub(super) async fn connect(
     url: &str,
     settings: &QueueSettings,
 ) -> Result<(SqsSource, SqsSink), QueueError> {
-    let names = parse_url(url)?;
     let sdk = crate::aws::sdk_config(&settings.aws).await;
-    let client = client_with_deadline(&sdk, settings.op_timeout);
+    connect_with(url, settings, &sdk).await
+}
+
+/// [`super::open`] of an `sqs://` URL with an SDK configuration of the caller's (an embedder's
+/// credentials, a test's emulator) instead of `settings.aws`.
+///
+/// # Errors
+/// A malformed URL or queues that cannot be found (or created).
+pub async fn open_with(
+    url: &str,
+    settings: &QueueSettings,
+    sdk: &aws_config::SdkConfig,
+) -> Result<super::Backend, QueueError> {
+    let (source, sink) = connect_with(url, settings, sdk).await?;
+    Ok(super::Backend {
+        source: Box::new(source),
+        sink: std::sync::Arc::new(sink),
+        display: super::redact(url),
+    })
+}
+
+async fn connect_with(
+    url: &str,
+    settings: &QueueSettings,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(SqsSource, SqsSink), QueueError> {
+    let names = parse_url(url)?;
+    let client = client_with_deadline(sdk, settings.op_timeout);
     let urls = resolve(&client, &names, settings.delivery_limit).await?;
     tracing::info!(queue = %names.commands, results = %names.results, dlq = %names.dlq, "SQS queues resolved.");
     settings
