@@ -76,8 +76,54 @@ export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
 export ERL_EPMD_ADDRESS=127.0.0.1
 RABBITMQ_CONSUMER_TIMEOUT_MS=$(( (36000 + 600) * 1000 ))
 export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+# A private CA and a server certificate for localhost/127.0.0.1, for the TLS listener on 5671
+# (amqps:// tests). Made once; the CA is $TLS_DIR/ca.pem.
+TLS_DIR=$STATE_DIR/tls
+make_tls() {
+  [ -s "$TLS_DIR/server.pem" ] && return 0
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=reflow-agent test CA" \
+    -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$TLS_DIR/ext.cnf"
+  openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$TLS_DIR/ext.cnf" -out "$TLS_DIR/server.pem" 2>/dev/null
+  if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq "$TLS_DIR"; fi
+  chmod 0644 "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem"
+  chmod 0600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key"
+}
+
+# rabbitmq.conf: the broker-wide consumer timeout (see below) and the TLS listener. Prints
+# "changed" when it wrote something a running node has to restart for.
+rabbitmq_conf() {
+  local conf=/etc/rabbitmq/rabbitmq.conf changed=0
+  mkdir -p /etc/rabbitmq
+  if ! grep -qs '^consumer_timeout' "$conf"; then
+    echo "consumer_timeout = $RABBITMQ_CONSUMER_TIMEOUT_MS" >>"$conf"
+  fi
+  if ! grep -qs '^listeners.ssl.default' "$conf"; then
+    {
+      echo "listeners.ssl.default = 127.0.0.1:5671"
+      echo "ssl_options.cacertfile = $TLS_DIR/ca.pem"
+      echo "ssl_options.certfile = $TLS_DIR/server.pem"
+      echo "ssl_options.keyfile = $TLS_DIR/server.key"
+      echo "ssl_options.verify = verify_none"
+      echo "ssl_options.fail_if_no_peer_cert = false"
+    } >>"$conf"
+    changed=1
+  fi
+  if [ "$changed" = 1 ]; then echo changed; fi
+}
+
 start_rabbitmq() {
   command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  make_tls
+  if [ "$(rabbitmq_conf)" = changed ] && rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    log "rabbitmq: restarting for its TLS listener"
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+  fi
   if rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     log "rabbitmq: already running"
   else
@@ -93,12 +139,10 @@ start_rabbitmq() {
   # The agent holds a job's delivery until its outcome is durable. RabbitMQ before 3.12 ignores
   # the queues' x-consumer-timeout, so the broker-wide consumer_timeout must cover the longest
   # job: queue.max_job_secs (default 36000) plus 10 minutes (docs/protocol.md). Set for the
-  # running node (new channels) and in rabbitmq.conf for the next start.
+  # running node (new channels); rabbitmq_conf wrote it to rabbitmq.conf for the next start.
   rabbitmqctl -q eval "application:set_env(rabbit, consumer_timeout, $RABBITMQ_CONSUMER_TIMEOUT_MS)." >/dev/null
-  if [ -w /etc/rabbitmq ] && ! grep -qs '^consumer_timeout' /etc/rabbitmq/rabbitmq.conf; then
-    echo "consumer_timeout = $RABBITMQ_CONSUMER_TIMEOUT_MS" >>/etc/rabbitmq/rabbitmq.conf
-  fi
-  echo "rabbitmq: amqp://guest:guest@127.0.0.1:5672/%2f"
+  wait_for "rabbitmq TLS listener" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5671'
+  echo "rabbitmq: amqp://guest:guest@127.0.0.1:5672/%2f, amqps://guest:guest@localhost:5671/%2f (CA $TLS_DIR/ca.pem)"
 }
 
 # --- moto ----------------------------------------------------------------------------------------

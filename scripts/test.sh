@@ -31,6 +31,7 @@ fi
 export AGENT_IT_AMQP_URL=${AGENT_IT_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/reflow-it}
 export AGENT_IT_AWS_ENDPOINT=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
 export AGENT_IT_IMAGE=${AGENT_IT_IMAGE:-reflow-agent-test/busybox:1}
+export AGENT_IT_TLS_CA=${AGENT_IT_TLS_CA:-/var/lib/reflow-agent-dev/tls/ca.pem}
 
 step "fmt"
 cargo fmt --check

@@ -85,6 +85,15 @@ pub enum CliError {
     /// A blob store transfer failed (`s3 cp`); the error names the object.
     #[error(transparent)]
     Blob(#[from] crate::blob::BlobError),
+    /// A file named on the command line could not be read.
+    #[error("read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// Some objects failed verification.
     #[error("{failed} of {total} objects failed verification")]
     VerifyFailed {
@@ -113,6 +122,7 @@ impl Classify for CliError {
             CliError::Failed { error, .. } => error.kind,
             CliError::Timeout { .. } => Kind::Timeout,
             CliError::NotBuilt { .. } => Kind::NotSupported,
+            CliError::Read { source, .. } => crate::error::io_kind(source),
         }
     }
 }
@@ -610,9 +620,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub struct SubmitOptions {
     /// The command file (a protocol envelope, e.g. a `job`).
     pub file: PathBuf,
-    /// The queue (`amqp://...`, `sqs://NAME`, `spool:///DIR`).
+    /// The queue (`amqp://...`, `amqps://...`, `sqs://NAME`, `spool:///DIR`).
     #[arg(long, env = "REFLOW_AGENT_QUEUE")]
     pub queue: String,
+    /// For `amqps://`: a PEM file of CA certificates to trust besides the system's.
+    #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Wait for the outcome, show progress, and print the final event.
     #[arg(long)]
     pub wait: bool,
@@ -670,7 +683,9 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
     };
     let job = matches!(req.command, crate::protocol::Command::Job(_));
     runtime()?.block_on(async {
-        let client = crate::queue::client(&opts.queue, &Default::default()).await?;
+        let client =
+            crate::queue::client(&opts.queue, &client_settings(opts.tls_ca_file.as_deref())?)
+                .await?;
         let mut watch = match opts.wait {
             true => Some(client.watch(Some(&req.id)).await?),
             false => None,
@@ -747,6 +762,9 @@ pub enum DlqCommand {
         /// The queue whose dead-letter queue to read.
         #[arg(long, env = "REFLOW_AGENT_QUEUE")]
         queue: String,
+        /// For `amqps://`: a PEM file of CA certificates to trust besides the system's.
+        #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
+        tls_ca_file: Option<PathBuf>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         max: usize,
@@ -756,6 +774,9 @@ pub enum DlqCommand {
         /// The queue whose dead-letter queue to replay.
         #[arg(long, env = "REFLOW_AGENT_QUEUE")]
         queue: String,
+        /// For `amqps://`: a PEM file of CA certificates to trust besides the system's.
+        #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
+        tls_ca_file: Option<PathBuf>,
         /// Only print what would be replayed.
         #[arg(long)]
         dry_run: bool,
@@ -784,6 +805,23 @@ fn dead_line(body: &[u8], reason: &str) -> serde_json::Value {
     })
 }
 
+/// A CLI client's settings: the broker CA file, read now.
+fn client_settings(
+    tls_ca_file: Option<&std::path::Path>,
+) -> Result<crate::queue::ClientSettings, CliError> {
+    Ok(crate::queue::ClientSettings {
+        aws: Default::default(),
+        tls_ca: tls_ca_file
+            .map(|p| {
+                std::fs::read_to_string(p).map_err(|source| CliError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?,
+    })
+}
+
 /// Lists or replays a dead-letter queue.
 ///
 /// # Errors
@@ -791,8 +829,13 @@ fn dead_line(body: &[u8], reason: &str) -> serde_json::Value {
 pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
     runtime()?.block_on(async {
         match cmd {
-            DlqCommand::List { queue, max } => {
-                let client = crate::queue::client(queue, &Default::default()).await?;
+            DlqCommand::List {
+                queue,
+                max,
+                tls_ca_file,
+            } => {
+                let client =
+                    crate::queue::client(queue, &client_settings(tls_ca_file.as_deref())?).await?;
                 let mut out = io::stdout().lock();
                 for d in client.dead_letters(*max).await? {
                     writeln!(out, "{}", dead_line(&d.body, &d.reason)).map_err(CliError::Output)?;
@@ -804,6 +847,7 @@ pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
                 dry_run,
                 rate,
                 max,
+                tls_ca_file,
             } => {
                 if !(rate.is_finite() && *rate > 0.0) {
                     return Err(CliError::Failed {
@@ -815,7 +859,8 @@ pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
                         ),
                     });
                 }
-                let client = crate::queue::client(queue, &Default::default()).await?;
+                let client =
+                    crate::queue::client(queue, &client_settings(tls_ca_file.as_deref())?).await?;
                 if *dry_run {
                     let mut out = io::stdout().lock();
                     for d in client.dead_letters(*max).await? {

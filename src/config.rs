@@ -193,6 +193,9 @@ pub struct QueueSection {
     pub visibility_timeout_secs: u64,
     /// Tries of a job step that fails with a retryable error. Default (0): 3.
     pub job_attempts: u32,
+    /// For an `amqps://` broker: a PEM file of CA certificates to trust besides the system's
+    /// (a private CA). The broker's certificate and host name are always verified.
+    pub tls_ca_file: Option<PathBuf>,
     /// Longest wait for one broker operation, seconds: on AMQP connect, declare, publish and
     /// its confirm, ack (then the connection is taken as dead and made again); on SQS one
     /// request attempt beyond the 20 s long poll (then the SDK retries). Default (0): 30.
@@ -402,14 +405,11 @@ impl Config {
         }
         if self
             .queue
-            .url
+            .tls_ca_file
             .as_deref()
-            .is_some_and(|u| u.starts_with("amqps://"))
+            .is_some_and(|p| !p.is_absolute())
         {
-            bad(
-                "queue.url",
-                "amqps:// is not supported by this build (no TLS for AMQP yet), and it is never downgraded to plaintext: use amqp:// on a trusted network or through a TLS-terminating proxy",
-            );
+            bad("queue.tls_ca_file", "must be an absolute path");
         }
         // Defaults derive from agent.state_dir, already checked; only given URLs are checked.
         if let Some(url) = &self.queue.url
@@ -564,18 +564,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn amqps_is_refused_never_downgraded() {
+    fn amqps_is_accepted_and_its_ca_file_must_be_absolute() {
         let c = Config::parse(
-            "[queue]\nurl = \"amqps://u:p@broker:5671/\"\n",
+            "[queue]\nurl = \"amqps://u:p@broker:5671/\"\ntls_ca_file = \"ca.pem\"\n",
             Path::new("x.toml"),
         )
         .unwrap();
         let errs: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
-        assert!(
-            errs.iter()
-                .any(|e| e.contains("queue.url") && e.contains("never downgraded")),
-            "{errs:?}"
-        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("queue.tls_ca_file"), "{errs:?}");
     }
 
     #[test]

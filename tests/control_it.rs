@@ -2155,3 +2155,64 @@ async fn amqp_fleet_of_four_scaled_to_one_completes_every_job_once() {
         scaled_in - started
     );
 }
+
+/// The test broker's TLS listener (scripts/dev-services.sh): `AGENT_IT_AMQP_URL` on
+/// `amqps://localhost:5671`, and the CA that signed its certificate.
+fn amqps() -> (String, PathBuf) {
+    let url =
+        amqp()
+            .replacen("amqp://", "amqps://", 1)
+            .replacen("127.0.0.1:5672", "localhost:5671", 1);
+    let ca = std::env::var("AGENT_IT_TLS_CA")
+        .unwrap_or_else(|_| "/var/lib/reflow-agent-dev/tls/ca.pem".to_string());
+    (url, PathBuf::from(ca))
+}
+
+/// `amqps://` end to end: an agent and a producer that trust the broker's private CA run a job
+/// over TLS (port 5671 speaks nothing else). An agent that does not trust the CA, and one whose
+/// amqps:// URL points at the plaintext port, refuse to start with the reason: never a
+/// connection without TLS.
+#[tokio::test]
+async fn amqps_verifies_the_broker_and_never_falls_back_to_plaintext() {
+    let (base, ca) = amqps();
+    let ns = uniq("tls");
+    let url = format!("{base}?ns={ns}");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!("tls_ca_file = \"{}\"\n", ca.display());
+    let _agent = Agent::start(dir.path(), &uniq("tls"), &url, &tls, &[]);
+    let settings = queue::ClientSettings {
+        tls_ca: Some(std::fs::read_to_string(&ca).unwrap()),
+        ..Default::default()
+    };
+    let client = queue::client(&url, &settings).await.unwrap();
+    let mut events = Events::new(client.as_ref()).await;
+    let id = uniq("over-tls");
+    submit(client.as_ref(), &id, &job(&id, "echo tls > $out")).await;
+    let e = events.completed(&id).await;
+    assert_eq!(output(&e), (sha256sum(b"tls\n"), true, false));
+
+    // Refusals: an unknown CA, and a plaintext port behind an amqps:// URL.
+    let plain = url.replacen("localhost:5671", "localhost:5672", 1);
+    for (label, url, extra, want) in [
+        ("untrusted", url.as_str(), "", "certificate"),
+        ("plaintext", plain.as_str(), tls.as_str(), "connect"),
+    ] {
+        let name = uniq(label);
+        let mut a = Agent::start(
+            dir.path(),
+            &name,
+            url,
+            &format!("{extra}op_timeout_secs = 5\n"),
+            &[],
+        );
+        let st = a.wait(Duration::from_secs(60));
+        assert!(!st.success(), "{label}: the agent started anyway");
+        let log = a.logs();
+        assert!(
+            log.to_lowercase().contains(want),
+            "{label}: no {want:?} in\n{}",
+            tail(&log, 20)
+        );
+        assert!(!log.contains("Consuming commands."), "{label}: it consumed");
+    }
+}

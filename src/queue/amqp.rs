@@ -193,13 +193,57 @@ fn up(conn: &Connection, ch: &Channel) -> bool {
     conn.status().connected() && ch.status().connected()
 }
 
-async fn open_channel(url: &str, limit: Duration) -> Result<(Connection, Channel), QueueError> {
+/// Where a broker is and how to trust it: the URL lapin connects to (`amqp://`, or `amqps://`
+/// for TLS), and for `amqps://` the PEM certificates of the CAs to trust besides the system's.
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    tls_ca: Option<String>,
+}
+
+impl Broker {
+    /// The broker at `url` (namespace parameter already removed), trusting `tls_ca` (PEM).
+    pub fn new(url: impl Into<String>, tls_ca: Option<String>) -> Broker {
+        Broker {
+            url: url.into(),
+            tls_ca,
+        }
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &super::redact(&self.url))
+            .field("tls_ca", &self.tls_ca.is_some())
+            .finish()
+    }
+}
+
+async fn open_channel(
+    broker: &Broker,
+    limit: Duration,
+) -> Result<(Connection, Channel), QueueError> {
+    // TLS for amqps:// (rustls, verifying the broker's certificate and host name against the
+    // system's CAs and `tls_ca`); plain TCP for amqp://. Never a downgrade: an amqps:// broker
+    // that does not speak TLS is an error.
+    // With the AWS SDK in the build rustls has two crypto providers and picks none by itself;
+    // lapin's TLS uses ring (the SDK configures its own provider explicitly).
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: broker.tls_ca.clone(),
+    };
     let conn = call(
         "connect",
         limit,
-        Connection::connect(
-            url,
+        Connection::connect_with_config(
+            &broker.url,
             ConnectionProperties::default().with_connection_name("reflow-agent".into()),
+            tls,
         ),
     )
     .await?;
@@ -312,7 +356,7 @@ fn persistent(headers: FieldTable) -> BasicProperties {
 /// Publishes with confirms, reconnecting on the next call after a failure.
 #[derive(Debug)]
 struct Publisher {
-    url: String,
+    broker: Broker,
     topo: Topology,
     delivery_limit: u32,
     limit: Duration,
@@ -320,9 +364,9 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(url: &str, topo: Topology, delivery_limit: u32, limit: Duration) -> Publisher {
+    fn new(broker: Broker, topo: Topology, delivery_limit: u32, limit: Duration) -> Publisher {
         Publisher {
-            url: url.to_string(),
+            broker,
             topo,
             delivery_limit,
             limit,
@@ -341,7 +385,7 @@ impl Publisher {
         if guard.as_ref().is_none_or(|(c, ch)| !up(c, ch)) {
             // Dropped first: a dead connection is not kept while a new one is made.
             *guard = None;
-            let (conn, ch) = open_channel(&self.url, self.limit).await?;
+            let (conn, ch) = open_channel(&self.broker, self.limit).await?;
             call(
                 "confirm select",
                 self.limit,
@@ -395,7 +439,7 @@ impl Publisher {
 
 /// Commands from the fleet queue and this agent's queue.
 pub struct AmqpSource {
-    url: String,
+    broker: Broker,
     topo: Topology,
     settings: QueueSettings,
     consumer: Option<(Connection, Channel, lapin::Consumer, lapin::Consumer)>,
@@ -409,7 +453,7 @@ pub struct AmqpSource {
 impl std::fmt::Debug for AmqpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSource")
-            .field("url", &super::redact(&self.url))
+            .field("broker", &self.broker)
             .field("connected", &self.consumer.is_some())
             .finish()
     }
@@ -431,7 +475,7 @@ impl AmqpSource {
 
     async fn consume(&mut self) -> Result<(), QueueError> {
         let limit = self.settings.op_timeout;
-        let (conn, ch) = open_channel(&self.url, limit).await?;
+        let (conn, ch) = open_channel(&self.broker, limit).await?;
         declare(&ch, &self.topo, self.settings.delivery_limit, limit).await?;
         let own = self.topo.agent_queue(&self.settings.agent_id);
         call(
@@ -697,15 +741,18 @@ pub(super) async fn connect(
 ) -> Result<(AmqpSource, AmqpSink), QueueError> {
     let (url, mut topo) = split_url(url)?;
     topo.consumer_timeout = settings.max_job + CONSUMER_TIMEOUT_MARGIN;
-    let url = with_heartbeat(&url, settings.op_timeout);
+    let broker = Broker::new(
+        with_heartbeat(&url, settings.op_timeout),
+        settings.tls_ca.clone(),
+    );
     let publisher = std::sync::Arc::new(Publisher::new(
-        &url,
+        broker.clone(),
         topo.clone(),
         settings.delivery_limit,
         settings.op_timeout,
     ));
     let mut source = AmqpSource {
-        url: url.clone(),
+        broker,
         topo,
         settings: settings.clone(),
         consumer: None,
@@ -721,7 +768,7 @@ pub(super) async fn connect(
 /// A producer's and operator's view of an AMQP queue.
 #[derive(Debug)]
 pub struct AmqpClient {
-    url: String,
+    broker: Broker,
     publisher: Publisher,
 }
 
@@ -729,15 +776,25 @@ pub struct AmqpClient {
 pub const WATCH_QUEUE_EXPIRES: Duration = Duration::from_secs(600);
 
 impl AmqpClient {
-    /// A client of the broker at `url`.
+    /// A client of the broker at `url`, trusting `tls_ca` (PEM) for `amqps://`.
     ///
     /// # Errors
     /// A malformed namespace parameter.
-    pub fn new(url: &str, delivery_limit: u32) -> Result<AmqpClient, QueueError> {
+    pub fn new(
+        url: &str,
+        delivery_limit: u32,
+        tls_ca: Option<String>,
+    ) -> Result<AmqpClient, QueueError> {
         let (url, topo) = split_url(url)?;
+        let broker = Broker::new(url, tls_ca);
         Ok(AmqpClient {
-            publisher: Publisher::new(&url, topo, delivery_limit, super::DEFAULT_OP_TIMEOUT),
-            url,
+            publisher: Publisher::new(
+                broker.clone(),
+                topo,
+                delivery_limit,
+                super::DEFAULT_OP_TIMEOUT,
+            ),
+            broker,
         })
     }
 
@@ -769,7 +826,7 @@ impl super::Client for AmqpClient {
         })?;
         let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
         let mut w = AmqpWatch {
-            url: self.url.clone(),
+            broker: self.broker.clone(),
             topo: self.topo().clone(),
             delivery_limit: self.publisher.delivery_limit,
             limit: self.limit(),
@@ -784,7 +841,7 @@ impl super::Client for AmqpClient {
     async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
         // Read without acking, then close the channel: every message goes back, in order.
         let limit = self.limit();
-        let (conn, ch) = open_channel(&self.url, limit).await?;
+        let (conn, ch) = open_channel(&self.broker, limit).await?;
         declare(&ch, self.topo(), self.publisher.delivery_limit, limit).await?;
         let mut out = Vec::new();
         while out.len() < max {
@@ -808,7 +865,7 @@ impl super::Client for AmqpClient {
 
     async fn replay_one(&self) -> Result<Option<Vec<u8>>, QueueError> {
         let limit = self.limit();
-        let (conn, ch) = open_channel(&self.url, limit).await?;
+        let (conn, ch) = open_channel(&self.broker, limit).await?;
         let got = call(
             "get",
             limit,
@@ -869,7 +926,7 @@ fn reason_of(props: &BasicProperties) -> String {
 /// so `submit --wait` misses nothing. The broker deletes the queue
 /// [`WATCH_QUEUE_EXPIRES`] after its last consumer is gone.
 struct AmqpWatch {
-    url: String,
+    broker: Broker,
     topo: Topology,
     delivery_limit: u32,
     limit: Duration,
@@ -880,7 +937,7 @@ struct AmqpWatch {
 impl AmqpWatch {
     async fn connect(&mut self) -> Result<(), QueueError> {
         let limit = self.limit;
-        let (conn, ch) = open_channel(&self.url, limit).await?;
+        let (conn, ch) = open_channel(&self.broker, limit).await?;
         declare(&ch, &self.topo, self.delivery_limit, limit).await?;
         let mut args = FieldTable::default();
         args.insert(
@@ -966,7 +1023,7 @@ impl super::EventWatch for AmqpWatch {
 pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueError> {
     let (url, t) = split_url(url)?;
     let limit = super::DEFAULT_OP_TIMEOUT;
-    let (conn, ch) = open_channel(&url, limit).await?;
+    let (conn, ch) = open_channel(&Broker::new(url, None), limit).await?;
     let mut names = vec![t.commands.clone(), t.dlq.clone()];
     names.extend(agent_ids.iter().map(|a| t.agent_queue(a)));
     for q in names {
