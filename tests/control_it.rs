@@ -140,6 +140,19 @@ impl Agent {
     }
 
     /// This incarnation's log lines.
+    /// Waits up to 60 s for `text` in this incarnation's log; panics with `why` and the log's tail.
+    fn until_logged(&self, text: &str, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.logs().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{why}:\n{}",
+                tail(&self.logs(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn logs(&self) -> String {
         let all = std::fs::read(&self.log).unwrap_or_default();
         let from = usize::try_from(self.from)
@@ -1988,15 +2001,10 @@ async fn amqp_redelivery_to_a_second_agent_waits_on_the_claim_and_runs_once() {
         .await;
     let b = Agent::start_with(dir.path(), &second, &taskdb, &url, limits, &[]);
     a.signal("-STOP");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !b.logs().contains("Another agent holds a live claim") {
-        assert!(
-            Instant::now() < deadline,
-            "the second agent never saw the job:\n{}",
-            tail(&b.logs(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    b.until_logged(
+        "Another agent holds a live claim",
+        "the second agent never saw the job",
+    );
     a.signal("-CONT");
     let e = events.completed(&id).await;
     assert_eq!(e.agent, first);
@@ -2004,15 +2012,10 @@ async fn amqp_redelivery_to_a_second_agent_waits_on_the_claim_and_runs_once() {
         output(&e),
         (sha256sum(format!("{id}\n").as_bytes()), true, false)
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !b.logs().contains("Another agent finished this job") {
-        assert!(
-            Instant::now() < deadline,
-            "the second agent never settled its duplicate:\n{}",
-            tail(&b.logs(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    b.until_logged(
+        "Another agent finished this job",
+        "the second agent never settled its duplicate",
+    );
     events.linger(Duration::from_secs(2)).await;
     let mut completed = events.ids(&id, "exec.completed");
     completed.dedup();

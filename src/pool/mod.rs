@@ -896,17 +896,7 @@ impl Pool {
     pub async fn mark_draining(&self) {
         let (db, row) = (self.inner.taskdb.clone(), self.inner.pool_row);
         let at = self.inner.clock.now();
-        let budget = CancellationToken::new();
-        let guard = budget.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            guard.cancel();
-        });
-        retry("pool row state", &budget, || {
-            db.set_state(row, "draining", at)
-        })
-        .await;
-        timer.abort();
+        retry_for_10s("pool row state", || db.set_state(row, "draining", at)).await;
     }
 
     /// Keeps the pool's TaskDB row current until `cancel`: records the pool's resources and start,
@@ -928,15 +918,24 @@ impl Pool {
             }
         }
         let end = self.inner.clock.now();
-        let budget = CancellationToken::new();
-        let guard = budget.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            guard.cancel();
-        });
-        retry("pool row end time", &budget, || db.set_end_time(row, end)).await;
-        timer.abort();
+        retry_for_10s("pool row end time", || db.set_end_time(row, end)).await;
     }
+}
+
+/// [`retry`] within a 10 s budget (a shutdown's last words to the TaskDB).
+async fn retry_for_10s<F, Fut>(what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::taskdb::TaskDbError>>,
+{
+    let budget = CancellationToken::new();
+    let guard = budget.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        guard.cancel();
+    });
+    retry(what, &budget, f).await;
+    timer.abort();
 }
 
 /// Retries `f` with backoff (10 s, x1.2, at most 2 min, 5 tries) until it succeeds, the tries run

@@ -266,6 +266,19 @@ fn condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
 }
 
+/// The outcome of a conditional write: whether its condition held (a refusal is no error).
+fn conditional<O, E, R>(op: &'static str, r: Result<O, SdkError<E, R>>) -> Result<bool, TaskDbError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if condition_failed(&e) => Ok(false),
+        Err(e) => Err(classify(op, e)),
+    }
+}
+
 impl DynamoDbTaskDb {
     /// The claim row of `command_id`: owner, lease end and whether it is done.
     async fn claim_row(
@@ -377,11 +390,7 @@ impl super::claims::ClaimStore for DynamoDbTaskDb {
             .expression_attribute_values(":ttl", n(until + CLAIM_TTL_SLACK))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(classify("renew claim", e)),
-        }
+        conditional("renew claim", r)
     }
 
     async fn done(&self, command_id: &str, owner: &str, expires: Time) -> Result<(), TaskDbError> {
@@ -400,12 +409,8 @@ impl super::claims::ClaimStore for DynamoDbTaskDb {
             .expression_attribute_values(":u", n(expires))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            // Another agent took over meanwhile: its claim stands.
-            Err(e) if condition_failed(&e) => Ok(()),
-            Err(e) => Err(classify("finish claim", e)),
-        }
+        // A refusal means another agent took over meanwhile: its claim stands.
+        conditional("finish claim", r).map(|_| ())
     }
 
     async fn release(&self, command_id: &str, owner: &str) -> Result<(), TaskDbError> {
@@ -421,10 +426,6 @@ impl super::claims::ClaimStore for DynamoDbTaskDb {
             .expression_attribute_values(":running", s("running"))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if condition_failed(&e) => Ok(()),
-            Err(e) => Err(classify("release claim", e)),
-        }
+        conditional("release claim", r).map(|_| ())
     }
 }
