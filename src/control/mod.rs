@@ -2,8 +2,8 @@
 //! and their outcomes become events. docs/protocol.md is the contract; this module keeps its
 //! promises:
 //!
-//! - **Held until done.** A job's delivery is acked only once its outcome is fsynced; until then
-//!   it is held (leases kept by [`lease_loop`]), so a machine that dies returns it to the queue.
+//! - **Held until done.** A job's delivery is acked only once its outcome is fsynced and published; until then
+//!   it is held (its lease kept by a lease keeper), so a machine that dies returns it to the queue.
 //!   A request is acked once its result (and, if it changes state, its journal entry) is
 //!   durable.
 //! - **Idempotent.** The command id is the key. A redelivered job finds its journal entry and
