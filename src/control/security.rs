@@ -5,9 +5,10 @@
 //!
 //! # Signatures
 //! `signature` is `hmac-sha256:<64 hex>`, the HMAC-SHA256 under the shared key of the envelope's
-//! **canonical form**: the envelope JSON without its `signature` field, with object keys sorted
-//! and no whitespace (Python: `json.dumps(env, sort_keys=True, separators=(",", ":"),
-//! ensure_ascii=False)`). [`sign`] produces it.
+//! **canonical form**: the envelope JSON without its `signature` field, canonicalized by RFC 8785
+//! (JCS, [`canonical`]). [`sign`] produces it; [`verify`] also accepts the form earlier agents
+//! signed (Python's `json.dumps(env, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`,
+//! which is JCS itself for envelopes without fractional or exponent numbers).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -131,17 +132,21 @@ impl std::fmt::Debug for Policy {
     }
 }
 
-/// Writes `v` in canonical form (sorted keys, no whitespace) into `out`.
-fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+/// Writes `v` in the canonical form of RFC 8785 (JCS) into `out`: no whitespace, object keys
+/// sorted by their UTF-16 code units, strings with only the escapes JSON requires (`"`, `\\`
+/// and control characters, as `\n` or `\u001f`), and numbers as ECMAScript writes a double
+/// (`100`, `2.5`, `1e+21`, `1e-7`).
+pub fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
     match v {
         serde_json::Value::Object(m) => {
             out.push(b'{');
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
+                // serde_json escapes exactly what RFC 8785 does, in lower-case hex.
                 out.extend(serde_json::to_vec(k).unwrap_or_default());
                 out.push(b':');
                 canonical(&m[k], out);
@@ -158,17 +163,147 @@ fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
+        serde_json::Value::Number(n) => {
+            out.extend(es6_number(n.as_f64().unwrap_or(f64::NAN)).into_bytes());
+        }
         other => out.extend(serde_json::to_vec(other).unwrap_or_default()),
     }
 }
 
-fn mac(key: &[u8], env: &serde_json::Value) -> Hmac<Sha256> {
+/// The canonical form earlier agents signed: keys sorted by bytes, numbers as serde_json
+/// writes them (`100.0` stays `100.0`), the same as Python's `json.dumps(env, sort_keys=True,
+/// separators=(",", ":"), ensure_ascii=False)`. Still accepted by [`verify`].
+fn legacy_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            out.push(b'{');
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(k).unwrap_or_default());
+                out.push(b':');
+                legacy_canonical(&m[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                legacy_canonical(x, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend(serde_json::to_vec(other).unwrap_or_default()),
+    }
+}
+
+/// The shortest decimal digits that round-trip to `x` (> 0), and where the decimal point sits
+/// (after `n` digits). Where two such digit strings are equally close to `x`, the even one, as
+/// ECMAScript requires (Rust's formatting may pick the other).
+fn shortest_digits(x: f64) -> (String, i32) {
+    let split = |sci: &str| -> (String, i32) {
+        let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
+        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        (digits, exp.parse::<i32>().unwrap_or(0) + 1)
+    };
+    // `{:e}` gives the shortest round-trip digits: "1.2345e-7", "1e21".
+    let (digits, n) = split(&format!("{x:e}"));
+    // A tie: the exact value continues with 5 and then only zeros after those digits (a double
+    // has at most 767 significant decimal digits, so 800 are exact).
+    let (exact, exact_n) = split(&format!("{x:.800e}"));
+    let k = digits.len();
+    if exact_n != n || exact.len() <= k {
+        return (digits, n);
+    }
+    let (prefix, rest) = exact.split_at(k);
+    let mut rest = rest.chars();
+    if rest.next() != Some('5') || !rest.all(|c| c == '0') {
+        return (digits, n);
+    }
+    // `prefix` (rounded down) and `prefix + 1` (up) are equally close: take the even one.
+    let down_even = prefix.ends_with(['0', '2', '4', '6', '8']);
+    if down_even {
+        return (prefix.trim_end_matches('0').to_string().max("0".into()), n);
+    }
+    let mut up: Vec<u8> = prefix.bytes().collect();
+    let mut i = up.len();
+    let mut carry = true;
+    while carry && i > 0 {
+        i -= 1;
+        if up[i] == b'9' {
+            up[i] = b'0';
+        } else {
+            up[i] += 1;
+            carry = false;
+        }
+    }
+    let (mut up, n) = if carry {
+        let mut v = vec![b'1'];
+        v.extend(up);
+        (v, n + 1)
+    } else {
+        (up, n)
+    };
+    while up.len() > 1 && up.last() == Some(&b'0') {
+        up.pop();
+    }
+    (String::from_utf8(up).unwrap_or_default(), n)
+}
+
+/// `x` as ECMAScript's `Number.prototype.toString` writes it (RFC 8785, section 3.2.2.3):
+/// the shortest digits that round-trip, in plain notation for decimal exponents from -6 to 20
+/// and in `d.ddde±n` notation outside.
+fn es6_number(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    if !x.is_finite() {
+        // Not JSON; serde_json never yields it.
+        return "null".into();
+    }
+    let sign = if x < 0.0 { "-" } else { "" };
+    let (digits, n) = shortest_digits(x.abs());
+    let k = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    let body = if k <= n && n <= 21 {
+        format!(
+            "{digits}{}",
+            "0".repeat(usize::try_from(n - k).unwrap_or(0))
+        )
+    } else if 0 < n && n <= 21 {
+        let (a, b) = digits.split_at(usize::try_from(n).unwrap_or(0));
+        format!("{a}.{b}")
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat(usize::try_from(-n).unwrap_or(0)))
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let frac = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
+        let e = n - 1;
+        format!("{first}{frac}e{}{}", if e < 0 { "-" } else { "+" }, e.abs())
+    };
+    format!("{sign}{body}")
+}
+
+fn mac(
+    key: &[u8],
+    env: &serde_json::Value,
+    form: fn(&serde_json::Value, &mut Vec<u8>),
+) -> Hmac<Sha256> {
     let mut unsigned = env.clone();
     if let Some(m) = unsigned.as_object_mut() {
         m.remove("signature");
     }
     let mut bytes = Vec::new();
-    canonical(&unsigned, &mut bytes);
+    form(&unsigned, &mut bytes);
     // HMAC takes keys of any length.
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     m.update(&bytes);
@@ -179,7 +314,7 @@ fn mac(key: &[u8], env: &serde_json::Value) -> Hmac<Sha256> {
 pub fn sign(key: &[u8], env: &serde_json::Value) -> String {
     format!(
         "{SCHEME}{}",
-        hex::encode(mac(key, env).finalize().into_bytes())
+        hex::encode(mac(key, env, canonical).finalize().into_bytes())
     )
 }
 
@@ -198,9 +333,10 @@ pub fn verify(key: &[u8], bytes: &[u8]) -> Result<(), SecurityError> {
         .strip_prefix(SCHEME)
         .and_then(|h| hex::decode(h).ok())
         .ok_or(SecurityError::BadSignature)?;
-    // Constant-time comparison.
-    mac(key, &env)
+    // Constant-time comparisons: RFC 8785 first, then the form earlier agents signed.
+    mac(key, &env, canonical)
         .verify_slice(&given)
+        .or_else(|_| mac(key, &env, legacy_canonical).verify_slice(&given))
         .map_err(|_| SecurityError::BadSignature)
 }
 
@@ -605,15 +741,94 @@ mod tests {
     }
 
     #[test]
-    fn canonical_form_matches_python_json_dumps() {
-        // python3 -c 'import json;print(json.dumps({"b":[1,{"d":"é","c":2.5}],"a":None},
-        //   sort_keys=True,separators=(",",":"),ensure_ascii=False))'
-        let v = serde_json::json!({"b":[1,{"d":"é","c":2.5}],"a":null});
-        let mut out = Vec::new();
-        canonical(&v, &mut out);
+    fn canonical_form_is_rfc_8785() {
+        let jcs = |v: serde_json::Value| {
+            let mut out = Vec::new();
+            canonical(&v, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        // Python's json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) agrees
+        // where there are no fractional or exponent numbers.
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            jcs(serde_json::json!({"b":[1,{"d":"é","c":2.5}],"a":null})),
             r#"{"a":null,"b":[1,{"c":2.5,"d":"é"}]}"#
+        );
+        // RFC 8785, appendix B: numbers as ECMAScript writes doubles.
+        for (bits, want) in [
+            (0x0000000000000000_u64, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x8000000000000001, "-5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+            (0x444b1ae4d6e2ef50, "1e+21"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+            (0x41b3de4355555553, "333333333.3333332"),
+            (0xbecbf647612f3696, "-0.0000033333333333333333"),
+            (0x43143ff3c1cb0959, "1424953923781206.2"),
+            (0x3e7ad7f29abcaf48, "1e-7"),
+            (0x4024000000000000, "10"),
+            (0x3fe0000000000000, "0.5"),
+        ] {
+            assert_eq!(es6_number(f64::from_bits(bits)), want, "{bits:#x}");
+        }
+        assert_eq!(
+            jcs(serde_json::json!({"mem": 100.0, "cpu": 1e21})),
+            r#"{"cpu":1e+21,"mem":100}"#
+        );
+        // RFC 8785, 3.2.3: keys sorted by UTF-16 code units (U+1F600 is D83D DE00, before U+E000).
+        assert_eq!(
+            jcs(serde_json::json!({"\u{e000}": 1, "\u{1f600}": 2, "a": 3})),
+            "{\"a\":3,\"\u{1f600}\":2,\"\u{e000}\":1}"
+        );
+        // Only the escapes JSON requires, lower-case hex; `<`, `>`, `&` and `/` stay literal.
+        assert_eq!(
+            jcs(serde_json::json!({"s": "<a&b>/\u{1f}\n\"\\"})),
+            r#"{"s":"<a&b>/\u001f\n\"\\"}"#
+        );
+    }
+
+    proptest::proptest! {
+        /// Every finite double's canonical number reads back as the same double, in no more
+        /// digits than Rust's shortest form.
+        #[test]
+        fn canonical_numbers_round_trip(bits in proptest::prelude::any::<u64>()) {
+            let x = f64::from_bits(bits);
+            proptest::prop_assume!(x.is_finite());
+            let s = es6_number(x);
+            let back: f64 = s.parse().unwrap();
+            proptest::prop_assert!(back == x || (back == 0.0 && x == 0.0), "{} -> {}", x, s);
+            let sig = |t: &str| t.split(['e', 'E']).next().unwrap_or("").chars().filter(char::is_ascii_digit).collect::<String>().trim_matches('0').len();
+            proptest::prop_assert!(sig(&s) <= sig(&format!("{x:e}")), "{} -> {}", x, s);
+        }
+    }
+
+    #[test]
+    fn signatures_over_the_earlier_form_still_verify() {
+        let key = b"k";
+        let env = serde_json::json!({"v": 1, "id": "x", "kind": "offers", "body": {"mem": 100.0}});
+        let mut legacy = Vec::new();
+        legacy_canonical(&env, &mut legacy);
+        assert_eq!(
+            String::from_utf8_lossy(&legacy),
+            r#"{"body":{"mem":100.0},"id":"x","kind":"offers","v":1}"#
+        );
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+        m.update(&legacy);
+        let mut signed = env.clone();
+        signed["signature"] = format!("{SCHEME}{}", hex::encode(m.finalize().into_bytes())).into();
+        verify(key, &serde_json::to_vec(&signed).unwrap()).unwrap();
+        let mut jcs = env.clone();
+        jcs["signature"] = sign(key, &env).into();
+        verify(key, &serde_json::to_vec(&jcs).unwrap()).unwrap();
+        assert_ne!(
+            signed["signature"], jcs["signature"],
+            "the two forms differ here"
         );
     }
 
