@@ -1,0 +1,226 @@
+//! Events: building them (deterministic ids), the durable outbox, the publisher that empties it
+//! in order, and the heartbeat.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn first_report(&self, what: &str) -> bool {
+        self.reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(what.to_string())
+    }
+
+    /// An event caused by the agent itself (`cause` names the occasion, for its id).
+    pub(super) fn agent_event(&self, cause: &str, body: EventBody) -> Event {
+        Event {
+            v: PROTOCOL_VERSION,
+            id: event_id(
+                &format!("agent {} {cause}", self.cfg.agent_id),
+                body.kind(),
+                0,
+            ),
+            agent: self.cfg.agent_id.clone(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            command: None,
+            time: self.clock.now(),
+            body,
+            labels: Default::default(),
+        }
+    }
+
+    /// A lifecycle event (`agent.started`, `agent.draining`, `agent.stopped`): one per start of
+    /// the agent.
+    pub(super) fn lifecycle_event(&self, body: EventBody) -> Event {
+        let cause = format!("{} {}", body.kind(), self.incarnation);
+        self.agent_event(&cause, body)
+    }
+
+    /// An event caused by command `req` (the `seq`th of its kind).
+    pub(super) fn command_event(&self, req: &Request, seq: u64, body: EventBody) -> Event {
+        Event {
+            v: PROTOCOL_VERSION,
+            id: event_id(&req.id, body.kind(), seq),
+            agent: self.cfg.agent_id.clone(),
+            alloc: None,
+            exec: None,
+            correlation_id: req.correlation_id.clone(),
+            command: Some(req.id.clone()),
+            time: self.clock.now(),
+            body,
+            labels: Default::default(),
+        }
+    }
+
+    /// A job's `exec.state` event, with the exec's manifest; its id is one per state.
+    pub(super) fn exec_state_event(
+        &self,
+        req: &Request,
+        exec: &crate::executor::Exec,
+        alloc: &str,
+        state: &str,
+    ) -> Event {
+        let mut e = self.command_event(
+            req,
+            0,
+            EventBody::ExecState {
+                state: state.into(),
+                error: None,
+                manifest: Some(Box::new(exec.manifest())),
+            },
+        );
+        e.id = event_id(&req.id, "exec.state", state);
+        e.exec = Some(exec.id());
+        e.alloc = Some(alloc.to_string());
+        e
+    }
+
+    /// Puts events in the outbox (durably) and wakes the publisher. A failing outbox write is
+    /// logged: these are agent events, not command outcomes.
+    pub(super) fn emit(&self, events: &[Event]) {
+        if let Err(e) = self.outbox.add(events) {
+            tracing::error!(error = %crate::error::chain(&e), "Writing events to the outbox failed.");
+        }
+        self.outbox_wake.notify_one();
+    }
+
+    /// Like [`Inner::emit`], for outcomes: the caller must not settle when this fails.
+    pub(super) fn emit_durable(&self, events: &[Event]) -> Result<(), JournalError> {
+        self.outbox.add(events)?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Waits until `events` have left the outbox (the broker confirmed them), up to
+    /// [`OUTCOME_PATIENCE`]; false when they have not by then.
+    pub(super) async fn until_published(&self, events: &[Event]) -> bool {
+        let mut changed = self.published.subscribe();
+        let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
+        loop {
+            let waiting = match self.outbox.pending() {
+                Ok(p) => p.iter().any(|(_, e)| events.iter().any(|o| o.id == e.id)),
+                Err(_) => true,
+            };
+            if !waiting {
+                return true;
+            }
+            self.outbox_wake.notify_one();
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return false,
+                _ = changed.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Publishes the outbox in order until `stop`, retrying with backoff while the broker is away.
+pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut failed = false;
+        match inner.outbox.pending() {
+            Ok(pending) => {
+                for (name, event) in pending {
+                    // A publish still under way at stop is dropped: the event stays in the
+                    // outbox and goes out at the next start (consumers dedupe by event id).
+                    let published = tokio::select! {
+                        () = stop.cancelled() => return,
+                        r = inner.sink.publish(&event) => r,
+                    };
+                    match published {
+                        Ok(()) => {
+                            if let Err(e) = inner.outbox.remove(&name) {
+                                tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
+                            }
+                            inner.published.send_modify(|n| *n += 1);
+                            backoff = Duration::from_millis(100);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error::chain(&e), event = %event.id, kind = event.body.kind(), "Publishing failed; retrying.");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "Reading the outbox failed.");
+                failed = true;
+            }
+        }
+        let wait = if failed {
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = inner.outbox_wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Publishes heartbeats, and alloc-expiry and integrity events as they are noticed.
+pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut n = 0u64;
+    loop {
+        let free = inner.pool.available().await;
+        let allocs = inner.pool.allocs().await;
+        let now = inner.clock.now();
+        let mut running = 0u64;
+        let mut events = Vec::new();
+        for a in &allocs {
+            running += a
+                .executor()
+                .execs()
+                .iter()
+                .filter(|e| e.status().state < ExecState::Complete)
+                .count() as u64;
+            if a.expires() < now && inner.first_report(&format!("expired {}", a.id())) {
+                let mut e =
+                    inner.agent_event(&format!("expired {}", a.id()), EventBody::AllocExpired {});
+                e.alloc = Some(a.id().to_string());
+                events.push(e);
+            }
+            let sig = a.executor().integrity_signal().borrow().clone();
+            if sig.count > 0 && inner.first_report(&format!("integrity {} {}", a.id(), sig.count)) {
+                inner.cfg.metrics.integrity_error();
+                let mut e = inner.agent_event(
+                    &format!("integrity {} {}", a.id(), sig.count),
+                    EventBody::IntegrityError { detail: sig.last },
+                );
+                e.alloc = Some(a.id().to_string());
+                events.push(e);
+            }
+        }
+        let mut hb = inner.agent_event(
+            &format!("heartbeat {n}"),
+            EventBody::AgentHeartbeat {
+                free,
+                running_execs: running,
+            },
+        );
+        // Heartbeats are unique per run (they carry the time), so their ids are too.
+        inner.cfg.notifier.notify(&format!(
+            "STATUS=consuming; {} allocs, {running} execs running",
+            allocs.len()
+        ));
+        hb.id = event_id(
+            &format!("{} {}", inner.cfg.agent_id, crate::time::format(&now)),
+            "agent.heartbeat",
+            n,
+        );
+        events.push(hb);
+        inner.emit(&events);
+        n += 1;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(inner.cfg.heartbeat) => {}
+        }
+    }
+}
