@@ -5,6 +5,8 @@
 //! [`ExecConfig::validate`] is the gate for configs that arrive from a queue: it checks everything
 //! that can be checked without I/O and returns a typed error.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -685,4 +687,44 @@ mod tests {
         let ok: ExecResult = serde_json::from_str(r#"{"Fileset":{}}"#).unwrap();
         assert!(ok.err.is_none());
     }
+}
+
+/// What a producer asks an alloc for (Reflow's `AllocMeta`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocMeta {
+    /// Resources wanted (`null`, as Go writes a nil map, reads as none).
+    #[serde(default, deserialize_with = "null_default")]
+    pub want: Resources,
+    /// Who asked.
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels.
+    #[serde(default, deserialize_with = "null_default")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An alloc's description (Reflow's `AllocInspect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocInspect {
+    /// Alloc id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its TaskDB row.
+    #[serde(rename = "TaskDBAllocID")]
+    pub taskdb_alloc_id: Digest,
+    /// Resources held.
+    pub resources: Resources,
+    /// The request.
+    pub meta: AllocMeta,
+    /// Creation time.
+    #[serde(with = "time::go")]
+    pub created: Time,
+    /// Last keepalive.
+    #[serde(with = "time::go")]
+    pub last_keepalive: Time,
+    /// Expiry.
+    #[serde(with = "time::go")]
+    pub expires: Time,
 }

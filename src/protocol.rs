@@ -13,8 +13,7 @@ use thiserror::Error;
 use crate::digest::Digest;
 use crate::error::{Classify, Kind, ReflowError};
 use crate::fileset::Fileset;
-use crate::model::{ConfigError, ExecConfig, ExecResult};
-use crate::pool::AllocMeta;
+use crate::model::{AllocMeta, ConfigError, ExecConfig, ExecResult};
 use crate::time::{self, Time};
 
 /// The protocol version this agent speaks.
@@ -130,7 +129,7 @@ pub struct Envelope {
     /// When it was sent.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
     pub time: Option<Time>,
-    /// An optional HMAC-SHA256 signature (see [`crate::control::security`]); required when the
+    /// An optional HMAC-SHA256 signature (docs/protocol.md, "Signatures"); required when the
     /// agent has a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Duration;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +31,7 @@ use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
 use crate::persist::{self, PersistError};
 use crate::resources::{CPU, DISK, MEM, Resources};
 use crate::taskdb::{self, TaskDb};
-use crate::time::{self, Time};
+use crate::time::Time;
 use accounting::{AdmitError, AllocView, MetaScan, Offer, RestoreAction, StateScan};
 
 /// Fraction of memory kept back for the agent and the system.
@@ -46,45 +45,7 @@ pub const POOL_ROW_PERIOD: std::time::Duration = std::time::Duration::from_secs(
 /// The pool row's keepalive horizon.
 pub const POOL_ROW_TTL: Duration = Duration::minutes(2);
 
-/// What a producer asks an alloc for (Reflow's `AllocMeta`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct AllocMeta {
-    /// Resources wanted (`null`, as Go writes a nil map, reads as none).
-    #[serde(default, deserialize_with = "crate::fileset::null_default")]
-    pub want: Resources,
-    /// Who asked.
-    #[serde(default)]
-    pub owner: String,
-    /// Free-form labels.
-    #[serde(default, deserialize_with = "crate::fileset::null_default")]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// An alloc's description (Reflow's `AllocInspect`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct AllocInspect {
-    /// Alloc id.
-    #[serde(rename = "ID")]
-    pub id: String,
-    /// Its TaskDB row.
-    #[serde(rename = "TaskDBAllocID")]
-    pub taskdb_alloc_id: Digest,
-    /// Resources held.
-    pub resources: Resources,
-    /// The request.
-    pub meta: AllocMeta,
-    /// Creation time.
-    #[serde(with = "time::go")]
-    pub created: Time,
-    /// Last keepalive.
-    #[serde(with = "time::go")]
-    pub last_keepalive: Time,
-    /// Expiry.
-    #[serde(with = "time::go")]
-    pub expires: Time,
-}
+pub use crate::model::{AllocInspect, AllocMeta};
 
 /// Pool failures.
 #[derive(Debug, Error)]
