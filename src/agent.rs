@@ -275,7 +275,7 @@ pub async fn run(
     let aws = AwsClients::new(&cfg.aws);
     let (taskdb, claims) = aws.taskdb(&cfg).await?;
     let blob = aws.blob();
-    let mut executor = cfg.executor_template();
+    let mut executor = executor_template(&cfg);
     executor.auth = registry_auth(&cfg, &aws, clock.clone()).await?;
     executor.oom_detectors = vec![Arc::new(kmsg.clone())];
     executor.blob = blob.clone();
@@ -462,6 +462,20 @@ pub async fn run(
     }
     kmsg.stop();
     Ok(exit)
+}
+
+/// The settings every alloc's executor gets from the config (its id and directory are filled
+/// in per alloc; the live handles by [`run`]).
+fn executor_template(cfg: &Config) -> crate::executor::ExecutorConfig {
+    let mut c =
+        crate::executor::ExecutorConfig::new("template", cfg.agent.state_dir.join("allocs"));
+    c.hard_mem_limit = cfg.executor.hard_mem_limit;
+    c.allow_docker_socket = cfg.executor.allow_docker_socket;
+    c.allow_aws_creds = cfg.executor.allow_aws_creds;
+    c.network_mode = cfg.executor.network_mode.clone();
+    c.profile_interval = Duration::from_secs(cfg.executor.profile_interval_secs);
+    c.engine_wait = Duration::from_secs(cfg.executor.engine_wait_secs);
+    c
 }
 
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.

@@ -51,14 +51,12 @@
 //! `REFLOW_AGENT_REPOSITORY`, `REFLOW_AGENT_HMAC_KEY`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::aws::AwsSettings;
 use crate::error::{Classify, Kind};
-use crate::executor::ExecutorConfig;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/reflow-agent";
@@ -545,18 +543,6 @@ impl Config {
         let p = dir.join("config.json");
         p.is_file().then_some((p, false))
     }
-
-    /// The settings every alloc's executor gets (its id and directory are filled in per alloc).
-    pub fn executor_template(&self) -> ExecutorConfig {
-        let mut c = ExecutorConfig::new("template", self.agent.state_dir.join("allocs"));
-        c.hard_mem_limit = self.executor.hard_mem_limit;
-        c.allow_docker_socket = self.executor.allow_docker_socket;
-        c.allow_aws_creds = self.executor.allow_aws_creds;
-        c.network_mode = self.executor.network_mode.clone();
-        c.profile_interval = Duration::from_secs(self.executor.profile_interval_secs);
-        c.engine_wait = Duration::from_secs(self.executor.engine_wait_secs);
-        c
-    }
 }
 
 #[cfg(test)]
@@ -624,9 +610,8 @@ mod tests {
         "#;
         let c = Config::parse(text, Path::new("x.toml")).unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        let e = c.executor_template();
-        assert!(e.hard_mem_limit);
-        assert_eq!(e.network_mode, "none");
+        assert!(c.executor.hard_mem_limit);
+        assert_eq!(c.executor.network_mode, "none");
         assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
         assert!(!c.executor.ecr_auth);
         assert_eq!(
