@@ -47,6 +47,7 @@ pub mod failpoint;
 pub mod features;
 pub mod fileset;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod notice;
 pub mod notify;

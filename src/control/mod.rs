@@ -102,7 +102,7 @@ pub struct ControlConfig {
     /// Admission policy.
     pub security: security::Policy,
     /// Metrics the control plane counts into.
-    pub metrics: Arc<crate::admin::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// systemd notifications (READY, STATUS, STOPPING).
     pub notifier: crate::notify::Notifier,
     /// The blob store for `s3://` repositories (absent: only `file://`).
