@@ -128,11 +128,11 @@ impl CgroupPaths {
 
 impl CgroupPaths {
     /// The memory cgroup's OOM and usage counters; `None` once the cgroup is gone.
-    pub fn memory_counters(&self) -> Option<crate::oom::CgroupMemory> {
+    pub fn memory_counters(&self) -> Option<CgroupMemory> {
         match self {
             CgroupPaths::V1 { memory, .. } => {
                 let oom = fs::read_to_string(memory.join("memory.oom_control")).ok()?;
-                Some(crate::oom::CgroupMemory {
+                Some(CgroupMemory {
                     oom_kills: parse_flat_keyed(&oom, "oom_kill"),
                     failcnt: read_u64(&memory.join("memory.failcnt")),
                     peak: read_u64(&memory.join("memory.max_usage_in_bytes")),
@@ -144,7 +144,7 @@ impl CgroupPaths {
                 let events = fs::read_to_string(dir.join("memory.events")).ok()?;
                 let kills = parse_flat_keyed(&events, "oom_kill");
                 let group = parse_flat_keyed(&events, "oom_group_kill").unwrap_or(0);
-                Some(crate::oom::CgroupMemory {
+                Some(CgroupMemory {
                     oom_kills: kills.map(|k| k + group),
                     failcnt: parse_flat_keyed(&events, "max"),
                     peak: read_u64(&dir.join("memory.peak")),
@@ -176,6 +176,33 @@ pub fn parse_flat_keyed(text: &str, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// The container's memory cgroup as seen while the exec ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupMemory {
+    /// Highest OOM kill count read (a container's cgroup starts at 0).
+    pub oom_kills: Option<u64>,
+    /// Times usage hit the limit (v1 `memory.failcnt`, v2 `memory.events` `max`).
+    pub failcnt: Option<u64>,
+    /// Peak usage, bytes.
+    pub peak: Option<u64>,
+    /// Limit, bytes (`None` when unlimited).
+    pub limit: Option<u64>,
+}
+
+impl CgroupMemory {
+    /// Folds in a later reading (counters only grow; the latest limit wins).
+    pub fn merge(&mut self, r: CgroupMemory) {
+        let max = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        self.oom_kills = max(self.oom_kills, r.oom_kills);
+        self.failcnt = max(self.failcnt, r.failcnt);
+        self.peak = max(self.peak, r.peak);
+        self.limit = r.limit.or(self.limit);
+    }
 }
 
 #[cfg(test)]

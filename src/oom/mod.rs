@@ -98,32 +98,7 @@ pub struct OomEvidence {
     pub corroborated_by: Vec<OomSource>,
 }
 
-/// The container's memory cgroup as seen while the exec ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CgroupMemory {
-    /// Highest OOM kill count read (a container's cgroup starts at 0).
-    pub oom_kills: Option<u64>,
-    /// Times usage hit the limit (v1 `memory.failcnt`, v2 `memory.events` `max`).
-    pub failcnt: Option<u64>,
-    /// Peak usage, bytes.
-    pub peak: Option<u64>,
-    /// Limit, bytes (`None` when unlimited).
-    pub limit: Option<u64>,
-}
-
-impl CgroupMemory {
-    /// Folds in a later reading (counters only grow; the latest limit wins).
-    pub fn merge(&mut self, r: CgroupMemory) {
-        let max = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, y) => x.or(y),
-        };
-        self.oom_kills = max(self.oom_kills, r.oom_kills);
-        self.failcnt = max(self.failcnt, r.failcnt);
-        self.peak = max(self.peak, r.peak);
-        self.limit = r.limit.or(self.limit);
-    }
-}
+pub use crate::cgroup::CgroupMemory;
 
 /// Everything known about an exec's end, for [`decide`].
 #[derive(Debug, Clone, Default)]
