@@ -148,43 +148,12 @@ fn read_all<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
-/// Removes the `*.json` files in `dir` last written before `before`, and the temp files an
-/// interrupted atomic write left (once they are an hour old, so no write in progress is
-/// touched); returns how many `*.json` were removed. Only file metadata is read, so pruning a
-/// large directory costs one `stat` per file. (Large directories are cleaned here, in the
-/// background, rather than at open, which would make a start cost one `stat` per file ever
-/// written.)
+/// [`persist::prune_older`] with the journal's error.
 ///
 /// # Errors
-/// Listing the directory.
+/// Listing the directory or removing a file.
 pub fn prune_older(dir: &Path, before: std::time::SystemTime) -> Result<usize, JournalError> {
-    let mut n = 0;
-    for e in fs::read_dir(dir).map_err(io_err("list", dir))?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let modified = e.metadata().and_then(|m| m.modified());
-        if persist::is_leftover(&name) {
-            let stale = modified.is_ok_and(|t| {
-                t.elapsed()
-                    .is_ok_and(|age| age > std::time::Duration::from_secs(3600))
-            });
-            if stale {
-                let _ = fs::remove_file(e.path());
-            }
-            continue;
-        }
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let old = modified.is_ok_and(|t| t < before);
-        if old && e.file_type().is_ok_and(|t| t.is_file()) {
-            match fs::remove_file(e.path()) {
-                Ok(()) => n += 1,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(io_err("remove", &e.path())(err)),
-            }
-        }
-    }
-    Ok(n)
+    persist::prune_older(dir, before).map_err(persist_err("prune", dir))
 }
 
 /// The command journal: `journal/` for done commands, `journal/pending/` for the rest.

@@ -383,11 +383,7 @@ impl EventSink for SpoolSink {
     }
 
     fn prune(&self, before: std::time::SystemTime) -> Result<usize, QueueError> {
-        crate::control::journal::prune_older(&self.dir, before).map_err(|e| QueueError::Io {
-            op: "prune",
-            path: self.dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })
+        persist::prune_older(&self.dir, before).map_err(QueueError::Publish)
     }
 }
 
