@@ -224,8 +224,16 @@ push_test_image() {
   echo "registry: pushed $remote"
 }
 
+# The Python producer's libraries (tests/py/): pika for AMQP, jcs (RFC 8785) for signing.
+python_libs() {
+  if python3 -c 'import jcs, pika' >/dev/null 2>&1; then return 0; fi
+  log "python: pip install jcs pika"
+  python3 -m pip install -q jcs pika >"$LOG_DIR/pip-producer.log" 2>&1 \
+    || die "pip install jcs pika failed (see $LOG_DIR/pip-producer.log)"
+}
+
 want docker && start_docker
-want rabbitmq && start_rabbitmq
+want rabbitmq && start_rabbitmq && python_libs
 want moto && start_moto
 if want registry; then
   start_registry

@@ -740,6 +740,64 @@ fn signed_commands_only_when_the_agent_has_a_key() {
     assert_eq!(dead.len(), 3);
 }
 
+/// A producer in Python signs with a standard JCS library (`jcs` from PyPI, installed by
+/// scripts/dev-services.sh) exactly as docs/protocol.md shows, and publishes with pika: the
+/// agent verifies the signature of a `Cmd` with `>`, `&` and non-ASCII text and a number JCS
+/// writes differently from `json.dumps` (`1.0`), runs it, and rejects the same command signed
+/// with another key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_producer_signs_with_jcs_and_the_agent_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = uniq("py");
+    let url = format!("{}?ns={ns}", amqp());
+    let mut tap = tap(&url).await;
+    let key = "py-k3y";
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("py-agent"),
+        &url,
+        "",
+        &[("REFLOW_AGENT_HMAC_KEY", key)],
+    );
+    let text = "h\u{e9}llo w\u{f6}rld \u{2713} <&>";
+    let publish = |id: &str, key: &str| {
+        let out = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/py/sign_and_publish.py"
+            ))
+            .args([&amqp(), &ns, key, id, &image()])
+            .arg(format!("echo '{text}' > $out"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the Python producer failed (scripts/dev-services.sh installs jcs and pika): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let good = uniq("py-signed");
+    publish(&good, key);
+    let e = tap.completed(&good).await;
+    assert_eq!(
+        output(&e),
+        (sha256sum(format!("{text}\n").as_bytes()), true, false),
+        "{e:?}"
+    );
+    let bad = uniq("py-wrong-key");
+    publish(&bad, "another-key");
+    let e = tap
+        .until("command.rejected", |e| {
+            e.command.as_deref() == Some(bad.as_str()) && e.body.kind() == "command.rejected"
+        })
+        .await;
+    assert!(
+        format!("{:?}", e.body).contains("bad command signature"),
+        "{:?}",
+        e.body
+    );
+}
+
 /// A TCP proxy to RabbitMQ that the test can cut and restore, or freeze: bytes stop flowing
 /// both ways while every socket stays open (a half-open link, as a silent network partition
 /// leaves it; new connections are accepted and hang too).
