@@ -37,6 +37,10 @@ url = "$Q"
 max_jobs = 8
 prefetch = 16
 heartbeat_secs = 30
+# The baseline runs `docker run --network host`; the agent runs its containers alike.
+[executor]
+network_mode = "host"
+allow_host_network = true
 TOML
 "$AGENT" --log-format json serve --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
 AGENT_PID=$!

@@ -26,6 +26,10 @@ pool_id = "bench-spool"
 url = "spool://$WORK/spool"
 [admin]
 listen = "off"
+# The baseline runs `docker run --network host`; the agent runs its containers alike.
+[executor]
+network_mode = "host"
+allow_host_network = true
 TOML
 "$AGENT" serve --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
 PID=$!

@@ -12,7 +12,8 @@
 //! hard_mem_limit = false
 //! allow_docker_socket = false
 //! allow_aws_creds = false
-//! network_mode = "host"
+//! network_mode = "none"               # "host" needs allow_host_network = true
+//! allow_host_network = false
 //! profile_interval_secs = 10
 //! engine_wait_secs = 600               # an exec waits this long for a dockerd that went away
 //!
@@ -119,8 +120,13 @@ pub struct ExecutorSection {
     pub allow_docker_socket: bool,
     /// Pass the agent's AWS credentials to execs that ask. Default false.
     pub allow_aws_creds: bool,
-    /// Container network mode: `host` or `none`. Default `host`.
+    /// Container network mode: `none` (no network, the default) or `host` (the host's
+    /// network, which needs [`ExecutorSection::allow_host_network`]).
     pub network_mode: String,
+    /// Allow `network_mode = "host"`. A container on the host's network reaches what the
+    /// host reaches: the instance metadata service, and through it the instance role's
+    /// credentials, whatever `allow_aws_creds` says. Default false.
+    pub allow_host_network: bool,
     /// Disk/CPU/memory sampling period, seconds. Default 10.
     pub profile_interval_secs: u64,
     /// A docker config file whose `auths`, `credHelpers` and `credsStore` give registry
@@ -141,7 +147,8 @@ impl Default for ExecutorSection {
             hard_mem_limit: false,
             allow_docker_socket: false,
             allow_aws_creds: false,
-            network_mode: "host".into(),
+            network_mode: "none".into(),
+            allow_host_network: false,
             profile_interval_secs: 10,
             docker_config: None,
             ecr_auth: true,
@@ -369,6 +376,14 @@ impl Config {
         }
         if !["host", "none"].contains(&self.executor.network_mode.as_str()) {
             bad("executor.network_mode", "must be \"host\" or \"none\"");
+        }
+        if self.executor.network_mode == "host" && !self.executor.allow_host_network {
+            bad(
+                "executor.network_mode",
+                "\"host\" lets every container reach what the host reaches, the instance \
+                 metadata service and the instance role's credentials included; set \
+                 executor.allow_host_network = true to allow it, or use \"none\"",
+            );
         }
         if self.executor.profile_interval_secs == 0 {
             bad("executor.profile_interval_secs", "must be positive");
@@ -657,5 +672,25 @@ mod tests {
                 "security.image_allowlist"
             ]
         );
+    }
+
+    #[test]
+    fn host_network_is_refused_unless_allowed() {
+        let c = Config::default();
+        assert_eq!(c.executor.network_mode, "none");
+        assert!(c.validate().is_empty());
+        let host = Config::parse("[executor]\nnetwork_mode = \"host\"\n", Path::new("x")).unwrap();
+        let errs: Vec<String> = host.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("executor.allow_host_network") && errs[0].contains("metadata"),
+            "{errs:?}"
+        );
+        let allowed = Config::parse(
+            "[executor]\nnetwork_mode = \"host\"\nallow_host_network = true\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert!(allowed.validate().is_empty());
     }
 }

@@ -246,3 +246,98 @@ fn an_interruption_notice_starts_a_drain_within_one_poll() {
         }
     }
 }
+
+/// The digest of the one output of the job `cmd`, submitted with `reflow-agent submit --wait`
+/// to the spool queue under `state`.
+fn run_job(state: &std::path::Path, cmd: &str) -> String {
+    let id = format!("net-{}", &new_id(cmd).hex()[..12]);
+    let file = state.with_extension(format!("{id}.json"));
+    let body = serde_json::json!({
+        "v": 1, "id": id, "kind": "job",
+        "body": {"config": {"Type": "exec", "Image": image(), "Cmd": cmd,
+                            "Resources": {"mem": 67108864, "cpu": 1}}}
+    });
+    std::fs::write(&file, serde_json::to_vec(&body).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+        .args(["submit", "--wait", "--timeout-secs", "90", "--queue"])
+        .arg(format!("spool://{}", state.join("spool").display()))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: reflow_agent::protocol::Event = serde_json::from_slice(&out.stdout).unwrap();
+    match e.body {
+        reflow_agent::protocol::EventBody::ExecCompleted { result, .. } => {
+            assert!(result.err.is_none(), "{:?}", result.err);
+            result.fileset.files()[0].id.hex()
+        }
+        other => panic!("not exec.completed: {other:?}"),
+    }
+}
+
+/// A stand-in for the instance metadata service on the host's loopback, serving a role's
+/// credentials: a job's container cannot reach it under the default network mode (`none`); a
+/// config asking for `host` without `executor.allow_host_network` is refused at start, naming
+/// that setting; with the grant the same job reads the credentials (so the test can tell).
+#[test]
+fn containers_reach_no_network_unless_host_is_granted() {
+    use std::sync::atomic::Ordering;
+    let imds = FakeImds::start(
+        "/latest/meta-data/iam/security-credentials/agent-role",
+        "ROLE-CREDENTIALS",
+    );
+    imds.announce.store(true, Ordering::SeqCst);
+    // nc, not the image's static wget (which crashes resolving); the body is the last line.
+    let cmd = format!(
+        "printf 'GET /latest/meta-data/iam/security-credentials/agent-role HTTP/1.0\\r\\n\\r\\n' \
+         | nc {} {} | tail -n 1 > $out || echo unreachable > $out",
+        imds.addr.ip(),
+        imds.addr.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, executor: &str| {
+        let state = dir.path().join(name);
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[agent]\nstate_dir = \"{}\"\ninterruption_poll_secs = 0\n[admin]\nlisten = \"127.0.0.1:0\"\n[executor]\n{executor}\n",
+                state.display()
+            ),
+        )
+        .unwrap();
+        (state, serve(&cfg))
+    };
+    let stop = |mut child: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        wait_exit(&mut child, Duration::from_secs(30));
+    };
+
+    let (state, mut c) = start("default", "");
+    let child = c.stderr(Stdio::null()).spawn().unwrap();
+    assert_eq!(run_job(&state, &cmd), sha256sum(b"unreachable\n"));
+    stop(child);
+    assert_eq!(imds.gets.load(Ordering::SeqCst), 0);
+
+    let (_, mut c) = start("host-only", "network_mode = \"host\"");
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("executor.allow_host_network"), "{stderr}");
+
+    let (state, mut c) = start(
+        "host-granted",
+        "network_mode = \"host\"\nallow_host_network = true",
+    );
+    let child = c.stderr(Stdio::null()).spawn().unwrap();
+    assert_eq!(run_job(&state, &cmd), sha256sum(b"ROLE-CREDENTIALS"));
+    stop(child);
+    assert_eq!(imds.gets.load(Ordering::SeqCst), 1);
+}
