@@ -7,27 +7,34 @@
 //! (Fileset, ExecConfig, Result, Manifest, errors) are kept so Reflow users can read them.
 //!
 //! # Layout
-//! - [`error`]: Reflow's error kinds, the one retry classifier, the wire error.
-//! - [`digest`], [`fileset`], [`resources`], [`model`], [`profile`], [`manifest`]: the data model.
-//! - [`relpath`]: validation of untrusted relative paths before any filesystem join.
-//! - [`repo`]: the content-addressed file repository.
-//! - [`persist`]: atomic, fsynced state files; bounded reads; crash leftovers.
-//! - [`docker`]: the container runtime port, its bollard adapter, registry authentication.
-//! - [`executor`]: Reflow's executor on the container runtime: execs, manifests, recovery.
-//! - [`cgroup`]: cgroup v1/v2 discovery and counters.
-//! - [`protocol`]: the versioned command/event envelope and its strict decoder.
-//! - [`queue`]: the queue port and its backends (`spool://`, `amqp://`, `sqs://`).
-//! - [`control`]: the control plane: commands to pool calls, journal, outbox, drain.
-//! - [`pool`]: the pool of allocs (offers, keepalives, reclaim, restore, zombies).
-//! - [`taskdb`]: the TaskDB port (pool and alloc rows).
-//! - [`oom`]: OOM evidence from the engine, cgroups, the kernel log, logs and the node.
-//! - [`aws`]: AWS SDK configuration from the standard chain.
-//! - [`features`]: which optional backends (cargo features) this build carries.
-//! - [`failpoint`]: failure injection for crash tests (cargo feature `failpoints`).
-//! - [`clock`], [`time`]: the clock port and Go-compatible timestamps.
-//! - [`par`]: parallel map for hashing many files.
-//! - [`config`], [`agent`]: the configuration and the wiring that runs the agent (`serve`).
-//! - [`cli`], [`telemetry`]: the command line and logging.
+//!
+//! Modules sit in layers, listed in [`LAYERS`] from the bottom up; a module imports only from
+//! its own layer or those below, and no two modules import each other (`tests/layers.rs`
+//! checks both on every `crate::` path outside test modules).
+//!
+//! 0. **Foundations.** [`error`]: Reflow's error kinds, the one retry classifier, the wire
+//!    error. [`time`], [`clock`]: Go-compatible timestamps and the clock port. [`digest`]:
+//!    SHA-256 digests. [`relpath`]: untrusted relative paths checked before any join.
+//!    [`resources`]: CPU, memory and disk amounts. [`persist`]: atomic, fsynced state files,
+//!    bounded reads, crash leftovers, pruning. [`par`]: parallel map for hashing many files.
+//!    [`failpoint`]: failure injection for crash tests. [`features`]: which optional backends
+//!    this build carries. [`notify`]: systemd notifications. [`telemetry`]: logging.
+//! 1. **The data model.** [`profile`], [`fileset`], [`model`] (ExecConfig, Result, AllocMeta),
+//!    [`cgroup`]: cgroup v1/v2 discovery and counters; [`oom`]: OOM evidence from the engine,
+//!    cgroups, the kernel log and the node; [`manifest`]: versioned exec manifests;
+//!    [`protocol`]: the command/event envelope and its strict decoder.
+//! 2. **Edges: ports and their adapters.** [`repo`]: the content-addressed repository.
+//!    [`blob`]: the blob store port and S3. [`docker`]: the container runtime port, bollard,
+//!    registry authentication. [`taskdb`]: the TaskDB port, DynamoDB, fleet claims. [`aws`]:
+//!    AWS SDK configuration. [`queue`]: the queue port (`spool://`, `amqp://`, `sqs://`).
+//!    [`notice`]: EC2 spot and rebalance notices.
+//! 3. **The core.** [`executor`]: Reflow's executor on the container runtime: execs,
+//!    manifests, recovery. [`pool`]: allocs, offers, keepalives, reclaim, restore, zombies.
+//! 4. **The control plane and its surfaces.** [`metrics`]: the counters. [`control`]: commands
+//!    to pool calls, journal, outbox, leases, drain. [`admin`]: the HTTP listener (`/metrics`,
+//!    `/healthz`, `/readyz`, `/v1/status`).
+//! 5. **Wiring.** [`config`]: the configuration. [`agent`]: builds the ports and runs `serve`.
+//!    [`cli`]: the command line.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -64,3 +71,29 @@ pub mod resources;
 pub mod taskdb;
 pub mod telemetry;
 pub mod time;
+
+/// The module layers, bottom first (see the crate docs, "Layout"): a module may import from its
+/// own layer and those below, never from one above. `tests/layers.rs` enforces it.
+pub const LAYERS: &[&[&str]] = &[
+    &[
+        "error",
+        "time",
+        "clock",
+        "digest",
+        "relpath",
+        "resources",
+        "persist",
+        "par",
+        "failpoint",
+        "features",
+        "notify",
+        "telemetry",
+    ],
+    &[
+        "profile", "fileset", "model", "cgroup", "oom", "manifest", "protocol",
+    ],
+    &["repo", "blob", "docker", "taskdb", "aws", "queue", "notice"],
+    &["executor", "pool"],
+    &["metrics", "control", "admin"],
+    &["config", "agent", "cli"],
+];
