@@ -2,7 +2,7 @@
 # Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
 # test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, the
 # integration tests against the real services (feature `integration`), `systemd-analyze verify` of
-# the unit, and a short run of every
+# the unit, `cargo deny` (deny.toml), and a short run of every
 # fuzz target (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it).
 #
 # This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
@@ -35,6 +35,12 @@ export AGENT_IT_TLS_CA=${AGENT_IT_TLS_CA:-/var/lib/reflow-agent-dev/tls/ca.pem}
 
 step "fmt"
 cargo fmt --check
+step "dependency policy (cargo deny, deny.toml)"
+# bans, licenses and sources need no advisory download. Installed once per machine.
+if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
+  cargo install --locked --quiet cargo-deny --version '^0.20'
+fi
+cargo deny --log-level error check bans licenses sources
 step "clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 # The build without optional backends (what scripts/demo.sh and the fuzz targets compile).
