@@ -135,39 +135,10 @@ impl std::fmt::Debug for Policy {
 /// Writes `v` in the canonical form of RFC 8785 (JCS) into `out`: no whitespace, object keys
 /// sorted by their UTF-16 code units, strings with only the escapes JSON requires (`"`, `\\`
 /// and control characters, as `\n` or `\u001f`), and numbers as ECMAScript writes a double
-/// (`100`, `2.5`, `1e+21`, `1e-7`).
+/// (`100`, `2.5`, `1e+21`, `1e-7`). The serialization is `serde_json_canonicalizer`'s.
 pub fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            out.push(b'{');
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                // serde_json escapes exactly what RFC 8785 does, in lower-case hex.
-                out.extend(serde_json::to_vec(k).unwrap_or_default());
-                out.push(b':');
-                canonical(&m[k], out);
-            }
-            out.push(b'}');
-        }
-        serde_json::Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(x, out);
-            }
-            out.push(b']');
-        }
-        serde_json::Value::Number(n) => {
-            out.extend(es6_number(n.as_f64().unwrap_or(f64::NAN)).into_bytes());
-        }
-        other => out.extend(serde_json::to_vec(other).unwrap_or_default()),
-    }
+    // A `Value` always serializes: its numbers are finite and its keys are strings.
+    out.extend(serde_json_canonicalizer::to_vec(v).unwrap_or_default());
 }
 
 /// The canonical form earlier agents signed: keys sorted by bytes, numbers as serde_json
@@ -201,96 +172,6 @@ fn legacy_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
         }
         other => out.extend(serde_json::to_vec(other).unwrap_or_default()),
     }
-}
-
-/// The shortest decimal digits that round-trip to `x` (> 0), and where the decimal point sits
-/// (after `n` digits). Where two such digit strings are equally close to `x`, the even one, as
-/// ECMAScript requires (Rust's formatting may pick the other).
-fn shortest_digits(x: f64) -> (String, i32) {
-    let split = |sci: &str| -> (String, i32) {
-        let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
-        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-        (digits, exp.parse::<i32>().unwrap_or(0) + 1)
-    };
-    // `{:e}` gives the shortest round-trip digits: "1.2345e-7", "1e21".
-    let (digits, n) = split(&format!("{x:e}"));
-    // A tie: the exact value continues with 5 and then only zeros after those digits (a double
-    // has at most 767 significant decimal digits, so 800 are exact).
-    let (exact, exact_n) = split(&format!("{x:.800e}"));
-    let k = digits.len();
-    if exact_n != n || exact.len() <= k {
-        return (digits, n);
-    }
-    let (prefix, rest) = exact.split_at(k);
-    let mut rest = rest.chars();
-    if rest.next() != Some('5') || !rest.all(|c| c == '0') {
-        return (digits, n);
-    }
-    // `prefix` (rounded down) and `prefix + 1` (up) are equally close: take the even one.
-    let down_even = prefix.ends_with(['0', '2', '4', '6', '8']);
-    if down_even {
-        return (prefix.trim_end_matches('0').to_string().max("0".into()), n);
-    }
-    let mut up: Vec<u8> = prefix.bytes().collect();
-    let mut i = up.len();
-    let mut carry = true;
-    while carry && i > 0 {
-        i -= 1;
-        if up[i] == b'9' {
-            up[i] = b'0';
-        } else {
-            up[i] += 1;
-            carry = false;
-        }
-    }
-    let (mut up, n) = if carry {
-        let mut v = vec![b'1'];
-        v.extend(up);
-        (v, n + 1)
-    } else {
-        (up, n)
-    };
-    while up.len() > 1 && up.last() == Some(&b'0') {
-        up.pop();
-    }
-    (String::from_utf8(up).unwrap_or_default(), n)
-}
-
-/// `x` as ECMAScript's `Number.prototype.toString` writes it (RFC 8785, section 3.2.2.3):
-/// the shortest digits that round-trip, in plain notation for decimal exponents from -6 to 20
-/// and in `d.ddde±n` notation outside.
-fn es6_number(x: f64) -> String {
-    if x == 0.0 {
-        return "0".into();
-    }
-    if !x.is_finite() {
-        // Not JSON; serde_json never yields it.
-        return "null".into();
-    }
-    let sign = if x < 0.0 { "-" } else { "" };
-    let (digits, n) = shortest_digits(x.abs());
-    let k = i32::try_from(digits.len()).unwrap_or(i32::MAX);
-    let body = if k <= n && n <= 21 {
-        format!(
-            "{digits}{}",
-            "0".repeat(usize::try_from(n - k).unwrap_or(0))
-        )
-    } else if 0 < n && n <= 21 {
-        let (a, b) = digits.split_at(usize::try_from(n).unwrap_or(0));
-        format!("{a}.{b}")
-    } else if -6 < n && n <= 0 {
-        format!("0.{}{digits}", "0".repeat(usize::try_from(-n).unwrap_or(0)))
-    } else {
-        let (first, rest) = digits.split_at(1);
-        let frac = if rest.is_empty() {
-            String::new()
-        } else {
-            format!(".{rest}")
-        };
-        let e = n - 1;
-        format!("{first}{frac}e{}{}", if e < 0 { "-" } else { "+" }, e.abs())
-    };
-    format!("{sign}{body}")
 }
 
 fn mac(
@@ -738,6 +619,13 @@ mod tests {
             admit(&p, &garbage),
             Err(SecurityError::BadSignature)
         ));
+    }
+
+    /// `x` in the canonical form.
+    fn es6_number(x: f64) -> String {
+        let mut out = Vec::new();
+        canonical(&serde_json::json!(x), &mut out);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
