@@ -95,6 +95,21 @@ make_tls() {
   chmod 0600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key"
 }
 
+# A client certificate from the same CA, as PKCS#12 with a password (client.p12,
+# client.p12.pass): the TLS listener requires one, as a broker that verifies its clients does.
+make_client_tls() {
+  [ -s "$TLS_DIR/client.p12" ] && return 0
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=reflow-agent test client" \
+    -keyout "$TLS_DIR/client.key" -out "$TLS_DIR/client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$TLS_DIR/client-ext.cnf"
+  openssl x509 -req -in "$TLS_DIR/client.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$TLS_DIR/client-ext.cnf" -out "$TLS_DIR/client.pem" 2>/dev/null
+  openssl rand -hex 12 >"$TLS_DIR/client.p12.pass"
+  openssl pkcs12 -export -in "$TLS_DIR/client.pem" -inkey "$TLS_DIR/client.key" \
+    -passout "file:$TLS_DIR/client.p12.pass" -out "$TLS_DIR/client.p12"
+  chmod 0600 "$TLS_DIR/client.key" "$TLS_DIR/client.p12" "$TLS_DIR/client.p12.pass"
+}
+
 # rabbitmq.conf: the broker-wide consumer timeout (see below) and the TLS listener. Prints
 # "changed" when it wrote something a running node has to restart for.
 rabbitmq_conf() {
@@ -109,9 +124,15 @@ rabbitmq_conf() {
       echo "ssl_options.cacertfile = $TLS_DIR/ca.pem"
       echo "ssl_options.certfile = $TLS_DIR/server.pem"
       echo "ssl_options.keyfile = $TLS_DIR/server.key"
-      echo "ssl_options.verify = verify_none"
-      echo "ssl_options.fail_if_no_peer_cert = false"
+      echo "ssl_options.verify = verify_peer"
+      echo "ssl_options.fail_if_no_peer_cert = true"
     } >>"$conf"
+    changed=1
+  fi
+  # Earlier versions of this script did not verify clients.
+  if grep -qs '^ssl_options.verify = verify_none' "$conf"; then
+    sed -i -e 's/^ssl_options.verify = verify_none/ssl_options.verify = verify_peer/' \
+      -e 's/^ssl_options.fail_if_no_peer_cert = false/ssl_options.fail_if_no_peer_cert = true/' "$conf"
     changed=1
   fi
   if [ "$changed" = 1 ]; then echo changed; fi
@@ -120,6 +141,7 @@ rabbitmq_conf() {
 start_rabbitmq() {
   command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
   make_tls
+  make_client_tls
   if [ "$(rabbitmq_conf)" = changed ] && rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     log "rabbitmq: restarting for its TLS listener"
     rabbitmqctl -q stop >/dev/null 2>&1 || true
@@ -142,7 +164,7 @@ start_rabbitmq() {
   # running node (new channels); rabbitmq_conf wrote it to rabbitmq.conf for the next start.
   rabbitmqctl -q eval "application:set_env(rabbit, consumer_timeout, $RABBITMQ_CONSUMER_TIMEOUT_MS)." >/dev/null
   wait_for "rabbitmq TLS listener" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5671'
-  echo "rabbitmq: amqp://guest:guest@127.0.0.1:5672/%2f, amqps://guest:guest@localhost:5671/%2f (CA $TLS_DIR/ca.pem)"
+  echo "rabbitmq: amqp://guest:guest@127.0.0.1:5672/%2f, amqps://guest:guest@localhost:5671/%2f (CA $TLS_DIR/ca.pem, client $TLS_DIR/client.p12)"
 }
 
 # --- moto ----------------------------------------------------------------------------------------

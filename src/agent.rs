@@ -61,15 +61,6 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    /// The broker's CA file (`queue.tls_ca_file`) could not be read.
-    #[error("queue.tls_ca_file {path}")]
-    TlsCa {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The configured docker config file could not be used.
     #[error("registry credentials from {path}")]
     DockerConfig {
@@ -117,7 +108,6 @@ impl Classify for AgentError {
             AgentError::HmacKey { source, .. } => source.kind(),
             AgentError::DockerConfig { source, .. } => source.kind(),
             AgentError::Admin { .. } => Kind::Unavailable,
-            AgentError::TlsCa { source, .. } => crate::error::io_kind(source),
         }
     }
 }
@@ -291,17 +281,17 @@ pub async fn run(
     let close = CancellationToken::new();
     let max_jobs = cfg.max_jobs();
     let or = |v: u64, d: u64| if v == 0 { d } else { v };
-    let tls_ca = match &cfg.queue.tls_ca_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path).map_err(|source| AgentError::TlsCa {
-                path: path.clone(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
+    let tls = crate::queue::Tls::load(
+        cfg.queue.tls_ca_file.as_deref(),
+        cfg.queue.tls_client_identity_file.as_deref(),
+        cfg.queue.tls_client_identity_password_file.as_deref(),
+    )
+    .map_err(|source| AgentError::Queue {
+        url: crate::queue::redact(&queue_url),
+        source,
+    })?;
     let settings = QueueSettings {
-        tls_ca,
+        tls,
         agent_id: agent_id.clone(),
         prefetch: u16::try_from(match cfg.queue.prefetch {
             0 => max_jobs,

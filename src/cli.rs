@@ -623,9 +623,9 @@ pub struct SubmitOptions {
     /// The queue (`amqp://...`, `amqps://...`, `sqs://NAME`, `spool:///DIR`).
     #[arg(long, env = "REFLOW_AGENT_QUEUE")]
     pub queue: String,
-    /// For `amqps://`: a PEM file of CA certificates to trust besides the system's.
-    #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
-    pub tls_ca_file: Option<PathBuf>,
+    /// TLS for `amqps://`.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Wait for the outcome, show progress, and print the final event.
     #[arg(long)]
     pub wait: bool,
@@ -683,9 +683,7 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
     };
     let job = matches!(req.command, crate::protocol::Command::Job(_));
     runtime()?.block_on(async {
-        let client =
-            crate::queue::client(&opts.queue, &client_settings(opts.tls_ca_file.as_deref())?)
-                .await?;
+        let client = crate::queue::client(&opts.queue, &opts.tls.settings()?).await?;
         let mut watch = match opts.wait {
             true => Some(client.watch(Some(&req.id)).await?),
             false => None,
@@ -762,9 +760,9 @@ pub enum DlqCommand {
         /// The queue whose dead-letter queue to read.
         #[arg(long, env = "REFLOW_AGENT_QUEUE")]
         queue: String,
-        /// For `amqps://`: a PEM file of CA certificates to trust besides the system's.
-        #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
-        tls_ca_file: Option<PathBuf>,
+        /// TLS for `amqps://`.
+        #[command(flatten)]
+        tls: TlsArgs,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         max: usize,
@@ -774,9 +772,9 @@ pub enum DlqCommand {
         /// The queue whose dead-letter queue to replay.
         #[arg(long, env = "REFLOW_AGENT_QUEUE")]
         queue: String,
-        /// For `amqps://`: a PEM file of CA certificates to trust besides the system's.
-        #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
-        tls_ca_file: Option<PathBuf>,
+        /// TLS for `amqps://`.
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Only print what would be replayed.
         #[arg(long)]
         dry_run: bool,
@@ -805,21 +803,32 @@ fn dead_line(body: &[u8], reason: &str) -> serde_json::Value {
     })
 }
 
-/// A CLI client's settings: the broker CA file, read now.
-fn client_settings(
-    tls_ca_file: Option<&std::path::Path>,
-) -> Result<crate::queue::ClientSettings, CliError> {
-    Ok(crate::queue::ClientSettings {
-        aws: Default::default(),
-        tls_ca: tls_ca_file
-            .map(|p| {
-                std::fs::read_to_string(p).map_err(|source| CliError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })
-            })
-            .transpose()?,
-    })
+/// How a CLI client connects to an `amqps://` broker.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// A PEM file of CA certificates to trust besides the system's.
+    #[arg(long, env = "REFLOW_AGENT_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The client's certificate and key as PKCS#12, for a broker that verifies clients.
+    #[arg(long, env = "REFLOW_AGENT_TLS_CLIENT_IDENTITY_FILE")]
+    pub tls_client_identity_file: Option<PathBuf>,
+    /// A file whose first line is the PKCS#12 bundle's password.
+    #[arg(long, env = "REFLOW_AGENT_TLS_CLIENT_IDENTITY_PASSWORD_FILE")]
+    pub tls_client_identity_password_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client settings, with the files read now.
+    fn settings(&self) -> Result<crate::queue::ClientSettings, CliError> {
+        Ok(crate::queue::ClientSettings {
+            aws: Default::default(),
+            tls: crate::queue::Tls::load(
+                self.tls_ca_file.as_deref(),
+                self.tls_client_identity_file.as_deref(),
+                self.tls_client_identity_password_file.as_deref(),
+            )?,
+        })
+    }
 }
 
 /// Lists or replays a dead-letter queue.
@@ -829,13 +838,8 @@ fn client_settings(
 pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
     runtime()?.block_on(async {
         match cmd {
-            DlqCommand::List {
-                queue,
-                max,
-                tls_ca_file,
-            } => {
-                let client =
-                    crate::queue::client(queue, &client_settings(tls_ca_file.as_deref())?).await?;
+            DlqCommand::List { queue, max, tls } => {
+                let client = crate::queue::client(queue, &tls.settings()?).await?;
                 let mut out = io::stdout().lock();
                 for d in client.dead_letters(*max).await? {
                     writeln!(out, "{}", dead_line(&d.body, &d.reason)).map_err(CliError::Output)?;
@@ -847,7 +851,7 @@ pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
                 dry_run,
                 rate,
                 max,
-                tls_ca_file,
+                tls,
             } => {
                 if !(rate.is_finite() && *rate > 0.0) {
                     return Err(CliError::Failed {
@@ -859,8 +863,7 @@ pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
                         ),
                     });
                 }
-                let client =
-                    crate::queue::client(queue, &client_settings(tls_ca_file.as_deref())?).await?;
+                let client = crate::queue::client(queue, &tls.settings()?).await?;
                 if *dry_run {
                     let mut out = io::stdout().lock();
                     for d in client.dead_letters(*max).await? {

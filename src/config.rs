@@ -36,6 +36,8 @@
 //! visibility_timeout_secs = 120       # SQS lease per extension
 //! job_attempts = 3                    # tries of a job step failing with a retryable error
 //! op_timeout_secs = 30                # deadline of one broker operation, then reconnect
+//! tls_ca_file = "/etc/reflow-agent/broker-ca.pem"         # amqps://: a private CA
+//! tls_client_identity_file = "/etc/reflow-agent/agent.p12"  # amqps://: client certificate
 //!
 //! [repository]
 //! url = "file:///var/lib/reflow-agent/repository"  # default: file://STATE/repository
@@ -201,6 +203,11 @@ pub struct QueueSection {
     /// For an `amqps://` broker: a PEM file of CA certificates to trust besides the system's
     /// (a private CA). The broker's certificate and host name are always verified.
     pub tls_ca_file: Option<PathBuf>,
+    /// For an `amqps://` broker that verifies clients: the agent's certificate and key as a
+    /// PKCS#12 bundle (`openssl pkcs12 -export`).
+    pub tls_client_identity_file: Option<PathBuf>,
+    /// A file whose first line is the password of `tls_client_identity_file` (absent: none).
+    pub tls_client_identity_password_file: Option<PathBuf>,
     /// Longest wait for one broker operation, seconds: on AMQP connect, declare, publish and
     /// its confirm, ack (then the connection is taken as dead and made again); on SQS one
     /// request attempt beyond the 20 s long poll (then the SDK retries). Default (0): 30.
@@ -416,13 +423,20 @@ impl Config {
                 bad(field, &crate::features::not_built("this URL", feature));
             }
         }
-        if self
-            .queue
-            .tls_ca_file
-            .as_deref()
-            .is_some_and(|p| !p.is_absolute())
-        {
-            bad("queue.tls_ca_file", "must be an absolute path");
+        for (field, path) in [
+            ("queue.tls_ca_file", &self.queue.tls_ca_file),
+            (
+                "queue.tls_client_identity_file",
+                &self.queue.tls_client_identity_file,
+            ),
+            (
+                "queue.tls_client_identity_password_file",
+                &self.queue.tls_client_identity_password_file,
+            ),
+        ] {
+            if path.as_deref().is_some_and(|p| !p.is_absolute()) {
+                bad(field, "must be an absolute path");
+            }
         }
         // Defaults derive from agent.state_dir, already checked; only given URLs are checked.
         if let Some(url) = &self.queue.url

@@ -2229,20 +2229,30 @@ fn amqps() -> (String, PathBuf) {
     (url, PathBuf::from(ca))
 }
 
-/// `amqps://` end to end: an agent and a producer that trust the broker's private CA run a job
-/// over TLS (port 5671 speaks nothing else). An agent that does not trust the CA, and one whose
-/// amqps:// URL points at the plaintext port, refuse to start with the reason: never a
-/// connection without TLS.
+/// `amqps://` end to end: an agent and a producer that trust the broker's private CA and show
+/// the client certificate it requires (PKCS#12 with a password, as scripts/dev-services.sh
+/// makes them) run a job over TLS (port 5671 speaks nothing else). An agent that does not trust
+/// the CA, one without a client certificate, and one whose amqps:// URL points at the
+/// plaintext port refuse to start with the reason: never a connection without TLS.
 #[tokio::test]
 async fn amqps_verifies_the_broker_and_never_falls_back_to_plaintext() {
     let (base, ca) = amqps();
+    let (identity, password) = (
+        ca.with_file_name("client.p12"),
+        ca.with_file_name("client.p12.pass"),
+    );
     let ns = uniq("tls");
     let url = format!("{base}?ns={ns}");
     let dir = tempfile::tempdir().unwrap();
-    let tls = format!("tls_ca_file = \"{}\"\n", ca.display());
+    let ca_only = format!("tls_ca_file = \"{}\"\n", ca.display());
+    let tls = format!(
+        "{ca_only}tls_client_identity_file = \"{}\"\ntls_client_identity_password_file = \"{}\"\n",
+        identity.display(),
+        password.display()
+    );
     let _agent = Agent::start(dir.path(), &uniq("tls"), &url, &tls, &[]);
     let settings = queue::ClientSettings {
-        tls_ca: Some(std::fs::read_to_string(&ca).unwrap()),
+        tls: queue::Tls::load(Some(&ca), Some(&identity), Some(&password)).unwrap(),
         ..Default::default()
     };
     let client = queue::client(&url, &settings).await.unwrap();
@@ -2256,6 +2266,12 @@ async fn amqps_verifies_the_broker_and_never_falls_back_to_plaintext() {
     let plain = url.replacen("localhost:5671", "localhost:5672", 1);
     for (label, url, extra, want) in [
         ("untrusted", url.as_str(), "", "certificate"),
+        (
+            "no client certificate",
+            url.as_str(),
+            ca_only.as_str(),
+            "certificate",
+        ),
         ("plaintext", plain.as_str(), tls.as_str(), "connect"),
     ] {
         let name = uniq(label);

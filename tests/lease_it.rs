@@ -73,7 +73,7 @@ async fn a_hanging_jobs_message_reappears_and_a_healthy_ones_never_does() {
         visibility: lease,
         max_job: Duration::from_secs(3600),
         aws: Default::default(),
-        tls_ca: None,
+        tls: Default::default(),
         close: close.clone(),
         health: Default::default(),
         op_timeout: Duration::from_secs(30),

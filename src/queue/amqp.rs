@@ -194,19 +194,19 @@ fn up(conn: &Connection, ch: &Channel) -> bool {
 }
 
 /// Where a broker is and how to trust it: the URL lapin connects to (`amqp://`, or `amqps://`
-/// for TLS), and for `amqps://` the PEM certificates of the CAs to trust besides the system's.
+/// for TLS), and for `amqps://` the CAs to trust besides the system's and the client identity.
 #[derive(Clone)]
 pub struct Broker {
     url: String,
-    tls_ca: Option<String>,
+    tls: super::Tls,
 }
 
 impl Broker {
-    /// The broker at `url` (namespace parameter already removed), trusting `tls_ca` (PEM).
-    pub fn new(url: impl Into<String>, tls_ca: Option<String>) -> Broker {
+    /// The broker at `url` (namespace parameter already removed), with `tls` for `amqps://`.
+    pub fn new(url: impl Into<String>, tls: super::Tls) -> Broker {
         Broker {
             url: url.into(),
-            tls_ca,
+            tls,
         }
     }
 }
@@ -215,7 +215,7 @@ impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
             .field("url", &super::redact(&self.url))
-            .field("tls_ca", &self.tls_ca.is_some())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -225,7 +225,7 @@ async fn open_channel(
     limit: Duration,
 ) -> Result<(Connection, Channel), QueueError> {
     // TLS for amqps:// (rustls, verifying the broker's certificate and host name against the
-    // system's CAs and `tls_ca`); plain TCP for amqp://. Never a downgrade: an amqps:// broker
+    // system's CAs and `tls.ca`, presenting `tls.identity` when set); plain TCP for amqp://. Never a downgrade: an amqps:// broker
     // that does not speak TLS is an error.
     // With the AWS SDK in the build rustls has two crypto providers and picks none by itself;
     // lapin's TLS uses ring (the SDK configures its own provider explicitly).
@@ -234,8 +234,15 @@ async fn open_channel(
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
     let tls = lapin::tcp::OwnedTLSConfig {
-        identity: None,
-        cert_chain: broker.tls_ca.clone(),
+        identity: broker
+            .tls
+            .identity
+            .as_ref()
+            .map(|id| lapin::tcp::OwnedIdentity {
+                der: id.pkcs12.clone(),
+                password: id.password.clone(),
+            }),
+        cert_chain: broker.tls.ca.clone(),
     };
     let conn = call(
         "connect",
@@ -246,9 +253,31 @@ async fn open_channel(
             tls,
         ),
     )
-    .await?;
+    .await
+    .map_err(|e| identity_hint(e, broker))?;
     let ch = call("open channel", limit, conn.create_channel()).await?;
     Ok((conn, ch))
+}
+
+/// A broker that requires a client certificate and gets none closes the link right after the
+/// TLS handshake, which the client sees only as an I/O error; say what to configure.
+fn identity_hint(e: QueueError, broker: &Broker) -> QueueError {
+    match e {
+        QueueError::Amqp { op, message }
+            if broker.url.starts_with("amqps://")
+                && broker.tls.identity.is_none()
+                && message.contains("IO error") =>
+        {
+            QueueError::Amqp {
+                op,
+                message: format!(
+                    "{message} (a broker that requires a client certificate closes the link \
+                     like this: set queue.tls_client_identity_file)"
+                ),
+            }
+        }
+        other => other,
+    }
 }
 
 fn quorum_args(t: &Topology, delivery_limit: u32, dlx: bool) -> FieldTable {
@@ -743,7 +772,7 @@ pub(super) async fn connect(
     topo.consumer_timeout = settings.max_job + CONSUMER_TIMEOUT_MARGIN;
     let broker = Broker::new(
         with_heartbeat(&url, settings.op_timeout),
-        settings.tls_ca.clone(),
+        settings.tls.clone(),
     );
     let publisher = std::sync::Arc::new(Publisher::new(
         broker.clone(),
@@ -776,17 +805,13 @@ pub struct AmqpClient {
 pub const WATCH_QUEUE_EXPIRES: Duration = Duration::from_secs(600);
 
 impl AmqpClient {
-    /// A client of the broker at `url`, trusting `tls_ca` (PEM) for `amqps://`.
+    /// A client of the broker at `url`, with `tls` for `amqps://`.
     ///
     /// # Errors
     /// A malformed namespace parameter.
-    pub fn new(
-        url: &str,
-        delivery_limit: u32,
-        tls_ca: Option<String>,
-    ) -> Result<AmqpClient, QueueError> {
+    pub fn new(url: &str, delivery_limit: u32, tls: super::Tls) -> Result<AmqpClient, QueueError> {
         let (url, topo) = split_url(url)?;
-        let broker = Broker::new(url, tls_ca);
+        let broker = Broker::new(url, tls);
         Ok(AmqpClient {
             publisher: Publisher::new(
                 broker.clone(),
@@ -1023,7 +1048,7 @@ impl super::EventWatch for AmqpWatch {
 pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueError> {
     let (url, t) = split_url(url)?;
     let limit = super::DEFAULT_OP_TIMEOUT;
-    let (conn, ch) = open_channel(&Broker::new(url, None), limit).await?;
+    let (conn, ch) = open_channel(&Broker::new(url, Default::default()), limit).await?;
     let mut names = vec![t.commands.clone(), t.dlq.clone()];
     names.extend(agent_ids.iter().map(|a| t.agent_queue(a)));
     for q in names {

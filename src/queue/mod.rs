@@ -21,7 +21,7 @@ pub mod spool;
 pub mod sqs;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use thiserror::Error;
@@ -222,7 +222,7 @@ pub async fn client(url: &str, opts: &ClientSettings) -> Result<Box<dyn Client>,
         return Ok(Box::new(amqp::AmqpClient::new(
             url,
             DEFAULT_DELIVERY_LIMIT,
-            opts.tls_ca.clone(),
+            opts.tls.clone(),
         )?));
     }
     #[cfg(feature = "sqs")]
@@ -244,8 +244,82 @@ pub const DEFAULT_MAX_JOB: std::time::Duration = std::time::Duration::from_secs(
 pub struct ClientSettings {
     /// AWS overrides (`sqs://`).
     pub aws: crate::aws::AwsSettings,
-    /// For `amqps://`: PEM certificates of the CAs to trust besides the system's.
-    pub tls_ca: Option<String>,
+    /// For `amqps://`: whom to trust, and who the client is.
+    pub tls: Tls,
+}
+
+/// TLS for `amqps://`: the broker's certificate and host name are always verified, against the
+/// system's CAs plus [`Tls::ca`]; a broker that verifies clients gets [`Tls::identity`].
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// PEM certificates of CAs to trust besides the system's (a private CA).
+    pub ca: Option<String>,
+    /// The client's certificate and key, for a broker that requires one.
+    pub identity: Option<TlsIdentity>,
+}
+
+/// A client certificate with its key, as a PKCS#12 bundle (`openssl pkcs12 -export`).
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The bundle (DER).
+    pub pkcs12: Vec<u8>,
+    /// The bundle's password (empty for none). Never shown.
+    pub password: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("pkcs12_bytes", &self.pkcs12.len())
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads the files that configure TLS: `ca` (PEM), `identity` (PKCS#12) and the file
+    /// holding the identity's password (its first line; absent: no password).
+    ///
+    /// # Errors
+    /// [`QueueError::Io`] naming the file that could not be read.
+    pub fn load(
+        ca: Option<&Path>,
+        identity: Option<&Path>,
+        password: Option<&Path>,
+    ) -> Result<Tls, QueueError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| QueueError::Io {
+                op: "read",
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let ca = ca
+            .map(|p| read(p).map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .transpose()?;
+        let password = password
+            .map(|p| {
+                read(p).map(|b| {
+                    let text = String::from_utf8_lossy(&b).into_owned();
+                    text.lines().next().unwrap_or("").to_string()
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let identity = identity
+            .map(|p| read(p).map(|pkcs12| TlsIdentity { pkcs12, password }))
+            .transpose()?;
+        Ok(Tls { ca, identity })
+    }
 }
 
 /// Deliveries before a message is dead-lettered, unless configured.
@@ -279,8 +353,8 @@ pub struct QueueSettings {
     pub max_job: std::time::Duration,
     /// AWS overrides (`sqs://`).
     pub aws: crate::aws::AwsSettings,
-    /// For `amqps://`: PEM certificates of the CAs to trust besides the system's.
-    pub tls_ca: Option<String>,
+    /// For `amqps://`: whom to trust, and who the agent is.
+    pub tls: Tls,
     /// Closes the source (drain).
     pub close: tokio_util::sync::CancellationToken,
     /// Kept by the backend: whether it is connected and receiving (for `/readyz`).
