@@ -68,3 +68,29 @@ impl LazySdk {
             .await
     }
 }
+
+/// An SDK interceptor that counts every attempt of every call (one HTTP request each) in
+/// [`crate::requests`], by the operation's service and name (`SQS`/`SendMessage`). Every AWS
+/// client of the agent carries it.
+#[cfg(feature = "aws")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountRequests;
+
+#[cfg(feature = "aws")]
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(m) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() {
+            crate::requests::count(m.service(), m.name());
+        }
+        Ok(())
+    }
+}

@@ -18,7 +18,8 @@
 //!    [`resources`]: CPU, memory and disk amounts. [`persist`]: atomic, fsynced state files,
 //!    bounded reads, crash leftovers, pruning. [`par`]: parallel map for hashing many files.
 //!    [`failpoint`]: failure injection for crash tests. [`features`]: which optional backends
-//!    this build carries. [`notify`]: systemd notifications. [`telemetry`]: logging.
+//!    this build carries. [`notify`]: systemd notifications. [`requests`]: cloud and broker
+//!    requests, counted. [`telemetry`]: logging.
 //! 1. **The data model.** [`profile`], [`fileset`], [`model`] (ExecConfig, Result, AllocMeta),
 //!    [`cgroup`]: cgroup v1/v2 discovery and counters; [`oom`]: OOM evidence from the engine,
 //!    cgroups, the kernel log and the node; [`manifest`]: versioned exec manifests;
@@ -67,6 +68,7 @@ pub mod protocol;
 pub mod queue;
 pub mod relpath;
 pub mod repo;
+pub mod requests;
 pub mod resources;
 pub mod taskdb;
 pub mod telemetry;
@@ -87,6 +89,7 @@ pub const LAYERS: &[&[&str]] = &[
         "failpoint",
         "features",
         "notify",
+        "requests",
         "telemetry",
     ],
     &[

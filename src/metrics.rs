@@ -38,6 +38,7 @@ pub struct Metrics {
     repo_objects: Gauge,
     repo_scan: RepoScan,
     allocs: Gauge,
+    requests: Family<Vec<(String, String)>, Counter>,
 }
 
 /// How long a repository walk answers the repository gauges: a large repository is walked at
@@ -88,6 +89,7 @@ impl Default for Metrics {
             repo_objects: Gauge::default(),
             repo_scan: RepoScan::default(),
             allocs: Gauge::default(),
+            requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +154,11 @@ impl Default for Metrics {
             m.repo_objects.clone(),
         );
         registry.register("allocs", "Live allocs", m.allocs.clone());
+        registry.register(
+            "cloud_requests",
+            "Requests to AWS services (each SDK attempt) and to the AMQP broker, by service and operation",
+            m.requests.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -225,6 +232,14 @@ impl Metrics {
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             self.repo_objects
                 .set(i64::try_from(objects).unwrap_or(i64::MAX));
+        }
+        for (service, operation, n) in crate::requests::snapshot() {
+            let c = self.requests.get_or_create(&vec![
+                ("service".to_string(), service),
+                ("operation".to_string(), operation),
+            ]);
+            // The counts only grow; the counter follows them.
+            c.inc_by(n.saturating_sub(c.get()));
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -101,6 +101,7 @@ impl S3Store {
             .response_checksum_validation(
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
             )
+            .interceptor(crate::aws::CountRequests)
             .build();
         S3Store {
             client: Client::from_conf(conf),

@@ -386,7 +386,11 @@ impl EcrAuth {
     /// the agent's config).
     pub fn new(sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> Self {
         EcrAuth {
-            client: aws_sdk_ecr::Client::new(sdk),
+            client: aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(sdk)
+                    .interceptor(crate::aws::CountRequests)
+                    .build(),
+            ),
             clock,
             cache: tokio::sync::Mutex::new(None),
         }

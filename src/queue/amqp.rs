@@ -170,6 +170,9 @@ async fn deadline<T>(
     limit: Duration,
     f: impl Future<Output = Result<T, QueueError>>,
 ) -> Result<T, QueueError> {
+    // Every broker operation passes here once: counted as a request (`declare` is the whole
+    // topology of a connection; `publish` includes its confirm).
+    crate::requests::count("amqp", op);
     tokio::time::timeout(limit, f)
         .await
         .unwrap_or(Err(QueueError::Timeout {

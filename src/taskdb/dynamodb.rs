@@ -64,7 +64,11 @@ impl DynamoDbTaskDb {
     /// Rows in `table`, with region, endpoint and credentials from `sdk`.
     pub fn new(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
         DynamoDbTaskDb {
-            client: Client::new(sdk),
+            client: Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(sdk)
+                    .interceptor(crate::aws::CountRequests)
+                    .build(),
+            ),
             table: table.into(),
         }
     }
