@@ -355,6 +355,7 @@ pub async fn run(
         retention: (cfg.agent.state_retention_secs > 0)
             .then(|| Duration::from_secs(cfg.agent.state_retention_secs)),
         engine: engine.clone(),
+        publish: cfg.queue.publish.clone(),
     };
     let control = Control::new(control_cfg, pool.clone(), clock, backend.sink.clone())?;
     tracing::info!(

@@ -208,6 +208,11 @@ pub struct QueueSection {
     pub tls_client_identity_file: Option<PathBuf>,
     /// A file whose first line is the password of `tls_client_identity_file` (absent: none).
     pub tls_client_identity_password_file: Option<PathBuf>,
+    /// The event kinds sent to the events topic (`exec.completed`, `command.rejected`, ...;
+    /// see docs/protocol.md). Default: all. Leaving out `exec.state` and `alloc.freed` halves a
+    /// job's event messages; a producer waiting for outcomes needs `exec.completed` and
+    /// `command.rejected`.
+    pub publish: Option<Vec<String>>,
     /// Longest wait for one broker operation, seconds: on AMQP connect, declare, publish and
     /// its confirm, ack (then the connection is taken as dead and made again); on SQS one
     /// request attempt beyond the 20 s long poll (then the SDK retries). Default (0): 30.
@@ -421,6 +426,19 @@ impl Config {
         ] {
             if let Some(feature) = url.as_deref().and_then(crate::features::missing_for_url) {
                 bad(field, &crate::features::not_built("this URL", feature));
+            }
+        }
+        if let Some(kinds) = &self.queue.publish {
+            for k in kinds {
+                if !crate::protocol::EVENT_KINDS.contains(&k.as_str()) {
+                    bad(
+                        "queue.publish",
+                        &format!(
+                            "unknown event kind {k:?}; the kinds are {}",
+                            crate::protocol::EVENT_KINDS.join(", ")
+                        ),
+                    );
+                }
             }
         }
         for (field, path) in [
@@ -706,5 +724,23 @@ mod tests {
         )
         .unwrap();
         assert!(allowed.validate().is_empty());
+    }
+
+    #[test]
+    fn published_event_kinds_are_checked() {
+        let ok = Config::parse(
+            "[queue]\npublish = [\"exec.completed\", \"command.rejected\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert!(ok.validate().is_empty());
+        let bad = Config::parse("[queue]\npublish = [\"exec.done\"]\n", Path::new("x")).unwrap();
+        let errs: Vec<String> = bad.validate().iter().map(ToString::to_string).collect();
+        assert!(
+            errs.len() == 1
+                && errs[0].contains("queue.publish")
+                && errs[0].contains("exec.completed"),
+            "{errs:?}"
+        );
     }
 }

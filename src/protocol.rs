@@ -650,6 +650,21 @@ pub enum EventBody {
     },
 }
 
+/// Every event kind, as [`EventBody::kind`] names them.
+pub const EVENT_KINDS: &[&str] = &[
+    "exec.state",
+    "exec.completed",
+    "alloc.expired",
+    "alloc.freed",
+    "integrity.error",
+    "agent.started",
+    "agent.heartbeat",
+    "agent.draining",
+    "agent.stopped",
+    "command.rejected",
+    "command.result",
+];
+
 impl EventBody {
     /// The wire name of the event's kind.
     pub fn kind(&self) -> &'static str {

@@ -35,10 +35,54 @@ struct Harness {
 }
 
 async fn start(runtime_ms: u64, max_jobs: usize) -> Harness {
-    start_with(runtime_ms, max_jobs, None).await
+    start_with(runtime_ms, max_jobs, Opts::default()).await
 }
 
-async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration>) -> Harness {
+/// Settings of a harness beyond the defaults.
+#[derive(Default)]
+struct Opts {
+    retention: Option<Duration>,
+    /// `queue.publish`.
+    publish: Option<Vec<String>>,
+    /// Publish through a sink that takes batches of up to 10 and records each batch's kinds.
+    batches: Option<Arc<std::sync::Mutex<Vec<Vec<String>>>>>,
+}
+
+/// The spool's sink, taking batches of up to 10 events as SQS does, and recording the kinds of
+/// each batch it was given.
+#[derive(Debug)]
+struct BatchingSink {
+    inner: reflow_agent::queue::spool::SpoolSink,
+    batches: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+#[async_trait::async_trait]
+impl reflow_agent::queue::EventSink for BatchingSink {
+    async fn publish(&self, event: &Event) -> Result<(), reflow_agent::queue::QueueError> {
+        self.inner.publish(event).await
+    }
+
+    fn max_batch(&self) -> usize {
+        10
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> reflow_agent::queue::Batch {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(events.iter().map(|e| e.body.kind().to_string()).collect());
+        let mut published = Vec::new();
+        for e in events {
+            published.push(self.inner.publish(e).await.is_ok());
+        }
+        reflow_agent::queue::Batch {
+            published,
+            error: None,
+        }
+    }
+}
+
+async fn start_with(runtime_ms: u64, max_jobs: usize, opts: Opts) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeRuntime::new(
         &[IMAGE],
@@ -84,12 +128,19 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, retention: Option<Duration
             metrics: Default::default(),
             notifier: Default::default(),
             blob: None,
-            retention,
+            retention: opts.retention,
             engine: Default::default(),
+            publish: opts.publish,
         },
         pool,
         Arc::new(SystemClock),
-        Arc::new(spool.sink()),
+        match opts.batches {
+            Some(batches) => Arc::new(BatchingSink {
+                inner: spool.sink(),
+                batches,
+            }),
+            None => Arc::new(spool.sink()),
+        },
     )
     .unwrap();
     let source = spool.source(Duration::from_millis(5), stop.clone(), returned);
@@ -264,7 +315,15 @@ async fn drain_hands_back_jobs_not_started() {
 
 #[tokio::test]
 async fn done_state_and_spool_events_are_pruned_after_the_retention() {
-    let mut h = start_with(50, 2, Some(Duration::from_secs(2))).await;
+    let mut h = start_with(
+        50,
+        2,
+        Opts {
+            retention: Some(Duration::from_secs(2)),
+            ..Opts::default()
+        },
+    )
+    .await;
     h.send(job("old", "echo a > $out"));
     h.outcome("old", "exec.completed").await;
     let state = h._dir.path().join("state");
@@ -292,4 +351,54 @@ async fn done_state_and_spool_events_are_pruned_after_the_retention() {
     );
     // (Unfinished entries are never pruned: control::journal's unit tests.)
     h.stop().await;
+}
+
+/// Events go out in batches where the sink takes them (SQS: `SendMessageBatch`), and only the
+/// kinds in `queue.publish`: a job's outcome events share a batch, and with
+/// `publish = ["exec.completed", "command.rejected"]` nothing else reaches the sink while the
+/// job still completes and its command is settled.
+#[tokio::test]
+async fn events_go_out_in_batches_and_only_the_kinds_published() {
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut h = start_with(
+        50,
+        2,
+        Opts {
+            batches: Some(batches.clone()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    h.send(job("b-1", "echo b > $out"));
+    h.outcome("b-1", "exec.completed").await;
+    let seen = batches.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|b| b.len() >= 2 && b.iter().any(|k| k == "exec.completed")),
+        "the outcome went out alone: {seen:?}"
+    );
+    h.stop().await;
+
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let wanted = ["exec.completed", "command.rejected"];
+    let mut h = start_with(
+        50,
+        2,
+        Opts {
+            publish: Some(wanted.iter().map(ToString::to_string).collect()),
+            batches: Some(batches.clone()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    h.send(job("b-2", "echo b2 > $out"));
+    h.outcome("b-2", "exec.completed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (spool, _dir) = h.stop().await;
+    let kinds: Vec<String> = batches.lock().unwrap().concat();
+    assert!(
+        !kinds.is_empty() && kinds.iter().all(|k| wanted.contains(&k.as_str())),
+        "{kinds:?}"
+    );
+    assert!(spool.list("incoming").is_empty() && spool.list("processing").is_empty());
 }

@@ -103,6 +103,7 @@ async fn a_hanging_jobs_message_reappears_and_a_healthy_ones_never_does() {
             blob: None,
             retention: None,
             engine: Default::default(),
+            publish: None,
         },
         pool,
         Arc::new(SystemClock),

@@ -116,33 +116,49 @@ impl Inner {
     }
 }
 
-/// Publishes the outbox in order until `stop`, retrying with backoff while the broker is away.
+/// Publishes the outbox in order until `stop`, retrying with backoff while the broker is away:
+/// up to [`crate::queue::EventSink::max_batch`] events per request, and events of kinds the
+/// operator does not publish (`queue.publish`) removed unsent.
 pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    let per_request = inner.sink.max_batch().max(1);
     loop {
         let mut failed = false;
+        let mut again = false;
         match inner.outbox.pending() {
             Ok(pending) => {
-                for (name, event) in pending {
-                    // A publish still under way at stop is dropped: the event stays in the
-                    // outbox and goes out at the next start (consumers dedupe by event id).
-                    let published = tokio::select! {
+                for chunk in pending.chunks(per_request) {
+                    let (send, skip): (Vec<_>, Vec<_>) = chunk
+                        .iter()
+                        .partition(|(_, e)| inner.cfg.publishes(e.body.kind()));
+                    for (name, _) in skip {
+                        inner.published_one(name);
+                    }
+                    if send.is_empty() {
+                        continue;
+                    }
+                    let events: Vec<Event> = send.iter().map(|(_, e)| e.clone()).collect();
+                    // A publish still under way at stop is dropped: the events stay in the
+                    // outbox and go out at the next start (consumers dedupe by event id).
+                    let out = tokio::select! {
                         () = stop.cancelled() => return,
-                        r = inner.sink.publish(&event) => r,
+                        r = inner.sink.publish_batch(&events) => r,
                     };
-                    match published {
-                        Ok(()) => {
-                            if let Err(e) = inner.outbox.remove(&name) {
-                                tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
-                            }
-                            inner.published.send_modify(|n| *n += 1);
-                            backoff = Duration::from_millis(100);
+                    for ((name, _), ok) in send.iter().zip(&out.published) {
+                        if *ok {
+                            inner.published_one(name);
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %crate::error::chain(&e), event = %event.id, kind = event.body.kind(), "Publishing failed; retrying.");
-                            failed = true;
-                            break;
-                        }
+                    }
+                    if let Some(e) = out.error {
+                        tracing::warn!(error = %crate::error::chain(&e), events = events.len(), "Publishing failed; retrying.");
+                        failed = true;
+                        break;
+                    }
+                    backoff = Duration::from_millis(100);
+                    if !out.published.iter().all(|p| *p) {
+                        // Some did not fit in the request: read the outbox again now.
+                        again = true;
+                        break;
                     }
                 }
             }
@@ -150,6 +166,9 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 tracing::warn!(error = %crate::error::chain(&e), "Reading the outbox failed.");
                 failed = true;
             }
+        }
+        if again {
+            continue;
         }
         let wait = if failed {
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -162,6 +181,17 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
             () = inner.outbox_wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+impl Inner {
+    /// An event left the outbox (sent, or not to be sent): removes it and wakes those waiting
+    /// on [`Inner::until_published`].
+    fn published_one(&self, name: &str) {
+        if let Err(e) = self.outbox.remove(name) {
+            tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
+        }
+        self.published.send_modify(|n| *n += 1);
     }
 }
 

@@ -113,6 +113,18 @@ pub struct ControlConfig {
     /// The container engine's health: while it does not answer, no new command is taken and
     /// jobs not started yet are handed back.
     pub engine: crate::docker::health::EngineHealth,
+    /// The event kinds sent to the events topic (`queue.publish`); `None`: all. Events of
+    /// other kinds leave the outbox unsent.
+    pub publish: Option<Vec<String>>,
+}
+
+impl ControlConfig {
+    /// Whether events of `kind` are sent.
+    pub fn publishes(&self, kind: &str) -> bool {
+        self.publish
+            .as_ref()
+            .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
+    }
 }
 
 /// Why the control plane could not start.

@@ -442,6 +442,32 @@ pub trait EventSink: Send + Sync + fmt::Debug {
     /// Publishes `event` durably (an event with an id already published is not duplicated).
     async fn publish(&self, event: &Event) -> Result<(), QueueError>;
 
+    /// Most events [`EventSink::publish_batch`] takes at once with advantage (1: it publishes
+    /// them one by one).
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Publishes `events`, in one request where the backend has a batch call (SQS's
+    /// `SendMessageBatch`): which of them went out, and the first error. By default one by
+    /// one, stopping at the first failure.
+    async fn publish_batch(&self, events: &[Event]) -> Batch {
+        let mut out = Batch {
+            published: vec![false; events.len()],
+            error: None,
+        };
+        for (i, e) in events.iter().enumerate() {
+            match self.publish(e).await {
+                Ok(()) => out.published[i] = true,
+                Err(err) => {
+                    out.error = Some(err);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// Removes events this sink keeps itself (the spool's `events/`) published before
     /// `before`; returns how many. Brokers keep no such history: a no-op there.
     ///
@@ -450,6 +476,15 @@ pub trait EventSink: Send + Sync + fmt::Debug {
     fn prune(&self, _before: std::time::SystemTime) -> Result<usize, QueueError> {
         Ok(0)
     }
+}
+
+/// What [`EventSink::publish_batch`] did.
+#[derive(Debug)]
+pub struct Batch {
+    /// Per event, in order: whether it was published.
+    pub published: Vec<bool>,
+    /// The first failure, if any (the events not published are tried again later).
+    pub error: Option<QueueError>,
 }
 
 #[cfg(test)]

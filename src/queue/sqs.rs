@@ -26,9 +26,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
 
-use super::{CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
+use super::{Batch, CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
 use crate::protocol::Event;
 
 /// Message attribute carrying a dead-letter reason.
@@ -422,23 +425,35 @@ pub struct SqsSink {
     urls: Urls,
 }
 
-#[async_trait]
-impl EventSink for SqsSink {
-    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        let body = serde_json::to_string(event).map_err(|e| QueueError::Sqs {
-            op: "encode event",
+/// An event's message body and its `kind` attribute.
+fn event_message(event: &Event) -> Result<(String, MessageAttributeValue), QueueError> {
+    let body = serde_json::to_string(event).map_err(|e| QueueError::Sqs {
+        op: "encode event",
+        message: e.to_string(),
+        permanent: true,
+    })?;
+    let kind = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(event.body.kind())
+        .build()
+        .map_err(|e| QueueError::Sqs {
+            op: "event attribute",
             message: e.to_string(),
             permanent: true,
         })?;
-        let kind = MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(event.body.kind())
-            .build()
-            .map_err(|e| QueueError::Sqs {
-                op: "event attribute",
-                message: e.to_string(),
-                permanent: true,
-            })?;
+    Ok((body, kind))
+}
+
+/// SQS's most entries in one `SendMessageBatch`.
+const MAX_BATCH: usize = 10;
+/// SQS's most bytes in one `SendMessageBatch` (all bodies and attributes together), less a
+/// margin for the attributes.
+const MAX_BATCH_BYTES: usize = 256 * 1024 - 4 * 1024;
+
+#[async_trait]
+impl EventSink for SqsSink {
+    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+        let (body, kind) = event_message(event)?;
         self.client
             .send_message()
             .queue_url(&self.urls.results)
@@ -448,6 +463,92 @@ impl EventSink for SqsSink {
             .await
             .map_err(sqs_err("send event"))?;
         Ok(())
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    /// `SendMessageBatch` of up to 10 events whose bodies fit in one request (events that do
+    /// not fit wait for the next batch); a lone event goes by `SendMessage`.
+    async fn publish_batch(&self, events: &[Event]) -> Batch {
+        let mut out = Batch {
+            published: vec![false; events.len()],
+            error: None,
+        };
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (i, e) in events.iter().enumerate().take(MAX_BATCH) {
+            let (body, kind) = match event_message(e) {
+                Ok(m) => m,
+                Err(err) => {
+                    out.error = Some(err);
+                    break;
+                }
+            };
+            if !entries.is_empty() && bytes + body.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += body.len();
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body)
+                .message_attributes("kind", kind)
+                .build()
+                .map_err(|e| QueueError::Sqs {
+                    op: "event batch entry",
+                    message: e.to_string(),
+                    permanent: true,
+                });
+            match entry {
+                Ok(entry) => entries.push(entry),
+                Err(err) => {
+                    out.error = Some(err);
+                    break;
+                }
+            }
+        }
+        if entries.len() == 1 && events.len() == 1 {
+            if let Err(e) = self.publish(&events[0]).await {
+                out.error = Some(e);
+            } else {
+                out.published[0] = true;
+            }
+            return out;
+        }
+        if entries.is_empty() {
+            return out;
+        }
+        match self
+            .client
+            .send_message_batch()
+            .queue_url(&self.urls.results)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                for ok in r.successful() {
+                    if let Some(p) = ok
+                        .id()
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| out.published.get_mut(i))
+                    {
+                        *p = true;
+                    }
+                }
+                if let Some(f) = r.failed().first() {
+                    out.error = out.error.take().or(Some(QueueError::Sqs {
+                        op: "send event batch",
+                        message: format!("{}: {}", f.code(), f.message().unwrap_or("")),
+                        permanent: false,
+                    }));
+                }
+            }
+            Err(e) => out.error = Some(sqs_err("send event batch")(e)),
+        }
+        out
     }
 }
 
@@ -467,6 +568,7 @@ fn client_with_deadline(sdk: &aws_config::SdkConfig, op_timeout: Duration) -> Cl
     Client::from_conf(
         aws_sdk_sqs::config::Builder::from(sdk)
             .timeout_config(timeouts)
+            .interceptor(crate::aws::CountRequests)
             .build(),
     )
 }
