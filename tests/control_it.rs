@@ -432,7 +432,7 @@ async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
         .await
         .unwrap();
     let mut events = Events::new(&client).await;
-    let _agent = Agent::start(dir.path(), &uniq("sqs"), &url, "", &[]);
+    let agent = Agent::start(dir.path(), &uniq("sqs"), &url, "", &[]);
     client.submit("poison", b"{not json").await.unwrap();
     let unknown = br#"{"v":1,"id":"p-2","kind":"exec.teleport"}"#;
     client.submit("p-2", unknown).await.unwrap();
@@ -487,6 +487,22 @@ async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
     );
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains("\"p-2\""), "{text}");
+    // The agent counted its SQS requests: what it received, deleted and sent.
+    let (code, m) = http_get(&admin_addr(&agent).await, "/metrics").await;
+    assert_eq!(code, 200);
+    let count = |op: &str| -> u64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("reflow_cloud_requests_total{")
+                    && l.contains("service=\"SQS\"")
+                    && l.contains(&format!("operation=\"{op}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(count("ReceiveMessage") >= 1, "{m}");
+    assert!(count("DeleteMessage") >= 1, "{m}");
+    assert!(count("SendMessage") + count("SendMessageBatch") >= 2, "{m}");
 }
 
 #[tokio::test]
