@@ -55,6 +55,8 @@ fi
 step "systemd unit and deploy files"
 bash scripts/check-systemd.sh
 bash scripts/check-deploy.sh
+step "capacity model (docs/capacity.md from bench/RESULTS.md)"
+python3 bench/capacity.py --check
 # Last, so the runner's summary closes the output. (The crate has no doctests.)
 step "tests (unit, component, integration)"
 if cargo nextest --version >/dev/null 2>&1; then
