@@ -327,13 +327,19 @@ impl Inner {
             entry.alloc = Some(alloc_id.clone());
             self.journal.put(entry).or_reflow("journal")?;
         }
-        // Keep the alloc alive while the job runs.
+        // Keep the alloc alive while the job runs. A new alloc's first lease (2 minutes) covers
+        // the first period, so its TaskDB row is not written again at once; a restored one
+        // whose lease is nearly out is renewed now.
         let keepalive = {
             let (pool, id) = (self.pool.clone(), alloc_id.clone());
+            let renew_now = alloc.expires() < self.clock.now() + chrono::Duration::seconds(60);
             tokio::spawn(async move {
-                loop {
+                if renew_now {
                     let _ = pool.keepalive(&id, chrono::Duration::seconds(120)).await;
+                }
+                loop {
                     tokio::time::sleep(Duration::from_secs(30)).await;
+                    let _ = pool.keepalive(&id, chrono::Duration::seconds(120)).await;
                 }
             })
         };
