@@ -1,6 +1,7 @@
 //! Requests the agent makes to its cloud services (each attempt of an AWS SDK call, counted by
-//! an SDK interceptor in [`crate::aws`]) and to its broker (each AMQP operation: connect,
-//! declare, publish with its confirm, ack, reject), per service and operation. The admin
+//! the SDK interceptor `aws::CountRequests` on every client) and to its broker (each AMQP
+//! operation: connect, declare, publish with its confirm, ack, reject), per service and
+//! operation. The admin
 //! listener renders them as `reflow_cloud_requests_total{service, operation}`; the bill and
 //! the request rates of docs/capacity.md are read from them.
 //!
