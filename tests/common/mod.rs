@@ -101,6 +101,7 @@ pub fn aws_endpoint() -> String {
 }
 
 /// SDK config for the emulator, with fixed test credentials.
+#[cfg(feature = "ecr")]
 pub async fn aws_sdk() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
