@@ -14,7 +14,8 @@
 //!
 //! 0. **Foundations.** [`error`]: Reflow's error kinds, the one retry classifier, the wire
 //!    error. [`time`], [`clock`]: Go-compatible timestamps and the clock port. [`digest`]:
-//!    SHA-256 digests. [`relpath`]: untrusted relative paths checked before any join.
+//!    SHA-256 digests. [`backoff`]: the one retry policy (capped, jittered). [`relpath`]:
+//!    untrusted relative paths checked before any join.
 //!    [`resources`]: CPU, memory and disk amounts. [`persist`]: atomic, fsynced state files,
 //!    bounded reads, crash leftovers, pruning. [`par`]: parallel map for hashing many files.
 //!    [`failpoint`]: failure injection for crash tests. [`features`]: which optional backends
@@ -41,6 +42,7 @@
 pub mod admin;
 pub mod agent;
 pub mod aws;
+pub mod backoff;
 pub mod blob;
 pub mod cgroup;
 pub mod cli;
@@ -81,6 +83,7 @@ pub const LAYERS: &[&[&str]] = &[
         "error",
         "time",
         "clock",
+        "backoff",
         "digest",
         "relpath",
         "resources",

@@ -120,7 +120,8 @@ impl Inner {
 /// up to [`crate::queue::EventSink::max_batch`] events per request, and events of kinds the
 /// operator does not publish (`queue.publish`) removed unsent.
 pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10));
     let per_request = inner.sink.max_batch().max(1);
     loop {
         let mut failed = false;
@@ -154,7 +155,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                         failed = true;
                         break;
                     }
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     if !out.published.iter().all(|p| *p) {
                         // Some did not fit in the request: read the outbox again now.
                         again = true;
@@ -171,8 +172,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
             continue;
         }
         let wait = if failed {
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-            backoff
+            backoff.next_delay()
         } else {
             Duration::from_secs(5)
         };

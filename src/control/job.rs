@@ -251,7 +251,8 @@ impl Inner {
             return vec![completed(stored.result, true)];
         }
         let mut events = Vec::new();
-        let mut delay = self.cfg.retry_base;
+        let mut delay =
+            crate::backoff::Backoff::new(self.cfg.retry_base, 2.0, Duration::from_secs(60));
         let mut attempt = 1;
         let result = loop {
             match self
@@ -270,8 +271,7 @@ impl Inner {
                     {
                         let _ = a.executor().remove(&exec_id).await;
                     }
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(delay.next_delay()).await;
                     attempt += 1;
                 }
                 Err(e) => {

@@ -346,7 +346,7 @@ impl Images {
         if self.runtime.image_present(image).await.map_err(rt)? {
             return Ok(());
         }
-        let mut delay = self.backoff;
+        let mut delay = crate::backoff::Backoff::new(self.backoff, 1.5, Duration::from_secs(10));
         let mut last = String::new();
         for attempt in 1..=PULL_ATTEMPTS {
             match self.pull_once(image).await {
@@ -358,8 +358,7 @@ impl Images {
                 }
             }
             if attempt < PULL_ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay = (delay.mul_f64(1.5)).min(Duration::from_secs(10));
+                tokio::time::sleep(delay.next_delay()).await;
             }
         }
         // Absent locally and not pullable after every attempt: the image does not exist for this

@@ -906,7 +906,11 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::taskdb::TaskDbError>>,
 {
-    let mut delay = std::time::Duration::from_secs(10);
+    let mut delay = crate::backoff::Backoff::new(
+        std::time::Duration::from_secs(10),
+        1.2,
+        std::time::Duration::from_secs(120),
+    );
     for attempt in 1..=5 {
         match f().await {
             Ok(()) => return,
@@ -916,9 +920,8 @@ where
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(delay.next_delay()) => {}
         }
-        delay = delay.mul_f64(1.2).min(std::time::Duration::from_secs(120));
     }
 }
 

@@ -191,6 +191,11 @@ async fn call<T>(
     deadline(op, limit, async { f.await.map_err(amqp_err(op)) }).await
 }
 
+/// Reconnection delays to a broker: from 100 ms, doubling, up to `max`.
+fn reconnect_backoff(max: Duration) -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(Duration::from_millis(100), 2.0, max)
+}
+
 /// Whether a connection and its channel are both still open.
 fn up(conn: &Connection, ch: &Channel) -> bool {
     conn.status().connected() && ch.status().connected()
@@ -479,7 +484,7 @@ pub struct AmqpSource {
     /// progress can still be settled; dropping the source returns what is left to the queue.
     closed: Option<(Connection, Channel)>,
     publisher: std::sync::Arc<Publisher>,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
 }
 
 impl std::fmt::Debug for AmqpSource {
@@ -537,7 +542,7 @@ impl AmqpSource {
         let mine = consume_from(&ch, &own, TAG_OWN, limit).await?;
         tracing::info!(queue = %self.topo.commands, own = %own, prefetch = self.settings.prefetch, "Consuming commands.");
         self.consumer = Some((conn, ch, shared, mine));
-        self.backoff = Duration::from_millis(100);
+        self.backoff.reset();
         self.settings
             .health
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -574,9 +579,8 @@ impl CommandSource for AmqpSource {
             if self.consumer.is_none()
                 && let Err(e) = self.consume().await
             {
-                tracing::warn!(error = %crate::error::chain(&e), retry_in_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX), "AMQP connection failed; reconnecting.");
-                let wait = self.backoff;
-                self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                let wait = self.backoff.next_delay();
+                tracing::warn!(error = %crate::error::chain(&e), retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "AMQP connection failed; reconnecting.");
                 tokio::select! {
                     () = self.settings.close.cancelled() => return Ok(None),
                     () = tokio::time::sleep(wait) => {}
@@ -790,7 +794,7 @@ pub(super) async fn connect(
         consumer: None,
         closed: None,
         publisher: publisher.clone(),
-        backoff: Duration::from_millis(100),
+        backoff: reconnect_backoff(Duration::from_secs(10)),
     };
     // Fail fast at start on a wrong URL or credentials; later losses reconnect.
     source.consume().await?;
@@ -999,13 +1003,12 @@ impl AmqpWatch {
 #[async_trait]
 impl super::EventWatch for AmqpWatch {
     async fn next(&mut self) -> Result<Event, QueueError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = reconnect_backoff(Duration::from_secs(5));
         loop {
             let Some((conn, ch, consumer)) = self.conn.as_mut() else {
                 if let Err(e) = self.connect().await {
                     tracing::warn!(error = %crate::error::chain(&e), "Reconnecting the event watch failed; retrying.");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 continue;
             };
