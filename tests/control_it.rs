@@ -2231,6 +2231,15 @@ async fn amqp_fleet_of_four_scaled_to_one_completes_every_job_once() {
         "fleet: {JOBS} jobs in {makespan:?} (4 agents for {:?}, then 1); completions {by_agent:?}",
         scaled_in - started
     );
+    // For bench/fleet.sh, which compares the makespan with the ideal for the capacity present
+    // (each agent runs `max_jobs` = CPU cores at once, the default).
+    let slots = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    eprintln!(
+        "fleet-bench jobs={JOBS} makespan_secs={:.3} scale_in_secs={:.3} slots_before={} slots_after={slots}",
+        makespan.as_secs_f64(),
+        (scaled_in - started).as_secs_f64(),
+        4 * slots
+    );
 }
 
 /// The test broker's TLS listener (scripts/dev-services.sh): `AGENT_IT_AMQP_URL` on
