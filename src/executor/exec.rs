@@ -13,10 +13,10 @@ use futures_util::StreamExt;
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, cmdfmt, lock};
+use super::{Inner, lock};
 use crate::cgroup::CgroupPaths;
 use crate::digest::Digest;
-use crate::docker::{Bind, ContainerInfo, ContainerSpec, LogStream};
+use crate::docker::{ContainerInfo, ContainerSpec, LogStream};
 use crate::error::{Kind, ReflowError};
 use crate::fileset::Fileset;
 use crate::manifest::{ExecState, MANIFEST_FILE, Manifest};
@@ -28,10 +28,6 @@ use crate::{persist, time};
 
 /// Exit code an exec uses to ask for a retry (`EX_TEMPFAIL`).
 pub const TEMPORARY_EXIT_CODE: i64 = 75;
-/// Swap allowed over the memory limit with `HardMemLimit`.
-pub const HARD_LIMIT_SWAP_HEADROOM: i64 = 100 << 20;
-/// OOM score adjustment of exec containers: they die before the agent.
-pub const CONTAINER_OOM_SCORE_ADJ: i64 = 1000;
 /// Most log lines kept as hints in a DockerExec error.
 pub const MAX_HINT_LINES: usize = 20;
 /// Longest hint line kept, in bytes.
@@ -422,105 +418,16 @@ impl Exec {
         cfg: &ExecConfig,
         args: Vec<String>,
     ) -> Result<ContainerSpec, ReflowError> {
-        let h = |sub: &str| self.host_dir.join(sub).to_string_lossy().into_owned();
-        let mut binds = vec![
-            Bind {
-                host: h("arg"),
-                container: "/arg".into(),
+        super::spec::container_spec(
+            &inner.cfg,
+            &super::spec::Placement {
+                exec: &self.id,
+                container: &self.container,
+                host_dir: &self.host_dir,
             },
-            Bind {
-                host: h("tmp"),
-                container: "/tmp".into(),
-            },
-            Bind {
-                host: h("return"),
-                container: "/return".into(),
-            },
-        ];
-        let mut env = vec![
-            "tmp=/tmp".to_string(),
-            "TMPDIR=/tmp".to_string(),
-            "HOME=/tmp".to_string(),
-        ];
-        if cfg.output_is_dir.is_empty() {
-            env.push("out=/return/default".to_string());
-        }
-        if cfg.need_docker_access {
-            if !inner.cfg.allow_docker_socket {
-                return Err(err(
-                    Kind::NotAllowed,
-                    "create",
-                    &self.id,
-                    "the exec asks for Docker access, which this agent does not allow",
-                ));
-            }
-            binds.push(Bind {
-                host: "/var/run/docker.sock".into(),
-                container: "/var/run/docker.sock".into(),
-            });
-        }
-        if cfg.need_aws_creds {
-            match (&inner.cfg.aws_credentials, inner.cfg.allow_aws_creds) {
-                (Some(c), true) => {
-                    env.push(format!("AWS_ACCESS_KEY_ID={}", c.access_key_id));
-                    env.push(format!("AWS_SECRET_ACCESS_KEY={}", c.secret_access_key));
-                    if let Some(t) = &c.session_token {
-                        env.push(format!("AWS_SESSION_TOKEN={t}"));
-                    }
-                }
-                (_, false) => {
-                    return Err(err(
-                        Kind::NotAllowed,
-                        "create",
-                        &self.id,
-                        "the exec asks for AWS credentials, which this agent does not pass on",
-                    ));
-                }
-                (None, true) => {
-                    return Err(err(
-                        Kind::Temporary,
-                        "create",
-                        &self.id,
-                        "no AWS credentials available",
-                    ));
-                }
-            }
-        }
-        let mem = cfg.resources.mem();
-        let (memory, memory_swap) = if inner.cfg.hard_mem_limit && mem > 0.0 {
-            // `mem` is validated finite and non-negative; float-to-int casts saturate.
-            #[allow(clippy::cast_possible_truncation)]
-            let m = mem as i64;
-            (Some(m), Some(m.saturating_add(HARD_LIMIT_SWAP_HEADROOM)))
-        } else {
-            (None, None)
-        };
-        Ok(ContainerSpec {
-            name: self.container.clone(),
-            image: cfg.image.clone(),
-            entrypoint: vec![
-                "/bin/bash".into(),
-                "-e".into(),
-                "-l".into(),
-                "-o".into(),
-                "pipefail".into(),
-                "-c".into(),
-                cmdfmt::format(&cfg.cmd, &args),
-            ],
-            env,
-            labels: [
-                (LABEL_EXEC.to_string(), self.id.hex()),
-                (LABEL_EXECUTOR.to_string(), inner.cfg.id.clone()),
-            ]
-            .into_iter()
-            .collect(),
-            binds,
-            network_mode: inner.cfg.network_mode.clone(),
-            user: inner.cfg.user.clone(),
-            oom_score_adj: CONTAINER_OOM_SCORE_ADJ,
-            memory,
-            memory_swap,
-        })
+            cfg,
+            &args,
+        )
     }
 
     // === start ===

@@ -18,6 +18,7 @@
 pub mod cmdfmt;
 mod exec;
 pub mod recover;
+pub mod spec;
 
 use std::collections::HashMap;
 use std::fmt;
