@@ -814,6 +814,25 @@ async fn a_python_producer_signs_with_jcs_and_the_agent_agrees() {
     );
 }
 
+/// A URL that names several brokers (a cluster's nodes): the first does not answer, so the agent
+/// and the producer connect to the next, and a job runs.
+#[tokio::test]
+async fn an_amqp_url_with_several_brokers_uses_one_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback refuses connections: a node that is down.
+    let url = amqp_ns("hosts")
+        .await
+        .replacen("127.0.0.1:5672", "127.0.0.1:1,127.0.0.1:5672", 1);
+    assert!(url.contains(",127.0.0.1:5672"), "{url}");
+    let _agent = Agent::start(dir.path(), &uniq("hosts"), &url, "", &[]);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let mut events = Events::new(client.as_ref()).await;
+    let id = uniq("two-hosts");
+    submit(client.as_ref(), &id, &job(&id, "echo hosts > $out")).await;
+    let e = events.completed(&id).await;
+    assert_eq!(output(&e), (sha256sum(b"hosts\n"), true, false));
+}
+
 /// A TCP proxy to RabbitMQ that the test can cut and restore, or freeze: bytes stop flowing
 /// both ways while every socket stays open (a half-open link, as a silent network partition
 /// leaves it; new connections are accepted and hang too).

@@ -135,6 +135,28 @@ pub fn split_url(url: &str) -> Result<(String, Topology), QueueError> {
     Ok((lapin_url, Topology::new(&ns)))
 }
 
+/// One URL per broker of a URL that names several, `amqp://user:pass@h1:5672,h2:5672/vhost`
+/// (the nodes of a cluster): the same credentials, virtual host and parameters for each. A URL
+/// with one host is returned as it is.
+pub fn hosts(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![url.to_string()];
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hostlist) = match authority.rfind('@') {
+        Some(i) => (&authority[..=i], &authority[i + 1..]),
+        None => ("", authority),
+    };
+    let list: Vec<&str> = hostlist.split(',').filter(|h| !h.is_empty()).collect();
+    if list.len() <= 1 {
+        return vec![url.to_string()];
+    }
+    list.iter()
+        .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
+        .collect()
+}
+
 /// `url` with an AMQP heartbeat of `limit` (at least 1 s) unless it names one. Two missed
 /// heartbeats close the connection, so a link that dies without a word (no FIN, no RST) is
 /// noticed within twice the operation deadline instead of RabbitMQ's default two minutes.
@@ -203,17 +225,25 @@ fn up(conn: &Connection, ch: &Channel) -> bool {
 
 /// Where a broker is and how to trust it: the URL lapin connects to (`amqp://`, or `amqps://`
 /// for TLS), and for `amqps://` the CAs to trust besides the system's and the client identity.
+/// A URL may name several brokers (a cluster's nodes, [`hosts`]): a connection goes to the one
+/// that answered last, else to the others in turn.
 #[derive(Clone)]
 pub struct Broker {
     url: String,
+    urls: Vec<String>,
+    /// Which of `urls` answered last (shared by clones).
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tls: super::Tls,
 }
 
 impl Broker {
     /// The broker at `url` (namespace parameter already removed), with `tls` for `amqps://`.
     pub fn new(url: impl Into<String>, tls: super::Tls) -> Broker {
+        let url = url.into();
         Broker {
-            url: url.into(),
+            urls: hosts(&url),
+            url,
+            current: Default::default(),
             tls,
         }
     }
@@ -241,7 +271,7 @@ async fn open_channel(
     PROVIDER.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    let tls = lapin::tcp::OwnedTLSConfig {
+    let tls = || lapin::tcp::OwnedTLSConfig {
         identity: broker
             .tls
             .identity
@@ -252,17 +282,46 @@ async fn open_channel(
             }),
         cert_chain: broker.tls.ca.clone(),
     };
-    let conn = call(
-        "connect",
-        limit,
-        Connection::connect_with_config(
-            &broker.url,
-            ConnectionProperties::default().with_connection_name("reflow-agent".into()),
-            tls,
-        ),
-    )
-    .await
-    .map_err(|e| identity_hint(e, broker))?;
+    let first = broker.current.load(std::sync::atomic::Ordering::Relaxed);
+    let mut failure = None;
+    let mut conn = None;
+    for i in 0..broker.urls.len() {
+        let at = (first + i) % broker.urls.len();
+        match call(
+            "connect",
+            limit,
+            Connection::connect_with_config(
+                &broker.urls[at],
+                ConnectionProperties::default().with_connection_name("reflow-agent".into()),
+                tls(),
+            ),
+        )
+        .await
+        {
+            Ok(c) => {
+                broker
+                    .current
+                    .store(at, std::sync::atomic::Ordering::Relaxed);
+                conn = Some(c);
+                break;
+            }
+            Err(e) => {
+                if broker.urls.len() > 1 {
+                    tracing::warn!(broker = %super::redact(&broker.urls[at]), error = %crate::error::chain(&e), "A broker of the URL did not answer; trying the next.");
+                }
+                failure = Some(e);
+            }
+        }
+    }
+    let conn = match (conn, failure) {
+        (Some(c), _) => c,
+        (None, Some(e)) => return Err(identity_hint(e, broker)),
+        (None, None) => {
+            return Err(QueueError::Url {
+                url: super::redact(&broker.url),
+            });
+        }
+    };
     let ch = call("open channel", limit, conn.create_channel()).await?;
     Ok((conn, ch))
 }
@@ -1072,6 +1131,26 @@ pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_may_name_several_brokers() {
+        assert_eq!(
+            hosts("amqp://u:p@h1:5672,h2:5673,h3/vh?heartbeat=5"),
+            [
+                "amqp://u:p@h1:5672/vh?heartbeat=5",
+                "amqp://u:p@h2:5673/vh?heartbeat=5",
+                "amqp://u:p@h3/vh?heartbeat=5"
+            ]
+        );
+        assert_eq!(hosts("amqps://h1,h2"), ["amqps://h1", "amqps://h2"]);
+        // A password with an `@` or a `,` before the last `@` stays with the credentials.
+        assert_eq!(
+            hosts("amqp://u:a,b@c@h1,h2/%2f"),
+            ["amqp://u:a,b@c@h1/%2f", "amqp://u:a,b@c@h2/%2f"]
+        );
+        assert_eq!(hosts("amqp://u:p@h1:5672/%2f"), ["amqp://u:p@h1:5672/%2f"]);
+        assert_eq!(hosts("not a url"), ["not a url"]);
+    }
     use crate::error::Classify;
 
     #[test]
