@@ -833,6 +833,102 @@ async fn an_amqp_url_with_several_brokers_uses_one_that_answers() {
     assert_eq!(output(&e), (sha256sum(b"hosts\n"), true, false));
 }
 
+/// `scripts/rabbitmq-cluster.sh` with `args`; its stdout.
+fn cluster(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/rabbitmq-cluster.sh"
+        ))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmq-cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A real 3-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh): two agents on a URL naming
+/// every node, with fleet claims in DynamoDB, run jobs, and the node leading the command queue
+/// is stopped mid-run. The quorum queues fail over, the agents reconnect to the surviving
+/// nodes, and every job completes once (one container start and one `exec.completed` each).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() {
+    const JOBS: usize = 12;
+    let base = cluster(&["start"]);
+    let ns = uniq("cluster");
+    let url = format!("{base}?ns={ns}");
+    let dir = tempfile::tempdir().unwrap();
+    let starts = StartCounter::new();
+    // Deliveries held on the stopped node go back to the queue, perhaps to the other agent:
+    // the fleet's claims (DynamoDB, moto) keep a running job from starting beside itself.
+    let taskdb = format!(
+        "[taskdb]\ntable = \"{}\"\ncreate_table = true\n",
+        uniq("cluster-claims")
+    );
+    let _agents: Vec<Agent> = (0..2)
+        .map(|i| Agent::start_with(dir.path(), &uniq(&format!("cl{i}")), &taskdb, &url, "", &[]))
+        .collect();
+    // The command queue's leader, once the agents declared it.
+    let queue = format!("{ns}.commands");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let l = cluster(&["leader", &queue]);
+        if !l.is_empty() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "{queue} was never declared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let victim = leader
+        .trim_start_matches("rit")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    // The test's own event queue lives on a node that stays up.
+    let keep = if victim == "1" { "2" } else { "1" };
+    let tap_url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f?ns={ns}",
+        5680 + keep.parse::<u16>().unwrap()
+    );
+    let mut events = tap(&tap_url).await;
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let ids: Vec<String> = (0..JOBS).map(|i| uniq(&format!("c{i}"))).collect();
+    for id in &ids {
+        submit(
+            client.as_ref(),
+            id,
+            &job(id, &format!("sleep 2; echo {id} > $out")),
+        )
+        .await;
+    }
+    // Some are done and others running: the leader goes away.
+    events
+        .until("a first exec.completed", |e| {
+            e.body.kind() == "exec.completed"
+        })
+        .await;
+    cluster(&["stop", &victim]);
+    for id in &ids {
+        let e = events.completed(id).await;
+        let (digest, ok, _) = output(&e);
+        assert!(ok, "{id}: {e:?}");
+        assert_eq!(digest, sha256sum(format!("{id}\n").as_bytes()), "{id}");
+    }
+    events.linger(Duration::from_secs(2)).await;
+    cluster(&["start"]);
+    for id in &ids {
+        assert_eq!(job_starts(&starts, id), 1, "{id}: one container start");
+        let mut completed = events.ids(id, "exec.completed");
+        completed.dedup();
+        assert_eq!(completed.len(), 1, "{id}: {completed:?}");
+    }
+}
+
 /// A TCP proxy to RabbitMQ that the test can cut and restore, or freeze: bytes stop flowing
 /// both ways while every socket stays open (a half-open link, as a silent network partition
 /// leaves it; new connections are accepted and hang too).
