@@ -1085,7 +1085,10 @@ async fn metrics_readiness_and_sd_notify_of_a_real_agent() {
     let m = loop {
         let (code, m) = http_get(&addr, "/metrics").await;
         assert_eq!(code, 200);
-        if m.contains("reflow_commands_acked_total{kind=\"job\"} 1") || Instant::now() > deadline {
+        // Settled, and its alloc freed (which follows the ack).
+        let settled = m.contains("reflow_commands_acked_total{kind=\"job\"} 1")
+            && m.contains("reflow_allocs 0");
+        if settled || Instant::now() > deadline {
             break m;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
