@@ -61,6 +61,23 @@ pub struct DynamoDbTaskDb {
 }
 
 impl DynamoDbTaskDb {
+    /// An update of the claim row of `command_id`, with `#o` (Owner), `#s` (State), `#t` (TTL)
+    /// and `:me` (`owner`) bound for its expressions.
+    fn owners_claim_update(
+        &self,
+        command_id: &str,
+        owner: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .expression_attribute_names("#o", "Owner")
+            .expression_attribute_names("#s", "State")
+            .expression_attribute_names("#t", "TTL")
+            .expression_attribute_values(":me", s(owner))
+    }
+
     /// Rows in `table`, with region, endpoint and credentials from `sdk`.
     pub fn new(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
         DynamoDbTaskDb {
@@ -379,16 +396,9 @@ impl super::claims::ClaimStore for DynamoDbTaskDb {
 
     async fn renew(&self, command_id: &str, owner: &str, until: Time) -> Result<bool, TaskDbError> {
         let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .owners_claim_update(command_id, owner)
             .update_expression("SET LeaseUntil = :u, #t = :ttl")
             .condition_expression("#o = :me AND #s = :running")
-            .expression_attribute_names("#o", "Owner")
-            .expression_attribute_names("#s", "State")
-            .expression_attribute_names("#t", "TTL")
-            .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":u", n(until))
             .expression_attribute_values(":ttl", n(until + CLAIM_TTL_SLACK))
@@ -399,16 +409,9 @@ impl super::claims::ClaimStore for DynamoDbTaskDb {
 
     async fn done(&self, command_id: &str, owner: &str, expires: Time) -> Result<(), TaskDbError> {
         let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("ID", s(super::claims::claim_row(command_id).hex()))
+            .owners_claim_update(command_id, owner)
             .update_expression("SET #s = :done, LeaseUntil = :u, #t = :u")
             .condition_expression("#o = :me")
-            .expression_attribute_names("#o", "Owner")
-            .expression_attribute_names("#s", "State")
-            .expression_attribute_names("#t", "TTL")
-            .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":done", s("done"))
             .expression_attribute_values(":u", n(expires))
             .send()
