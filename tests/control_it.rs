@@ -216,7 +216,7 @@ impl Events {
         let r = tokio::time::timeout(Duration::from_secs(90), async {
             loop {
                 let e = self.watch.next().await.unwrap();
-                self.seen.push(e.clone());
+                self.record(e.clone());
                 if pred(&e) {
                     return e;
                 }
@@ -245,6 +245,16 @@ impl Events {
                 )
             })
             .unwrap();
+        self.record(e);
+    }
+
+    /// Keeps an event seen, after checking it against the protocol's schema (every event a
+    /// live agent publishes in these tests is checked).
+    fn record(&mut self, e: Event) {
+        assert_protocol(
+            &format!("event {} of {}", e.body.kind(), e.agent),
+            &serde_json::to_value(&e).unwrap(),
+        );
         self.seen.push(e);
     }
 
@@ -267,7 +277,7 @@ impl Events {
         let _ = tokio::time::timeout(d, async {
             loop {
                 let e = self.watch.next().await.unwrap();
-                self.seen.push(e);
+                self.record(e);
             }
         })
         .await;
@@ -309,6 +319,8 @@ async fn tap(url: &str) -> Events {
 
 /// Submits with retries (the broker may be restarting).
 async fn submit(client: &dyn Client, id: &str, body: &[u8]) {
+    let command: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_protocol(&format!("command {id}"), &command);
     for _ in 0..50 {
         if client.submit(id, body).await.is_ok() {
             return;

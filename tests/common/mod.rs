@@ -206,3 +206,30 @@ impl Drop for StartCounter {
         let _ = self.child.wait();
     }
 }
+
+/// The protocol's JSON Schema (docs/protocol.schema.json), compiled once.
+pub fn protocol_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/protocol.schema.json"
+        ))
+        .unwrap();
+        let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+        jsonschema::draft202012::new(&schema).unwrap()
+    })
+}
+
+/// Panics unless `message` (a command or an event, as JSON) is valid under the protocol's
+/// schema; `what` names it in the message.
+pub fn assert_protocol(what: &str, message: &serde_json::Value) {
+    let errors: Vec<String> = protocol_schema()
+        .iter_errors(message)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match docs/protocol.schema.json: {errors:#?}\n{message}"
+    );
+}
