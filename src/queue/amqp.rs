@@ -283,8 +283,10 @@ async fn open_channel(
         cert_chain: broker.tls.ca.clone(),
     };
     let first = broker.current.load(std::sync::atomic::Ordering::Relaxed);
-    let mut failure = None;
-    let mut conn = None;
+    // `hosts` gives at least one URL, so this is replaced by a real failure or never seen.
+    let mut failure = QueueError::Url {
+        url: super::redact(&broker.url),
+    };
     for i in 0..broker.urls.len() {
         let at = (first + i) % broker.urls.len();
         match call(
@@ -298,32 +300,22 @@ async fn open_channel(
         )
         .await
         {
-            Ok(c) => {
+            Ok(conn) => {
                 broker
                     .current
                     .store(at, std::sync::atomic::Ordering::Relaxed);
-                conn = Some(c);
-                break;
+                let ch = call("open channel", limit, conn.create_channel()).await?;
+                return Ok((conn, ch));
             }
             Err(e) => {
                 if broker.urls.len() > 1 {
                     tracing::warn!(broker = %super::redact(&broker.urls[at]), error = %crate::error::chain(&e), "A broker of the URL did not answer; trying the next.");
                 }
-                failure = Some(e);
+                failure = e;
             }
         }
     }
-    let conn = match (conn, failure) {
-        (Some(c), _) => c,
-        (None, Some(e)) => return Err(identity_hint(e, broker)),
-        (None, None) => {
-            return Err(QueueError::Url {
-                url: super::redact(&broker.url),
-            });
-        }
-    };
-    let ch = call("open channel", limit, conn.create_channel()).await?;
-    Ok((conn, ch))
+    Err(identity_hint(failure, broker))
 }
 
 /// A broker that requires a client certificate and gets none closes the link right after the

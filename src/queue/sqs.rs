@@ -472,6 +472,13 @@ impl EventSink for SqsSink {
     /// `SendMessageBatch` of up to 10 events whose bodies fit in one request (events that do
     /// not fit wait for the next batch); a lone event goes by `SendMessage`.
     async fn publish_batch(&self, events: &[Event]) -> Batch {
+        if let [event] = events {
+            let r = self.publish(event).await;
+            return Batch {
+                published: vec![r.is_ok()],
+                error: r.err(),
+            };
+        }
         let mut out = Batch {
             published: vec![false; events.len()],
             error: None,
@@ -507,14 +514,6 @@ impl EventSink for SqsSink {
                     break;
                 }
             }
-        }
-        if entries.len() == 1 && events.len() == 1 {
-            if let Err(e) = self.publish(&events[0]).await {
-                out.error = Some(e);
-            } else {
-                out.published[0] = true;
-            }
-            return out;
         }
         if entries.is_empty() {
             return out;
