@@ -3,7 +3,10 @@
 # RabbitMQ): nodes rit1..rit3@localhost, AMQP on 127.0.0.1:5681..5683, state under
 # $REFLOW_CLUSTER_DIR (default /var/lib/reflow-agent-dev/cluster). Idempotent.
 #
-#   scripts/rabbitmq-cluster.sh start          start the nodes and join them (prints the URL)
+#   scripts/rabbitmq-cluster.sh start          start the nodes and join them (prints the URL);
+#                                              unless all three already run, it starts a fresh
+#                                              cluster, as state left by an earlier run would
+#                                              make a restarted node wait minutes for its peers
 #   scripts/rabbitmq-cluster.sh stop [N]       stop node N (1..3), or every node
 #   scripts/rabbitmq-cluster.sh leader QUEUE   the node leading QUEUE (vhost /)
 #   scripts/rabbitmq-cluster.sh url            amqp://guest:guest@127.0.0.1:5681,...:5683/%2f
@@ -39,12 +42,24 @@ CONF
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
     rabbitmq-server -detached >"$d/start.log" 2>&1 || true
   for _ in $(seq 120); do up "$n" && break; sleep 0.5; done
-  up "$n" || { log "$(node "$n") did not start (see $d)"; exit 1; }
+  if ! up "$n"; then
+    log "$(node "$n") did not start (see $d); the end of its log:"
+    tail -n 20 "$d/start.log" "$d/log/$(node "$n").log" >&2 2>/dev/null || true
+    exit 1
+  fi
   ctl "$n" await_startup
 }
 
 case "${1:-}" in
   start)
+    all_up=1
+    for n in "${NODES[@]}"; do up "$n" || all_up=0; done
+    if [ "$all_up" = 0 ]; then
+      # A node that was not the last of its cluster to stop waits up to five minutes for the
+      # others at its next boot: a test cluster is cheaper to start afresh than to revive.
+      for n in "${NODES[@]}"; do ctl "$n" stop >/dev/null 2>&1 || true; done
+      rm -rf "$DIR"
+    fi
     for n in "${NODES[@]}"; do start_node "$n"; done
     for n in 2 3; do
       if ! ctl "$n" cluster_status 2>/dev/null | grep -q "$(node 1)"; then
