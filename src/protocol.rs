@@ -716,6 +716,11 @@ pub struct Event {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The event label naming where, besides the result topic, the event goes: the `reply_to` of the
+/// command that caused it. On AMQP it is a queue the event is also published to; on SQS a queue
+/// (name or URL) the event goes to instead of the results queue.
+pub const REPLY_TO_LABEL: &str = "reply_to";
+
 /// A deterministic event id, one per (cause, kind, occurrence): the cause is the command id (or
 /// the agent and occasion), the occurrence tells events of one kind and cause apart (the exec
 /// state of an `exec.state`, the agent's incarnation of a lifecycle event, a sequence number).

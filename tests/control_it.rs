@@ -943,6 +943,105 @@ async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() 
     }
 }
 
+/// Private replies on SQS: a command naming a `reply_to` queue (by name or URL) gets its
+/// events there, and the shared results queue does not; a reply queue that does not exist
+/// sends them to the results queue instead (nothing is stuck in the outbox). A rejected command
+/// replies to its `reply_to` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_reply_to_sends_a_commands_events_to_its_own_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = uniq("replies");
+    let url = format!("sqs://{name}?create=true");
+    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
+        .await
+        .unwrap();
+    let mut shared = Events::new(&client).await;
+    let sqs = aws_sdk_sqs::Client::new(&aws_sdk().await);
+    let mine = format!("{name}-mine");
+    let mine_url = sqs
+        .create_queue()
+        .queue_name(&mine)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let _agent = Agent::start(dir.path(), &uniq("sqs"), &url, "", &[]);
+    let with_reply = |id: &str, cmd: &str, reply_to: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(&job(id, cmd)).unwrap();
+        v["reply_to"] = reply_to.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    let (by_name, by_url, lost) = (uniq("by-name"), uniq("by-url"), uniq("lost"));
+    let bad = uniq("bad");
+    let bad_job = br#"{"v":1,"id":"BAD","kind":"job","reply_to":"MINE","body":{"config":{"Type":"exec","Image":"not-allowed/x","Cmd":"true","Resources":{"mem":1,"cpu":1}},"timeout_secs":0}}"#;
+    let bad_job = String::from_utf8_lossy(bad_job)
+        .replace("BAD", &bad)
+        .replace("MINE", &mine);
+    for (id, body) in [
+        (&by_name, with_reply(&by_name, "echo name > $out", &mine)),
+        (&by_url, with_reply(&by_url, "echo url > $out", &mine_url)),
+        (
+            &lost,
+            with_reply(&lost, "echo lost > $out", &format!("{name}-nobody")),
+        ),
+        (&bad, bad_job.into_bytes()),
+    ] {
+        client.submit(id, &body).await.unwrap();
+    }
+    // The job whose reply queue does not exist completes on the shared results queue.
+    let e = shared.completed(&lost).await;
+    assert_eq!(output(&e), (sha256sum(b"lost\n"), true, false));
+    // The private queue gets the other three commands' outcomes.
+    let mut private: Vec<Event> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = |seen: &[Event]| {
+        [&by_name, &by_url].iter().all(|id| {
+            seen.iter().any(|e| {
+                e.command.as_deref() == Some(id.as_str()) && e.body.kind() == "exec.completed"
+            })
+        }) && seen.iter().any(|e| {
+            e.command.as_deref() == Some(bad.as_str()) && e.body.kind() == "command.rejected"
+        })
+    };
+    while !done(&private) {
+        assert!(Instant::now() < deadline, "private queue: {private:?}");
+        let r = sqs
+            .receive_message()
+            .queue_url(&mine_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in r.messages() {
+            private.push(serde_json::from_str(m.body().unwrap()).unwrap());
+        }
+    }
+    for e in &private {
+        assert_protocol("a private reply", &serde_json::to_value(e).unwrap());
+    }
+    let by_name_done = private
+        .iter()
+        .find(|e| {
+            e.command.as_deref() == Some(by_name.as_str()) && e.body.kind() == "exec.completed"
+        })
+        .unwrap();
+    assert_eq!(output(by_name_done), (sha256sum(b"name\n"), true, false));
+    // None of the private commands' events reached the shared queue.
+    shared.linger(Duration::from_secs(3)).await;
+    for id in [&by_name, &by_url, &bad] {
+        assert!(
+            shared
+                .seen
+                .iter()
+                .all(|e| e.command.as_deref() != Some(id.as_str())),
+            "{id} leaked to the shared results queue"
+        );
+    }
+}
+
 /// A TCP proxy to RabbitMQ that the test can cut and restore, or freeze: bytes stop flowing
 /// both ways while every socket stays open (a half-open link, as a silent network partition
 /// leaves it; new connections are accepted and hang too).

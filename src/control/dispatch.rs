@@ -18,11 +18,13 @@ impl Inner {
         }
     }
 
-    /// Rejects a command: a `command.rejected` event, then the dead-letter queue.
+    /// Rejects a command: a `command.rejected` event (to `reply_to` too, when given), then the
+    /// dead-letter queue.
     pub(super) async fn reject<E: Classify + std::error::Error>(
         &self,
         settle: Box<dyn Settle>,
         command_id: Option<String>,
+        reply_to: Option<&str>,
         err: &E,
     ) {
         let e = rerr("decode", err);
@@ -49,6 +51,10 @@ impl Inner {
             labels: Default::default(),
         };
         ev.labels.insert("reason".into(), e.to_string());
+        if let Some(r) = reply_to {
+            ev.labels
+                .insert(crate::protocol::REPLY_TO_LABEL.into(), r.to_string());
+        }
         if let Err(err) = self.emit_durable(&[ev]) {
             tracing::error!(error = %crate::error::chain(&err), "Could not record the rejection; handing the command back.");
             return self.settle_later(settle, SettleAction::Requeue).await;
@@ -125,7 +131,7 @@ impl Inner {
             Err(e) => {
                 self.cfg.metrics.received("undecodable", attempt > 1);
                 return self
-                    .reject(settle, guess_id(&body), &Rejection::from(e))
+                    .reject(settle, guess_id(&body), None, &Rejection::from(e))
                     .await;
             }
         };
@@ -142,14 +148,17 @@ impl Inner {
                 .admit(&body, &req.command)
                 .and_then(|()| self.cfg.security.admit_time(req.time, self.clock.now()))
             {
-                return self.reject(settle, Some(req.id.clone()), &Rejection::from(e)).await;
+                // Replies go where an authentic command asks; one that failed its signature
+                // check does not get to direct the agent's messages.
+                let reply_to = req.reply_to.as_deref().filter(|_| !e.is_authentication());
+                return self.reject(settle, Some(req.id.clone()), reply_to, &Rejection::from(e)).await;
             }
             if let Command::Job(spec) = &req.command
                 && let Some(asked) = spec.timeout_secs
                 && (asked == 0 || asked > self.cfg.max_job.as_secs())
             {
                 let e = Rejection::JobTooLong { asked, max: self.cfg.max_job.as_secs() };
-                return self.reject(settle, Some(req.id.clone()), &e).await;
+                return self.reject(settle, Some(req.id.clone()), req.reply_to.as_deref(), &e).await;
             }
             match self.journal.get(&req.id) {
                 Err(e) => {
@@ -176,7 +185,7 @@ impl Inner {
                     // is resumed or attached, however often that happened.
                     if found.is_none() && attempt > self.cfg.max_deliveries {
                         let e = Rejection::DeliveryLimit { attempt, limit: self.cfg.max_deliveries };
-                        return self.reject(settle, Some(req.id.clone()), &e).await;
+                        return self.reject(settle, Some(req.id.clone()), req.reply_to.as_deref(), &e).await;
                     }
                     let Command::Job(spec) = req.command.clone() else {
                         return self.request(req, settle).await;

@@ -38,8 +38,14 @@ impl Inner {
         self.agent_event(&cause, body)
     }
 
-    /// An event caused by command `req` (the `seq`th of its kind).
+    /// An event caused by command `req` (the `seq`th of its kind). It goes to the command's
+    /// `reply_to` too, when it names one (the `reply_to` label).
     pub(super) fn command_event(&self, req: &Request, seq: u64, body: EventBody) -> Event {
+        let labels = req
+            .reply_to
+            .iter()
+            .map(|r| (crate::protocol::REPLY_TO_LABEL.to_string(), r.clone()))
+            .collect();
         Event {
             v: PROTOCOL_VERSION,
             id: event_id(&req.id, body.kind(), seq),
@@ -50,7 +56,7 @@ impl Inner {
             command: Some(req.id.clone()),
             time: self.clock.now(),
             body,
-            labels: Default::default(),
+            labels,
         }
     }
 

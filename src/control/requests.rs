@@ -20,7 +20,7 @@ impl Inner {
             tokio::time::sleep(self.cfg.retry_base).await;
             return self.settle_later(settle, SettleAction::Requeue).await;
         }
-        let mut reply = self.command_event(
+        let reply = self.command_event(
             &req,
             0,
             EventBody::CommandResult {
@@ -29,9 +29,6 @@ impl Inner {
                 error,
             },
         );
-        if let Some(r) = &req.reply_to {
-            reply.labels.insert("reply_to".into(), r.clone());
-        }
         let mut events = extra;
         events.push(reply);
         for e in &mut events {

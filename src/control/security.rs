@@ -89,6 +89,18 @@ pub enum SecurityError {
     },
 }
 
+impl SecurityError {
+    /// The command could not be authenticated (unsigned, badly signed, or outside the clock
+    /// window): nothing it asks for, its `reply_to` included, is trusted.
+    #[must_use]
+    pub fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            SecurityError::Unsigned | SecurityError::BadSignature | SecurityError::Replay { .. }
+        )
+    }
+}
+
 impl Classify for SecurityError {
     fn kind(&self) -> Kind {
         Kind::NotAllowed

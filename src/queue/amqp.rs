@@ -811,7 +811,7 @@ impl EventSink for AmqpSink {
                 h.clone(),
             )
             .await?;
-        if let Some(q) = event.labels.get("reply_to") {
+        if let Some(q) = event.labels.get(crate::protocol::REPLY_TO_LABEL) {
             self.publisher.publish("", q, &body, h).await?;
         }
         Ok(())

@@ -418,12 +418,18 @@ impl super::Lease for SqsLease {
     }
 }
 
-/// Events to the results queue.
+/// Events to the results queue, or to the `reply_to` queue of the command that caused them.
 #[derive(Debug)]
 pub struct SqsSink {
     client: Client,
     urls: Urls,
+    /// Reply queue names resolved to URLs (bounded: cleared when it grows past
+    /// [`MAX_REPLY_QUEUES`]).
+    replies: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// The most reply queue URLs an agent remembers.
+const MAX_REPLY_QUEUES: usize = 1024;
 
 /// An event's message body and its `kind` attribute.
 fn event_message(event: &Event) -> Result<(String, MessageAttributeValue), QueueError> {
@@ -450,13 +456,71 @@ const MAX_BATCH: usize = 10;
 /// margin for the attributes.
 const MAX_BATCH_BYTES: usize = 256 * 1024 - 4 * 1024;
 
-#[async_trait]
-impl EventSink for SqsSink {
-    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+fn reply_to(event: &Event) -> Option<&String> {
+    event.labels.get(crate::protocol::REPLY_TO_LABEL)
+}
+
+/// A failure that sending again will not cure: no such queue, no permission, a bad name.
+fn is_permanent(e: &QueueError) -> bool {
+    matches!(
+        e,
+        QueueError::Sqs {
+            permanent: true,
+            ..
+        }
+    )
+}
+
+impl SqsSink {
+    fn new(client: Client, urls: Urls) -> SqsSink {
+        SqsSink {
+            client,
+            urls,
+            replies: Default::default(),
+        }
+    }
+
+    /// The queue URL `event` goes to: its `reply_to` (a queue URL as given, a name resolved
+    /// once), else the results queue.
+    async fn queue_for(&self, event: &Event) -> Result<String, QueueError> {
+        let Some(name) = reply_to(event) else {
+            return Ok(self.urls.results.clone());
+        };
+        if name.starts_with("https://") || name.starts_with("http://") {
+            return Ok(name.clone());
+        }
+        let known = |m: &std::sync::Mutex<std::collections::HashMap<String, String>>| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned()
+        };
+        if let Some(url) = known(&self.replies) {
+            return Ok(url);
+        }
+        let url = self
+            .client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(sqs_err("find reply queue"))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_string();
+        let mut m = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_REPLY_QUEUES {
+            m.clear();
+        }
+        m.insert(name.clone(), url.clone());
+        Ok(url)
+    }
+
+    async fn send_one(&self, url: &str, event: &Event) -> Result<(), QueueError> {
         let (body, kind) = event_message(event)?;
         self.client
             .send_message()
-            .queue_url(&self.urls.results)
+            .queue_url(url)
             .message_body(body)
             .message_attributes("kind", kind)
             .send()
@@ -465,20 +529,8 @@ impl EventSink for SqsSink {
         Ok(())
     }
 
-    fn max_batch(&self) -> usize {
-        MAX_BATCH
-    }
-
-    /// `SendMessageBatch` of up to 10 events whose bodies fit in one request (events that do
-    /// not fit wait for the next batch); a lone event goes by `SendMessage`.
-    async fn publish_batch(&self, events: &[Event]) -> Batch {
-        if let [event] = events {
-            let r = self.publish(event).await;
-            return Batch {
-                published: vec![r.is_ok()],
-                error: r.err(),
-            };
-        }
+    /// One `SendMessageBatch` to `url` of the first of `events` that fit in one request.
+    async fn send_batch(&self, url: &str, events: &[Event]) -> Batch {
         let mut out = Batch {
             published: vec![false; events.len()],
             error: None,
@@ -521,7 +573,7 @@ impl EventSink for SqsSink {
         match self
             .client
             .send_message_batch()
-            .queue_url(&self.urls.results)
+            .queue_url(url)
             .set_entries(Some(entries))
             .send()
             .await
@@ -548,6 +600,70 @@ impl EventSink for SqsSink {
             Err(e) => out.error = Some(sqs_err("send event batch")(e)),
         }
         out
+    }
+
+    /// Sends `events` (all with one destination) where they go; when a reply queue refuses
+    /// them for good (it does not exist, or the agent may not send to it), to the results
+    /// queue instead, so an outcome is never stuck in the outbox.
+    async fn send(&self, events: &[Event]) -> Batch {
+        let first = &events[0];
+        let batch = match self.queue_for(first).await {
+            Ok(url) if events.len() == 1 => {
+                let r = self.send_one(&url, first).await;
+                Batch {
+                    published: vec![r.is_ok()],
+                    error: r.err(),
+                }
+            }
+            Ok(url) => self.send_batch(&url, events).await,
+            Err(e) => Batch {
+                published: vec![false; events.len()],
+                error: Some(e),
+            },
+        };
+        match (&batch.error, reply_to(first)) {
+            (Some(e), Some(queue)) if is_permanent(e) && !batch.published.iter().any(|p| *p) => {
+                tracing::warn!(reply_to = %queue, error = %e, "The reply queue refuses events; sending them to the results queue.");
+                let mut plain: Vec<Event> = events.to_vec();
+                for e in &mut plain {
+                    e.labels.remove(crate::protocol::REPLY_TO_LABEL);
+                }
+                Box::pin(self.send(&plain)).await
+            }
+            _ => batch,
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for SqsSink {
+    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+        match self.send(std::slice::from_ref(event)).await.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    /// `SendMessageBatch` of up to 10 events with one destination whose bodies fit in one
+    /// request (the others wait for the next batch); a lone event goes by `SendMessage`.
+    async fn publish_batch(&self, events: &[Event]) -> Batch {
+        let Some(first) = events.first() else {
+            return Batch {
+                published: vec![],
+                error: None,
+            };
+        };
+        let run = events
+            .iter()
+            .take_while(|e| reply_to(e) == reply_to(first))
+            .count();
+        let mut batch = self.send(&events[..run]).await;
+        batch.published.resize(events.len(), false);
+        batch
     }
 }
 
@@ -621,7 +737,7 @@ async fn connect_with(
             settings: settings.clone(),
             buffer: VecDeque::new(),
         },
-        SqsSink { client, urls },
+        SqsSink::new(client, urls),
     ))
 }
 
