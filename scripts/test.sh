@@ -2,7 +2,8 @@
 # Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
 # test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, the
 # integration tests against the real services (feature `integration`), `systemd-analyze verify` of
-# the unit, `cargo deny` (deny.toml), and a short run of every
+# the unit, `cargo deny` (deny.toml), the Python client's tests (through
+# tests/python_client_it.rs), and a short run of every
 # fuzz target (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it).
 #
 # This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
@@ -32,6 +33,9 @@ export AGENT_IT_AMQP_URL=${AGENT_IT_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/
 export AGENT_IT_AWS_ENDPOINT=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
 export AGENT_IT_IMAGE=${AGENT_IT_IMAGE:-reflow-agent-test/busybox:1}
 export AGENT_IT_TLS_CA=${AGENT_IT_TLS_CA:-/var/lib/reflow-agent-dev/tls/ca.pem}
+
+step "python client (clients/python, built and installed with pip)"
+python3 -m pip install -q --disable-pip-version-check "./clients/python[test]"
 
 step "fmt"
 cargo fmt --check

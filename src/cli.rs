@@ -875,10 +875,17 @@ pub fn run_dlq(cmd: &DlqCommand) -> Result<(), CliError> {
                 let bar = spinner("replaying");
                 let pause = std::time::Duration::from_secs_f64(1.0 / rate);
                 let mut n = 0;
+                // A command rejected again comes back to the DLQ while this runs: replaying it
+                // once more would loop, so a body seen twice ends the replay.
+                let mut replayed = std::collections::HashSet::new();
                 while n < *max {
                     let Some(body) = client.replay_one().await? else {
                         break;
                     };
+                    if !replayed.insert(crate::digest::Digest::of(&body)) {
+                        eprintln!("a replayed command came back to the DLQ; stopping");
+                        break;
+                    }
                     n += 1;
                     bar.set_message(format!("replayed {n}"));
                     println!("replayed {}", dead_line(&body, "")["id"]);

@@ -16,13 +16,6 @@ use reflow_agent::control::job_alloc_id;
 use reflow_agent::protocol::{Event, EventBody};
 use reflow_agent::queue::{self, Client};
 
-/// The broker of these tests: `AGENT_IT_AMQP_URL`, by default a vhost of their own on the
-/// local broker, which scripts/test.sh empties at every run.
-fn amqp() -> String {
-    std::env::var("AGENT_IT_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/reflow-it".to_string())
-}
-
 /// [`amqp`] through a local proxy listening on `port` (the broker must be the local one).
 fn amqp_via(port: u16) -> String {
     amqp().replacen("127.0.0.1:5672", &format!("127.0.0.1:{port}"), 1)

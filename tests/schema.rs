@@ -138,3 +138,16 @@ fn the_schema_refuses_what_the_decoder_refuses() {
         );
     }
 }
+
+/// The Python client ships a copy of the schema (as package data); it is this one.
+#[test]
+fn the_python_clients_schema_is_this_one() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read(root.join("docs/protocol.schema.json")).unwrap();
+    let client =
+        std::fs::read(root.join("clients/python/src/reflow_client/protocol.schema.json")).unwrap();
+    assert!(
+        docs == client,
+        "clients/python/src/reflow_client/protocol.schema.json differs from docs/protocol.schema.json: copy it"
+    );
+}

@@ -95,6 +95,13 @@ pub const REGISTRY: &str = "127.0.0.1:5001";
 /// The registry's test user and password.
 pub const REGISTRY_CREDS: (&str, &str) = ("reflow", "reflow-test");
 
+/// The broker of the integration tests: `AGENT_IT_AMQP_URL`, by default a vhost of their own on
+/// the local broker, which scripts/test.sh empties at every run.
+pub fn amqp() -> String {
+    std::env::var("AGENT_IT_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/reflow-it".to_string())
+}
+
 /// The AWS emulator endpoint.
 pub fn aws_endpoint() -> String {
     std::env::var("AGENT_IT_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".to_string())
