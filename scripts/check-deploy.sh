@@ -52,6 +52,14 @@ need(instr[0] == "FROM" and instr.count("FROM") == 2, "a two-stage Dockerfile")
 print("deploy/Dockerfile: ok")
 PY
 
+# Alert rules: valid, and each fires on the series it is for (scripts/dev-services.sh installs
+# promtool). The dashboard's queries are checked against a live agent's /metrics by
+# control_it::sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason.
+promtool check rules deploy/prometheus/alerts.yaml
+(cd deploy/prometheus && promtool test rules alerts.test.yaml)
+python3 -c 'import json,sys; d=json.load(open("deploy/grafana/reflow-agent.json")); assert d["panels"] and all(t["expr"] for p in d["panels"] for t in p["targets"])'
+echo "deploy/grafana/reflow-agent.json: ok"
+
 bash -n deploy/aws/scale-in-hook.sh
 if command -v shellcheck >/dev/null 2>&1; then shellcheck deploy/aws/scale-in-hook.sh; fi
 echo "deploy/aws/scale-in-hook.sh: ok"

@@ -256,6 +256,9 @@ python_libs() {
 
 want docker && start_docker
 want rabbitmq && start_rabbitmq && python_libs
+# promtool (Debian's prometheus package; its service is not started) checks the alert rules and
+# a live agent's /metrics.
+if ! command -v promtool >/dev/null 2>&1; then apt_install prometheus; fi
 want moto && start_moto
 if want registry; then
   start_registry

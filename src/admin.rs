@@ -102,11 +102,14 @@ async fn route(
         ));
     }
     Ok(match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            st.metrics.render(&st.pool, st.repo.clone()).await,
-        ),
+        "/metrics" => {
+            st.metrics.readiness(&st.readiness().await);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                st.metrics.render(&st.pool, st.repo.clone()).await,
+            )
+        }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let checks = st.readiness().await;

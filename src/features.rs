@@ -15,6 +15,21 @@ pub fn missing_for_url(url: &str) -> Option<&'static str> {
     }
 }
 
+/// The optional backends this build carries, by cargo feature name.
+#[must_use]
+pub fn built() -> Vec<&'static str> {
+    [
+        ("amqp", cfg!(feature = "amqp")),
+        ("sqs", cfg!(feature = "sqs")),
+        ("s3", cfg!(feature = "s3")),
+        ("dynamodb", cfg!(feature = "dynamodb")),
+        ("ecr", cfg!(feature = "ecr")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
+}
+
 /// The message for a use of `what` that needs `feature`.
 pub fn not_built(what: &str, feature: &str) -> String {
     format!(

@@ -39,6 +39,11 @@ pub struct Metrics {
     repo_scan: RepoScan,
     allocs: Gauge,
     requests: Family<Vec<(String, String)>, Counter>,
+    jobs: Family<Labels, Counter>,
+    outbox: Gauge,
+    ready: Family<Labels, Gauge>,
+    heartbeat: Gauge,
+    build: Family<Labels, Gauge>,
 }
 
 /// How long a repository walk answers the repository gauges: a large repository is walked at
@@ -90,6 +95,11 @@ impl Default for Metrics {
             repo_scan: RepoScan::default(),
             allocs: Gauge::default(),
             requests: Family::default(),
+            jobs: Family::default(),
+            outbox: Gauge::default(),
+            ready: Family::default(),
+            heartbeat: Gauge::default(),
+            build: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,6 +169,43 @@ impl Default for Metrics {
             "Requests to AWS services (each SDK attempt) and to the AMQP broker, by service and operation",
             m.requests.clone(),
         );
+        registry.register(
+            "jobs_completed",
+            "Jobs completed, by result: ok, or the error kind (OOM, DockerExec, Timeout, ...)",
+            m.jobs.clone(),
+        );
+        registry.register(
+            "outbox_events",
+            "Events in the durable outbox, not yet confirmed by the broker",
+            m.outbox.clone(),
+        );
+        registry.register(
+            "ready",
+            "Readiness checks (as /readyz), 1 passing and 0 failing, by check",
+            m.ready.clone(),
+        );
+        registry.register(
+            "heartbeat_timestamp_seconds",
+            "Unix time of the last agent.heartbeat",
+            m.heartbeat.clone(),
+        );
+        registry.register(
+            "build_info",
+            "The build: its version and the optional backends compiled in; always 1",
+            m.build.clone(),
+        );
+        // Series that alerts and the dashboard rate() exist from the start at 0, so the first
+        // job or OOM kill is an increase, not a new series.
+        m.jobs.get_or_create(&label("result", "ok")).inc_by(0);
+        for source in ["docker", "cgroup", "kmsg", "golang", "node"] {
+            m.oom.get_or_create(&label("source", source)).inc_by(0);
+        }
+        m.build
+            .get_or_create(&vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                ("backends".to_string(), crate::features::built().join(",")),
+            ])
+            .set(1);
         Metrics { registry, ..m }
     }
 }
@@ -193,11 +240,39 @@ impl Metrics {
         }
     }
 
-    /// A job's exec took `secs`; `oom` names the deciding source when the OOM killer ended it.
-    pub fn exec_done(&self, secs: f64, oom: Option<&str>) {
+    /// A job's exec took `secs` and ended with `result` (`ok` or an error kind); `oom` names the
+    /// deciding source when the OOM killer ended it.
+    pub fn exec_done(&self, secs: f64, result: &str, oom: Option<&str>) {
         self.exec_duration.observe(secs.max(0.0));
+        self.jobs.get_or_create(&label("result", result)).inc();
         if let Some(source) = oom {
             self.oom.get_or_create(&label("source", source)).inc();
+        }
+    }
+
+    /// The outbox holds `n` events (read by the publisher).
+    pub fn outbox(&self, n: usize) {
+        self.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// One event left the outbox.
+    pub fn outbox_sent(&self) {
+        if self.outbox.get() > 0 {
+            self.outbox.dec();
+        }
+    }
+
+    /// An `agent.heartbeat` went out at `unix_secs`.
+    pub fn heartbeat(&self, unix_secs: i64) {
+        self.heartbeat.set(unix_secs);
+    }
+
+    /// The readiness checks' latest results.
+    pub fn readiness(&self, checks: &[(&str, bool)]) {
+        for (name, ok) in checks {
+            self.ready
+                .get_or_create(&label("check", name))
+                .set(i64::from(*ok));
         }
     }
 
@@ -243,8 +318,44 @@ impl Metrics {
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        prometheus_text(&out)
     }
+}
+
+/// The Prometheus text format (0.0.4, what `/metrics` declares and `promtool check metrics`
+/// reads) from prometheus-client's OpenMetrics text: a counter's `HELP` and `TYPE` name the
+/// `_total` samples, and there is no `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let total = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{total} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Bytes and objects under a repository root (`<2 hex>/<62 hex>` files).
@@ -269,6 +380,15 @@ fn repo_size(root: &std::path::Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_named_as_their_samples_and_there_is_no_eof() {
+        let om = "# HELP reflow_jobs Jobs.\n# TYPE reflow_jobs counter\nreflow_jobs_total{result=\"ok\"} 1\n# HELP reflow_allocs Live allocs.\n# TYPE reflow_allocs gauge\nreflow_allocs 0\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP reflow_jobs_total Jobs.\n# TYPE reflow_jobs_total counter\nreflow_jobs_total{result=\"ok\"} 1\n# HELP reflow_allocs Live allocs.\n# TYPE reflow_allocs gauge\nreflow_allocs 0\n"
+        );
+    }
 
     #[tokio::test]
     async fn the_repository_is_walked_at_most_every_scan_period() {

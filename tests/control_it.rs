@@ -508,6 +508,70 @@ async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
     assert!(count("ReceiveMessage") >= 1, "{m}");
     assert!(count("DeleteMessage") >= 1, "{m}");
     assert!(count("SendMessage") + count("SendMessageBatch") >= 2, "{m}");
+    // The operator kit reads what a live agent exposes: promtool accepts the exposition, and
+    // every metric the dashboard queries is there (after a job, a rejection and a dead letter).
+    assert_promtool_accepts(&m);
+    let missing: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|name| {
+            !m.lines().any(|l| {
+                l.strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which /metrics lacks:\n{m}"
+    );
+}
+
+/// Every `reflow_*` metric name in the Grafana dashboard's queries.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/reflow-agent.json")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("reflow_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    names
+}
+
+/// `promtool check metrics` (scripts/dev-services.sh installs it) passes on `exposition`.
+fn assert_promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/dev-services.sh installs Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

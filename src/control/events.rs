@@ -134,6 +134,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
         let mut again = false;
         match inner.outbox.pending() {
             Ok(pending) => {
+                inner.cfg.metrics.outbox(pending.len());
                 for chunk in pending.chunks(per_request) {
                     let (send, skip): (Vec<_>, Vec<_>) = chunk
                         .iter()
@@ -197,6 +198,7 @@ impl Inner {
         if let Err(e) = self.outbox.remove(name) {
             tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
         }
+        self.cfg.metrics.outbox_sent();
         self.published.send_modify(|n| *n += 1);
     }
 }
@@ -253,6 +255,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
         );
         events.push(hb);
         inner.emit(&events);
+        inner.cfg.metrics.heartbeat(now.timestamp());
         n += 1;
         tokio::select! {
             () = stop.cancelled() => return,

@@ -139,7 +139,19 @@ impl Inner {
             _ => None,
         };
         let took = (self.clock.now() - started).num_milliseconds() as f64 / 1000.0;
-        self.cfg.metrics.exec_done(took, oom.as_deref());
+        let result = events
+            .iter()
+            .find_map(|e| match &e.body {
+                EventBody::ExecCompleted { result, .. } => Some(
+                    result
+                        .err
+                        .as_ref()
+                        .map_or_else(|| "ok".to_string(), |e| format!("{:?}", e.kind)),
+                ),
+                _ => None,
+            })
+            .unwrap_or_else(|| "none".to_string());
+        self.cfg.metrics.exec_done(took, &result, oom.as_deref());
         let exec = entry.exec;
         for e in &mut events {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
