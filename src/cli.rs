@@ -373,10 +373,7 @@ pub struct ServeOptions {
 /// # Errors
 /// Config, engine, TaskDB or pool errors.
 pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
-    let mut cfg = match &opts.config {
-        Some(p) => crate::config::Config::load(p)?,
-        None => crate::config::Config::default(),
-    };
+    let mut cfg = crate::config::Config::load_with_env(opts.config.as_deref(), std::env::vars())?;
     if let Some(d) = &opts.state_dir {
         cfg.agent.state_dir = d.clone();
     }

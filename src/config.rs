@@ -49,9 +49,10 @@
 //! max_resources = { mem = 68719476736.0, cpu = 16.0 }
 //! ```
 //!
-//! Environment variables override the file and flags override both (see `reflow-agent serve
-//! --help`): `REFLOW_AGENT_CONFIG`, `REFLOW_AGENT_QUEUE`, `REFLOW_AGENT_STATE_DIR`,
-//! `REFLOW_AGENT_REPOSITORY`, `REFLOW_AGENT_HMAC_KEY`.
+//! `REFLOW_AGENT_<SECTION>__<FIELD>` environment variables override any field of the file
+//! ([`Config::load_with_env`]); the single variables `REFLOW_AGENT_CONFIG`, `REFLOW_AGENT_QUEUE`,
+//! `REFLOW_AGENT_STATE_DIR`, `REFLOW_AGENT_REPOSITORY`, `REFLOW_AGENT_HMAC_KEY` and the flags
+//! override both (see `reflow-agent serve --help`).
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,36 @@ use thiserror::Error;
 
 use crate::aws::AwsSettings;
 use crate::error::{Classify, Kind};
+
+/// The prefix of the environment variables that override config fields:
+/// `REFLOW_AGENT_<SECTION>__<FIELD>` (see [`Config::load_with_env`]).
+pub const ENV_PREFIX: &str = "REFLOW_AGENT_";
+
+/// An override's value: TOML when it parses as a TOML value, else the text as a string.
+fn env_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+/// `message` with every double-quoted span blanked: a parser quotes the value it refused, and
+/// an environment value may be a secret.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/reflow-agent";
@@ -309,6 +340,15 @@ pub enum ConfigError {
         /// The parser's message (with line and column).
         message: String,
     },
+    /// An environment override (`REFLOW_AGENT_<SECTION>__<FIELD>`) names no field or does not
+    /// fit it.
+    #[error("environment override {vars}: {message}")]
+    Env {
+        /// The overriding variables (names only; values may be secrets).
+        vars: String,
+        /// The parser's message.
+        message: String,
+    },
     /// A value is not allowed.
     #[error("{field}: {message}")]
     Invalid {
@@ -345,13 +385,66 @@ impl Config {
     /// # Errors
     /// Reading or parsing.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::parse(&Config::read(path)?, path)
+    }
+
+    fn read(path: &Path) -> Result<String, ConfigError> {
         let bytes = crate::persist::read_bounded(path, MAX_CONFIG_BYTES).map_err(|source| {
             ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             }
         })?;
-        Config::parse(&String::from_utf8_lossy(&bytes), path)
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The config file at `path` (none: the defaults) with every environment override of
+    /// `env` applied: `REFLOW_AGENT_<SECTION>__<FIELD>=VALUE` sets `[section] field` (names are
+    /// case-insensitive). VALUE is a TOML value (`4`, `true`, `["a", "b"]`,
+    /// `{ mem = 1e9, cpu = 2.0 }`, `"123"`); anything that is not valid TOML is a string, so
+    /// `amqp://host/vhost` needs no quotes.
+    ///
+    /// # Errors
+    /// Reading or parsing the file, or an override that names no field or does not fit it.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, shown) = match path {
+            Some(p) => (Config::read(p)?, p.to_path_buf()),
+            None => (String::new(), PathBuf::from("(defaults)")),
+        };
+        // The file alone first, so its own mistakes are reported as the file's.
+        Config::parse(&text, &shown)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let mut vars = Vec::new();
+        for (name, value) in env {
+            let Some((section, field)) = name
+                .strip_prefix(ENV_PREFIX)
+                .and_then(|rest| rest.split_once("__"))
+            else {
+                continue;
+            };
+            let section = table
+                .entry(section.to_ascii_lowercase())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section) = section else {
+                continue; // not a section: deserializing reports it
+            };
+            section.insert(field.to_ascii_lowercase(), env_value(&value));
+            vars.push(name);
+        }
+        if vars.is_empty() {
+            return Config::parse(&text, &shown);
+        }
+        vars.sort();
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
+            vars: vars.join(", "),
+            message: without_quoted(&e.to_string()),
+        })
     }
 
     /// Every problem with the values, at once (empty when valid).
@@ -595,6 +688,83 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_field_can_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.toml");
+        std::fs::write(&file, "[queue]\nprefetch = 2\nurl = \"spool:///file\"\n").unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("REFLOW_AGENT_QUEUE__PREFETCH", "4"),
+                ("REFLOW_AGENT_QUEUE__URL", "amqp://u:p@host:5672/%2f?ns=x"),
+                ("REFLOW_AGENT_AGENT__POOL_ID", "\"123\""),
+                ("REFLOW_AGENT_EXECUTOR__ALLOW_HOST_NETWORK", "true"),
+                ("REFLOW_AGENT_SECURITY__IMAGE_ALLOWLIST", "[\"a/\", \"b/\"]"),
+                (
+                    "REFLOW_AGENT_SECURITY__MAX_RESOURCES",
+                    "{ mem = 1e9, cpu = 2.0 }",
+                ),
+                ("REFLOW_AGENT_ADMIN__LISTEN", "off"),
+                // Not overrides: no section separator, or another prefix.
+                ("REFLOW_AGENT_QUEUE", "spool:///flag"),
+                ("OTHER_QUEUE__PREFETCH", "9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.queue.prefetch, 4);
+        assert_eq!(
+            c.queue.url.as_deref(),
+            Some("amqp://u:p@host:5672/%2f?ns=x")
+        );
+        assert_eq!(c.agent.pool_id.as_deref(), Some("123"));
+        assert!(c.executor.allow_host_network);
+        assert_eq!(c.security.image_allowlist, vec!["a/", "b/"]);
+        assert_eq!(c.admin.listen, "off");
+        // Without a file, the defaults are overridden.
+        let c = Config::load_with_env(None, env(&[("REFLOW_AGENT_QUEUE__PREFETCH", "7")])).unwrap();
+        assert_eq!(c.queue.prefetch, 7);
+        assert_eq!(c.agent, AgentSection::default());
+    }
+
+    #[test]
+    fn a_bad_override_is_named_without_its_value() {
+        for (var, value, says) in [
+            (
+                "REFLOW_AGENT_QUEUE__PREFTECH",
+                "4",
+                "unknown field `prefetch`",
+            ),
+            ("REFLOW_AGENT_QUEUE__PREFETCH", "many", "invalid type"),
+            ("REFLOW_AGENT_NOSUCH__X", "1", "unknown field `nosuch`"),
+        ] {
+            let e = Config::load_with_env(None, env(&[(var, value)])).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, ConfigError::Env { .. }), "{text}");
+            assert!(text.contains(var), "{text}");
+            assert!(
+                text.contains(says) || text.contains("unknown field"),
+                "{var}: {text}"
+            );
+        }
+        let e = Config::load_with_env(
+            None,
+            env(&[
+                ("REFLOW_AGENT_QUEUE__URL", "s3cr3t-in-a-bad-place"),
+                ("REFLOW_AGENT_QUEUE__PREFETCH", "x"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
 
     #[test]
     fn amqps_is_accepted_and_its_ca_file_must_be_absolute() {

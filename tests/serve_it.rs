@@ -114,6 +114,39 @@ fn an_invalid_config_lists_every_problem() {
     );
 }
 
+/// Without a config file, every setting from `REFLOW_AGENT_<SECTION>__<FIELD>`: the state dir,
+/// the pool id, the admin listener and an idle exit, which the agent then honours; an override
+/// that names no field stops the start, naming the variable.
+#[test]
+fn the_whole_config_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("from-env");
+    let agent = |extra: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
+        c.args(["serve"])
+            .env("REFLOW_AGENT_AGENT__STATE_DIR", &state)
+            .env("REFLOW_AGENT_AGENT__POOL_ID", "\"4711\"")
+            .env("REFLOW_AGENT_AGENT__IDLE_EXIT_AFTER_SECS", "1")
+            .env("REFLOW_AGENT_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("REFLOW_AGENT_EXECUTOR__NETWORK_MODE", "none")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let out = agent(&[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(state.join("state.json").exists(), "{stderr}");
+    assert!(stderr.contains("4711"), "the pool id names the agent: {stderr}");
+    let out = agent(&[("REFLOW_AGENT_QUEUE__PREFTECH", "2")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("REFLOW_AGENT_QUEUE__PREFTECH"), "{stderr}");
+}
+
 /// A fake EC2 instance metadata service on 127.0.0.1 (IMDSv2: a token by PUT, then GETs with
 /// it). `path` answers 404 until `announce` is set, then `body`; counts the GETs and remembers
 /// when the notice was first served.
