@@ -16,7 +16,7 @@ for want in "HttpTokens: required" "autoscaling:EC2_INSTANCE_TERMINATING" \
 done
 
 python3 - <<'PY'
-import re, sys, yaml
+import json, re, sys, yaml
 
 def need(cond, what):
     if not cond:
@@ -30,20 +30,41 @@ need(int(agent["stop_grace_period"].rstrip("s")) > 300, "compose stop_grace_peri
 need(agent["build"]["dockerfile"] == "deploy/Dockerfile", "compose builds deploy/Dockerfile")
 print("deploy/compose.yaml: ok")
 
-ds = yaml.safe_load(open("deploy/k8s/daemonset.yaml"))
-need(ds["apiVersion"] == "apps/v1" and ds["kind"] == "DaemonSet", "a DaemonSet")
+docs = {d["kind"]: d for d in yaml.safe_load_all(open("deploy/k8s/daemonset.yaml")) if d}
+need({"Namespace", "ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget", "DaemonSet"} <= docs.keys(),
+     f"the k8s file has a namespace, service account, role and binding, PDB and DaemonSet: {sorted(docs)}")
+ds = docs["DaemonSet"]
+need(ds["apiVersion"] == "apps/v1", "a DaemonSet")
+labels = ds["spec"]["template"]["metadata"]["labels"]
 spec = ds["spec"]["template"]["spec"]
-need(ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items(), "selector matches the pod labels")
+need(ds["spec"]["selector"]["matchLabels"].items() <= labels.items(), "selector matches the pod labels")
+need(docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items(), "the PDB selects the agents")
+need(docs["PodDisruptionBudget"]["spec"].get("maxUnavailable") == 1, "the PDB evicts one agent at a time")
+sa = docs["ServiceAccount"]
+need(spec["serviceAccountName"] == sa["metadata"]["name"], "the pods run as the ServiceAccount")
+need(sa.get("automountServiceAccountToken") is False and spec.get("automountServiceAccountToken") is False,
+     "no API token is mounted (the agent calls no Kubernetes API)")
+need(docs["RoleBinding"]["roleRef"]["name"] == docs["Role"]["metadata"]["name"], "the binding names the role")
 need(spec["terminationGracePeriodSeconds"] > 300, "terminationGracePeriodSeconds exceeds the drain grace")
+need(spec.get("hostPID") is True, "hostPID: the agent reads an exec's cgroup through its host pid")
 c = spec["containers"][0]
-need("preStop" in c["lifecycle"], "a preStop drain")
-mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+need("kill -TERM 1" not in json.dumps(c.get("lifecycle", {})), "no preStop signals pid 1 (the node's init under hostPID)")
+mounts = {m["name"]: m for m in c["volumeMounts"]}
 vols = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
 need(mounts.keys() <= vols.keys(), "every mount has a volume")
-need(vols["state"] == mounts["state"], "the state dir is at the host path")
+need(vols["state"] == mounts["state"]["mountPath"], "the state dir is at the host path")
 need(vols["docker-sock"] == "/var/run/docker.sock", "the Docker socket is mounted")
+need(vols["kmsg"] == "/dev/kmsg" and "SYSLOG" in c["securityContext"]["capabilities"]["add"], "/dev/kmsg with CAP_SYSLOG")
+need(vols["cgroup"] == "/sys/fs/cgroup" == mounts["cgroup"]["mountPath"] and mounts["cgroup"].get("readOnly"),
+     "the node's cgroups at /sys/fs/cgroup, read-only")
 need(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness on /readyz")
 print("deploy/k8s/daemonset.yaml: ok")
+
+unit = open("systemd/reflow-agent.service").read()
+need("ProtectHome=read-only" in unit, "the systemd unit lets root's ~/.docker/config.json be read (ProtectHome=read-only)")
+need("/dev/kmsg:/dev/kmsg" in agent.get("devices", []) and "SYSLOG" in agent.get("cap_add", []), "compose maps /dev/kmsg with CAP_SYSLOG")
+need(agent.get("pid") == "host" and "/sys/fs/cgroup:/sys/fs/cgroup:ro" in agent["volumes"], "compose gives the host pids and cgroups (OOM evidence)")
+print("systemd/reflow-agent.service, deploy/compose.yaml: registry credentials and /dev/kmsg ok")
 
 instr = [l.split()[0] for l in open("deploy/Dockerfile") if l.strip() and not l.startswith("#") and not l.startswith(" ")]
 known = {"FROM", "WORKDIR", "COPY", "RUN", "ENV", "STOPSIGNAL", "ENTRYPOINT", "CMD"}
