@@ -269,6 +269,11 @@ pub async fn run(
     executor.auth = registry_auth(&cfg, &aws, clock.clone()).await?;
     executor.oom_detectors = vec![Arc::new(kmsg.clone())];
     executor.blob = blob.clone();
+    let image_ledger = Arc::new(crate::executor::images::ImageLedger::open(
+        cfg.agent.state_dir.join("images.json"),
+        clock.clone(),
+    ));
+    executor.image_ledger = Some(image_ledger.clone());
     let pool_cfg = PoolConfig {
         id: cfg.agent.pool_id.clone().unwrap_or_else(hostname),
         dir: cfg.agent.state_dir.clone(),
@@ -357,7 +362,12 @@ pub async fn run(
         engine: engine.clone(),
         publish: cfg.queue.publish.clone(),
     };
-    let control = Control::new(control_cfg, pool.clone(), clock, backend.sink.clone())?;
+    let control = Control::new(
+        control_cfg,
+        pool.clone(),
+        clock.clone(),
+        backend.sink.clone(),
+    )?;
     tracing::info!(
         state_dir = %cfg.agent.state_dir.display(),
         queue = %backend.display,
@@ -398,6 +408,24 @@ pub async fn run(
         let (pool, cancel) = (pool.clone(), cancel.clone());
         let max_age = Duration::from_secs(cfg.agent.zombie_max_age_secs);
         tokio::spawn(async move { pool.collect_zombies_until(max_age, cancel).await });
+    }
+    if cfg.executor.image_cleanup {
+        let policy = crate::imagegc::Policy {
+            interval: Duration::from_secs(cfg.executor.image_cleanup_interval_secs.max(1)),
+            min_age: Duration::from_secs(cfg.executor.image_gc_min_age_secs),
+            per_cycle: cfg.executor.image_cleanup_per_cycle,
+            disk_percent: cfg.executor.image_cleanup_disk_percent,
+            exclude: cfg.executor.image_cleanup_exclude.iter().cloned().collect(),
+        };
+        tokio::spawn(crate::imagegc::run_until(
+            pool.clone(),
+            runtime.clone(),
+            image_ledger,
+            policy,
+            clock.clone(),
+            cfg.agent.state_dir.clone(),
+            cancel.clone(),
+        ));
     }
     let stop = CancellationToken::new();
     let control_task = {

@@ -172,6 +172,21 @@ pub struct ExecutorSection {
     /// How long an accepted job's exec waits for a container engine that stopped answering
     /// (a dockerd restart) before it fails, seconds. Default 600.
     pub engine_wait_secs: u64,
+    /// Remove images this agent used and no longer needs (ECS: `ECS_DISABLE_IMAGE_CLEANUP`
+    /// inverted). Default true.
+    pub image_cleanup: bool,
+    /// Seconds between cleanup cycles (ECS: `ECS_IMAGE_CLEANUP_INTERVAL`). Default 1800.
+    pub image_cleanup_interval_secs: u64,
+    /// An image used more recently than this many seconds stays (ECS:
+    /// `ECS_IMAGE_MINIMUM_CLEANUP_AGE`). Default 3600.
+    pub image_gc_min_age_secs: u64,
+    /// The most images removed per cycle (ECS: `ECS_NUM_IMAGES_DELETE_PER_CYCLE`). Default 5.
+    pub image_cleanup_per_cycle: usize,
+    /// Clean up only while the engine's data disk is at least this full, percent (0: always).
+    /// Default 85 (kubelet's `image-gc-high-threshold`).
+    pub image_cleanup_disk_percent: u8,
+    /// Image references never removed.
+    pub image_cleanup_exclude: Vec<String>,
 }
 
 impl Default for ExecutorSection {
@@ -186,6 +201,12 @@ impl Default for ExecutorSection {
             docker_config: None,
             ecr_auth: true,
             engine_wait_secs: crate::executor::DEFAULT_ENGINE_WAIT.as_secs(),
+            image_cleanup: true,
+            image_cleanup_interval_secs: 1800,
+            image_gc_min_age_secs: 3600,
+            image_cleanup_per_cycle: 5,
+            image_cleanup_disk_percent: 85,
+            image_cleanup_exclude: Vec::new(),
         }
     }
 }

@@ -31,7 +31,8 @@
 //!    AWS SDK configuration. [`queue`]: the queue port (`spool://`, `amqp://`, `sqs://`).
 //!    [`notice`]: EC2 spot and rebalance notices.
 //! 3. **The core.** [`executor`]: Reflow's executor on the container runtime: execs,
-//!    manifests, recovery. [`pool`]: allocs, offers, keepalives, reclaim, restore, zombies.
+//!    manifests, recovery. [`pool`]: allocs, offers, keepalives, reclaim, restore, zombies. [`imagegc`]: removing
+//!    images the agent used and no longer needs.
 //! 4. **The control plane and its surfaces.** [`metrics`]: the counters. [`control`]: commands
 //!    to pool calls, journal, outbox, leases, drain. [`admin`]: the HTTP listener (`/metrics`,
 //!    `/healthz`, `/readyz`, `/v1/status`).
@@ -56,6 +57,7 @@ pub mod executor;
 pub mod failpoint;
 pub mod features;
 pub mod fileset;
+pub mod imagegc;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
@@ -99,7 +101,7 @@ pub const LAYERS: &[&[&str]] = &[
         "profile", "fileset", "model", "cgroup", "oom", "manifest", "protocol",
     ],
     &["repo", "blob", "docker", "taskdb", "aws", "queue", "notice"],
-    &["executor", "pool"],
+    &["executor", "pool", "imagegc"],
     &["metrics", "control", "admin"],
     &["config", "agent", "cli"],
 ];

@@ -1605,6 +1605,97 @@ async fn jobs_wait_for_room_and_events_are_unique(
     }
 }
 
+/// Image cleanup on a live agent and dockerd: an image the agent used and no exec needs goes,
+/// least recently used first; the image of a running exec stays until the exec is done; an
+/// image the agent never used, and an excluded one, stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_no_exec_needs_are_cleaned_up_and_a_running_execs_never() {
+    let (dir, url, client) = spool_queue().await;
+    let tag = uniq("gc").to_lowercase();
+    let name = |what: &str| format!("reflow-agent-gc/{what}:{tag}");
+    let (old, busy, untracked, kept) = (name("old"), name("busy"), name("untracked"), name("kept"));
+    for t in [&old, &busy, &untracked, &kept] {
+        let st = Command::new("docker")
+            .args(["tag", &image(), t])
+            .status()
+            .unwrap();
+        assert!(st.success(), "docker tag {t}");
+    }
+    let present = |t: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", t])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("gc"),
+        &url,
+        &format!(
+            "[executor]\nimage_cleanup_interval_secs = 1\nimage_gc_min_age_secs = 0\n\
+             image_cleanup_disk_percent = 0\nimage_cleanup_per_cycle = 10\n\
+             image_cleanup_exclude = [\"{kept}\"]\n"
+        ),
+        &[],
+    );
+    let mut events = Events::new(client.as_ref()).await;
+    let job_on = |id: &str, image: &str, cmd: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "v": 1, "id": id, "kind": "job",
+            "body": {"config": {"Type": "exec", "Image": image, "Cmd": cmd,
+                                "Resources": {"mem": 67108864, "cpu": 1}}}
+        }))
+        .unwrap()
+    };
+    let (a, k, b) = (uniq("gc-old"), uniq("gc-kept"), uniq("gc-busy"));
+    submit(client.as_ref(), &a, &job_on(&a, &old, "echo old > $out")).await;
+    submit(client.as_ref(), &k, &job_on(&k, &kept, "echo kept > $out")).await;
+    assert!(output(&events.completed(&a).await).1);
+    assert!(output(&events.completed(&k).await).1);
+    submit(
+        client.as_ref(),
+        &b,
+        &job_on(&b, &busy, "sleep 6; echo busy > $out"),
+    )
+    .await;
+    events
+        .until("the busy job running", |e| {
+            e.command.as_deref() == Some(b.as_str())
+                && matches!(&e.body, EventBody::ExecState { state, .. } if state == "running")
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while present(&old) {
+        assert!(Instant::now() < deadline, "{old} was never cleaned up");
+        assert!(present(&busy), "{busy} was removed while its exec ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several more cycles while the busy exec runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(present(&busy), "{busy} was removed while its exec ran");
+    assert!(output(&events.completed(&b).await).1);
+    // Done and freed, the busy image goes too; the untracked and the excluded one never.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while present(&busy) {
+        assert!(
+            Instant::now() < deadline,
+            "{busy} was never cleaned up after its exec"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(present(&untracked) && present(&kept));
+    assert!(
+        present(&image()),
+        "the underlying image stays (only tags went)"
+    );
+    for t in [&untracked, &kept] {
+        let _ = Command::new("docker").args(["rmi", t]).output();
+    }
+}
+
 #[tokio::test]
 async fn spool_jobs_wait_for_room_and_events_are_unique() {
     let (dir, url, client) = spool_queue().await;

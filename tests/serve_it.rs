@@ -138,7 +138,10 @@ fn the_whole_config_can_come_from_the_environment() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(state.join("state.json").exists(), "{stderr}");
-    assert!(stderr.contains("4711"), "the pool id names the agent: {stderr}");
+    assert!(
+        stderr.contains("4711"),
+        "the pool id names the agent: {stderr}"
+    );
     let out = agent(&[("REFLOW_AGENT_QUEUE__PREFTECH", "2")])
         .output()
         .unwrap();

@@ -12,8 +12,8 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions, TopOptions,
-    WaitContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
+    StartContainerOptions, TopOptions, WaitContainerOptions,
 };
 use futures_util::stream::{BoxStream, StreamExt};
 
@@ -130,6 +130,32 @@ impl ContainerRuntime for BollardRuntime {
                 e => Err(e),
             },
         }
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveImageOptions {
+            force: false,
+            noprune: false,
+        };
+        match self.quick.remove_image(image, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err("remove image", image, e) {
+                RuntimeError::NotFound { .. } => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn data_root(&self) -> Result<std::path::PathBuf, RuntimeError> {
+        let info = self
+            .quick
+            .info()
+            .await
+            .map_err(|e| map_err("info", "engine", e))?;
+        Ok(info
+            .docker_root_dir
+            .unwrap_or_else(|| "/var/lib/docker".into())
+            .into())
     }
 
     async fn pull(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), RuntimeError> {

@@ -170,6 +170,15 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        lock(&self.state).images.remove(image);
+        Ok(())
+    }
+
+    async fn data_root(&self) -> Result<std::path::PathBuf, RuntimeError> {
+        Ok(std::env::temp_dir())
+    }
+
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         Ok(lock(&self.state).images.contains(image))
     }

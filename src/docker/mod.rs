@@ -264,4 +264,10 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
     ) -> Result<Vec<ContainerSummary>, RuntimeError>;
     /// Command lines of the container's processes.
     async fn top(&self, name: &str) -> Result<Vec<String>, RuntimeError>;
+    /// Removes image reference `image` (untags it; the layers go with the last reference).
+    /// Never forced: an image a container uses is a [`RuntimeError::Conflict`]. One that is
+    /// gone is not an error.
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
+    /// The engine's data directory (where images live), for its disk use.
+    async fn data_root(&self) -> Result<std::path::PathBuf, RuntimeError>;
 }

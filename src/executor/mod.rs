@@ -17,6 +17,7 @@
 
 pub mod cmdfmt;
 mod exec;
+pub mod images;
 pub mod recover;
 pub mod spec;
 
@@ -117,6 +118,8 @@ pub struct ExecutorConfig {
     pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
     /// How long an exec waits for an engine that stopped answering before it fails.
     pub engine_wait: Duration,
+    /// Records each image an exec uses (for image cleanup); shared by every executor.
+    pub image_ledger: Option<Arc<images::ImageLedger>>,
 }
 
 impl ExecutorConfig {
@@ -139,6 +142,7 @@ impl ExecutorConfig {
             oom_poll_interval: Duration::from_millis(500),
             blob: None,
             engine_wait: DEFAULT_ENGINE_WAIT,
+            image_ledger: None,
         }
     }
 }
@@ -280,6 +284,7 @@ type PullOutcome = Arc<OnceCell<Result<(), ReflowError>>>;
 /// Single-flight image presence checks and pulls, per image reference.
 #[derive(Debug)]
 struct Images {
+    ledger: Option<Arc<images::ImageLedger>>,
     runtime: Arc<dyn ContainerRuntime>,
     /// Images seen present, and when; trusted for [`IMAGE_PRESENT_TTL`].
     present: Mutex<HashMap<String, tokio::time::Instant>>,
@@ -290,6 +295,9 @@ struct Images {
 
 impl Images {
     async fn ensure(&self, image: &str) -> Result<(), ReflowError> {
+        if let Some(l) = &self.ledger {
+            l.used(image);
+        }
         let fresh = lock(&self.present)
             .get(image)
             .is_some_and(|t| t.elapsed() < IMAGE_PRESENT_TTL);
@@ -495,6 +503,7 @@ impl Executor {
         repo.clean_tmp()?;
         let inner = Arc::new(Inner {
             images: Images {
+                ledger: cfg.image_ledger.clone(),
                 runtime: runtime.clone(),
                 present: Mutex::new(HashMap::new()),
                 backoff: cfg.pull_backoff,
