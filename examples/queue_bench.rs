@@ -123,18 +123,18 @@ async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
         ..durable
     };
     pubch
-        .queue_declare(&rq, temp, FieldTable::default())
+        .queue_declare(rq.as_str().into(), temp, FieldTable::default())
         .await?;
     pubch
-        .queue_declare(&pq, temp, FieldTable::default())
+        .queue_declare(pq.as_str().into(), temp, FieldTable::default())
         .await?;
     // The echo server.
     let srv = conn.create_channel().await?;
     srv.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut reqs = srv
         .basic_consume(
-            &rq,
-            "echo",
+            rq.as_str().into(),
+            "echo".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -144,9 +144,15 @@ async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
         async move {
             while let Some(Ok(d)) = reqs.next().await {
                 let props = BasicProperties::default().with_delivery_mode(2);
-                srv.basic_publish("", &pq, BasicPublishOptions::default(), &d.data, props)
-                    .await?
-                    .await?;
+                srv.basic_publish(
+                    "".into(),
+                    pq.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &d.data,
+                    props,
+                )
+                .await?
+                .await?;
                 d.acker.ack(BasicAckOptions::default()).await?;
             }
             Ok::<_, lapin::Error>(())
@@ -155,8 +161,8 @@ async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
     let readch = conn.create_channel().await?;
     let mut reps = readch
         .basic_consume(
-            &pq,
-            "reader",
+            pq.as_str().into(),
+            "reader".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -169,8 +175,8 @@ async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
         let props = BasicProperties::default().with_delivery_mode(2);
         pubch
             .basic_publish(
-                "",
-                &rq,
+                "".into(),
+                rq.as_str().into(),
                 BasicPublishOptions::default(),
                 format!("{i}").as_bytes(),
                 props,
@@ -185,7 +191,7 @@ async fn echo(url: &str, n: usize) -> anyhow::Result<f64> {
     }
     let secs = start.elapsed().as_secs_f64();
     server.abort();
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
     Ok(secs)
 }
 

@@ -1,5 +1,5 @@
-//! Which images this agent used, and when last: the only candidates of image cleanup
-//! ([`crate::imagegc`] removes none it never used, as the ECS agent leaves untracked images).
+//! Which images this agent used, and when last: the only candidates of image cleanup (the
+//! `imagegc` module removes none it never used, as the ECS agent leaves untracked images).
 //! Kept in memory, written atomically to `STATE_DIR/images.json` by the cleanup at each cycle.
 
 use std::collections::BTreeMap;

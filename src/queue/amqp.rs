@@ -36,12 +36,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
@@ -276,7 +276,7 @@ async fn open_channel(
             .tls
             .identity
             .as_ref()
-            .map(|id| lapin::tcp::OwnedIdentity {
+            .map(|id| lapin::tcp::OwnedIdentity::PKCS12 {
                 der: id.pkcs12.clone(),
                 password: id.password.clone(),
             }),
@@ -296,6 +296,7 @@ async fn open_channel(
                 &broker.urls[at],
                 ConnectionProperties::default().with_connection_name("reflow-agent".into()),
                 tls(),
+                lapin::runtime::default_runtime().map_err(amqp_err("runtime"))?,
             ),
         )
         .await
@@ -390,27 +391,45 @@ async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    ch.exchange_declare(&t.events, ExchangeKind::Topic, ex, FieldTable::default())
-        .await
-        .map_err(amqp_err("declare events exchange"))?;
-    ch.exchange_declare(&t.dlx, ExchangeKind::Fanout, ex, FieldTable::default())
-        .await
-        .map_err(amqp_err("declare dead-letter exchange"))?;
-    ch.queue_declare(&t.dlq, durable(), quorum_args(t, delivery_limit, false))
-        .await
-        .map_err(amqp_err("declare dead-letter queue"))?;
+    ch.exchange_declare(
+        t.events.as_str().into(),
+        ExchangeKind::Topic,
+        ex,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp_err("declare events exchange"))?;
+    ch.exchange_declare(
+        t.dlx.as_str().into(),
+        ExchangeKind::Fanout,
+        ex,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp_err("declare dead-letter exchange"))?;
+    ch.queue_declare(
+        t.dlq.as_str().into(),
+        durable(),
+        quorum_args(t, delivery_limit, false),
+    )
+    .await
+    .map_err(amqp_err("declare dead-letter queue"))?;
     ch.queue_bind(
-        &t.dlq,
-        &t.dlx,
-        "",
+        t.dlq.as_str().into(),
+        t.dlx.as_str().into(),
+        "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await
     .map_err(amqp_err("bind dead-letter queue"))?;
-    ch.queue_declare(&t.commands, durable(), quorum_args(t, delivery_limit, true))
-        .await
-        .map_err(amqp_err("declare command queue"))?;
+    ch.queue_declare(
+        t.commands.as_str().into(),
+        durable(),
+        quorum_args(t, delivery_limit, true),
+    )
+    .await
+    .map_err(amqp_err("declare command queue"))?;
     Ok(())
 }
 
@@ -425,8 +444,8 @@ async fn consume_from(
         "consume",
         limit,
         ch.basic_consume(
-            queue,
-            tag,
+            queue.into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         ),
@@ -489,8 +508,8 @@ impl Publisher {
         let r = deadline("publish", self.limit, async {
             let confirm = ch
                 .basic_publish(
-                    exchange,
-                    routing_key,
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions::default(),
                     body,
                     persistent(headers),
@@ -570,7 +589,7 @@ impl AmqpSource {
             "declare agent queue",
             limit,
             ch.queue_declare(
-                &own,
+                own.as_str().into(),
                 durable(),
                 quorum_args(&self.topo, self.settings.delivery_limit, true),
             ),
@@ -699,7 +718,7 @@ impl CommandSource for AmqpSource {
             if let Err(e) = call(
                 "cancel consumer",
                 limit,
-                ch.basic_cancel(tag, BasicCancelOptions::default()),
+                ch.basic_cancel(tag.into(), BasicCancelOptions::default()),
             )
             .await
             {
@@ -737,7 +756,7 @@ fn requeue() -> BasicNackOptions {
 
 /// Settles one AMQP delivery.
 struct AmqpSettle {
-    acker: lapin::acker::Acker,
+    acker: lapin::Acker,
     limit: Duration,
     body: Vec<u8>,
     publisher: std::sync::Arc<Publisher>,
@@ -758,10 +777,13 @@ impl Settle for AmqpSettle {
             self.acker.ack(BasicAckOptions::default()),
         )
         .await
+        .map(drop)
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
-        call("nack", self.limit, self.acker.nack(requeue())).await
+        call("nack", self.limit, self.acker.nack(requeue()))
+            .await
+            .map(drop)
     }
 
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
@@ -782,6 +804,7 @@ impl Settle for AmqpSettle {
             self.acker.ack(BasicAckOptions::default()),
         )
         .await
+        .map(drop)
     }
 }
 
@@ -931,7 +954,10 @@ impl super::Client for AmqpClient {
             let Some(m) = call(
                 "get",
                 limit,
-                ch.basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false }),
+                ch.basic_get(
+                    self.topo().dlq.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                ),
             )
             .await?
             else {
@@ -952,7 +978,10 @@ impl super::Client for AmqpClient {
         let got = call(
             "get",
             limit,
-            ch.basic_get(&self.topo().dlq, BasicGetOptions { no_ack: false }),
+            ch.basic_get(
+                self.topo().dlq.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            ),
         )
         .await?;
         let out = match got {
@@ -982,8 +1011,8 @@ impl super::Client for AmqpClient {
 
 /// Closes a short-lived channel and its connection, waiting at most `limit` for each.
 async fn close_quietly(conn: Connection, ch: Channel, why: &str, limit: Duration) {
-    let _ = tokio::time::timeout(limit, ch.close(200, why)).await;
-    let _ = tokio::time::timeout(limit, conn.close(200, why)).await;
+    let _ = tokio::time::timeout(limit, ch.close(200, why.into())).await;
+    let _ = tokio::time::timeout(limit, conn.close(200, why.into())).await;
 }
 
 fn reason_of(props: &BasicProperties) -> String {
@@ -1030,16 +1059,16 @@ impl AmqpWatch {
         call(
             "declare watch queue",
             limit,
-            ch.queue_declare(&self.queue, durable(), args),
+            ch.queue_declare(self.queue.as_str().into(), durable(), args),
         )
         .await?;
         call(
             "bind watch queue",
             limit,
             ch.queue_bind(
-                &self.queue,
-                &self.topo.events,
-                "#",
+                self.queue.as_str().into(),
+                self.topo.events.as_str().into(),
+                "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             ),
@@ -1112,7 +1141,7 @@ pub async fn delete_queues(url: &str, agent_ids: &[&str]) -> Result<(), QueueErr
         call(
             "delete queue",
             limit,
-            ch.queue_delete(&q, QueueDeleteOptions::default()),
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
         )
         .await?;
     }

@@ -1,0 +1,128 @@
+//! `reflow-agent submit`: publishes a command (signed when a key is set) and can wait for its outcome.
+
+use super::*;
+
+/// Options of the `submit` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct SubmitOptions {
+    /// The command file (a protocol envelope, e.g. a `job`).
+    pub file: PathBuf,
+    /// The queue (`amqp://...`, `amqps://...`, `sqs://NAME`, `spool:///DIR`).
+    #[arg(long, env = "REFLOW_AGENT_QUEUE")]
+    pub queue: String,
+    /// TLS for `amqps://`.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Wait for the outcome, show progress, and print the final event.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_secs: u64,
+    /// Signs the command with this HMAC key when it has no signature.
+    #[command(flatten)]
+    pub hmac: HmacKeyArg,
+}
+
+/// Whether `e` ends command `id`: its job's `exec.completed`, a request's `command.result`, or
+/// a rejection.
+fn is_outcome(e: &crate::protocol::Event, id: &str, job: bool) -> bool {
+    use crate::protocol::EventBody;
+    if e.command.as_deref() != Some(id) {
+        return false;
+    }
+    match &e.body {
+        EventBody::ExecCompleted { .. } => job,
+        EventBody::CommandResult { .. } => !job,
+        EventBody::CommandRejected { .. } => true,
+        _ => false,
+    }
+}
+
+/// Validates (and, with a key, signs) a command, sends it, and with `--wait` prints its outcome.
+///
+/// # Errors
+/// An invalid command, a queue error, a timeout, or (with `--wait`) a failed or rejected command.
+pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
+    use crate::protocol::EventBody;
+    let bytes =
+        crate::persist::read_bounded(&opts.file, crate::protocol::MAX_COMMAND_BYTES as u64 + 1)
+            .map_err(|source| CliError::Input {
+                what: "command file",
+                source,
+            })?;
+    let req = crate::protocol::decode_command(&bytes)?;
+    let bytes = match &opts.hmac.hmac_key {
+        Some(k) => {
+            let mut env: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(CliError::Encode)?;
+            if env.get("signature").is_none() {
+                // A signed command says when it was sent (the agent's replay window).
+                if env.get("time").is_none() {
+                    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                    env["time"] = crate::time::format(&now).into();
+                }
+                env["signature"] = crate::control::security::sign(k.as_bytes(), &env).into();
+            }
+            serde_json::to_vec(&env).map_err(CliError::Encode)?
+        }
+        None => bytes,
+    };
+    let job = matches!(req.command, crate::protocol::Command::Job(_));
+    runtime()?.block_on(async {
+        let client = crate::queue::client(&opts.queue, &opts.tls.settings()?).await?;
+        let mut watch = match opts.wait {
+            true => Some(client.watch(Some(&req.id)).await?),
+            false => None,
+        };
+        client.submit(&req.id, &bytes).await?;
+        eprintln!("submitted {} ({})", req.id, req.command.kind());
+        let Some(watch) = watch.as_mut() else {
+            return Ok(());
+        };
+        let bar = spinner(&format!("{} {}", req.command.kind(), req.id));
+        let deadline = std::time::Duration::from_secs(opts.timeout_secs);
+        let outcome = tokio::time::timeout(deadline, async {
+            loop {
+                let e = watch.next().await?;
+                if e.command.as_deref() == Some(req.id.as_str()) {
+                    bar.set_message(format!(
+                        "{} {}: {}",
+                        req.command.kind(),
+                        req.id,
+                        e.body.kind()
+                    ));
+                }
+                if is_outcome(&e, &req.id, job) {
+                    return Ok::<_, CliError>(e);
+                }
+            }
+        })
+        .await
+        .map_err(|_| CliError::Timeout {
+            secs: opts.timeout_secs,
+        })??;
+        bar.finish_and_clear();
+        print_json(&outcome)?;
+        match outcome.body {
+            EventBody::ExecCompleted { result, .. } => match result.err {
+                Some(error) => Err(CliError::Failed {
+                    what: "the exec failed",
+                    error,
+                }),
+                None => Ok(()),
+            },
+            EventBody::CommandRejected { error, .. } => Err(CliError::Failed {
+                what: "the command was rejected",
+                error,
+            }),
+            EventBody::CommandResult {
+                error: Some(error), ..
+            } => Err(CliError::Failed {
+                what: "the command failed",
+                error,
+            }),
+            _ => Ok(()),
+        }
+    })
+}
