@@ -1,12 +1,15 @@
-//! Reading a process's cgroup: which cgroup it is in (from `/proc/<pid>/cgroup`), where that
-//! cgroup lives (`/sys/fs/cgroup`, v1 or v2), and its memory and CPU counters. The parsers are pure
-//! functions over file contents; only [`CgroupPaths::resolve`] and the readers touch the
+//! Reading a process's cgroup: which cgroup it is in (`/proc/<pid>/cgroup`), where that
+//! hierarchy is mounted (`/proc/self/mountinfo`, v1 or v2), and its memory and CPU counters.
+//! procfs parses the `/proc` files; mapping them to directories is a pure function
+//! ([`CgroupPaths::from_lines`]); only [`CgroupPaths::resolve`] and the readers touch the
 //! filesystem.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Where cgroup hierarchies are mounted.
+use procfs::FromRead;
+
+/// Where cgroup hierarchies are usually mounted (for messages; the mounts are read).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path`.
@@ -20,26 +23,71 @@ pub struct CgroupLine {
     pub path: String,
 }
 
-/// Parses `/proc/<pid>/cgroup`; malformed lines are skipped.
+/// Parses `/proc/<pid>/cgroup` (procfs); lines whose path is not absolute are skipped, and a
+/// file that does not parse gives none.
 pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupLine> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let id = parts.next()?.parse().ok()?;
-            let controllers = parts.next()?;
-            let path = parts.next()?;
-            if !path.starts_with('/') {
-                return None;
-            }
-            Some(CgroupLine {
-                id,
-                controllers: controllers
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                path: path.to_string(),
-            })
+    procfs::ProcessCGroups::from_read(text.as_bytes())
+        .map(|c| c.0)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.pathname.starts_with('/'))
+        .map(|c| CgroupLine {
+            id: c.hierarchy,
+            controllers: c.controllers,
+            path: c.pathname,
+        })
+        .collect()
+}
+
+/// A mounted cgroup hierarchy: the hierarchy path at its root and where it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// The v1 controllers of the hierarchy (empty for v2).
+    pub controllers: Vec<String>,
+    /// The path within the hierarchy that the mount shows (`/` unless a cgroup namespace or a
+    /// bind mount shows a subtree).
+    pub root: String,
+    /// Where it is mounted.
+    pub point: PathBuf,
+}
+
+impl CgroupMount {
+    /// The directory of hierarchy path `path` under this mount, if the mount shows it.
+    fn dir(&self, path: &str) -> Option<PathBuf> {
+        let root = self.root.trim_end_matches('/');
+        let rel = if root.is_empty() {
+            path
+        } else {
+            path.strip_prefix(root)
+                .filter(|r| r.is_empty() || r.starts_with('/'))?
+        };
+        Some(self.point.join(rel.trim_start_matches('/')))
+    }
+}
+
+/// The cgroup mounts in `/proc/<pid>/mountinfo` text (procfs): `cgroup2` and `cgroup` mounts,
+/// a v1 mount's controllers from its super options.
+pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    const CONTROLLERS: &[&str] = &[
+        "memory", "cpuacct", "cpu", "pids", "blkio", "cpuset", "devices", "freezer",
+    ];
+    procfs::process::MountInfos::from_read(text.as_bytes())
+        .map(|m| m.0)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup2" || m.fs_type == "cgroup")
+        .map(|m| CgroupMount {
+            controllers: if m.fs_type == "cgroup" {
+                CONTROLLERS
+                    .iter()
+                    .filter(|c| m.super_options.contains_key(**c))
+                    .map(|c| (*c).to_string())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            root: m.root,
+            point: m.mount_point,
         })
         .collect()
 }
@@ -62,37 +110,51 @@ pub enum CgroupPaths {
 }
 
 impl CgroupPaths {
-    /// Maps parsed `/proc/<pid>/cgroup` lines to directories under `root`.
-    pub fn from_lines(lines: &[CgroupLine], root: &Path) -> Option<CgroupPaths> {
-        let join = |sub: &str, p: &str| root.join(sub).join(p.trim_start_matches('/'));
+    /// Maps a process's cgroups (`/proc/<pid>/cgroup` lines) to directories under `mounts`.
+    pub fn from_lines(lines: &[CgroupLine], mounts: &[CgroupMount]) -> Option<CgroupPaths> {
         let v1 = |ctl: &str| {
-            lines
+            let line = lines
                 .iter()
-                .find(|l| l.controllers.iter().any(|c| c == ctl))
+                .find(|l| l.controllers.iter().any(|c| c == ctl))?;
+            mounts
+                .iter()
+                .filter(|m| m.controllers.iter().any(|c| c == ctl))
+                .find_map(|m| m.dir(&line.path))
         };
-        if let Some(mem) = v1("memory") {
-            // v1 mounts cpuacct at `cpuacct` (alone, or as a link to `cpu,cpuacct`).
-            let cpuacct = v1("cpuacct").map(|l| join("cpuacct", &l.path));
+        if let Some(memory) = v1("memory") {
             return Some(CgroupPaths::V1 {
-                memory: join("memory", &mem.path),
-                cpuacct,
+                memory,
+                cpuacct: v1("cpuacct"),
             });
         }
-        lines
+        let line = lines
             .iter()
-            .find(|l| l.id == 0 && l.controllers.is_empty())
-            .map(|l| CgroupPaths::V2 {
-                dir: join("", &l.path),
-            })
+            .find(|l| l.id == 0 && l.controllers.is_empty())?;
+        mounts
+            .iter()
+            .filter(|m| m.controllers.is_empty())
+            .find_map(|m| m.dir(&line.path))
+            .map(|dir| CgroupPaths::V2 { dir })
     }
 
-    /// Resolves the cgroups of `pid` from `/proc/<pid>/cgroup`.
+    /// Resolves the cgroups of `pid` (a pid of this process's PID namespace) from procfs: its
+    /// `/proc/<pid>/cgroup` and this process's mount table.
     pub fn resolve(pid: i64) -> Option<CgroupPaths> {
-        if pid <= 0 {
-            return None;
-        }
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        CgroupPaths::from_lines(&parse_proc_cgroup(&text), Path::new(CGROUP_ROOT))
+        let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+        let lines: Vec<CgroupLine> = procfs::process::Process::new(pid)
+            .ok()?
+            .cgroups()
+            .ok()?
+            .0
+            .into_iter()
+            .map(|c| CgroupLine {
+                id: c.hierarchy,
+                controllers: c.controllers,
+                path: c.pathname,
+            })
+            .collect();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        CgroupPaths::from_lines(&lines, &parse_mountinfo(&mounts))
     }
 
     /// Memory in use without page cache, in bytes.
@@ -213,33 +275,75 @@ mod tests {
         "12:memory:/docker/abc123\n11:cpu,cpuacct:/docker/abc123\n3:pids:/docker/abc123\n0::/\n";
     const V2: &str = "0::/system.slice/docker-abc123.scope\n";
 
+    /// A cgroup v1 host (this machine's layout) and a v2 host, as mountinfo shows them.
+    const V1_MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+33 30 0:29 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,cpu,cpuacct
+35 30 0:31 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup rw,pids
+";
+    const V2_MOUNTS: &str = "\
+29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+";
+
     #[test]
-    fn parses_both_versions() {
+    fn parses_both_versions_against_the_mounts() {
         let l = parse_proc_cgroup(V1);
         assert_eq!(l.len(), 4);
         assert_eq!(l[1].controllers, vec!["cpu", "cpuacct"]);
-        let p = CgroupPaths::from_lines(&l, Path::new("/sys/fs/cgroup")).unwrap();
+        let mounts = parse_mountinfo(V1_MOUNTS);
+        assert_eq!(mounts.len(), 3, "{mounts:?}");
+        let p = CgroupPaths::from_lines(&l, &mounts).unwrap();
         assert_eq!(
             p,
             CgroupPaths::V1 {
                 memory: "/sys/fs/cgroup/memory/docker/abc123".into(),
-                cpuacct: Some("/sys/fs/cgroup/cpuacct/docker/abc123".into()),
+                cpuacct: Some("/sys/fs/cgroup/cpu,cpuacct/docker/abc123".into()),
             }
         );
         let p =
-            CgroupPaths::from_lines(&parse_proc_cgroup(V2), Path::new("/sys/fs/cgroup")).unwrap();
+            CgroupPaths::from_lines(&parse_proc_cgroup(V2), &parse_mountinfo(V2_MOUNTS)).unwrap();
         assert_eq!(
             p,
             CgroupPaths::V2 {
                 dir: "/sys/fs/cgroup/system.slice/docker-abc123.scope".into()
             }
         );
+        // Mounted elsewhere, and showing a subtree (a cgroup namespace or a bind mount).
+        let moved = "40 30 0:29 /docker /host/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            CgroupPaths::from_lines(&parse_proc_cgroup(V1), &parse_mountinfo(moved)),
+            Some(CgroupPaths::V1 {
+                memory: "/host/cgroup/memory/abc123".into(),
+                cpuacct: None,
+            })
+        );
+        // The path is outside what the mount shows: no directory.
+        let other = "40 30 0:29 /kubepods /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            CgroupPaths::from_lines(&parse_proc_cgroup(V1), &parse_mountinfo(other)),
+            None
+        );
     }
 
     #[test]
-    fn malformed_lines_are_skipped() {
+    fn this_process_resolves_on_this_machine() {
+        let me = i64::from(std::process::id());
+        let p = CgroupPaths::resolve(me).expect("this process's cgroups");
+        let dir = match &p {
+            CgroupPaths::V1 { memory, .. } => memory,
+            CgroupPaths::V2 { dir } => dir,
+        };
+        assert!(dir.is_dir(), "{p:?}");
+        assert!(p.memory_usage().is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn malformed_input_gives_nothing() {
         assert!(parse_proc_cgroup("garbage\nx:y\n1:memory:relative\n:::\n").is_empty());
-        assert!(CgroupPaths::from_lines(&[], Path::new("/")).is_none());
+        assert!(parse_mountinfo("not a mount table\n").is_empty());
+        assert!(CgroupPaths::from_lines(&[], &[]).is_none());
+        assert!(CgroupPaths::resolve(0).is_none());
     }
 
     #[test]

@@ -210,8 +210,8 @@ impl super::OomDetector for KmsgMonitor {
 
 /// Boot time, as `now - /proc/uptime`.
 pub fn boot_time(now: Time) -> Option<Time> {
-    let up = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = up.split_whitespace().next()?.parse().ok()?;
+    use procfs::Current;
+    let secs = procfs::Uptime::current().ok()?.uptime;
     // Microsecond precision is plenty; uptime has centiseconds.
     #[allow(clippy::cast_possible_truncation)]
     let us = (secs * 1e6) as i64;

@@ -1,33 +1,39 @@
 //! Node-level memory signals (Reflow's node OOM detector, on procfs instead of node_exporter):
 //! the kernel's OOM kill counter (`/proc/vmstat` `oom_kill`), available memory
-//! (`/proc/meminfo` `MemAvailable`) and memory pressure (`/proc/pressure/memory`). Pure parsers
-//! plus a snapshot reader.
+//! (`/proc/meminfo` `MemAvailable`) and memory pressure (`/proc/pressure/memory`). procfs
+//! parses the files; the parsers here take their text (so they can be tested and fuzzed), and
+//! [`NodeSnapshot::read`] reads the live ones.
 
-use std::fs;
+use procfs::{Current, FromRead};
 
 /// A node-level OOM is only blamed when available memory fell below this (Reflow's threshold).
 pub const LOW_MEM_AVAILABLE: u64 = 100 << 20;
 
-/// `oom_kill` from `/proc/vmstat`.
-pub fn parse_vmstat_oom_kill(text: &str) -> Option<u64> {
-    crate::cgroup::parse_flat_keyed(text, "oom_kill")
+fn oom_kill(v: &procfs::VmStat) -> Option<u64> {
+    v.0.get("oom_kill").and_then(|n| u64::try_from(*n).ok())
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
+/// `oom_kill` from `/proc/vmstat` text.
+pub fn parse_vmstat_oom_kill(text: &str) -> Option<u64> {
+    oom_kill(&procfs::VmStat::from_read(text.as_bytes()).ok()?)
+}
+
+/// `MemAvailable` from `/proc/meminfo` text, in bytes.
 pub fn parse_meminfo_available(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix("MemAvailable:")?;
-        let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-        kb.checked_mul(1024)
-    })
+    procfs::Meminfo::from_read(text.as_bytes())
+        .ok()?
+        .mem_available
 }
 
 /// The `full` line's `total` (microseconds all tasks were stalled on memory) from
-/// `/proc/pressure/memory`.
+/// `/proc/pressure/memory` text.
 pub fn parse_psi_full_total(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("full "))?;
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("total=")?.parse().ok())
+    Some(
+        procfs::MemoryPressure::from_read(text.as_bytes())
+            .ok()?
+            .full
+            .total,
+    )
 }
 
 /// One reading of the node's memory signals.
@@ -44,17 +50,12 @@ pub struct NodeSnapshot {
 impl NodeSnapshot {
     /// Reads the node's signals now; unreadable files leave fields empty.
     pub fn read() -> NodeSnapshot {
-        let read = |p: &str| fs::read_to_string(p).ok();
         NodeSnapshot {
-            oom_kills: read("/proc/vmstat")
-                .as_deref()
-                .and_then(parse_vmstat_oom_kill),
-            mem_available: read("/proc/meminfo")
-                .as_deref()
-                .and_then(parse_meminfo_available),
-            psi_full_us: read("/proc/pressure/memory")
-                .as_deref()
-                .and_then(parse_psi_full_total),
+            oom_kills: procfs::VmStat::current().ok().as_ref().and_then(oom_kill),
+            mem_available: procfs::Meminfo::current()
+                .ok()
+                .and_then(|m| m.mem_available),
+            psi_full_us: procfs::MemoryPressure::current().ok().map(|p| p.full.total),
         }
     }
 }
@@ -117,11 +118,40 @@ mod tests {
             Some(3)
         );
         assert_eq!(parse_vmstat_oom_kill("nr_free_pages 100\n"), None);
+        let meminfo = [
+            "MemTotal",
+            "MemFree",
+            "Buffers",
+            "Cached",
+            "SwapCached",
+            "Active",
+            "Inactive",
+            "SwapTotal",
+            "SwapFree",
+            "Dirty",
+            "Writeback",
+            "Mapped",
+            "Slab",
+            "Committed_AS",
+            "VmallocTotal",
+            "VmallocUsed",
+            "VmallocChunk",
+        ]
+        .iter()
+        .map(|k| format!("{k}:       100 kB\n"))
+        .collect::<String>();
         assert_eq!(
-            parse_meminfo_available("MemTotal: 100 kB\nMemAvailable:    2048 kB\n"),
+            parse_meminfo_available(&format!("{meminfo}MemAvailable:    2048 kB\n")),
             Some(2048 * 1024)
         );
+        assert_eq!(parse_meminfo_available(&meminfo), None);
         assert_eq!(parse_meminfo_available("MemAvailable: lots\n"), None);
+        // The live files parse on this machine.
+        let now = NodeSnapshot::read();
+        assert!(
+            now.oom_kills.is_some() && now.mem_available.is_some(),
+            "{now:?}"
+        );
         let psi = "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=1.50 avg60=0.00 avg300=0.00 total=123456\n";
         assert_eq!(parse_psi_full_total(psi), Some(123456));
         assert_eq!(parse_psi_full_total("some total=1\n"), None);

@@ -116,29 +116,17 @@ impl Classify for PoolError {
     }
 }
 
-/// `MemTotal` from `/proc/meminfo`, bytes.
-pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    meminfo.lines().find_map(|l| {
-        let kb: u64 = l
-            .strip_prefix("MemTotal:")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        kb.checked_mul(1024)
-    })
-}
-
-/// CPU feature resource keys from the first `flags` line of `/proc/cpuinfo` (none without one).
+/// CPU feature resource keys from the first processor's `flags` in `/proc/cpuinfo` text (parsed by
+/// procfs; none without flags, as on ARM).
 pub fn cpu_features(cpuinfo: &str) -> Vec<&'static str> {
-    let Some(flags) = cpuinfo.lines().find_map(|l| {
-        l.strip_prefix("flags")
-            .map(|r| r.trim_start_matches([' ', '\t', ':']))
-    }) else {
+    use procfs::FromRead;
+    let Some(info) = procfs::CpuInfo::from_read(cpuinfo.as_bytes()).ok() else {
         return Vec::new();
     };
-    let have: std::collections::BTreeSet<&str> = flags.split_whitespace().collect();
+    let Some(flags) = info.flags(0) else {
+        return Vec::new();
+    };
+    let have: std::collections::BTreeSet<&str> = flags.into_iter().collect();
     [
         ("avx", "intel_avx"),
         ("avx2", "intel_avx2"),
@@ -356,13 +344,16 @@ impl Pool {
             path: allocs_dir.clone(),
             source,
         })?;
-        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_total = {
+            use procfs::Current;
+            procfs::Meminfo::current().map_or(0, |m| m.mem_total)
+        };
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let total = machine_resources(
-            parse_mem_total(&meminfo).unwrap_or(0),
+            mem_total,
             cpus,
             &cpu_features(&cpuinfo),
             disk_bytes(&cfg.dir),
@@ -931,13 +922,7 @@ mod tests {
 
     #[test]
     fn machine_parsers() {
-        assert_eq!(
-            parse_mem_total("MemTotal:       24683656 kB\nMemFree: 1 kB\n"),
-            Some(24683656 * 1024)
-        );
-        assert_eq!(parse_mem_total("nothing\n"), None);
-        let x86 =
-            "processor\t: 0\nflags\t\t: fpu sse avx avx2 avx512f\nprocessor\t: 1\nflags\t\t: fpu\n";
+        let x86 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n";
         assert_eq!(
             cpu_features(x86),
             vec!["intel_avx", "intel_avx2", "intel_avx512"]
