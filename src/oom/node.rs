@@ -28,6 +28,14 @@ pub fn parse_meminfo_available(text: &str) -> Option<u64> {
 /// The `full` line's `total` (microseconds all tasks were stalled on memory) from
 /// `/proc/pressure/memory` text.
 pub fn parse_psi_full_total(text: &str) -> Option<u64> {
+    // procfs 0.18 slices each `some`/`full` line at byte 5 unchecked: a line cut short (or with
+    // a multi-byte character there) would panic it. The kernel never writes one; fuzzing did.
+    let cut = text
+        .lines()
+        .any(|l| (l.starts_with("some") || l.starts_with("full")) && !l.is_char_boundary(5));
+    if cut {
+        return None;
+    }
     Some(
         procfs::MemoryPressure::from_read(text.as_bytes())
             .ok()?
@@ -155,6 +163,9 @@ mod tests {
         let psi = "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=1.50 avg60=0.00 avg300=0.00 total=123456\n";
         assert_eq!(parse_psi_full_total(psi), Some(123456));
         assert_eq!(parse_psi_full_total("some total=1\n"), None);
+        // Found by fuzzing: lines procfs would slice inside.
+        assert_eq!(parse_psi_full_total("some"), None);
+        assert_eq!(parse_psi_full_total("full\u{e9}x"), None);
     }
 
     #[test]
