@@ -44,6 +44,9 @@ pub enum ProtocolError {
     /// The id (idempotency key) is missing or malformed.
     #[error("command id must be 1 to {MAX_ID_LEN} of [A-Za-z0-9._:-]")]
     BadId,
+    /// `reply_to` is not a queue name or URL an agent can send to.
+    #[error("reply_to must be 1 to {MAX_REPLY_TO_LEN} of [A-Za-z0-9._:/-]")]
+    BadReplyTo,
     /// An unknown command kind.
     #[error("unknown command kind {kind:?}")]
     UnknownKind {
@@ -393,6 +396,11 @@ pub fn decode_command(bytes: &[u8]) -> Result<Request, ProtocolError> {
     if !valid_message_id(&env.id) {
         return Err(ProtocolError::BadId);
     }
+    if let Some(r) = &env.reply_to
+        && !valid_reply_to(r)
+    {
+        return Err(ProtocolError::BadReplyTo);
+    }
     let kind = KINDS
         .iter()
         .copied()
@@ -716,6 +724,17 @@ pub struct Event {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The longest `reply_to`: an AMQP queue name (a short string) and any SQS queue URL fit.
+pub const MAX_REPLY_TO_LEN: usize = 255;
+
+/// A `reply_to` every backend can send to as it is: an AMQP queue name, an SQS queue name or
+/// URL. A longer or stranger one would fail every publish of its events, holding up the outbox.
+fn valid_reply_to(r: &str) -> bool {
+    (1..=MAX_REPLY_TO_LEN).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+}
+
 /// The event label naming where, besides the result topic, the event goes: the `reply_to` of the
 /// command that caused it. On AMQP it is a queue the event is also published to; on SQS a queue
 /// (name or URL) the event goes to instead of the results queue.
@@ -833,6 +852,20 @@ mod tests {
                 serde_json::to_vec(&serde_json::json!({"v": 1, "id": "x", "kind": "rm -rf"}))
                     .unwrap(),
                 "unknown command kind",
+            ),
+            (
+                serde_json::to_vec(
+                    &serde_json::json!({"v": 1, "id": "x", "kind": "offers", "reply_to": "a b"}),
+                )
+                .unwrap(),
+                "reply_to must be",
+            ),
+            (
+                serde_json::to_vec(
+                    &serde_json::json!({"v": 1, "id": "x", "kind": "offers", "reply_to": "q".repeat(256)}),
+                )
+                .unwrap(),
+                "reply_to must be",
             ),
             (
                 serde_json::to_vec(&no_alloc).unwrap(),

@@ -115,6 +115,10 @@ fn the_schema_refuses_what_the_decoder_refuses() {
             r#"{"v":1,"id":"x","kind":"offers","bogus":1}"#,
         ),
         ("bad id", r#"{"v":1,"id":"x y","kind":"offers"}"#),
+        (
+            "reply_to no backend can send to",
+            r#"{"v":1,"id":"x","kind":"offers","reply_to":"my queue"}"#,
+        ),
         ("other version", r#"{"v":2,"id":"x","kind":"offers"}"#),
         ("unknown kind", r#"{"v":1,"id":"x","kind":"exec.teleport"}"#),
         (
