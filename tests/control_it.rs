@@ -430,12 +430,8 @@ async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
 
 #[tokio::test]
 async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
     let name = uniq("jobs");
-    let url = format!("sqs://{name}?create=true");
-    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
-        .await
-        .unwrap();
+    let (dir, url, client) = sqs_queue(&name).await;
     let mut events = Events::new(&client).await;
     let agent = Agent::start(dir.path(), &uniq("sqs"), &url, "", &[]);
     client.submit("poison", b"{not json").await.unwrap();
@@ -1006,12 +1002,8 @@ async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() 
 /// replies to its `reply_to` too.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_reply_to_sends_a_commands_events_to_its_own_queue() {
-    let dir = tempfile::tempdir().unwrap();
     let name = uniq("replies");
-    let url = format!("sqs://{name}?create=true");
-    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
-        .await
-        .unwrap();
+    let (dir, url, client) = sqs_queue(&name).await;
     let mut shared = Events::new(&client).await;
     let sqs = aws_sdk_sqs::Client::new(&aws_sdk().await);
     let mine = format!("{name}-mine");
@@ -1719,11 +1711,7 @@ async fn amqp_jobs_wait_for_room_and_events_are_unique() {
 
 #[tokio::test]
 async fn sqs_jobs_wait_for_room_and_events_are_unique() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqs://{}?create=true", uniq("wait"));
-    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
-        .await
-        .unwrap();
+    let (dir, url, client) = sqs_queue(&uniq("wait")).await;
     jobs_wait_for_room_and_events_are_unique(dir.path(), &uniq("wait-sqs"), &url, &client).await;
 }
 
@@ -1834,11 +1822,7 @@ async fn amqp_kill9_loop_completes_every_job_once() {
 
 #[tokio::test]
 async fn sqs_kill9_loop_completes_every_job_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqs://{}?create=true", uniq("kill"));
-    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
-        .await
-        .unwrap();
+    let (dir, url, client) = sqs_queue(&uniq("kill")).await;
     kill9_loop(dir.path(), &uniq("kill-sqs"), &url, &client).await;
 }
 
@@ -1942,13 +1926,19 @@ async fn amqp_machine_death_loses_no_job() {
 
 #[tokio::test]
 async fn sqs_machine_death_loses_no_job() {
+    let (dir, url, client) = sqs_queue(&uniq("death")).await;
+    // A short lease, so the dead machine's messages reappear within seconds.
+    machine_death(dir.path(), &url, &client, "visibility_timeout_secs = 6\n").await;
+}
+
+/// A temporary directory and a new `sqs://NAME?create=true` queue on moto, and a client of it.
+async fn sqs_queue(name: &str) -> (tempfile::TempDir, String, queue::sqs::SqsClient) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqs://{}?create=true", uniq("death"));
+    let url = format!("sqs://{name}?create=true");
     let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
         .await
         .unwrap();
-    // A short lease, so the dead machine's messages reappear within seconds.
-    machine_death(dir.path(), &url, &client, "visibility_timeout_secs = 6\n").await;
+    (dir, url, client)
 }
 
 /// A temporary directory with a `spool://` queue in it, and a client of that queue.
@@ -2485,11 +2475,7 @@ async fn amqp_redelivery_to_a_second_agent_waits_on_the_claim_and_runs_once() {
 /// and each starts once.
 #[tokio::test]
 async fn sqs_held_messages_never_reappear_while_they_wait_or_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqs://{}?create=true", uniq("held"));
-    let client = queue::sqs::SqsClient::from_sdk(&url, &aws_sdk().await, 5)
-        .await
-        .unwrap();
+    let (dir, url, client) = sqs_queue(&uniq("held")).await;
     let mut events = Events::new(&client).await;
     let starts = StartCounter::new();
     let agent = Agent::start(
