@@ -664,15 +664,7 @@ async fn amqp_sigterm_drain_hands_back_unstarted_work() {
     let limits = "max_jobs = 1\nprefetch = 3\ndrain_grace_secs = 60\n";
     let mut first = Agent::start(dir.path(), &uniq("drain-1"), &url, limits, &[]);
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let ids: Vec<String> = (0..3).map(|i| uniq(&format!("d{i}"))).collect();
-    for id in &ids {
-        submit(
-            client.as_ref(),
-            id,
-            &job(id, &format!("sleep 2; echo {id} > $out")),
-        )
-        .await;
-    }
+    let ids = submit_sleepers(client.as_ref(), "d", 3, "2").await;
     tap.until("a job running", |e| e.body.kind() == "exec.state")
         .await;
     first.signal("-TERM");
@@ -726,15 +718,7 @@ async fn amqp_two_agents_share_the_work() {
         .await;
     }
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let ids: Vec<String> = (0..6).map(|i| uniq(&format!("s{i}"))).collect();
-    for id in &ids {
-        submit(
-            client.as_ref(),
-            id,
-            &job(id, &format!("sleep 1; echo {id} > $out")),
-        )
-        .await;
-    }
+    let ids = submit_sleepers(client.as_ref(), "s", 6, "1").await;
     let mut agents = std::collections::BTreeSet::new();
     for id in &ids {
         agents.insert(tap.completed(id).await.agent);
@@ -962,15 +946,7 @@ async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() 
     );
     let mut events = tap(&tap_url).await;
     let client = queue::client(&url, &Default::default()).await.unwrap();
-    let ids: Vec<String> = (0..JOBS).map(|i| uniq(&format!("c{i}"))).collect();
-    for id in &ids {
-        submit(
-            client.as_ref(),
-            id,
-            &job(id, &format!("sleep 2; echo {id} > $out")),
-        )
-        .await;
-    }
+    let ids = submit_sleepers(client.as_ref(), "c", JOBS, "2").await;
     // Some are done and others running: the leader goes away.
     events
         .until("a first exec.completed", |e| {
@@ -1765,16 +1741,8 @@ async fn kill9_loop(root: &Path, name: &str, url: &str, client: &dyn Client) {
     let extra = "visibility_timeout_secs = 6\n";
     let mut events = Events::new(client).await;
     let starts = StartCounter::new();
-    let ids: Vec<String> = (0..20).map(|i| uniq(&format!("k{i}"))).collect();
     let mut agent = Agent::start(root, name, url, "", &[]);
-    for id in &ids {
-        submit(
-            client,
-            id,
-            &job(id, &format!("sleep 0.3; echo {id} > $out")),
-        )
-        .await;
-    }
+    let ids = submit_sleepers(client, "k", 20, "0.3").await;
     // Pseudo-random pauses of 200 to 1000 ms between kills.
     let mut seed = std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos() as u64 | 1;
     for _ in 0..10 {
@@ -1929,6 +1897,21 @@ async fn sqs_machine_death_loses_no_job() {
     let (dir, url, client) = sqs_queue(&uniq("death")).await;
     // A short lease, so the dead machine's messages reappear within seconds.
     machine_death(dir.path(), &url, &client, "visibility_timeout_secs = 6\n").await;
+}
+
+/// Submits `n` jobs that sleep `secs` seconds and write their own command id (ids `PREFIXi`,
+/// made unique); their ids, in order.
+async fn submit_sleepers(client: &dyn Client, prefix: &str, n: usize, secs: &str) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| uniq(&format!("{prefix}{i}"))).collect();
+    for id in &ids {
+        submit(
+            client,
+            id,
+            &job(id, &format!("sleep {secs}; echo {id} > $out")),
+        )
+        .await;
+    }
+    ids
 }
 
 /// A temporary directory and a new `sqs://NAME?create=true` queue on moto, and a client of it.
