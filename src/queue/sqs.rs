@@ -489,13 +489,13 @@ impl SqsSink {
         if name.starts_with("https://") || name.starts_with("http://") {
             return Ok(name.clone());
         }
-        let known = |m: &std::sync::Mutex<std::collections::HashMap<String, String>>| {
-            m.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(name)
-                .cloned()
-        };
-        if let Some(url) = known(&self.replies) {
+        let known = self
+            .replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(url) = known {
             return Ok(url);
         }
         let url = self
