@@ -5,8 +5,11 @@
 //! same layout as a local repository directory. Every object written carries the user metadata
 //! `Content-Sha256` (its digest, hex), which readers verify.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod transfer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -229,61 +232,6 @@ pub fn verify(url: &str, expected: &BlobInfo, size: u64, actual: &Digest) -> Res
         });
     }
     Ok(())
-}
-
-/// Downloads `info` from `bucket` into repository `repo` (through a temp file in its `tmp/`,
-/// installed by digest, the temp file removed) and verifies size and `Content-Sha256`. Returns
-/// the installed file with its source, ETag and modification time.
-///
-/// # Errors
-/// The store's errors, I/O, or [`BlobError::Integrity`] (the object stays installed under its
-/// real digest, as Reflow does; nothing refers to it).
-pub async fn fetch_into(
-    store: &dyn BlobStore,
-    bucket: &str,
-    info: &BlobInfo,
-    repo: &crate::repo::FileRepository,
-    progress: &Progress,
-) -> Result<crate::fileset::File, BlobError> {
-    let url = format!("s3://{bucket}/{}", info.key);
-    let tmp_dir = repo.root().join(crate::repo::TMP_DIR);
-    std::fs::create_dir_all(&tmp_dir).map_err(|source| BlobError::Io {
-        op: "create",
-        path: tmp_dir.clone(),
-        source,
-    })?;
-    let tmp = tempfile::Builder::new()
-        .prefix("s3-")
-        .tempfile_in(&tmp_dir)
-        .map_err(|source| BlobError::Io {
-            op: "create",
-            path: tmp_dir.clone(),
-            source,
-        })?
-        .into_temp_path();
-    store.download(bucket, info, &tmp, progress).await?;
-    let (repo2, path) = (repo.clone(), tmp.to_path_buf());
-    let got = tokio::task::spawn_blocking(move || repo2.install(&path, &crate::repo::no_progress))
-        .await
-        .map_err(|e| BlobError::Io {
-            op: "install",
-            path: tmp.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|e| BlobError::Io {
-            op: "install",
-            path: tmp.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-    drop(tmp);
-    verify(&url, info, got.size, &got.id)?;
-    let mut f = got;
-    f.source = url;
-    f.etag = info.etag.clone();
-    if let Some(t) = info.last_modified {
-        f.last_modified = t;
-    }
-    Ok(f)
 }
 
 #[cfg(test)]

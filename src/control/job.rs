@@ -505,26 +505,28 @@ pub(super) async fn send_outputs_s3(
     to: &str,
     store: &dyn crate::blob::BlobStore,
 ) -> Result<(), ReflowError> {
-    use futures_util::StreamExt;
+    use crate::blob::transfer;
     let url = crate::blob::BlobUrl::parse(to).or_reflow("send outputs")?;
-    let progress = crate::blob::Progress::default();
-    let (url, progress) = (&url, &progress);
-    let done: Vec<Result<(), ReflowError>> = futures_util::stream::iter(fileset.files())
-        .map(|f| async move {
-            let key = url.object_key(&f.id);
-            match store.head(&url.bucket, &key).await {
-                Ok(i) if i.size == f.size && i.content_sha256 == Some(f.id) => return Ok(()),
-                _ => {}
-            }
-            store
-                .upload(&url.bucket, &key, &from.path(&f.id), &f.id, progress)
-                .await
-                .or_reflow("send outputs")
+    let uploads = fileset
+        .files()
+        .into_iter()
+        .map(|f| transfer::Upload {
+            key: url.object_key(&f.id),
+            path: from.path(&f.id),
+            digest: Some(f.id),
+            size: Some(f.size),
         })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    done.into_iter().collect()
+        .collect();
+    transfer::upload_all(
+        store,
+        &url.bucket,
+        uploads,
+        transfer::CONCURRENCY,
+        transfer::Existing::KeepSame,
+        &crate::blob::Progress::default(),
+    )
+    .await
+    .or_reflow("send outputs")
 }
 
 /// Where each output of `result` lives in the repository at `repo` (`s3://` only).

@@ -815,64 +815,40 @@ impl Exec {
         inner: &Arc<Inner>,
         progress: &crate::blob::Progress,
     ) -> Result<Fileset, ReflowError> {
-        let rerr = |e: &crate::blob::BlobError| ReflowError::from_classified("intern", e);
-        let url = crate::blob::BlobUrl::parse(&cfg.url).map_err(|e| rerr(&e))?;
+        use crate::blob::transfer;
+        let rerr = |e: crate::blob::BlobError| ReflowError::from_classified("intern", &e);
+        let url = crate::blob::BlobUrl::parse(&cfg.url).map_err(rerr)?;
         let staging = crate::repo::FileRepository::open(self.dir.join("objects"))
             .map_err(|e| ReflowError::from_classified("intern", &e))?;
-        let infos = if url.is_prefix() {
-            store
-                .list(&url.bucket, &url.key)
-                .await
-                .map_err(|e| rerr(&e))?
-        } else {
-            vec![
-                store
-                    .head(&url.bucket, &url.key)
-                    .await
-                    .map_err(|e| rerr(&e))?,
-            ]
+        let infos = transfer::objects(store, &url, transfer::Listing::WithDigests)
+            .await
+            .map_err(rerr)?;
+        let held = |d: &Digest| -> Result<Option<crate::fileset::File>, crate::blob::BlobError> {
+            if !inner.repo.contains(d) {
+                return Ok(None);
+            }
+            inner
+                .repo
+                .stat(d)
+                .map(Some)
+                .map_err(|e| crate::blob::BlobError::Io {
+                    op: "stat",
+                    path: inner.repo.path(d),
+                    source: std::io::Error::other(crate::error::chain(&e).to_string()),
+                })
         };
-        let (staging, url) = (&staging, &url);
-        let fetched: Vec<Result<(String, crate::fileset::File), ReflowError>> =
-            futures_util::stream::iter(infos)
-                .filter(|i| {
-                    let keep = !i.key.ends_with('/') && i.key.len() >= url.key.len();
-                    async move { keep }
-                })
-                .map(|info| async move {
-                    let path = if url.is_prefix() {
-                        info.key[url.key.len()..].to_string()
-                    } else {
-                        ".".to_string()
-                    };
-                    if let Some(d) = info.content_sha256
-                        && inner.repo.contains(&d)
-                    {
-                        let mut f = inner
-                            .repo
-                            .stat(&d)
-                            .map_err(|e| ReflowError::from_classified("intern", &e))?;
-                        f.source = url.display(&info.key);
-                        f.etag = info.etag.clone();
-                        if let Some(t) = info.last_modified {
-                            f.last_modified = t;
-                        }
-                        return Ok((path, f));
-                    }
-                    let f = crate::blob::fetch_into(store, &url.bucket, &info, staging, progress)
-                        .await
-                        .map_err(|e| rerr(&e))?;
-                    Ok((path, f))
-                })
-                .buffer_unordered(8)
-                .collect()
-                .await;
-        let mut map = std::collections::BTreeMap::new();
-        for r in fetched {
-            let (path, f) = r?;
-            map.insert(path, f);
-        }
-        Ok(Fileset::from_map(map))
+        let files = transfer::fetch_all_into(
+            store,
+            &url,
+            infos,
+            &staging,
+            transfer::CONCURRENCY,
+            held,
+            progress,
+        )
+        .await
+        .map_err(rerr)?;
+        Ok(Fileset::from_map(files.into_iter().collect()))
     }
 
     /// Uploads the exec's one input fileset under `cfg.url` (path `.` is the URL itself), each
@@ -884,34 +860,35 @@ impl Exec {
         inner: &Arc<Inner>,
         progress: &crate::blob::Progress,
     ) -> Result<Fileset, ReflowError> {
-        let url = crate::blob::BlobUrl::parse(&cfg.url)
-            .map_err(|e| ReflowError::from_classified("extern", &e))?;
+        use crate::blob::transfer;
+        let rerr = |e: crate::blob::BlobError| ReflowError::from_classified("extern", &e);
+        let url = crate::blob::BlobUrl::parse(&cfg.url).map_err(rerr)?;
         let input = cfg
             .args
             .first()
             .and_then(|a| a.fileset.clone())
             .unwrap_or_default()
             .pullup();
-        let url = &url;
-        let done: Vec<Result<(), ReflowError>> = futures_util::stream::iter(input.map.clone())
-            .map(|(path, f)| async move {
-                let prefix = url.key.trim_end_matches('/');
-                let key = if path == "." {
-                    prefix.to_string()
-                } else if prefix.is_empty() {
-                    path.clone()
-                } else {
-                    format!("{prefix}/{path}")
-                };
-                store
-                    .upload(&url.bucket, &key, &inner.repo.path(&f.id), &f.id, progress)
-                    .await
-                    .map_err(|e| ReflowError::from_classified("extern", &e))
+        let uploads = input
+            .map
+            .iter()
+            .map(|(path, f)| transfer::Upload {
+                key: transfer::key_of(&url, path),
+                path: inner.repo.path(&f.id),
+                digest: Some(f.id),
+                size: Some(f.size),
             })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        done.into_iter().collect::<Result<(), _>>()?;
+            .collect();
+        transfer::upload_all(
+            store,
+            &url.bucket,
+            uploads,
+            transfer::CONCURRENCY,
+            transfer::Existing::Replace,
+            progress,
+        )
+        .await
+        .map_err(rerr)?;
         Ok(input)
     }
 }

@@ -934,7 +934,7 @@ impl Executor {
     /// [`Executor::load`] from the content-addressed repository at `s3://bucket/prefix`: files
     /// already present are reused, others are downloaded (8 at a time) and verified.
     async fn load_s3(&self, repo_url: &str, fileset: &Fileset) -> Result<Fileset, ExecutorError> {
-        use futures_util::StreamExt;
+        use crate::blob::transfer;
         let store = self
             .inner
             .cfg
@@ -944,54 +944,40 @@ impl Executor {
                 url: repo_url.chars().take(200).collect(),
             })?;
         let url = crate::blob::BlobUrl::parse(repo_url)?;
-        let progress = crate::blob::Progress::default();
         let inner = &self.inner;
-        let (store, url, progress) = (&store, &url, &progress);
-        let results: Vec<(Digest, Result<File, ExecutorError>)> =
-            futures_util::stream::iter(fileset.files())
-                .map(|f| async move {
-                    let key = f.digest();
-                    let r = async {
-                        if f.is_ref() {
-                            return Err(ExecutorError::Unresolved { digest: key });
-                        }
-                        if !inner.repo.contains(&f.id) {
-                            // Downloaded as the store describes it, verified against the
-                            // fileset: its digest is the object's name.
-                            let info = store.head(&url.bucket, &url.object_key(&f.id)).await?;
-                            let expected = crate::blob::BlobInfo {
-                                content_sha256: Some(f.id),
-                                ..info
-                            };
-                            let got = crate::blob::fetch_into(
-                                store.as_ref(),
-                                &url.bucket,
-                                &expected,
-                                &inner.repo,
-                                progress,
-                            )
-                            .await?;
-                            if got.size != f.size {
-                                return Err(ExecutorError::Blob(
-                                    crate::blob::BlobError::Integrity {
-                                        url: url.display(&expected.key),
-                                        detail: format!(
-                                            "size {} (expected) != {} (actual)",
-                                            f.size, got.size
-                                        ),
-                                    },
-                                ));
-                            }
-                        }
-                        inner.incr(&f.id);
-                        Ok(inner.repo.stat(&f.id)?)
-                    }
-                    .await;
-                    (key, r)
-                })
-                .buffer_unordered(8)
-                .collect()
-                .await;
+        let files = fileset.files();
+        let missing: Vec<File> = files
+            .iter()
+            .filter(|f| !f.is_ref() && !inner.repo.contains(&f.id))
+            .cloned()
+            .collect();
+        let mut fetched: HashMap<Digest, crate::blob::BlobError> = transfer::fetch_objects(
+            store.as_ref(),
+            &url,
+            missing,
+            &inner.repo,
+            transfer::CONCURRENCY,
+            &crate::blob::Progress::default(),
+        )
+        .await
+        .into_iter()
+        .filter_map(|(d, r)| r.err().map(|e| (d, e)))
+        .collect();
+        let results = files
+            .into_iter()
+            .map(|f| {
+                let key = f.digest();
+                let r = if f.is_ref() {
+                    Err(ExecutorError::Unresolved { digest: key })
+                } else if let Some(e) = fetched.remove(&f.id) {
+                    Err(ExecutorError::Blob(e))
+                } else {
+                    inner.incr(&f.id);
+                    inner.repo.stat(&f.id).map_err(ExecutorError::from)
+                };
+                (key, r)
+            })
+            .collect();
         self.finish_load(fileset, results)
     }
 
