@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, Resolved};
 use crate::control::security::Policy;
 use crate::control::{Control, ControlConfig};
 use crate::docker::bollard::BollardRuntime;
@@ -28,9 +28,6 @@ use crate::taskdb::{NoopTaskDb, TaskDb, TaskDbError};
 /// Why the agent could not run.
 #[derive(Debug, Error)]
 pub enum AgentError {
-    /// The configuration has problems (all of them are listed).
-    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
-    Config(Vec<ConfigError>),
     /// The container engine is not usable.
     #[error("the Docker engine is not reachable")]
     Engine(#[source] RuntimeError),
@@ -99,7 +96,6 @@ impl std::fmt::Debug for Secrets {
 impl Classify for AgentError {
     fn kind(&self) -> Kind {
         match self {
-            AgentError::Config(_) => Kind::Invalid,
             AgentError::Engine(e) => e.kind(),
             AgentError::TaskDb(e) => e.kind(),
             AgentError::Pool(e) => e.kind(),
@@ -121,15 +117,6 @@ pub enum Exit {
     Idle,
     /// Instance metadata announced a spot interruption or a rebalance recommendation.
     Interrupted,
-}
-
-/// The host name, for the default pool id.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Registry credentials for pulls: the docker config file (static entries and credential
@@ -229,271 +216,424 @@ impl AwsClients {
     }
 }
 
-/// Runs the agent until `shutdown` completes or the pool has been idle long enough.
+/// The agent's cancellation tree. Cancelling [`Lifecycle::intake`] stops taking work (the
+/// control plane drains, the queue closes); cancelling the root stops everything else (the
+/// admin listener, keepalives, the kernel log reader, image cleanup), and the intake with it.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    root: CancellationToken,
+    intake: CancellationToken,
+}
+
+impl Lifecycle {
+    /// A new tree.
+    pub fn new() -> Self {
+        let root = CancellationToken::new();
+        let intake = root.child_token();
+        Lifecycle { root, intake }
+    }
+
+    /// The intake's token: cancelled first at shutdown.
+    pub fn intake(&self) -> CancellationToken {
+        self.intake.clone()
+    }
+
+    /// The root's token: cancelled last.
+    pub fn root(&self) -> CancellationToken {
+        self.root.clone()
+    }
+}
+
+/// The agent's handles to everything outside it, one per port. [`Ports::connect`] builds the
+/// real ones from a configuration; a test can build them from fakes.
+#[derive(Debug)]
+pub struct Ports {
+    /// The container engine.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The command queue and the events topic.
+    pub queue: crate::queue::Backend,
+    /// Whether the queue is connected and receiving (kept by the backend, read by `/readyz`).
+    pub queue_ok: Arc<std::sync::atomic::AtomicBool>,
+    /// The blob store for `s3://` (absent: not supported).
+    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    /// The TaskDB.
+    pub taskdb: Arc<dyn TaskDb>,
+    /// The fleet's claim store (absent: no fleet-wide claims).
+    pub claims: Option<Claims>,
+    /// Registry credentials for pulls.
+    pub auth: Option<Arc<dyn crate::docker::auth::Authenticator>>,
+    /// OOM evidence beyond the engine's and the cgroup's (the kernel log).
+    pub oom: Vec<Arc<dyn crate::oom::OomDetector>>,
+    /// The counters `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// systemd notifications.
+    pub notifier: crate::notify::Notifier,
+}
+
+impl Ports {
+    /// The real adapters `cfg` names: the Docker engine (pinged), the kernel log reader, the
+    /// TaskDB, S3, registry credentials and the queue (opened on `life`'s intake).
+    ///
+    /// # Errors
+    /// An unreachable engine, a TaskDB table that cannot be created, unusable registry
+    /// credentials, or a queue that cannot be reached.
+    pub async fn connect(cfg: &Resolved, life: &Lifecycle) -> Result<Ports, AgentError> {
+        let runtime = Arc::new(BollardRuntime::connect().map_err(AgentError::Engine)?);
+        runtime.ping().await.map_err(AgentError::Engine)?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let kmsg = KmsgMonitor::start(clock.clone());
+        tokio::spawn({
+            let (kmsg, root) = (kmsg.clone(), life.root());
+            async move {
+                root.cancelled().await;
+                kmsg.stop();
+            }
+        });
+        let aws = AwsClients::new(&cfg.config.aws);
+        let (taskdb, claims) = aws.taskdb(&cfg.config).await?;
+        let auth = registry_auth(&cfg.config, &aws, clock.clone()).await?;
+        let (queue, queue_ok) = open_queue(cfg, life).await?;
+        Ok(Ports {
+            runtime,
+            clock,
+            queue,
+            queue_ok,
+            blob: aws.blob(),
+            taskdb,
+            claims,
+            auth,
+            oom: vec![Arc::new(kmsg)],
+            metrics: Arc::default(),
+            notifier: crate::notify::Notifier::from_env(),
+        })
+    }
+}
+
+/// Opens the queue `cfg` names, closed by `life`'s intake; with the flag the backend keeps
+/// of whether it is connected.
 ///
 /// # Errors
-/// An invalid config, an unreachable engine, a TaskDB table that cannot be created, or a pool
-/// that cannot start.
+/// TLS files that cannot be used, or a queue that cannot be reached or set up.
+pub async fn open_queue(
+    cfg: &Resolved,
+    life: &Lifecycle,
+) -> Result<(crate::queue::Backend, Arc<std::sync::atomic::AtomicBool>), AgentError> {
+    let q = &cfg.config.queue;
+    let err = |source| AgentError::Queue {
+        url: crate::queue::redact(&cfg.queue_url),
+        source,
+    };
+    let tls = crate::queue::Tls::load(
+        q.tls_ca_file.as_deref(),
+        q.tls_client_identity_file.as_deref(),
+        q.tls_client_identity_password_file.as_deref(),
+    )
+    .map_err(err)?;
+    let settings = QueueSettings {
+        tls,
+        agent_id: cfg.pool_id.clone(),
+        prefetch: u16::try_from(cfg.prefetch).unwrap_or(u16::MAX),
+        delivery_limit: cfg.max_deliveries,
+        visibility: cfg.visibility,
+        max_job: cfg.max_job,
+        aws: cfg.config.aws.clone(),
+        close: life.intake(),
+        health: Arc::default(),
+        op_timeout: cfg.op_timeout,
+    };
+    let backend = crate::queue::open(&cfg.queue_url, &settings)
+        .await
+        .map_err(err)?;
+    Ok((backend, settings.health))
+}
+
+/// The HMAC key commands must be signed with: the one given outside the config, else the
+/// contents of `security.hmac_key_file`.
+fn hmac_key(cfg: &Resolved, secrets: &Secrets) -> Result<Option<Vec<u8>>, AgentError> {
+    match (&secrets.hmac_key, &cfg.config.security.hmac_key_file) {
+        (Some(k), _) => Ok(Some(k.clone())),
+        (None, Some(path)) => crate::persist::read_bounded(path, 64 << 10)
+            .map(|k| Some(k.trim_ascii().to_vec()))
+            .map_err(|source| AgentError::HmacKey {
+                path: path.clone(),
+                source,
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Runs the agent on the real adapters until `shutdown` completes, the pool has been idle
+/// long enough, or the instance is going away.
+///
+/// # Errors
+/// An unreachable engine or queue, a TaskDB table that cannot be created, or a pool that
+/// cannot start.
 ///
 /// # Cancel safety
 /// Not cancel safe: drive it to completion (use `shutdown` to stop it).
 pub async fn run(
-    cfg: Config,
+    cfg: Resolved,
     secrets: Secrets,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, AgentError> {
-    let errs = cfg.validate();
-    if !errs.is_empty() {
-        return Err(AgentError::Config(errs));
-    }
-    let hmac_key = match (&secrets.hmac_key, &cfg.security.hmac_key_file) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(path)) => Some(
-            crate::persist::read_bounded(path, 64 << 10)
-                .map(|k| k.trim_ascii().to_vec())
-                .map_err(|source| AgentError::HmacKey {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
-        (None, None) => None,
+    let life = Lifecycle::new();
+    let hmac_key = hmac_key(&cfg, &secrets)?;
+    let ports = match Ports::connect(&cfg, &life).await {
+        Ok(p) => p,
+        Err(e) => {
+            life.root.cancel();
+            return Err(e);
+        }
     };
-    let runtime = Arc::new(BollardRuntime::connect().map_err(AgentError::Engine)?);
-    runtime.ping().await.map_err(AgentError::Engine)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let kmsg = KmsgMonitor::start(clock.clone());
-    let aws = AwsClients::new(&cfg.aws);
-    let (taskdb, claims) = aws.taskdb(&cfg).await?;
-    let blob = aws.blob();
-    let mut executor = executor_template(&cfg);
-    executor.auth = registry_auth(&cfg, &aws, clock.clone()).await?;
-    executor.oom_detectors = vec![Arc::new(kmsg.clone())];
-    executor.blob = blob.clone();
+    run_with(cfg, hmac_key, ports, life, shutdown).await
+}
+
+/// Runs the agent on `ports` until `shutdown` completes, the pool has been idle long enough,
+/// or the instance is going away; then shuts down in order ([`shut_down`]).
+///
+/// # Errors
+/// A pool or control plane that cannot start, or an admin listener that cannot bind.
+pub async fn run_with(
+    cfg: Resolved,
+    hmac_key: Option<Vec<u8>>,
+    ports: Ports,
+    life: Lifecycle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, AgentError> {
+    let started = start(&cfg, hmac_key, ports, &life).await;
+    let agent = match started {
+        Ok(a) => a,
+        Err(e) => {
+            life.root.cancel();
+            return Err(e);
+        }
+    };
+    let exit = wait_for_exit(&cfg, &agent.pool, shutdown).await;
+    tracing::info!(?exit, "Stopping.");
+    shut_down(agent, &life).await;
+    Ok(exit)
+}
+
+/// What runs while the agent is up.
+struct Running {
+    pool: Pool,
+    control: tokio::task::JoinHandle<()>,
+    maintain: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the pool, the control plane and the background tasks, each on `life`'s tree.
+async fn start(
+    cfg: &Resolved,
+    hmac_key: Option<Vec<u8>>,
+    ports: Ports,
+    life: &Lifecycle,
+) -> Result<Running, AgentError> {
+    let state_dir = &cfg.config.agent.state_dir;
+    let mut executor = executor_template(cfg);
+    executor.auth = ports.auth;
+    executor.oom_detectors = ports.oom;
+    executor.blob = ports.blob.clone();
     let image_ledger = Arc::new(crate::executor::images::ImageLedger::open(
-        cfg.agent.state_dir.join("images.json"),
-        clock.clone(),
+        state_dir.join("images.json"),
+        ports.clock.clone(),
     ));
     executor.image_ledger = Some(image_ledger.clone());
     let pool_cfg = PoolConfig {
-        id: cfg.agent.pool_id.clone().unwrap_or_else(hostname),
-        dir: cfg.agent.state_dir.clone(),
+        id: cfg.pool_id.clone(),
+        dir: state_dir.clone(),
         executor,
-        expected_usable_mem: cfg.agent.expected_usable_mem,
+        expected_usable_mem: cfg.config.agent.expected_usable_mem,
     };
-    let agent_id = pool_cfg.id.clone();
-    let pool = Pool::start(pool_cfg, runtime.clone(), clock.clone(), taskdb).await?;
-    let queue_url = cfg.queue_url();
-    let close = CancellationToken::new();
-    let max_jobs = cfg.max_jobs();
-    let or = |v: u64, d: u64| if v == 0 { d } else { v };
-    let tls = crate::queue::Tls::load(
-        cfg.queue.tls_ca_file.as_deref(),
-        cfg.queue.tls_client_identity_file.as_deref(),
-        cfg.queue.tls_client_identity_password_file.as_deref(),
+    let pool = Pool::start(
+        pool_cfg,
+        ports.runtime.clone(),
+        ports.clock.clone(),
+        ports.taskdb,
     )
-    .map_err(|source| AgentError::Queue {
-        url: crate::queue::redact(&queue_url),
-        source,
-    })?;
-    let settings = QueueSettings {
-        tls,
-        agent_id: agent_id.clone(),
-        prefetch: u16::try_from(match cfg.queue.prefetch {
-            0 => max_jobs,
-            n => n,
-        })
-        .unwrap_or(u16::MAX),
-        delivery_limit: match cfg.queue.max_deliveries {
-            0 => 5,
-            n => n,
-        },
-        visibility: Duration::from_secs(or(cfg.queue.visibility_timeout_secs, 120)),
-        max_job: cfg.max_job(),
-        aws: cfg.aws.clone(),
-        close: close.clone(),
-        health: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        op_timeout: Duration::from_secs(or(
-            cfg.queue.op_timeout_secs,
-            crate::queue::DEFAULT_OP_TIMEOUT.as_secs(),
-        )),
-    };
-    let metrics = Arc::new(crate::admin::Metrics::default());
-    let notifier = crate::notify::Notifier::from_env();
+    .await?;
     let engine = crate::docker::health::EngineHealth::default();
+    let control = Control::new(
+        control_config(
+            cfg,
+            hmac_key,
+            &ports.metrics,
+            &ports.notifier,
+            &engine,
+            ports.claims,
+            ports.blob,
+        ),
+        pool.clone(),
+        ports.clock.clone(),
+        ports.queue.sink.clone(),
+    )?;
+    tracing::info!(
+        state_dir = %state_dir.display(),
+        queue = %ports.queue.display,
+        repository = %cfg.repository_url,
+        resources = %pool.resources(),
+        max_jobs = cfg.max_jobs,
+        hard_mem_limit = cfg.config.executor.hard_mem_limit,
+        "Agent started."
+    );
+    let root = life.root();
+    // Each stops with the root.
+    let _engine_watch = engine.watch(ports.runtime.clone(), Duration::from_secs(1), root.clone());
+    if let Some(addr) = cfg.admin_listen {
+        let st = crate::admin::AdminState {
+            agent_id: pool.name().to_string(),
+            metrics: ports.metrics,
+            pool: pool.clone(),
+            runtime: ports.runtime.clone(),
+            queue_ok: ports.queue_ok,
+            draining: control.draining(),
+            state_dir: state_dir.clone(),
+            repo: cfg.repository_dir(),
+        };
+        crate::admin::serve(addr, st, root.clone())
+            .await
+            .map_err(|source| AgentError::Admin { addr, source })?;
+    }
+    tokio::spawn(ports.notifier.watchdog_loop(root.clone()));
+    let maintain = tokio::spawn({
+        let (pool, root) = (pool.clone(), root.clone());
+        async move { pool.maintain_taskdb_row(root).await }
+    });
+    if let Some(max_age) = cfg.zombie_max_age {
+        let (pool, root) = (pool.clone(), root.clone());
+        tokio::spawn(async move { pool.collect_zombies_until(max_age, root).await });
+    }
+    if let Some(policy) = cfg.image_gc.clone() {
+        tokio::spawn(crate::imagegc::run_until(
+            pool.clone(),
+            ports.runtime,
+            image_ledger,
+            policy,
+            ports.clock,
+            state_dir.clone(),
+            root,
+        ));
+    }
+    let control = tokio::spawn({
+        let (source, intake) = (ports.queue.source, life.intake());
+        async move { control.run(source, intake).await }
+    });
+    Ok(Running {
+        pool,
+        control,
+        maintain,
+    })
+}
 
-    let backend = crate::queue::open(&queue_url, &settings)
-        .await
-        .map_err(|source| AgentError::Queue {
-            url: crate::queue::redact(&queue_url),
-            source,
-        })?;
-    let control_cfg = ControlConfig {
-        agent_id,
-        state_dir: cfg.agent.state_dir.clone(),
-        repository: cfg.repository_url(),
-        max_jobs,
-        prefetch: usize::from(settings.prefetch),
-        max_deliveries: settings.delivery_limit,
-        drain_grace: Duration::from_secs(or(cfg.queue.drain_grace_secs, 300)),
-        heartbeat: Duration::from_secs(or(cfg.queue.heartbeat_secs, 30)),
-        lease: settings.visibility,
-        max_job: settings.max_job,
+/// The control plane's settings and handles.
+fn control_config(
+    cfg: &Resolved,
+    hmac_key: Option<Vec<u8>>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    notifier: &crate::notify::Notifier,
+    engine: &crate::docker::health::EngineHealth,
+    claims: Option<Claims>,
+    blob: Option<Arc<dyn crate::blob::BlobStore>>,
+) -> ControlConfig {
+    let (c, security) = (&cfg.config, &cfg.config.security);
+    ControlConfig {
+        agent_id: cfg.pool_id.clone(),
+        state_dir: c.agent.state_dir.clone(),
+        repository: cfg.repository_url.clone(),
+        max_jobs: cfg.max_jobs,
+        prefetch: usize::from(u16::try_from(cfg.prefetch).unwrap_or(u16::MAX)),
+        max_deliveries: cfg.max_deliveries,
+        drain_grace: cfg.drain_grace,
+        heartbeat: cfg.heartbeat,
+        lease: cfg.visibility,
+        max_job: cfg.max_job,
         claims,
-        job_attempts: match cfg.queue.job_attempts {
-            0 => 3,
-            n => n,
-        },
-        retry_base: Duration::from_secs(1),
+        job_attempts: cfg.job_attempts,
+        retry_base: crate::config::JOB_RETRY_BASE,
         security: Policy {
             hmac_key,
-            image_allowlist: cfg.security.image_allowlist.clone(),
-            own_repository: cfg.repository_url(),
-            max_clock_skew: Duration::from_secs(cfg.security.max_clock_skew_secs),
-            repositories: cfg.security.repositories.clone(),
-            max_resources: cfg.security.max_resources.clone(),
-            allow_docker_socket: cfg.executor.allow_docker_socket,
-            allow_aws_creds: cfg.executor.allow_aws_creds,
+            image_allowlist: security.image_allowlist.clone(),
+            own_repository: cfg.repository_url.clone(),
+            max_clock_skew: cfg.max_clock_skew,
+            repositories: security.repositories.clone(),
+            max_resources: security.max_resources.clone(),
+            allow_docker_socket: c.executor.allow_docker_socket,
+            allow_aws_creds: c.executor.allow_aws_creds,
         },
         metrics: metrics.clone(),
         notifier: notifier.clone(),
         blob,
-        retention: (cfg.agent.state_retention_secs > 0)
-            .then(|| Duration::from_secs(cfg.agent.state_retention_secs)),
+        retention: cfg.retention,
         engine: engine.clone(),
-        publish: cfg.queue.publish.clone(),
-    };
-    let control = Control::new(
-        control_cfg,
-        pool.clone(),
-        clock.clone(),
-        backend.sink.clone(),
-    )?;
-    tracing::info!(
-        state_dir = %cfg.agent.state_dir.display(),
-        queue = %backend.display,
-        repository = %cfg.repository_url(),
-        resources = %pool.resources(),
-        max_jobs,
-        hard_mem_limit = cfg.executor.hard_mem_limit,
-        "Agent started."
-    );
+        publish: c.queue.publish.clone(),
+    }
+}
 
-    let cancel = CancellationToken::new();
-    // Stops with `cancel`.
-    let _engine_watch = engine.watch(runtime.clone(), Duration::from_secs(1), cancel.clone());
-    if let Some(addr) = cfg.admin_listen() {
-        let st = crate::admin::AdminState {
-            agent_id: pool.name().to_string(),
-            metrics,
-            pool: pool.clone(),
-            runtime: runtime.clone(),
-            queue_ok: settings.health.clone(),
-            draining: control.draining(),
-            state_dir: cfg.agent.state_dir.clone(),
-            repo: cfg
-                .repository_url()
-                .strip_prefix("file://")
-                .map(std::path::PathBuf::from),
-        };
-        crate::admin::serve(addr, st, cancel.clone())
-            .await
-            .map_err(|source| AgentError::Admin { addr, source })?;
-    }
-    tokio::spawn(notifier.clone().watchdog_loop(cancel.clone()));
-    let maintain = {
-        let (pool, cancel) = (pool.clone(), cancel.clone());
-        tokio::spawn(async move { pool.maintain_taskdb_row(cancel).await })
-    };
-    if cfg.agent.zombie_max_age_secs > 0 {
-        let (pool, cancel) = (pool.clone(), cancel.clone());
-        let max_age = Duration::from_secs(cfg.agent.zombie_max_age_secs);
-        tokio::spawn(async move { pool.collect_zombies_until(max_age, cancel).await });
-    }
-    if cfg.executor.image_cleanup {
-        let policy = crate::imagegc::Policy {
-            interval: Duration::from_secs(cfg.executor.image_cleanup_interval_secs.max(1)),
-            min_age: Duration::from_secs(cfg.executor.image_gc_min_age_secs),
-            per_cycle: cfg.executor.image_cleanup_per_cycle,
-            disk_percent: cfg.executor.image_cleanup_disk_percent,
-            exclude: cfg.executor.image_cleanup_exclude.iter().cloned().collect(),
-        };
-        tokio::spawn(crate::imagegc::run_until(
-            pool.clone(),
-            runtime.clone(),
-            image_ledger,
-            policy,
-            clock.clone(),
-            cfg.agent.state_dir.clone(),
-            cancel.clone(),
-        ));
-    }
-    let stop = CancellationToken::new();
-    let control_task = {
-        let (control, stop) = (control.clone(), stop.clone());
-        tokio::spawn(async move { control.run(backend.source, stop).await })
-    };
-    let idle = cfg.agent.idle_exit_after_secs;
-    let check_every = Duration::from_secs(idle.unwrap_or(60).clamp(1, 60));
+/// Waits for the reason to stop: `shutdown`, a spot notice, or idleness.
+async fn wait_for_exit(cfg: &Resolved, pool: &Pool, shutdown: impl Future<Output = ()>) -> Exit {
     tokio::pin!(shutdown);
-    let notice = match cfg.agent.interruption_poll_secs {
-        0 => futures_util::future::Either::Left(std::future::pending()),
-        secs => {
-            futures_util::future::Either::Right(crate::notice::watch(Duration::from_secs(secs)))
-        }
+    let notice = match cfg.interruption_poll {
+        None => futures_util::future::Either::Left(std::future::pending()),
+        Some(every) => futures_util::future::Either::Right(crate::notice::watch(every)),
     };
     tokio::pin!(notice);
-    let exit = loop {
+    loop {
         tokio::select! {
-            () = &mut shutdown => break Exit::Shutdown,
+            () = &mut shutdown => return Exit::Shutdown,
             n = &mut notice => {
                 tracing::warn!(notice = ?n, "The instance is going away: draining now.");
-                break Exit::Interrupted;
+                return Exit::Interrupted;
             }
-            () = tokio::time::sleep(check_every) => {
-                if let Some(secs) = idle {
-                    let (is_idle, _) = pool.stop_if_idle_for(chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))).await;
-                    if is_idle {
-                        tracing::info!(idle_secs = secs, "Idle; exiting for scale-in.");
-                        break Exit::Idle;
+            () = tokio::time::sleep(cfg.idle_check_every()) => {
+                if let Some(idle) = cfg.idle_exit_after {
+                    let limit = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
+                    if pool.stop_if_idle_for(limit).await.0 {
+                        tracing::info!(idle_secs = idle.as_secs(), "Idle; exiting for scale-in.");
+                        return Exit::Idle;
                     }
                 }
             }
         }
-    };
-    tracing::info!(?exit, "Stopping.");
-    let marked = {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.mark_draining().await })
-    };
-    stop.cancel();
-    close.cancel();
-    if let Err(e) = control_task.await {
+    }
+}
+
+/// The shutdown order: mark the pool draining in the TaskDB while the intake stops (the
+/// control plane drains its running jobs within the grace, the queue closes), then the pool
+/// shuts down (containers keep running, re-attached at the next start), then the root stops
+/// everything else.
+async fn shut_down(agent: Running, life: &Lifecycle) {
+    let marked = tokio::spawn({
+        let pool = agent.pool.clone();
+        async move { pool.mark_draining().await }
+    });
+    life.intake.cancel();
+    if let Err(e) = agent.control.await {
         tracing::warn!(error = %crate::error::chain(&e), "The control plane task failed.");
     }
     tracing::info!(
         "Stopped taking work; running containers keep running and are re-attached at the next start."
     );
-    pool.shutdown().await;
+    agent.pool.shutdown().await;
     let _ = marked.await;
-    cancel.cancel();
-    if let Err(e) = maintain.await {
+    life.root.cancel();
+    if let Err(e) = agent.maintain.await {
         tracing::warn!(error = %crate::error::chain(&e), "The TaskDB row task failed.");
     }
-    kmsg.stop();
-    Ok(exit)
 }
 
 /// The settings every alloc's executor gets from the config (its id and directory are filled
-/// in per alloc; the live handles by [`run`]).
-fn executor_template(cfg: &Config) -> crate::executor::ExecutorConfig {
+/// in per alloc; the live handles by [`start`]).
+fn executor_template(cfg: &Resolved) -> crate::executor::ExecutorConfig {
+    let x = &cfg.config.executor;
     let mut c =
-        crate::executor::ExecutorConfig::new("template", cfg.agent.state_dir.join("allocs"));
-    c.hard_mem_limit = cfg.executor.hard_mem_limit;
-    c.allow_docker_socket = cfg.executor.allow_docker_socket;
-    c.allow_aws_creds = cfg.executor.allow_aws_creds;
-    c.network_mode = cfg.executor.network_mode.clone();
-    c.profile_interval = Duration::from_secs(cfg.executor.profile_interval_secs);
-    c.engine_wait = Duration::from_secs(cfg.executor.engine_wait_secs);
+        crate::executor::ExecutorConfig::new("template", cfg.config.agent.state_dir.join("allocs"));
+    c.hard_mem_limit = x.hard_mem_limit;
+    c.allow_docker_socket = x.allow_docker_socket;
+    c.allow_aws_creds = x.allow_aws_creds;
+    c.network_mode = x.network_mode.clone();
+    c.profile_interval = Duration::from_secs(x.profile_interval_secs);
+    c.engine_wait = Duration::from_secs(x.engine_wait_secs);
     c
 }
 

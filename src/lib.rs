@@ -36,7 +36,10 @@
 //! 4. **The control plane and its surfaces.** [`metrics`]: the counters. [`control`]: commands
 //!    to pool calls, journal, outbox, leases, drain. [`admin`]: the HTTP listener (`/metrics`,
 //!    `/healthz`, `/readyz`, `/v1/status`).
-//! 5. **Wiring.** [`config`]: the configuration. [`agent`]: builds the ports and runs `serve`.
+//! 5. **Wiring.** [`config`]: the configuration, and [`config::Config::resolve`], which merges
+//!    the file, the environment and the flags and applies every default (named once, in
+//!    `config/resolved.rs`). [`agent`]: the [`agent::Ports`], built from the real adapters or
+//!    from fakes, one cancellation tree ([`agent::Lifecycle`]) and the shutdown order.
 //!    [`cli`]: the command line.
 #![warn(missing_docs)]
 

@@ -71,6 +71,9 @@ pub enum CliError {
     /// The configuration could not be read.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The configuration has problems (all of them are listed).
+    #[error(transparent)]
+    InvalidConfig(#[from] crate::config::ConfigErrors),
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
@@ -131,6 +134,7 @@ impl Classify for CliError {
             CliError::Engine(e) => e.kind(),
             CliError::Agent(e) => e.kind(),
             CliError::Config(e) => e.kind(),
+            CliError::InvalidConfig(e) => e.kind(),
             CliError::Output(_) | CliError::Encode(_) | CliError::Runtime(_) => Kind::Other,
             CliError::VerifyFailed { .. } => Kind::Integrity,
             CliError::Blob(e) => e.kind(),

@@ -35,33 +35,25 @@ pub struct ServeOptions {
 /// # Errors
 /// Config, engine, TaskDB or pool errors.
 pub fn run_serve(opts: &ServeOptions) -> Result<(), CliError> {
-    let mut cfg = crate::config::Config::load_with_env(opts.config.as_deref(), std::env::vars())?;
-    if let Some(d) = &opts.state_dir {
-        cfg.agent.state_dir = d.clone();
-    }
-    if let Some(q) = &opts.queue {
-        cfg.queue.url = Some(q.clone());
-    }
-    if let Some(r) = &opts.repository {
-        cfg.repository.url = Some(r.clone());
-    }
-    if opts.config.is_none() && cfg.queue.url.is_none() {
+    let flags = crate::config::Overrides {
+        queue_url: opts.queue.clone(),
+        state_dir: opts.state_dir.clone(),
+        repository_url: opts.repository.clone(),
+        hard_mem_limit: opts.hard_mem_limit,
+        idle_exit_after_secs: opts.idle_exit_after_secs,
+    };
+    let cfg = crate::config::Config::resolve(opts.config.as_deref(), std::env::vars(), &flags)?;
+    if opts.config.is_none() && cfg.config.queue.url.is_none() {
         eprintln!(
             "reflow-agent: no config; embedded defaults: queue {} (drop commands into its incoming/), repository {}, state {}",
-            cfg.queue_url(),
-            cfg.repository_url(),
-            cfg.agent.state_dir.display()
+            cfg.queue_url,
+            cfg.repository_url,
+            cfg.config.agent.state_dir.display()
         );
     }
     let secrets = crate::agent::Secrets {
         hmac_key: opts.hmac.hmac_key.as_ref().map(|k| k.as_bytes().to_vec()),
     };
-    if opts.hard_mem_limit {
-        cfg.executor.hard_mem_limit = true;
-    }
-    if opts.idle_exit_after_secs.is_some() {
-        cfg.agent.idle_exit_after_secs = opts.idle_exit_after_secs;
-    }
     let rt = runtime()?;
     // The handlers go in before anything is written, so an early SIGTERM is a clean stop.
     let exit = rt.block_on(async {

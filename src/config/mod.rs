@@ -62,6 +62,9 @@ use thiserror::Error;
 use crate::aws::AwsSettings;
 use crate::error::{Classify, Kind};
 
+mod resolved;
+pub use resolved::*;
+
 /// The prefix of the environment variables that override config fields:
 /// `REFLOW_AGENT_<SECTION>__<FIELD>` (see [`Config::load_with_env`]).
 pub const ENV_PREFIX: &str = "REFLOW_AGENT_";
@@ -92,8 +95,6 @@ fn without_quoted(message: &str) -> String {
     out
 }
 
-/// Default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/reflow-agent";
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -135,13 +136,6 @@ impl Default for AgentSection {
         }
     }
 }
-
-/// Default of `agent.interruption_poll_secs`: AWS's advice for spot notices.
-pub const DEFAULT_INTERRUPTION_POLL_SECS: u64 = 5;
-/// Default of `agent.zombie_max_age_secs`: one day.
-pub const DEFAULT_ZOMBIE_MAX_AGE_SECS: u64 = 86_400;
-/// Default of `agent.state_retention_secs`: seven days.
-pub const DEFAULT_STATE_RETENTION_SECS: u64 = 7 * 86_400;
 
 /// `[executor]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,17 +189,17 @@ impl Default for ExecutorSection {
             hard_mem_limit: false,
             allow_docker_socket: false,
             allow_aws_creds: false,
-            network_mode: "none".into(),
+            network_mode: DEFAULT_NETWORK_MODE.into(),
             allow_host_network: false,
-            profile_interval_secs: 10,
+            profile_interval_secs: DEFAULT_PROFILE_INTERVAL_SECS,
             docker_config: None,
             ecr_auth: true,
-            engine_wait_secs: crate::executor::DEFAULT_ENGINE_WAIT.as_secs(),
+            engine_wait_secs: DEFAULT_ENGINE_WAIT_SECS,
             image_cleanup: true,
-            image_cleanup_interval_secs: 1800,
-            image_gc_min_age_secs: 3600,
-            image_cleanup_per_cycle: 5,
-            image_cleanup_disk_percent: 85,
+            image_cleanup_interval_secs: DEFAULT_IMAGE_CLEANUP_INTERVAL_SECS,
+            image_gc_min_age_secs: DEFAULT_IMAGE_GC_MIN_AGE_SECS,
+            image_cleanup_per_cycle: DEFAULT_IMAGE_CLEANUP_PER_CYCLE,
+            image_cleanup_disk_percent: DEFAULT_IMAGE_CLEANUP_DISK_PERCENT,
             image_cleanup_exclude: Vec::new(),
         }
     }
@@ -314,7 +308,7 @@ pub struct AdminSection {
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
-            listen: "127.0.0.1:9090".into(),
+            listen: DEFAULT_ADMIN_LISTEN.into(),
         }
     }
 }
