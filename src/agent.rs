@@ -391,7 +391,7 @@ pub async fn run(
 }
 
 /// Runs the agent on `ports` until `shutdown` completes, the pool has been idle long enough,
-/// or the instance is going away; then shuts down in order ([`shut_down`]).
+/// or the instance is going away; then shuts down in order: the intake drains, the pool stops, then the root.
 ///
 /// # Errors
 /// A pool or control plane that cannot start, or an admin listener that cannot bind.
