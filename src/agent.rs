@@ -430,47 +430,42 @@ async fn start(
     ports: Ports,
     life: &Lifecycle,
 ) -> Result<Running, AgentError> {
+    let Ports {
+        runtime,
+        clock,
+        queue,
+        queue_ok,
+        blob,
+        taskdb,
+        claims,
+        auth,
+        oom,
+        metrics,
+        notifier,
+    } = ports;
     let state_dir = &cfg.config.agent.state_dir;
-    let mut executor = executor_template(cfg);
-    executor.auth = ports.auth;
-    executor.oom_detectors = ports.oom;
-    executor.blob = ports.blob.clone();
-    let image_ledger = Arc::new(crate::executor::images::ImageLedger::open(
+    let ledger = Arc::new(crate::executor::images::ImageLedger::open(
         state_dir.join("images.json"),
-        ports.clock.clone(),
+        clock.clone(),
     ));
-    executor.image_ledger = Some(image_ledger.clone());
+    let mut executor = executor_template(cfg);
+    executor.auth = auth;
+    executor.oom_detectors = oom;
+    executor.blob = blob.clone();
+    executor.image_ledger = Some(ledger.clone());
     let pool_cfg = PoolConfig {
         id: cfg.pool_id.clone(),
         dir: state_dir.clone(),
         executor,
         expected_usable_mem: cfg.config.agent.expected_usable_mem,
     };
-    let pool = Pool::start(
-        pool_cfg,
-        ports.runtime.clone(),
-        ports.clock.clone(),
-        ports.taskdb,
-    )
-    .await?;
+    let pool = Pool::start(pool_cfg, runtime.clone(), clock.clone(), taskdb).await?;
     let engine = crate::docker::health::EngineHealth::default();
-    let control = Control::new(
-        control_config(
-            cfg,
-            hmac_key,
-            &ports.metrics,
-            &ports.notifier,
-            &engine,
-            ports.claims,
-            ports.blob,
-        ),
-        pool.clone(),
-        ports.clock.clone(),
-        ports.queue.sink.clone(),
-    )?;
+    let control_cfg = control_config(cfg, hmac_key, &metrics, &notifier, &engine, claims, blob);
+    let control = Control::new(control_cfg, pool.clone(), clock.clone(), queue.sink.clone())?;
     tracing::info!(
         state_dir = %state_dir.display(),
-        queue = %ports.queue.display,
+        queue = %queue.display,
         repository = %cfg.repository_url,
         resources = %pool.resources(),
         max_jobs = cfg.max_jobs,
@@ -479,14 +474,14 @@ async fn start(
     );
     let root = life.root();
     // Each stops with the root.
-    let _engine_watch = engine.watch(ports.runtime.clone(), Duration::from_secs(1), root.clone());
+    let _engine_watch = engine.watch(runtime.clone(), Duration::from_secs(1), root.clone());
     if let Some(addr) = cfg.admin_listen {
         let st = crate::admin::AdminState {
             agent_id: pool.name().to_string(),
-            metrics: ports.metrics,
+            metrics,
             pool: pool.clone(),
-            runtime: ports.runtime.clone(),
-            queue_ok: ports.queue_ok,
+            runtime: runtime.clone(),
+            queue_ok,
             draining: control.draining(),
             state_dir: state_dir.clone(),
             repo: cfg.repository_dir(),
@@ -495,28 +490,10 @@ async fn start(
             .await
             .map_err(|source| AgentError::Admin { addr, source })?;
     }
-    tokio::spawn(ports.notifier.watchdog_loop(root.clone()));
-    let maintain = tokio::spawn({
-        let (pool, root) = (pool.clone(), root.clone());
-        async move { pool.maintain_taskdb_row(root).await }
-    });
-    if let Some(max_age) = cfg.zombie_max_age {
-        let (pool, root) = (pool.clone(), root.clone());
-        tokio::spawn(async move { pool.collect_zombies_until(max_age, root).await });
-    }
-    if let Some(policy) = cfg.image_gc.clone() {
-        tokio::spawn(crate::imagegc::run_until(
-            pool.clone(),
-            ports.runtime,
-            image_ledger,
-            policy,
-            ports.clock,
-            state_dir.clone(),
-            root,
-        ));
-    }
+    tokio::spawn(notifier.watchdog_loop(root.clone()));
+    let maintain = spawn_upkeep(cfg, &pool, runtime, clock, ledger, &root);
     let control = tokio::spawn({
-        let (source, intake) = (ports.queue.source, life.intake());
+        let (source, intake) = (queue.source, life.intake());
         async move { control.run(source, intake).await }
     });
     Ok(Running {
@@ -524,6 +501,35 @@ async fn start(
         control,
         maintain,
     })
+}
+
+/// The pool's upkeep, each task stopped by `root`: the TaskDB row (returned, awaited at
+/// shutdown), zombie collection and image cleanup when configured.
+fn spawn_upkeep(
+    cfg: &Resolved,
+    pool: &Pool,
+    runtime: Arc<dyn ContainerRuntime>,
+    clock: Arc<dyn Clock>,
+    ledger: Arc<crate::executor::images::ImageLedger>,
+    root: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if let Some(max_age) = cfg.zombie_max_age {
+        let (pool, root) = (pool.clone(), root.clone());
+        tokio::spawn(async move { pool.collect_zombies_until(max_age, root).await });
+    }
+    if let Some(policy) = cfg.image_gc.clone() {
+        tokio::spawn(crate::imagegc::run_until(
+            pool.clone(),
+            runtime,
+            ledger,
+            policy,
+            clock,
+            cfg.config.agent.state_dir.clone(),
+            root.clone(),
+        ));
+    }
+    let (pool, root) = (pool.clone(), root.clone());
+    tokio::spawn(async move { pool.maintain_taskdb_row(root).await })
 }
 
 /// The control plane's settings and handles.

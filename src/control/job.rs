@@ -267,11 +267,11 @@ impl Inner {
             crate::backoff::Backoff::new(self.cfg.retry_base, 2.0, Duration::from_secs(60));
         let mut attempt = 1;
         let result = loop {
-            match self
-                .try_job(req, spec, entry, exec_id, &outputs_to, &mut events)
-                .await
-            {
-                Ok(r) => break r,
+            match self.try_job(req, spec, entry, exec_id, &outputs_to).await {
+                Ok((r, complete)) => {
+                    events.extend(complete);
+                    break r;
+                }
                 Err(e)
                     if e.kind.is_retryable()
                         && attempt < self.cfg.job_attempts
@@ -320,6 +320,8 @@ impl Inner {
         events
     }
 
+    /// One try of a job: its result, with the `exec.state` event of its exec's completion
+    /// when it ran to the end.
     pub(super) async fn try_job(
         &self,
         req: &Request,
@@ -327,8 +329,7 @@ impl Inner {
         entry: &mut Entry,
         exec_id: Digest,
         outputs_to: &str,
-        events: &mut Vec<Event>,
-    ) -> Result<ExecResult, ReflowError> {
+    ) -> Result<(ExecResult, Option<Event>), ReflowError> {
         let alloc_id = job_alloc_id(&req.id);
         let alloc = self
             .pool
@@ -398,17 +399,19 @@ impl Inner {
             Err(_) => {
                 tracing::warn!(exec = %exec_id, limit_secs = limit.as_secs(), "The job ran out of time; stopping its exec.");
                 ex.remove(&exec_id).await.or_reflow("remove")?;
-                return Ok(ExecResult {
+                let err = ReflowError::new(
+                    Kind::Timeout,
+                    "job",
+                    format!(
+                        "still running {} s after it was accepted, its limit (timeout_secs, at most queue.max_job_secs); its exec was stopped",
+                        limit.as_secs()
+                    ),
+                );
+                let result = ExecResult {
                     fileset: Default::default(),
-                    err: Some(ReflowError::new(
-                        Kind::Timeout,
-                        "job",
-                        format!(
-                            "still running {} s after it was accepted, its limit (timeout_secs, at most queue.max_job_secs); its exec was stopped",
-                            limit.as_secs()
-                        ),
-                    )),
-                });
+                    err: Some(err),
+                };
+                return Ok((result, None));
             }
         }
         let result = exec.result()?;
@@ -427,8 +430,8 @@ impl Inner {
             )
             .await?;
         }
-        events.push(self.exec_state_event(req, &exec, &alloc_id, "complete"));
-        Ok(result)
+        let complete = self.exec_state_event(req, &exec, &alloc_id, "complete");
+        Ok((result, Some(complete)))
     }
 }
 
