@@ -64,10 +64,9 @@ impl AdminState {
             .iter()
             .map(|a| {
                 let execs: Vec<serde_json::Value> = a
-                    .executor()
-                    .execs()
+                    .exec_states()
                     .iter()
-                    .map(|e| serde_json::json!({"id": e.id(), "state": e.status().state.name()}))
+                    .map(|(id, state)| serde_json::json!({"id": id, "state": state.name()}))
                     .collect();
                 serde_json::json!({"alloc": a.inspect(), "execs": execs})
             })

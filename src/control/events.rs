@@ -213,19 +213,14 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
         let mut running = 0u64;
         let mut events = Vec::new();
         for a in &allocs {
-            running += a
-                .executor()
-                .execs()
-                .iter()
-                .filter(|e| e.status().state < ExecState::Complete)
-                .count() as u64;
+            running += a.running_execs() as u64;
             if a.expires() < now && inner.first_report(&format!("expired {}", a.id())) {
                 let mut e =
                     inner.agent_event(&format!("expired {}", a.id()), EventBody::AllocExpired {});
                 e.alloc = Some(a.id().to_string());
                 events.push(e);
             }
-            let sig = a.executor().integrity_signal().borrow().clone();
+            let sig = a.integrity();
             if sig.count > 0 && inner.first_report(&format!("integrity {} {}", a.id(), sig.count)) {
                 inner.cfg.metrics.integrity_error();
                 let mut e = inner.agent_event(

@@ -128,12 +128,7 @@ impl Inner {
         lock(&self.running).remove(&req.id);
         let oom = match (&entry.alloc, entry.exec) {
             (Some(a), Some(x)) => match self.pool.alloc(a).await {
-                Ok(a) => a
-                    .executor()
-                    .get(&x)
-                    .ok()
-                    .and_then(|e| e.manifest().oom)
-                    .map(|o| format!("{:?}", o.source).to_lowercase()),
+                Ok(a) => a.oom_source(&x),
                 Err(_) => None,
             },
             _ => None,

@@ -15,7 +15,7 @@ impl Inner {
         let mut hung = HashSet::new();
         for (command, (alloc, exec)) in running {
             if let Ok(a) = self.pool.alloc(&alloc).await
-                && a.executor().is_hanging(&exec).await
+                && a.is_hanging(&exec).await
             {
                 tracing::warn!(command_id = %command, exec = %exec, "The job's exec is hanging: its lease is no longer extended.");
                 hung.insert(command);

@@ -27,7 +27,7 @@ use crate::digest::Digest;
 use crate::docker::ContainerRuntime;
 use crate::error::{Classify, Kind};
 use crate::executor::{Executor, ExecutorConfig, ExecutorError};
-use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
+use crate::manifest::{ExecState, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
 use crate::persist::{self, PersistError};
 use crate::resources::{CPU, DISK, MEM, Resources};
 use crate::taskdb::{self, TaskDb};
@@ -233,6 +233,40 @@ impl Alloc {
             last_keepalive: last,
             expires,
         }
+    }
+
+    /// Its execs with their states, in id order.
+    pub fn exec_states(&self) -> Vec<(Digest, ExecState)> {
+        self.executor
+            .execs()
+            .iter()
+            .map(|e| (e.id(), e.status().state))
+            .collect()
+    }
+
+    /// How many of its execs have not completed.
+    pub fn running_execs(&self) -> usize {
+        self.exec_states()
+            .iter()
+            .filter(|(_, s)| *s < ExecState::Complete)
+            .count()
+    }
+
+    /// Its executor's integrity failures so far: how many, and the latest.
+    pub fn integrity(&self) -> crate::executor::IntegritySignal {
+        self.executor.integrity_signal().borrow().clone()
+    }
+
+    /// Where the OOM evidence of exec `exec` came from (`engine`, `cgroup`, `kmsg`, ...), when
+    /// it was killed for memory.
+    pub fn oom_source(&self, exec: &Digest) -> Option<String> {
+        let oom = self.executor.get(exec).ok()?.manifest().oom?;
+        Some(format!("{:?}", oom.source).to_lowercase())
+    }
+
+    /// Whether exec `exec` is hanging (its container stopped answering).
+    pub async fn is_hanging(&self, exec: &Digest) -> bool {
+        self.executor.is_hanging(exec).await
     }
 
     fn view(&self) -> AllocView {
