@@ -372,11 +372,19 @@ async fn events_go_out_in_batches_and_only_the_kinds_published() {
     h.send(job("b-1", "echo b > $out"));
     h.outcome("b-1", "exec.completed").await;
     let seen = batches.lock().unwrap().clone();
+    // The exec's `running` state waited for the outcome (sooner than the linger) and rode in
+    // its request: running, complete, exec.completed.
     assert!(
         seen.iter()
-            .any(|b| b.len() >= 2 && b.iter().any(|k| k == "exec.completed")),
+            .any(|b| b.len() >= 3 && b.iter().any(|k| k == "exec.completed")),
         "the outcome went out alone: {seen:?}"
     );
+    assert!(
+        !seen.iter().any(|b| b == &["exec.state"]),
+        "a running state took a request of its own: {seen:?}"
+    );
+    // Events nobody waits for still go out, after the linger, without company.
+    h.until(|e| e.body.kind() == "alloc.freed").await;
     h.stop().await;
 
     let batches = Arc::new(std::sync::Mutex::new(Vec::new()));

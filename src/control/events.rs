@@ -102,6 +102,8 @@ impl Inner {
     /// Waits until `events` have left the outbox (the broker confirmed them), up to
     /// [`OUTCOME_PATIENCE`]; false when they have not by then.
     pub(super) async fn until_published(&self, events: &[Event]) -> bool {
+        // Someone waits: the publisher holds nothing back meanwhile.
+        let _waiting = Awaiting::new(&self.awaiting);
         let mut changed = self.published.subscribe();
         let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
         loop {
@@ -122,19 +124,58 @@ impl Inner {
     }
 }
 
+/// The longest an event nobody waits for is held for company where the sink takes batches.
+pub(super) const LINGER: Duration = Duration::from_millis(250);
+
+/// Event kinds a producer waits for: its outcome, its reply, its rejection, corrupt data.
+fn awaited(kind: &str) -> bool {
+    matches!(
+        kind,
+        "exec.completed" | "command.result" | "command.rejected" | "integrity.error"
+    )
+}
+
 /// Publishes the outbox in order until `stop`, retrying with backoff while the broker is away:
 /// up to [`crate::queue::EventSink::max_batch`] events per request, and events of kinds the
 /// operator does not publish (`queue.publish`) removed unsent.
+///
+/// Where the sink takes batches, events nobody waits for (an exec's `running` state,
+/// `alloc.freed`, heartbeats) wait up to [`LINGER`] for company: on SQS they ride in the
+/// request of the next outcome instead of taking a request each. Anything a producer or a
+/// settle waits for goes at once, with everything before it.
 pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10));
     let per_request = inner.sink.max_batch().max(1);
+    let mut held_since: Option<tokio::time::Instant> = None;
     loop {
         let mut failed = false;
         let mut again = false;
         match inner.outbox.pending() {
             Ok(pending) => {
                 inner.cfg.metrics.outbox(pending.len());
+                if per_request > 1 {
+                    let sendable: Vec<&Event> = pending
+                        .iter()
+                        .map(|(_, e)| e)
+                        .filter(|e| inner.cfg.publishes(e.body.kind()))
+                        .collect();
+                    let urgent = inner.awaiting.load(std::sync::atomic::Ordering::SeqCst) > 0
+                        || sendable.len() >= per_request
+                        || sendable.iter().any(|e| awaited(e.body.kind()));
+                    if !sendable.is_empty() && !urgent {
+                        let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() < LINGER {
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = inner.outbox_wake.notified() => {}
+                                () = tokio::time::sleep_until(since + LINGER) => {}
+                            }
+                            continue;
+                        }
+                    }
+                    held_since = None;
+                }
                 for chunk in pending.chunks(per_request) {
                     let (send, skip): (Vec<_>, Vec<_>) = chunk
                         .iter()
@@ -256,5 +297,21 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(inner.cfg.heartbeat) => {}
         }
+    }
+}
+
+/// Counts a waiter on the outbox for as long as it lives.
+struct Awaiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Awaiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Awaiting(n)
+    }
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

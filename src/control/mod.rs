@@ -163,6 +163,8 @@ struct Inner {
     results: Results,
     sink: Arc<dyn EventSink>,
     outbox_wake: Notify,
+    /// Callers waiting for events to be published ([`Inner::until_published`]).
+    awaiting: std::sync::atomic::AtomicUsize,
     /// Jobs claimed by this process (waiting for a slot or room, or running), with every
     /// delivery of each: all are held (their leases kept) until the job's outcome is durable,
     /// then acked together, or handed back together.
@@ -275,6 +277,7 @@ impl Control {
                 results,
                 sink,
                 outbox_wake: Notify::new(),
+                awaiting: Default::default(),
                 active: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
@@ -389,8 +392,6 @@ impl Control {
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-impl Inner {}
 
 #[derive(Debug, Clone, Copy)]
 enum SettleAction {
