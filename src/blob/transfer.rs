@@ -134,6 +134,31 @@ pub async fn upload_all(
     Ok(())
 }
 
+/// Uploads files of repository `repo`, each `(key, file)` to `key` of `bucket` with the
+/// file's digest, as [`upload_all`] does.
+///
+/// # Errors
+/// As [`upload_all`].
+pub async fn upload_from_repo(
+    store: &dyn BlobStore,
+    bucket: &str,
+    repo: &FileRepository,
+    files: impl IntoIterator<Item = (String, File)>,
+    existing: Existing,
+    progress: &Progress,
+) -> Result<(), BlobError> {
+    let uploads = files
+        .into_iter()
+        .map(|(key, f)| Upload {
+            key,
+            path: repo.path(&f.id),
+            digest: Some(f.id),
+            size: Some(f.size),
+        })
+        .collect();
+    upload_all(store, bucket, uploads, CONCURRENCY, existing, progress).await
+}
+
 /// Downloads `info` from `bucket` into repository `repo` (through a temp file in its `tmp/`,
 /// installed by digest, the temp file removed) and verifies size and `Content-Sha256`. Returns
 /// the installed file with its source, ETag and modification time.

@@ -505,21 +505,15 @@ pub(super) async fn send_outputs_s3(
 ) -> Result<(), ReflowError> {
     use crate::blob::transfer;
     let url = crate::blob::BlobUrl::parse(to).or_reflow("send outputs")?;
-    let uploads = fileset
+    let files = fileset
         .files()
         .into_iter()
-        .map(|f| transfer::Upload {
-            key: url.object_key(&f.id),
-            path: from.path(&f.id),
-            digest: Some(f.id),
-            size: Some(f.size),
-        })
-        .collect();
-    transfer::upload_all(
+        .map(|f| (url.object_key(&f.id), f));
+    transfer::upload_from_repo(
         store,
         &url.bucket,
-        uploads,
-        transfer::CONCURRENCY,
+        from,
+        files,
         transfer::Existing::KeepSame,
         &crate::blob::Progress::default(),
     )

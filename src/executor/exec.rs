@@ -869,21 +869,15 @@ impl Exec {
             .and_then(|a| a.fileset.clone())
             .unwrap_or_default()
             .pullup();
-        let uploads = input
+        let files = input
             .map
             .iter()
-            .map(|(path, f)| transfer::Upload {
-                key: transfer::key_of(&url, path),
-                path: inner.repo.path(&f.id),
-                digest: Some(f.id),
-                size: Some(f.size),
-            })
-            .collect();
-        transfer::upload_all(
+            .map(|(path, f)| (transfer::key_of(&url, path), f.clone()));
+        transfer::upload_from_repo(
             store,
             &url.bucket,
-            uploads,
-            transfer::CONCURRENCY,
+            &inner.repo,
+            files,
             transfer::Existing::Replace,
             progress,
         )
