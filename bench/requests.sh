@@ -22,7 +22,7 @@ AGENT=target/release/reflow-agent
 BENCH=target/release/examples/queue_bench
 
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # counts PORT FILE: "service operation n" lines of the agent's request counters.
 counts() {
