@@ -216,14 +216,14 @@ async fn main() {
             let mut cfg =
                 ExecutorConfig::new(format!("benchoom{}", std::process::id()), dir.path());
             cfg.hard_mem_limit = true;
-            cfg.oom_detectors = vec![Arc::new(kmsg.clone())];
-            let ex = Executor::start(
-                cfg,
+            let mut ports = reflow_agent::executor::ExecutorPorts::new(
                 Arc::new(BollardRuntime::connect().unwrap()),
                 Arc::new(SystemClock),
-            )
-            .await
-            .unwrap();
+            );
+            ports.oom_detectors = vec![Arc::new(kmsg.clone())];
+            let ex = reflow_agent::executor::Executor::start_with(cfg, ports)
+                .await
+                .unwrap();
             let mut delays_ms = Vec::new();
             for i in 0..n {
                 let id = Digest::of(format!("oom-{}-{i}", std::process::id()).as_bytes());

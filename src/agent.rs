@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Resolved};
 use crate::control::security::Policy;
-use crate::control::{Control, ControlConfig};
+use crate::control::{Control, ControlConfig, ControlPorts};
 use crate::docker::bollard::BollardRuntime;
 use crate::docker::{ContainerRuntime, RuntimeError};
 use crate::error::{Classify, Kind};
@@ -448,21 +448,35 @@ async fn start(
         state_dir.join("images.json"),
         clock.clone(),
     ));
-    let mut executor = executor_template(cfg);
-    executor.auth = auth;
-    executor.oom_detectors = oom;
-    executor.blob = blob.clone();
-    executor.image_ledger = Some(ledger.clone());
+    let executor_ports = crate::executor::ExecutorPorts {
+        runtime: runtime.clone(),
+        clock: clock.clone(),
+        auth,
+        oom_detectors: oom,
+        blob: blob.clone(),
+        image_ledger: Some(ledger.clone()),
+    };
     let pool_cfg = PoolConfig {
         id: cfg.pool_id.clone(),
         dir: state_dir.clone(),
-        executor,
+        executor: executor_template(cfg),
         expected_usable_mem: cfg.config.agent.expected_usable_mem,
     };
-    let pool = Pool::start(pool_cfg, runtime.clone(), clock.clone(), taskdb).await?;
+    let pool = Pool::start_with(pool_cfg, executor_ports, taskdb).await?;
     let engine = crate::docker::health::EngineHealth::default();
-    let control_cfg = control_config(cfg, hmac_key, &metrics, &notifier, &engine, claims, blob);
-    let control = Control::new(control_cfg, pool.clone(), clock.clone(), queue.sink.clone())?;
+    let control = Control::new(
+        control_config(cfg, hmac_key),
+        ControlPorts {
+            pool: pool.clone(),
+            clock: clock.clone(),
+            sink: queue.sink.clone(),
+            claims,
+            metrics: metrics.clone(),
+            notifier: notifier.clone(),
+            blob,
+            engine: engine.clone(),
+        },
+    )?;
     tracing::info!(
         state_dir = %state_dir.display(),
         queue = %queue.display,
@@ -532,16 +546,8 @@ fn spawn_upkeep(
     tokio::spawn(async move { pool.maintain_taskdb_row(root).await })
 }
 
-/// The control plane's settings and handles.
-fn control_config(
-    cfg: &Resolved,
-    hmac_key: Option<Vec<u8>>,
-    metrics: &Arc<crate::metrics::Metrics>,
-    notifier: &crate::notify::Notifier,
-    engine: &crate::docker::health::EngineHealth,
-    claims: Option<Claims>,
-    blob: Option<Arc<dyn crate::blob::BlobStore>>,
-) -> ControlConfig {
+/// The control plane's settings.
+fn control_config(cfg: &Resolved, hmac_key: Option<Vec<u8>>) -> ControlConfig {
     let (c, security) = (&cfg.config, &cfg.config.security);
     ControlConfig {
         agent_id: cfg.pool_id.clone(),
@@ -554,7 +560,6 @@ fn control_config(
         heartbeat: cfg.heartbeat,
         lease: cfg.visibility,
         max_job: cfg.max_job,
-        claims,
         job_attempts: cfg.job_attempts,
         retry_base: crate::config::JOB_RETRY_BASE,
         security: Policy {
@@ -567,11 +572,7 @@ fn control_config(
             allow_docker_socket: c.executor.allow_docker_socket,
             allow_aws_creds: c.executor.allow_aws_creds,
         },
-        metrics: metrics.clone(),
-        notifier: notifier.clone(),
-        blob,
         retention: cfg.retention,
-        engine: engine.clone(),
         publish: c.queue.publish.clone(),
     }
 }
@@ -629,7 +630,7 @@ async fn shut_down(agent: Running, life: &Lifecycle) {
 }
 
 /// The settings every alloc's executor gets from the config (its id and directory are filled
-/// in per alloc; the live handles by [`start`]).
+/// in per alloc; the live handles are its [`crate::executor::ExecutorPorts`]).
 fn executor_template(cfg: &Resolved) -> crate::executor::ExecutorConfig {
     let x = &cfg.config.executor;
     let mut c =

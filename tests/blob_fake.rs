@@ -15,21 +15,21 @@ use reflow_agent::clock::SystemClock;
 use reflow_agent::digest::Digest;
 use reflow_agent::docker::fake::{FakeExit, FakeRuntime};
 use reflow_agent::error::{Classify, Kind};
-use reflow_agent::executor::{Executor, ExecutorConfig};
+use reflow_agent::executor::{Executor, ExecutorConfig, ExecutorPorts};
 use reflow_agent::fileset::{File, Fileset};
 use reflow_agent::model::{Arg, ExecConfig, ExecResult};
 
 const B: &str = "bucket";
 
 async fn executor(dir: &std::path::Path, store: Arc<MemoryStore>) -> Executor {
-    let mut cfg = ExecutorConfig::new("blob", dir);
-    cfg.blob = Some(store);
     let rt = FakeRuntime::new(
         &[],
         Arc::new(|_: &reflow_agent::docker::ContainerSpec| FakeExit::default()),
         Arc::new(SystemClock),
     );
-    Executor::start(cfg, rt, Arc::new(SystemClock))
+    let mut ports = ExecutorPorts::new(rt, Arc::new(SystemClock));
+    ports.blob = Some(store);
+    Executor::start_with(ExecutorConfig::new("blob", dir), ports)
         .await
         .unwrap()
 }

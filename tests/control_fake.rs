@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reflow_agent::clock::SystemClock;
 use reflow_agent::control::security::Policy;
-use reflow_agent::control::{Control, ControlConfig, job_alloc_id};
+use reflow_agent::control::{Control, ControlConfig, ControlPorts, job_alloc_id};
 use reflow_agent::digest::Digest;
 use reflow_agent::docker::ContainerSpec;
 use reflow_agent::docker::fake::{FakeExit, FakeRuntime};
@@ -121,25 +121,27 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, opts: Opts) -> Harness {
             heartbeat: Duration::from_secs(3600),
             lease: Duration::from_secs(30),
             max_job: Duration::from_secs(3600),
-            claims: None,
             job_attempts: 2,
             retry_base: Duration::from_millis(10),
             security: Policy::default(),
+            retention: opts.retention,
+            publish: opts.publish,
+        },
+        ControlPorts {
+            pool,
+            clock: Arc::new(SystemClock),
+            sink: match opts.batches {
+                Some(batches) => Arc::new(BatchingSink {
+                    inner: spool.sink(),
+                    batches,
+                }),
+                None => Arc::new(spool.sink()),
+            },
+            claims: None,
             metrics: Default::default(),
             notifier: Default::default(),
             blob: None,
-            retention: opts.retention,
             engine: Default::default(),
-            publish: opts.publish,
-        },
-        pool,
-        Arc::new(SystemClock),
-        match opts.batches {
-            Some(batches) => Arc::new(BatchingSink {
-                inner: spool.sink(),
-                batches,
-            }),
-            None => Arc::new(spool.sink()),
         },
     )
     .unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reflow_agent::clock::SystemClock;
 use reflow_agent::control::security::Policy;
-use reflow_agent::control::{Control, ControlConfig};
+use reflow_agent::control::{Control, ControlConfig, ControlPorts};
 use reflow_agent::docker::ContainerSpec;
 use reflow_agent::docker::fake::{FakeExit, FakeRuntime};
 use reflow_agent::executor::ExecutorConfig;
@@ -94,20 +94,22 @@ async fn a_hanging_jobs_message_reappears_and_a_healthy_ones_never_does() {
             heartbeat: Duration::from_secs(3600),
             lease,
             max_job: Duration::from_secs(3600),
-            claims: None,
             job_attempts: 1,
             retry_base: Duration::from_millis(10),
             security: Policy::default(),
+            retention: None,
+            publish: None,
+        },
+        ControlPorts {
+            pool,
+            clock: Arc::new(SystemClock),
+            sink: backend.sink.clone(),
+            claims: None,
             metrics: Default::default(),
             notifier: Default::default(),
             blob: None,
-            retention: None,
             engine: Default::default(),
-            publish: None,
         },
-        pool,
-        Arc::new(SystemClock),
-        backend.sink.clone(),
     )
     .unwrap();
     let stop = CancellationToken::new();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::*;
 use reflow_agent::clock::SystemClock;
 use reflow_agent::error::Kind;
-use reflow_agent::executor::Executor;
+use reflow_agent::executor::{Executor, ExecutorPorts};
 use reflow_agent::manifest::Manifest;
 use reflow_agent::model::ExecConfig;
 use reflow_agent::oom::OomSource;
@@ -26,13 +26,9 @@ async fn limited_executor(dir: &std::path::Path) -> (Executor, KmsgMonitor) {
     let kmsg = KmsgMonitor::start(Arc::new(SystemClock));
     let mut cfg = config(dir);
     cfg.hard_mem_limit = true;
-    cfg.oom_detectors = vec![Arc::new(kmsg.clone())];
-    (
-        Executor::start(cfg, runtime(), Arc::new(SystemClock))
-            .await
-            .unwrap(),
-        kmsg,
-    )
+    let mut ports = ExecutorPorts::new(runtime(), Arc::new(SystemClock));
+    ports.oom_detectors = vec![Arc::new(kmsg.clone())];
+    (Executor::start_with(cfg, ports).await.unwrap(), kmsg)
 }
 
 fn limited(cmd: &str) -> ExecConfig {

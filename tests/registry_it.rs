@@ -14,7 +14,7 @@ use common::*;
 use reflow_agent::clock::{Clock, ManualClock, SystemClock};
 use reflow_agent::docker::auth::{Authenticator, DockerConfigAuth, EcrAuth};
 use reflow_agent::error::Kind;
-use reflow_agent::executor::Executor;
+use reflow_agent::executor::{Executor, ExecutorPorts};
 
 fn docker_config(dir: &std::path::Path, password: &str) -> Arc<DockerConfigAuth> {
     let auth = base64::engine::general_purpose::STANDARD
@@ -29,9 +29,9 @@ fn docker_config(dir: &std::path::Path, password: &str) -> Arc<DockerConfigAuth>
 }
 
 async fn executor_with(dir: &std::path::Path, password: &str) -> Executor {
-    let mut cfg = config(&dir.join("alloc"));
-    cfg.auth = Some(docker_config(dir, password));
-    Executor::start(cfg, runtime(), Arc::new(SystemClock))
+    let mut ports = ExecutorPorts::new(runtime(), Arc::new(SystemClock));
+    ports.auth = Some(docker_config(dir, password));
+    Executor::start_with(config(&dir.join("alloc")), ports)
         .await
         .unwrap()
 }

@@ -18,7 +18,7 @@ use reflow_agent::blob::{BlobStore, BlobUrl, Progress};
 use reflow_agent::clock::SystemClock;
 use reflow_agent::digest::Digest;
 use reflow_agent::error::Kind;
-use reflow_agent::executor::Executor;
+use reflow_agent::executor::{Executor, ExecutorPorts};
 use reflow_agent::fileset::{File, Fileset};
 use reflow_agent::model::{Arg, ExecConfig};
 
@@ -62,11 +62,9 @@ async fn get(s: &S3Store, bucket: &str, key: &str) -> (Vec<u8>, Option<String>) 
 }
 
 async fn blob_executor(dir: &std::path::Path, s: Arc<S3Store>) -> Executor {
-    let mut cfg = config(dir);
-    cfg.blob = Some(s);
-    Executor::start(cfg, runtime(), Arc::new(SystemClock))
-        .await
-        .unwrap()
+    let mut ports = ExecutorPorts::new(runtime(), Arc::new(SystemClock));
+    ports.blob = Some(s);
+    Executor::start_with(config(dir), ports).await.unwrap()
 }
 
 fn transfer(kind: &str, url: &str, args: Vec<Arg>) -> ExecConfig {

@@ -53,13 +53,12 @@ pub fn run_exec(opts: &ExecOptions) -> Result<(), CliError> {
         cfg.hard_mem_limit = opts.hard_mem_limit;
         let kmsg =
             crate::oom::kmsg::KmsgMonitor::start(std::sync::Arc::new(crate::clock::SystemClock));
-        cfg.oom_detectors = vec![std::sync::Arc::new(kmsg.clone())];
-        let ex = crate::executor::Executor::start(
-            cfg,
+        let mut ports = crate::executor::ExecutorPorts::new(
             runtime,
             std::sync::Arc::new(crate::clock::SystemClock),
-        )
-        .await?;
+        );
+        ports.oom_detectors = vec![std::sync::Arc::new(kmsg.clone())];
+        let ex = crate::executor::Executor::start_with(cfg, ports).await?;
         if let Some(url) = opts.inputs_from.as_deref() {
             for arg in config.args.iter_mut() {
                 if let Some(fs) = &arg.fileset {

@@ -11,7 +11,7 @@ impl Inner {
             SettleAction::Requeue => settle.requeue().await,
         };
         if let (Ok(()), SettleAction::Ack(kind)) = (&r, f) {
-            self.cfg.metrics.acked(kind);
+            self.metrics.acked(kind);
         }
         if let Err(e) = r {
             tracing::warn!(error = %crate::error::chain(&e), "Settling a command failed; the broker will redeliver it and the journal dedupes it.");
@@ -60,9 +60,9 @@ impl Inner {
             return self.settle_later(settle, SettleAction::Requeue).await;
         }
         match settle.dead_letter(&e.to_string()).await {
-            Ok(()) => self.cfg.metrics.rejected(e.kind, true),
+            Ok(()) => self.metrics.rejected(e.kind, true),
             Err(err) => {
-                self.cfg.metrics.rejected(e.kind, false);
+                self.metrics.rejected(e.kind, false);
                 tracing::warn!(error = %crate::error::chain(&err), "Dead-lettering failed; the broker will redeliver it.");
             }
         }
@@ -129,16 +129,16 @@ impl Inner {
         let req = match decode_command(&body) {
             Ok(r) => r,
             Err(e) => {
-                self.cfg.metrics.received("undecodable", attempt > 1);
+                self.metrics.received("undecodable", attempt > 1);
                 return self
                     .reject(settle, guess_id(&body), None, &Rejection::from(e))
                     .await;
             }
         };
-        self.cfg.metrics.received(req.command.kind(), attempt > 1);
+        self.metrics.received(req.command.kind(), attempt > 1);
         if let Some(t) = req.time {
             let lag = self.clock.now() - t;
-            self.cfg.metrics.lag(lag.num_milliseconds() as f64 / 1000.0);
+            self.metrics.lag(lag.num_milliseconds() as f64 / 1000.0);
         }
         let span = tracing::info_span!("command", command_id = %req.id, kind = req.command.kind(), attempt);
         async move {

@@ -153,7 +153,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
         let mut again = false;
         match inner.outbox.pending() {
             Ok(pending) => {
-                inner.cfg.metrics.outbox(pending.len());
+                inner.metrics.outbox(pending.len());
                 if per_request > 1 {
                     let sendable: Vec<&Event> = pending
                         .iter()
@@ -239,7 +239,7 @@ impl Inner {
         if let Err(e) = self.outbox.remove(name) {
             tracing::warn!(error = %crate::error::chain(&e), "Removing a published event failed.");
         }
-        self.cfg.metrics.outbox_sent();
+        self.metrics.outbox_sent();
         self.published.send_modify(|n| *n += 1);
     }
 }
@@ -263,7 +263,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
             }
             let sig = a.integrity();
             if sig.count > 0 && inner.first_report(&format!("integrity {} {}", a.id(), sig.count)) {
-                inner.cfg.metrics.integrity_error();
+                inner.metrics.integrity_error();
                 let mut e = inner.agent_event(
                     &format!("integrity {} {}", a.id(), sig.count),
                     EventBody::IntegrityError { detail: sig.last },
@@ -280,7 +280,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
             },
         );
         // Heartbeats are unique per run (they carry the time), so their ids are too.
-        inner.cfg.notifier.notify(&format!(
+        inner.notifier.notify(&format!(
             "STATUS=consuming; {} allocs, {running} execs running",
             allocs.len()
         ));
@@ -291,7 +291,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
         );
         events.push(hb);
         inner.emit(&events);
-        inner.cfg.metrics.heartbeat(now.timestamp());
+        inner.metrics.heartbeat(now.timestamp());
         n += 1;
         tokio::select! {
             () = stop.cancelled() => return,

@@ -62,7 +62,7 @@ impl Inner {
             () = self.draining.cancelled() => return self.hand_back(&req).await,
             s = self.run_slots.clone().acquire_owned() => s.ok(),
         };
-        if !self.cfg.engine.is_up() {
+        if !self.engine.is_up() {
             tracing::warn!("The container engine does not answer; handing the job back unstarted.");
             tokio::time::sleep(self.cfg.retry_base).await;
             return self.hand_back(&req).await;
@@ -146,7 +146,7 @@ impl Inner {
                 _ => None,
             })
             .unwrap_or_else(|| "none".to_string());
-        self.cfg.metrics.exec_done(took, &result, oom.as_deref());
+        self.metrics.exec_done(took, &result, oom.as_deref());
         let exec = entry.exec;
         for e in &mut events {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
@@ -302,7 +302,7 @@ impl Inner {
         }
         if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Integrity) {
             // Corrupt data: said at once, not only by the next heartbeat (the alloc is freed).
-            self.cfg.metrics.integrity_error();
+            self.metrics.integrity_error();
             events.push(self.command_event(
                 req,
                 0,
@@ -421,7 +421,7 @@ impl Inner {
                 ex.repository(),
                 &result.fileset,
                 outputs_to,
-                self.cfg.blob.as_ref(),
+                self.blob.as_ref(),
             )
             .await?;
         }

@@ -29,7 +29,7 @@ impl Inner {
     /// [`lease_loop`] keeps) until that claim is done or expired. A store that does not answer
     /// does not stop the job: it starts, as it would without a store.
     pub(super) async fn fleet_claim(&self, req: &Request) -> FleetClaim {
-        let Some(store) = &self.cfg.claims else {
+        let Some(store) = &self.claims else {
             return FleetClaim::Start;
         };
         let me = &self.cfg.agent_id;
@@ -72,7 +72,7 @@ impl Inner {
     /// Takes the fleet claim of a job resumed after a restart back (it is still this agent's
     /// unless it lapsed while the agent was down and another agent took the job over).
     pub(super) async fn reclaim(&self, command_id: &str) {
-        let Some(store) = &self.cfg.claims else {
+        let Some(store) = &self.claims else {
             return;
         };
         let now = self.clock.now();
@@ -95,7 +95,7 @@ impl Inner {
 
     /// Gives up this agent's fleet claim on `command_id` (handed back unstarted).
     pub(super) async fn release_claim(&self, command_id: &str) {
-        if let Some(store) = &self.cfg.claims
+        if let Some(store) = &self.claims
             && lock(&self.claimed).remove(command_id)
             && let Err(e) = store.release(command_id, &self.cfg.agent_id).await
         {
@@ -105,7 +105,7 @@ impl Inner {
 
     /// Marks this agent's fleet claim on `command_id` done (its outcome is published).
     pub(super) async fn finish_claim(&self, command_id: &str) {
-        if let Some(store) = &self.cfg.claims
+        if let Some(store) = &self.claims
             && lock(&self.claimed).remove(command_id)
         {
             let keep = self
@@ -141,7 +141,7 @@ pub(super) async fn lease_loop(inner: Arc<Inner>) {
             }
         }))
         .await;
-        if let Some(store) = &inner.cfg.claims {
+        if let Some(store) = &inner.claims {
             let ids: Vec<String> = lock(&inner.claimed)
                 .iter()
                 .filter(|id| !hung.contains(*id))

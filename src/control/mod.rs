@@ -92,27 +92,15 @@ pub struct ControlConfig {
     pub lease: Duration,
     /// The longest a job may run, counted from its acceptance (`queue.max_job_secs`).
     pub max_job: Duration,
-    /// The fleet's claim store ([`crate::taskdb::claims`]); `None`: claims are per agent only
-    /// (its journal).
-    pub claims: Option<Arc<dyn crate::taskdb::claims::ClaimStore>>,
     /// Attempts of a job step failing with a retryable error.
     pub job_attempts: u32,
     /// First retry delay (doubled each attempt).
     pub retry_base: Duration,
     /// Admission policy.
     pub security: security::Policy,
-    /// Metrics the control plane counts into.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// systemd notifications (READY, STATUS, STOPPING).
-    pub notifier: crate::notify::Notifier,
-    /// The blob store for `s3://` repositories (absent: only `file://`).
-    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
     /// Done journal entries, stored results and spool events older than this are pruned while
     /// the agent runs; `None` keeps them forever.
     pub retention: Option<Duration>,
-    /// The container engine's health: while it does not answer, no new command is taken and
-    /// jobs not started yet are handed back.
-    pub engine: crate::docker::health::EngineHealth,
     /// The event kinds sent to the events topic (`queue.publish`); `None`: all. Events of
     /// other kinds leave the outbox unsent.
     pub publish: Option<Vec<String>>,
@@ -125,6 +113,29 @@ impl ControlConfig {
             .as_ref()
             .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
     }
+}
+
+/// What the control plane uses outside itself: the pool, the clock, the events topic, and
+/// the handles the agent shares with it. [`ControlConfig`] holds settings only.
+#[derive(Debug, Clone)]
+pub struct ControlPorts {
+    /// The pool jobs and requests go to.
+    pub pool: Pool,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The events topic.
+    pub sink: Arc<dyn EventSink>,
+    /// The fleet's claim store: one agent runs a command at a time across the fleet (absent:
+    /// no fleet-wide claims).
+    pub claims: Option<Arc<dyn crate::taskdb::claims::ClaimStore>>,
+    /// The counters `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// systemd notifications.
+    pub notifier: crate::notify::Notifier,
+    /// The blob store for `s3://` outputs (absent: not supported).
+    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    /// Whether the container engine answers (intake pauses while it does not).
+    pub engine: crate::docker::health::EngineHealth,
 }
 
 /// Why the control plane could not start.
@@ -162,6 +173,11 @@ struct Inner {
     outbox: Outbox,
     results: Results,
     sink: Arc<dyn EventSink>,
+    claims: Option<Arc<dyn crate::taskdb::claims::ClaimStore>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    notifier: crate::notify::Notifier,
+    blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    engine: crate::docker::health::EngineHealth,
     outbox_wake: Notify,
     /// Callers waiting for events to be published ([`Inner::until_published`]).
     awaiting: std::sync::atomic::AtomicUsize,
@@ -252,12 +268,17 @@ impl Control {
     ///
     /// # Errors
     /// The state directories cannot be created.
-    pub fn new(
-        cfg: ControlConfig,
-        pool: Pool,
-        clock: Arc<dyn Clock>,
-        sink: Arc<dyn EventSink>,
-    ) -> Result<Control, ControlError> {
+    pub fn new(cfg: ControlConfig, ports: ControlPorts) -> Result<Control, ControlError> {
+        let ControlPorts {
+            pool,
+            clock,
+            sink,
+            claims,
+            metrics,
+            notifier,
+            blob,
+            engine,
+        } = ports;
         let journal = Journal::open(&cfg.state_dir)?;
         let outbox = Outbox::open(&cfg.state_dir, clock.now())?;
         let results = Results::open(&cfg.state_dir)?;
@@ -276,6 +297,11 @@ impl Control {
                 outbox,
                 results,
                 sink,
+                claims,
+                metrics,
+                notifier,
+                blob,
+                engine,
                 outbox_wake: Notify::new(),
                 awaiting: Default::default(),
                 active: Mutex::new(HashMap::new()),
@@ -311,7 +337,7 @@ impl Control {
         let heartbeat = tokio::spawn(heartbeat_loop(inner.clone(), shutdown.clone()));
         let pruner = tokio::spawn(prune_loop(inner.clone()));
         let keeper = tokio::spawn(lease_loop(inner.clone()));
-        inner.cfg.notifier.notify("READY=1");
+        inner.notifier.notify("READY=1");
         loop {
             let intake = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -320,12 +346,12 @@ impl Control {
                     Err(_) => break,
                 },
             };
-            if !inner.cfg.engine.is_up() {
+            if !inner.engine.is_up() {
                 // Paused: nothing more is received until the engine answers again. What was
                 // received and not started is handed back (`start_job`).
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = inner.cfg.engine.until_up() => {}
+                    () = inner.engine.until_up() => {}
                 }
             }
             let room = 1 + inner.intake.available_permits();
@@ -353,7 +379,7 @@ impl Control {
         }
         // Drain.
         tracing::info!(grace_secs = inner.cfg.drain_grace.as_secs(), "Draining.");
-        inner.cfg.notifier.notify("STOPPING=1");
+        inner.notifier.notify("STOPPING=1");
         let draining = inner.lifecycle_event(EventBody::AgentDraining {});
         inner.emit(&[draining]);
         inner.draining.cancel();

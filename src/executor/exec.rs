@@ -562,7 +562,7 @@ impl Exec {
             .map(|t| t - slack)
             .unwrap_or_else(time::zero);
         let mut out = Vec::new();
-        for d in &inner.cfg.oom_detectors {
+        for d in &inner.oom_detectors {
             out.extend(d.oom(&target, start, end).await);
         }
         out
@@ -759,7 +759,7 @@ impl Exec {
         let op = cfg.kind.clone();
         let progress = crate::blob::Progress::default();
         let work = async {
-            match inner.cfg.blob.clone() {
+            match inner.blob.clone() {
                 None => Err(err(
                     Kind::NotSupported,
                     &op,

@@ -107,19 +107,10 @@ pub struct ExecutorConfig {
     pub profile_interval: Duration,
     /// First delay between image pull attempts (then x1.5, at most 10 s).
     pub pull_backoff: Duration,
-    /// Registry credentials for pulls.
-    pub auth: Option<Arc<dyn Authenticator>>,
-    /// OOM detectors consulted after an abnormal exit, e.g. the agent's one kernel log reader
-    /// (shared by its executors).
-    pub oom_detectors: Vec<Arc<dyn crate::oom::OomDetector>>,
     /// How often a running exec's cgroup OOM counters and the node's memory are read.
     pub oom_poll_interval: Duration,
-    /// The blob store for `s3://` repositories and intern/extern execs (absent: not supported).
-    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
     /// How long an exec waits for an engine that stopped answering before it fails.
     pub engine_wait: Duration,
-    /// Records each image an exec uses (for image cleanup); shared by every executor.
-    pub image_ledger: Option<Arc<images::ImageLedger>>,
 }
 
 impl ExecutorConfig {
@@ -137,11 +128,39 @@ impl ExecutorConfig {
             network_mode: "host".to_string(),
             profile_interval: DEFAULT_PROFILE_INTERVAL,
             pull_backoff: Duration::from_secs(1),
+            oom_poll_interval: Duration::from_millis(500),
+            engine_wait: DEFAULT_ENGINE_WAIT,
+        }
+    }
+}
+
+/// What an executor uses outside itself: the container engine, the clock, and the handles
+/// shared by every executor of the agent. [`ExecutorConfig`] holds settings only.
+#[derive(Debug, Clone)]
+pub struct ExecutorPorts {
+    /// The container engine.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Registry credentials for pulls.
+    pub auth: Option<Arc<dyn Authenticator>>,
+    /// OOM detectors consulted after an abnormal exit, e.g. the agent's one kernel log reader.
+    pub oom_detectors: Vec<Arc<dyn crate::oom::OomDetector>>,
+    /// The blob store for `s3://` repositories and intern/extern execs (absent: not supported).
+    pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    /// Records each image an exec uses (for image cleanup).
+    pub image_ledger: Option<Arc<images::ImageLedger>>,
+}
+
+impl ExecutorPorts {
+    /// The engine and the clock, without the optional handles.
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, clock: Arc<dyn Clock>) -> Self {
+        ExecutorPorts {
+            runtime,
+            clock,
             auth: None,
             oom_detectors: Vec::new(),
-            oom_poll_interval: Duration::from_millis(500),
             blob: None,
-            engine_wait: DEFAULT_ENGINE_WAIT,
             image_ledger: None,
         }
     }
@@ -389,6 +408,8 @@ pub(crate) struct Inner {
     cfg: ExecutorConfig,
     runtime: Arc<dyn ContainerRuntime>,
     clock: Arc<dyn Clock>,
+    oom_detectors: Vec<Arc<dyn crate::oom::OomDetector>>,
+    blob: Option<Arc<dyn crate::blob::BlobStore>>,
     repo: FileRepository,
     images: Images,
     execs: Mutex<HashMap<Digest, Arc<Exec>>>,
@@ -485,10 +506,30 @@ impl Executor {
     /// # Errors
     /// A bad id, an unusable directory, or an engine that cannot list containers.
     pub async fn start(
-        mut cfg: ExecutorConfig,
+        cfg: ExecutorConfig,
         runtime: Arc<dyn ContainerRuntime>,
         clock: Arc<dyn Clock>,
     ) -> Result<Executor, ExecutorError> {
+        Executor::start_with(cfg, ExecutorPorts::new(runtime, clock)).await
+    }
+
+    /// [`Executor::start`] with every port: registry credentials, OOM detectors, the blob
+    /// store and the image ledger besides the engine and the clock.
+    ///
+    /// # Errors
+    /// As [`Executor::start`].
+    pub async fn start_with(
+        mut cfg: ExecutorConfig,
+        ports: ExecutorPorts,
+    ) -> Result<Executor, ExecutorError> {
+        let ExecutorPorts {
+            runtime,
+            clock,
+            auth,
+            oom_detectors,
+            blob,
+            image_ledger,
+        } = ports;
         if !valid_id(&cfg.id) {
             return Err(ExecutorError::BadId {
                 id: cfg.id.chars().take(80).collect(),
@@ -503,16 +544,18 @@ impl Executor {
         repo.clean_tmp()?;
         let inner = Arc::new(Inner {
             images: Images {
-                ledger: cfg.image_ledger.clone(),
+                ledger: image_ledger,
                 runtime: runtime.clone(),
                 present: Mutex::new(HashMap::new()),
                 backoff: cfg.pull_backoff,
-                auth: cfg.auth.clone(),
+                auth,
                 inflight: Mutex::new(HashMap::new()),
             },
             cfg,
             runtime,
             clock,
+            oom_detectors,
+            blob,
             repo,
             execs: Mutex::new(HashMap::new()),
             put_lock: tokio::sync::Mutex::new(()),
@@ -625,9 +668,7 @@ impl Executor {
         config.validate()?;
         let exec_type = match config.kind.as_str() {
             TYPE_EXEC => ExecType::Docker,
-            crate::model::TYPE_INTERN | crate::model::TYPE_EXTERN
-                if self.inner.cfg.blob.is_some() =>
-            {
+            crate::model::TYPE_INTERN | crate::model::TYPE_EXTERN if self.inner.blob.is_some() => {
                 ExecType::Blob
             }
             _ => return Err(ExecutorError::Unsupported { kind: config.kind }),
@@ -937,7 +978,6 @@ impl Executor {
         use crate::blob::transfer;
         let store = self
             .inner
-            .cfg
             .blob
             .clone()
             .ok_or_else(|| ExecutorError::RepoUrl {

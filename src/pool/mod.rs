@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::digest::Digest;
 use crate::docker::ContainerRuntime;
 use crate::error::{Classify, Kind};
-use crate::executor::{Executor, ExecutorConfig, ExecutorError};
+use crate::executor::{Executor, ExecutorConfig, ExecutorError, ExecutorPorts};
 use crate::manifest::{ExecState, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
 use crate::persist::{self, PersistError};
 use crate::resources::{CPU, DISK, MEM, Resources};
@@ -345,8 +345,9 @@ impl Zombie {
 #[derive(Debug)]
 struct PoolInner {
     cfg: PoolConfig,
-    runtime: Arc<dyn ContainerRuntime>,
     clock: Arc<dyn Clock>,
+    /// What each alloc's executor gets.
+    executor_ports: ExecutorPorts,
     taskdb: Arc<dyn TaskDb>,
     total: Resources,
     pool_row: Digest,
@@ -372,6 +373,20 @@ impl Pool {
         clock: Arc<dyn Clock>,
         taskdb: Arc<dyn TaskDb>,
     ) -> Result<Pool, PoolError> {
+        Pool::start_with(cfg, ExecutorPorts::new(runtime, clock), taskdb).await
+    }
+
+    /// [`Pool::start`] with every port its executors get (registry credentials, OOM
+    /// detectors, the blob store, the image ledger).
+    ///
+    /// # Errors
+    /// As [`Pool::start`].
+    pub async fn start_with(
+        cfg: PoolConfig,
+        executor_ports: ExecutorPorts,
+        taskdb: Arc<dyn TaskDb>,
+    ) -> Result<Pool, PoolError> {
+        let clock = executor_ports.clock.clone();
         let allocs_dir = cfg.dir.join("allocs");
         fs::create_dir_all(&allocs_dir).map_err(|source| PoolError::Io {
             op: "create",
@@ -403,8 +418,8 @@ impl Pool {
             inner: Arc::new(PoolInner {
                 pool_row: taskdb::pool_row(&cfg.id),
                 cfg,
-                runtime,
                 clock,
+                executor_ports,
                 taskdb,
                 total,
                 allocs: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -457,7 +472,7 @@ impl Pool {
         let mut cfg = self.inner.cfg.executor.clone();
         cfg.id = id.to_string();
         cfg.dir = self.alloc_dir(id);
-        Ok(Executor::start(cfg, self.inner.runtime.clone(), self.inner.clock.clone()).await?)
+        Ok(Executor::start_with(cfg, self.inner.executor_ports.clone()).await?)
     }
 
     /// Writes `state.json` for `allocs`, atomically.
