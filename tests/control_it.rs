@@ -1741,7 +1741,9 @@ async fn kill9_loop(root: &Path, name: &str, url: &str, client: &dyn Client) {
     let extra = "visibility_timeout_secs = 6\n";
     let mut events = Events::new(client).await;
     let starts = StartCounter::new();
-    let mut agent = Agent::start(root, name, url, "", &[]);
+    // The first agent too: a message it received and did not journal before its kill must
+    // come back within the wait below, not after the default 120 s.
+    let mut agent = Agent::start(root, name, url, extra, &[]);
     let ids = submit_sleepers(client, "k", 20, "0.3").await;
     // Pseudo-random pauses of 200 to 1000 ms between kills.
     let mut seed = std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos() as u64 | 1;
