@@ -669,12 +669,9 @@ impl Config {
         })
     }
 
-    /// The longest a job may run: `queue.max_job_secs`, or [`crate::queue::DEFAULT_MAX_JOB`].
+    /// The longest a job may run: `queue.max_job_secs`, or [`DEFAULT_MAX_JOB_SECS`].
     pub fn max_job(&self) -> std::time::Duration {
-        match self.queue.max_job_secs {
-            0 => crate::queue::DEFAULT_MAX_JOB,
-            n => std::time::Duration::from_secs(n),
-        }
+        resolved::secs(self.queue.max_job_secs, DEFAULT_MAX_JOB_SECS)
     }
 
     /// Jobs at once: `queue.max_jobs`, or the number of CPU cores.

@@ -133,7 +133,8 @@ pub struct Resolved {
     pub image_gc: Option<crate::imagegc::Policy>,
 }
 
-fn secs(n: u64, default: u64) -> Duration {
+/// `n` seconds, or `default` seconds when `n` is 0 ("the default").
+pub(super) fn secs(n: u64, default: u64) -> Duration {
     Duration::from_secs(if n == 0 { default } else { n })
 }
 
@@ -212,7 +213,7 @@ impl Config {
             } else {
                 q.max_deliveries
             },
-            max_job: secs(q.max_job_secs, DEFAULT_MAX_JOB_SECS),
+            max_job: self.max_job(),
             drain_grace: secs(q.drain_grace_secs, DEFAULT_DRAIN_GRACE_SECS),
             heartbeat: secs(q.heartbeat_secs, DEFAULT_HEARTBEAT_SECS),
             visibility: secs(q.visibility_timeout_secs, DEFAULT_VISIBILITY_TIMEOUT_SECS),
