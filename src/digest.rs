@@ -23,6 +23,22 @@ pub const SHA256_CODE: u16 = 5;
 /// Buffer size for streaming hashes: large enough that syscalls are not the bottleneck.
 pub const HASH_BUFFER: usize = 1 << 20;
 
+thread_local! {
+    /// This thread's streaming buffer, kept between hashes: a fresh zeroed megabyte per file
+    /// was a tenth of the time to ingest 10,000 small files.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a [`HASH_BUFFER`]-byte buffer, this thread's own when it is free (a nested
+/// call gets a fresh one).
+pub fn with_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = BUFFER.with(|b| b.take());
+    buf.resize(HASH_BUFFER, 0);
+    let r = f(&mut buf);
+    BUFFER.with(|b| b.replace(buf));
+    r
+}
+
 /// A SHA-256 digest, or the zero digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Digest([u8; DIGEST_LEN]);
@@ -85,15 +101,17 @@ impl Digest {
     /// Any read error of `r`.
     pub fn of_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
         let mut h = Hasher::new();
-        let mut buf = vec![0u8; HASH_BUFFER];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => h.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        with_buffer(|buf| {
+            loop {
+                match r.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => h.update(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
             }
-        }
+            Ok(())
+        })?;
         Ok(h.finish())
     }
 
@@ -235,6 +253,22 @@ mod tests {
 
     // printf 'foobar\n' | sha256sum
     const FOOBAR_NL: &str = "aec070645fe53ee3b3763059376134f058cc337247c978add178b6ccdfb0019f";
+
+    #[test]
+    fn the_reused_buffer_leaves_nothing_behind() {
+        // A long stream, then a short one on the same thread: the second hash sees only its
+        // own bytes, and a hash inside another's buffer gets a buffer of its own.
+        let long = vec![7u8; HASH_BUFFER + 10];
+        assert_eq!(Digest::of_reader(&long[..]).unwrap().0, Digest::of(&long));
+        let (d, n) = Digest::of_reader(&b"foobar\n"[..]).unwrap();
+        assert_eq!((d.hex(), n), (FOOBAR_NL.to_string(), 7));
+        let nested = with_buffer(|outer| {
+            outer.fill(1);
+            let inner = Digest::of_reader(&b"foobar\n"[..]).unwrap().0;
+            (inner, outer.iter().all(|b| *b == 1), outer.len())
+        });
+        assert_eq!(nested, (d, true, HASH_BUFFER));
+    }
 
     #[test]
     fn known_vector() {

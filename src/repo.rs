@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::digest::{DIGEST_LEN, Digest, HASH_BUFFER, Hasher};
+use crate::digest::{DIGEST_LEN, Digest, Hasher};
 use crate::error::{Classify, Kind};
 use crate::fileset::{File as RFile, Fileset};
 use crate::par;
@@ -119,6 +119,24 @@ pub struct FileRepository {
 /// (e.g. `fs.protected_hardlinks` on a file owned by someone else).
 fn link_needs_copy(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::CrossesDevices || e.kind() == io::ErrorKind::PermissionDenied
+}
+
+/// What an install left to fsync: the object's directory when a link was made in it, and the
+/// root when that directory was new.
+#[derive(Debug, Default)]
+struct Unsynced {
+    dir: Option<PathBuf>,
+    root: bool,
+}
+
+impl Unsynced {
+    /// The directories to fsync, the object's first.
+    fn dirs<'a>(&'a self, root: &'a Path) -> impl Iterator<Item = &'a Path> {
+        self.dir
+            .as_deref()
+            .into_iter()
+            .chain(self.root.then_some(root))
+    }
 }
 
 impl FileRepository {
@@ -223,15 +241,22 @@ impl FileRepository {
 
     /// Makes the object's parent directory, fsyncing the root if it was new.
     fn ensure_parent(&self, obj: &Path) -> Result<PathBuf, RepoError> {
-        let parent = obj.parent().unwrap_or(&self.root).to_path_buf();
-        match fs::create_dir(&parent) {
-            Ok(()) => {
-                sync_dir(&self.root).map_err(|e| RepoError::io("fsync dir", &self.root, e))?
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(RepoError::io("create", &parent, e)),
+        let (parent, created) = self.ensure_parent_unsynced(obj)?;
+        if created {
+            sync_dir(&self.root).map_err(|e| RepoError::io("fsync dir", &self.root, e))?;
         }
         Ok(parent)
+    }
+
+    /// Makes the object's parent directory; also says whether it was new, in which case the
+    /// root needs an fsync before the object can be called durable.
+    fn ensure_parent_unsynced(&self, obj: &Path) -> Result<(PathBuf, bool), RepoError> {
+        let parent = obj.parent().unwrap_or(&self.root).to_path_buf();
+        match fs::create_dir(&parent) {
+            Ok(()) => Ok((parent, true)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((parent, false)),
+            Err(e) => Err(RepoError::io("create", &parent, e)),
+        }
     }
 
     /// Commits a fully written and fsynced temp file as object `d`, unless it already exists.
@@ -255,19 +280,20 @@ impl FileRepository {
     ) -> Result<(tempfile::NamedTempFile, Digest, u64), RepoError> {
         let mut tmp = self.temp_file(prefix)?;
         let mut h = Hasher::new();
-        let mut buf = vec![0u8; HASH_BUFFER];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(RepoError::io("read source for", tmp.path(), e)),
-            };
-            h.update(&buf[..n]);
-            tmp.write_all(&buf[..n])
-                .map_err(|e| RepoError::io("write", tmp.path(), e))?;
-            progress(n as u64);
-        }
+        crate::digest::with_buffer(|buf| {
+            loop {
+                let n = match r.read(buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(RepoError::io("read source for", tmp.path(), e)),
+                };
+                h.update(&buf[..n]);
+                tmp.write_all(&buf[..n])
+                    .map_err(|e| RepoError::io("write", tmp.path(), e))?;
+                progress(n as u64);
+            }
+        })?;
         tmp.as_file()
             .sync_all()
             .map_err(|e| RepoError::io("fsync", tmp.path(), e))?;
@@ -300,31 +326,52 @@ impl FileRepository {
     /// I/O errors, or [`RepoError::SourceChanged`] when a copy does not match the first hash.
     pub fn install(&self, path: &Path, progress: Progress) -> Result<RFile, RepoError> {
         let (file, unsynced) = self.install_unsynced(path, progress)?;
-        if let Some(dir) = unsynced {
-            sync_dir(&dir).map_err(|e| RepoError::io("fsync dir", &dir, e))?;
-        }
+        self.sync_dirs(unsynced.dirs(&self.root), 1)?;
         Ok(file)
     }
 
-    /// [`FileRepository::install`] without the final directory fsync: returns the directory that
-    /// still needs one, so a caller installing many files fsyncs each directory once.
+    /// Fsyncs each of `dirs`, `threads` at a time.
+    fn sync_dirs<'a>(
+        &self,
+        dirs: impl IntoIterator<Item = &'a Path>,
+        threads: usize,
+    ) -> Result<(), RepoError> {
+        let dirs: Vec<&Path> = dirs.into_iter().collect();
+        for r in par::map(&dirs, threads, |d| {
+            sync_dir(d).map_err(|e| RepoError::io("fsync dir", d, e))
+        }) {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// [`FileRepository::install`] without the final directory fsyncs: returns the directories
+    /// that still need one, so a caller installing many files fsyncs each directory once (and
+    /// the root once, not once per object directory it made).
     fn install_unsynced(
         &self,
         path: &Path,
         progress: Progress,
-    ) -> Result<(RFile, Option<PathBuf>), RepoError> {
+    ) -> Result<(RFile, Unsynced), RepoError> {
         let f = File::open(path).map_err(|e| RepoError::io("open", path, e))?;
         let (d, size) = Digest::of_reader(f).map_err(|e| RepoError::io("read", path, e))?;
         progress(size);
         let file = RFile::resolved(d, size);
         let obj = self.path(&d);
-        if obj.is_file() {
-            return Ok((file, None));
+        let mut unsynced = Unsynced::default();
+        // The link first: its directory exists but for the first object there, and an object
+        // already held fails it as AlreadyExists. One system call per file in the usual case.
+        let mut linked = fs::hard_link(path, &obj);
+        if matches!(&linked, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            unsynced.root = self.ensure_parent_unsynced(&obj)?.1;
+            linked = fs::hard_link(path, &obj);
         }
-        let parent = self.ensure_parent(&obj)?;
-        match fs::hard_link(path, &obj) {
-            Ok(()) => Ok((file, Some(parent))),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((file, None)),
+        match linked {
+            Ok(()) => {
+                unsynced.dir = obj.parent().map(Path::to_path_buf);
+                Ok((file, unsynced))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((file, unsynced)),
             Err(e) if link_needs_copy(&e) => {
                 let src = File::open(path).map_err(|e| RepoError::io("open", path, e))?;
                 let (tmp, copied, _) = self.spool("copy-", src, &no_progress)?;
@@ -336,7 +383,7 @@ impl FileRepository {
                     });
                 }
                 self.commit(tmp, &d)?;
-                Ok((file, None))
+                Ok((file, unsynced))
             }
             Err(e) => Err(RepoError::io("hard link to", &obj, e)),
         }
@@ -371,22 +418,24 @@ impl FileRepository {
             None => return Ok(Fileset::default()),
         };
         let results = par::map(&entries, self.threads, |(_, p)| match done(p) {
-            Some(file) => Ok((file, None)),
+            Some(file) => Ok((file, Unsynced::default())),
             None => self.install_unsynced(p, progress),
         });
         let mut fs = Fileset::default();
-        let mut unsynced = std::collections::BTreeSet::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut root = false;
         for ((key, _), r) in entries.iter().zip(results) {
-            let (file, dir) = r?;
+            let (file, unsynced) = r?;
             fs.map.insert(key.clone(), file);
-            unsynced.extend(dir);
+            root |= unsynced.root;
+            dirs.extend(unsynced.dir);
         }
-        // One fsync per object directory (at most 256), not one per file.
-        let unsynced: Vec<PathBuf> = unsynced.into_iter().collect();
-        for r in par::map(&unsynced, self.threads, |d| {
-            sync_dir(d).map_err(|e| RepoError::io("fsync dir", d, e))
-        }) {
-            r?;
+        // One fsync per object directory (at most 256), not one per file, and the root once.
+        // (Syncing directories from a helper thread while the files are hashed was slower: each
+        // fsync of a directory still being linked into forces a journal commit of its own.)
+        self.sync_dirs(dirs.iter().map(PathBuf::as_path), self.threads)?;
+        if root {
+            self.sync_dirs([self.root.as_path()], 1)?;
         }
         if replace {
             for (key, p) in &entries {

@@ -45,7 +45,11 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
             print_json(&f)
         }
         RepoCommand::Ingest { path } => {
-            let pb = progress_bar(crate::repo::tree_bytes(&path), "ingest");
+            let pb = progress_bar(0, "ingest");
+            // The total is one more walk of the tree: only for a bar someone sees.
+            if !pb.is_hidden() {
+                pb.set_length(crate::repo::tree_bytes(&path));
+            }
             let fs = repo.install_tree(&path, false, &|n| pb.inc(n))?;
             pb.finish_and_clear();
             tracing::info!(files = fs.n(), bytes = fs.size(), "Ingested.");
@@ -60,12 +64,17 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
                     .map(|s| Digest::parse(s))
                     .collect::<Result<_, _>>()?
             };
-            let total_bytes = par::map(&ds, par::default_threads(), |d| {
-                repo.stat(d).map(|f| f.size).unwrap_or(0)
-            })
-            .iter()
-            .sum();
-            let pb = progress_bar(total_bytes, "verify");
+            let pb = progress_bar(0, "verify");
+            // The total is one more stat per object: only for a bar someone sees.
+            if !pb.is_hidden() {
+                pb.set_length(
+                    par::map(&ds, par::default_threads(), |d| {
+                        repo.stat(d).map(|f| f.size).unwrap_or(0)
+                    })
+                    .iter()
+                    .sum(),
+                );
+            }
             let errs = repo.verify_many(&ds, &|n| pb.inc(n));
             pb.finish_and_clear();
             for e in &errs {
@@ -82,11 +91,11 @@ pub fn run_repo(dir: &Path, cmd: RepoCommand) -> Result<(), CliError> {
             }
         }
         RepoCommand::Ls => {
-            let mut out = io::stdout().lock();
+            let mut out = io::BufWriter::new(io::stdout().lock());
             for d in repo.walk()? {
                 writeln!(out, "{d}").map_err(CliError::Output)?;
             }
-            Ok(())
+            out.flush().map_err(CliError::Output)
         }
         RepoCommand::Cat { digest } => {
             let d = Digest::parse(&digest)?;
