@@ -4,12 +4,17 @@
 # leaves the input under fuzz/artifacts/.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]
+#   scripts/fuzz.sh build      (only builds every target; scripts/test.sh runs this in the
+#                               background while the rest of CI waits on services and tests)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-20}
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "[fuzz] installing cargo-fuzz" >&2
   cargo +nightly install cargo-fuzz --locked --quiet
+fi
+if [ "$secs" = build ]; then
+  exec cargo +nightly fuzz build
 fi
 for t in $(cargo +nightly fuzz list); do
   echo "[fuzz] $t for ${secs}s" >&2
