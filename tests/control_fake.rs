@@ -46,6 +46,32 @@ struct Opts {
     publish: Option<Vec<String>>,
     /// Publish through a sink that takes batches of up to 10 and records each batch's kinds.
     batches: Option<Arc<std::sync::Mutex<Vec<Vec<String>>>>>,
+    /// Publish through a sink whose broker never answers while this is set.
+    frozen: Option<Arc<std::sync::atomic::AtomicBool>>,
+    drain_grace: Option<Duration>,
+}
+
+/// The spool's sink behind a link that can freeze: while frozen, every publish waits 2 s and
+/// fails as a broker that does not answer would.
+#[derive(Debug)]
+struct FreezingSink {
+    inner: reflow_agent::queue::spool::SpoolSink,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl reflow_agent::queue::EventSink for FreezingSink {
+    async fn publish(&self, event: &Event) -> Result<(), reflow_agent::queue::QueueError> {
+        if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return Err(reflow_agent::queue::QueueError::Timeout {
+                op: "publish",
+                after: Duration::from_secs(2),
+                blocked: "",
+            });
+        }
+        self.inner.publish(event).await
+    }
 }
 
 /// The spool's sink, taking batches of up to 10 events as SQS does, and recording the kinds of
@@ -117,7 +143,7 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, opts: Opts) -> Harness {
             max_jobs,
             prefetch: 2,
             max_deliveries: 3,
-            drain_grace: Duration::from_secs(30),
+            drain_grace: opts.drain_grace.unwrap_or(Duration::from_secs(30)),
             heartbeat: Duration::from_secs(3600),
             lease: Duration::from_secs(30),
             max_job: Duration::from_secs(3600),
@@ -130,12 +156,16 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, opts: Opts) -> Harness {
         ControlPorts {
             pool,
             clock: Arc::new(SystemClock),
-            sink: match opts.batches {
-                Some(batches) => Arc::new(BatchingSink {
+            sink: match (opts.batches, opts.frozen) {
+                (Some(batches), _) => Arc::new(BatchingSink {
                     inner: spool.sink(),
                     batches,
                 }),
-                None => Arc::new(spool.sink()),
+                (None, Some(frozen)) => Arc::new(FreezingSink {
+                    inner: spool.sink(),
+                    frozen,
+                }),
+                (None, None) => Arc::new(spool.sink()),
             },
             claims: None,
             metrics: Default::default(),
@@ -298,6 +328,59 @@ async fn requests_reply_and_state_changes_replay_on_redelivery() {
     assert_eq!(
         spool.list("dead"),
         ["0099-poison", "0099-poison.reason.json"]
+    );
+}
+
+#[tokio::test]
+async fn a_drain_through_a_frozen_link_ends_before_its_grace_and_keeps_the_outcome() {
+    // A job finishes while the broker does not answer, so its outcome cannot be published and
+    // its task waits. A drain then gives that wait a bounded time (not the minute an outcome
+    // gets otherwise, and not the drain's grace), hands the command back, and keeps the
+    // outcome in the outbox: the next start publishes it.
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let grace = Duration::from_secs(45);
+    let h = start_with(
+        10,
+        2,
+        Opts {
+            frozen: Some(frozen.clone()),
+            drain_grace: Some(grace),
+            ..Opts::default()
+        },
+    )
+    .await;
+    h.send(job("j1", "echo 1 > $out"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.fake.count("start") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = std::time::Instant::now();
+    let (spool, dir) = h.stop().await;
+    let took = t0.elapsed();
+    assert!(
+        took < grace,
+        "the drain waited {took:?}, its whole grace, on a frozen link"
+    );
+    // The command is back in incoming/, and its outcome is still in the agent's outbox.
+    assert_eq!(
+        spool.list("incoming").len(),
+        1,
+        "{:?}",
+        spool.list("incoming")
+    );
+    assert!(spool.list("processing").is_empty());
+    let outbox: Vec<String> = std::fs::read_dir(dir.path().join("state/outbox"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(
+        outbox.iter().any(|e| e.contains("exec.completed")),
+        "the outcome left the outbox: {outbox:?}"
     );
 }
 

@@ -100,12 +100,19 @@ impl Inner {
     }
 
     /// Waits until `events` have left the outbox (the broker confirmed them), up to
-    /// [`OUTCOME_PATIENCE`]; false when they have not by then.
+    /// [`OUTCOME_PATIENCE`], and once a drain has begun up to [`DRAIN_PUBLISH_PATIENCE`] more;
+    /// false when they have not by then (the outbox keeps them for the next start).
     pub(super) async fn until_published(&self, events: &[Event]) -> bool {
         // Someone waits: the publisher holds nothing back meanwhile.
         let _waiting = Awaiting::new(&self.awaiting);
         let mut changed = self.published.subscribe();
         let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
+        // A drain does not wait out the whole patience for a broker that is not answering.
+        let drained = async {
+            self.draining.cancelled().await;
+            tokio::time::sleep(DRAIN_PUBLISH_PATIENCE).await;
+        };
+        tokio::pin!(drained);
         loop {
             let waiting = match self.outbox.pending() {
                 Ok(p) => p.iter().any(|(_, e)| events.iter().any(|o| o.id == e.id)),
@@ -117,6 +124,7 @@ impl Inner {
             self.outbox_wake.notify_one();
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return false,
+                () = &mut drained => return false,
                 _ = changed.changed() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }

@@ -69,6 +69,10 @@ use retention::prune_loop;
 /// failing disk) before the command is handed back unsettled.
 pub const OUTCOME_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long a drain waits for the broker to take the events still in the outbox (after the
+/// last job, and for each job's outcome); what is left goes at the next start.
+pub const DRAIN_PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How the control plane behaves.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -398,7 +402,7 @@ impl Control {
         let stopped = inner.lifecycle_event(EventBody::AgentStopped {});
         inner.emit(&[stopped]);
         // Give the publisher a moment to empty the outbox; what is left goes at the next start.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + DRAIN_PUBLISH_PATIENCE;
         while tokio::time::Instant::now() < deadline
             && inner
                 .outbox
