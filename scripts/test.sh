@@ -20,7 +20,8 @@ step() { end_step; step_name=$*; step_at=$SECONDS; printf '\n==> %s\n' "$*"; }
 fuzz_build_pid=""
 on_exit() {
   local rc=$?
-  [ -n "$fuzz_build_pid" ] && kill -- "-$fuzz_build_pid" 2>/dev/null
+  # (An `if`: under `set -e` a failing kill, the build being over, would end this handler.)
+  if [ -n "$fuzz_build_pid" ]; then kill -- "-$fuzz_build_pid" 2>/dev/null || true; fi
   end_step
   printf '\n==> time per step\n'
   printf '%s\n' "${times[@]}"
