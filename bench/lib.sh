@@ -32,18 +32,19 @@ measure() {
 # cpu_model: the CPU's model name.
 cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'; }
 
-# measure_interleaved NAME_A CMD_A NAME_B CMD_B: like measure for two commands, alternating
-# A and B in each round so machine drift affects both alike. The commands are strings (eval'd).
+# measure_interleaved NAME CMD [NAME CMD]...: like measure for several commands, running each
+# once per round in turn so machine drift affects all alike. The commands are strings (eval'd).
 measure_interleaved() {
-  local na=$1 ca=$2 nb=$3 cb=$4
-  local xa=() xb=() i
+  local names=() cmds=() xs=() i j
+  while [ $# -ge 2 ]; do names+=("$1"); cmds+=("$2"); shift 2; done
   for ((i = 0; i < RUNS; i++)); do
-    xa+=("$(eval "$ca")")
-    xb+=("$(eval "$cb")")
+    for j in "${!names[@]}"; do xs[j]+="$(eval "${cmds[j]}") "; done
   done
-  T[$na]=$(printf '%s\n' "${xa[@]}" | median)
-  T[$nb]=$(printf '%s\n' "${xb[@]}" | median)
-  printf "%-28s %s s (median of %d, interleaved)\n" "$na" "${T[$na]}" "$RUNS" "$nb" "${T[$nb]}" "$RUNS" >&2
+  for j in "${!names[@]}"; do
+    # shellcheck disable=SC2086 # one number per word
+    T[${names[j]}]=$(printf '%s\n' ${xs[j]} | median)
+    printf '%-28s %s s (median of %d, interleaved)\n' "${names[j]}" "${T[${names[j]}]}" "$RUNS" >&2
+  done
 }
 
 # row CELL...: one markdown table row.

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# End-to-end queue benchmarks, each against a baseline measured in the same run. Writes its
-# section of bench/RESULTS.md.
+# End-to-end queue benchmarks on every backend, each against a baseline measured in the same
+# run. Writes its section of bench/RESULTS.md.
 #
 #   bench/queue.sh [RUNS]     (default 3 runs of each measurement; medians reported)
 #
-# - Job latency: `reflow-agent submit --wait` of one trivial job through RabbitMQ (submit to
-#   exec.completed, including the CLI's start and connections) against `docker run --rm` of the
-#   same command.
-# - Job throughput: 200 distinct trivial jobs through RabbitMQ to one agent running 8 at once,
-#   against `xargs -P8 docker run --rm` of 200 containers.
+# - Job latency: `reflow-agent submit --wait` of one trivial job (a fresh id each time) through
+#   spool://, RabbitMQ and SQS (moto), submit to exec.completed, including the CLI's start and
+#   connections, against `docker run --rm --network host` of the same command. spool, AMQP and
+#   docker run take turns in each round; SQS takes turns with docker run after them, with only
+#   the SQS agent running (its long polls are moto's work too).
+# - Job throughput: 40 and 200 distinct trivial jobs to one agent running 8 at once, on spool://
+#   and through RabbitMQ, against `xargs -P8 docker run --rm` of as many containers.
 # - Cheap commands: alloc.inspect request/reply through the agent and RabbitMQ against a raw
 #   lapin echo (confirmed publish, consumer acks and publishes a confirmed reply).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
-N=200
 REQS=500
 IMAGE=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
 AMQP=amqp://guest:guest@127.0.0.1:5672/%2f
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
 bash scripts/dev-services.sh >/dev/null
 bash scripts/test-image.sh >/dev/null
 cargo build --release --quiet --bin reflow-agent --example queue_bench
@@ -27,41 +30,63 @@ source bench/lib.sh
 
 WORK=$(mktemp -d)
 NS=bench-$(date +%s)
-Q="$AMQP?ns=$NS"
-cat >"$WORK/agent.toml" <<TOML
+AQ="$AMQP?ns=$NS"
+SPOOL="spool://$WORK/spool"
+SQS="sqs://$NS?create=true"
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# agent NAME URL EXTRA: starts `serve` on URL with 8 slots; its admin listener is off.
+agent() {
+  cat >"$WORK/$1.toml" <<TOML
 [agent]
-state_dir = "$WORK/state"
-pool_id = "bench"
+state_dir = "$WORK/$1-state"
+pool_id = "bench-$1"
 [queue]
-url = "$Q"
+url = "$2"
 max_jobs = 8
-prefetch = 16
-heartbeat_secs = 30
-# The baseline runs `docker run --network host`; the agent runs its containers alike.
+$3
+[admin]
+listen = "off"
+# The baseline runs \`docker run --network host\`; the agent runs its containers alike.
 [executor]
 network_mode = "host"
 allow_host_network = true
 TOML
-"$AGENT" --log-format json serve --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
-AGENT_PID=$!
-trap 'kill $AGENT_PID 2>/dev/null; wait $AGENT_PID 2>/dev/null; rm -rf "$WORK"' EXIT
-sleep 2
+  "$AGENT" --log-format json serve --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  PIDS+=($!)
+}
 
 bsecs() { "$BENCH" "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'; }
+n=0
+# one_job URL: seconds for `submit --wait` of one fresh job on URL.
 one_job() {
-  local id="lat-$(date +%s%N)"
+  n=$((n + 1))
+  local id="lat-$$-$n-$RANDOM"
   printf '{"v":1,"id":"%s","kind":"job","body":{"config":{"Type":"exec","Image":"%s","Cmd":"echo %s > $out","Resources":{"mem":16777216,"cpu":0.1}}}}' "$id" "$IMAGE" "$id" >"$WORK/job.json"
-  secs "$AGENT" submit --wait --queue "$Q" "$WORK/job.json"
+  secs "$AGENT" submit --wait --timeout-secs 60 --queue "$1" "$WORK/job.json"
 }
 docker_one() { secs docker run --rm --network host "$IMAGE" sh -c 'echo x > /dev/null'; }
-xargs_n() { seq $N | xargs -P8 -I{} docker run --rm --network host "$IMAGE" sh -c 'echo {} > /dev/null'; }
+xargs_n() { seq "$1" | xargs -P8 -I{} docker run --rm --network host "$IMAGE" sh -c 'echo {} > /dev/null'; }
 
-one_job >/dev/null  # warm up
-measure_interleaved docker_one "docker_one" agent_one "one_job"
-measure xargs_par secs xargs_n
-measure agent_par bsecs jobs "$Q" $N "$IMAGE"
+agent amqp "$AQ" "prefetch = 16"
+agent spool "$SPOOL" ""
+sleep 2
+one_job "$AQ" >/dev/null; one_job "$SPOOL" >/dev/null; docker_one >/dev/null  # warm up
+measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'"
+for N in 40 200; do
+  measure "xargs_$N" secs xargs_n "$N"
+  measure "spool_$N" bsecs jobs "$SPOOL" "$N" "$IMAGE"
+  measure "amqp_$N" bsecs jobs "$AQ" "$N" "$IMAGE"
+done
 measure echo bsecs echo "$AMQP" $REQS
-measure requests bsecs requests "$Q" $REQS
+measure requests bsecs requests "$AQ" $REQS
+kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=()
+
+agent sqs "$SQS" ""
+sleep 3
+one_job "$SQS" >/dev/null; docker_one >/dev/null  # warm up
+measure_interleaved docker_two "docker_one" sqs_one "one_job '$SQS'"
 
 rate() { echo "scale=1; $1 / $2" | bc -l; }
 cpu=$(cpu_model)
@@ -70,15 +95,21 @@ out=$(mktemp)
 {
   echo "## Queue: end-to-end jobs and commands"
   echo
-  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null). Date: $(date -u +%Y-%m-%d). Medians of $RUNS runs; release build; one agent, \`max_jobs = 8\`."
+  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $RUNS runs; release build; one agent per backend, \`max_jobs = 8\`."
   echo
-  row "measurement" "agent" "baseline" "agent / baseline"
-  echo "|---|---|---|---|"
-  row "one job, submit to exec.completed (s)" "${T[agent_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[agent_one]}" "${T[docker_one]}")"
-  row "$N jobs at concurrency 8 (jobs/s)" "$(rate $N "${T[agent_par]}")" "xargs -P8 docker run --rm: $(rate $N "${T[xargs_par]}")" "$(ratio "${T[xargs_par]}" "${T[agent_par]}") (throughput)"
-  row "$REQS alloc.inspect request/replies (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)"
+  row "measurement" "agent" "baseline" "agent / baseline" "goal"
+  echo "|---|---|---|---|---|"
+  row "one job on \`spool://\`, submit to exec.completed (s)" "${T[spool_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[spool_one]}" "${T[docker_one]}")" "<= 1.05"
+  row "one job on \`amqp://\`, submit to exec.completed (s)" "${T[amqp_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[amqp_one]}" "${T[docker_one]}")" "<= 1.05"
+  row "one job on \`sqs://\` (moto), submit to exec.completed (s)" "${T[sqs_one]}" "docker run --rm: ${T[docker_two]}" "$(ratio "${T[sqs_one]}" "${T[docker_two]}")" "reported"
+  for N in 40 200; do
+    for q in spool amqp; do
+      row "$N jobs at concurrency 8 on \`$q://\` (jobs/s)" "$(rate "$N" "${T[${q}_$N]}")" "xargs -P8 docker run --rm: $(rate "$N" "${T[xargs_$N]}")" "$(ratio "${T[xargs_$N]}" "${T[${q}_$N]}") (throughput)" ">= 1.0"
+    done
+  done
+  row "$REQS alloc.inspect request/replies on \`amqp://\` (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)" ""
   echo
-  echo "A job's latency includes the CLI process, its connections and an exclusive reply queue, the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the confirmed event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm."
+  echo "A job's latency includes the CLI process, its connections (and on AMQP an exclusive reply queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh queue "$out"
