@@ -824,14 +824,13 @@ impl super::Client for SqsClient {
     }
 
     async fn watch(&self, command: Option<&str>) -> Result<Box<dyn super::EventWatch>, QueueError> {
-        Ok(Box::new(SqsWatch {
-            client: SqsClient {
+        Ok(Box::new(SqsWatch::start(
+            SqsClient {
                 client: self.client.clone(),
                 urls: self.urls.clone(),
             },
-            command: command.map(str::to_string),
-            ready: VecDeque::new(),
-        }))
+            command.map(str::to_string),
+        )))
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
@@ -894,46 +893,80 @@ impl super::Client for SqsClient {
 }
 
 /// Events from the results queue: those of `command` are consumed, others are left for their
-/// readers.
+/// readers. A task of its own receives and deletes, and hands events over a channel, so `next`
+/// is cancel-safe: a caller that gives up waiting (a timeout around it)
+/// loses nothing. (Receiving inside `next` lost the rest of a received batch to the visibility
+/// timeout whenever the caller's timeout fired in between, and again at the next try.)
+#[derive(Debug)]
 struct SqsWatch {
-    client: SqsClient,
-    command: Option<String>,
-    ready: VecDeque<Event>,
+    events: tokio::sync::mpsc::Receiver<Result<Event, QueueError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SqsWatch {
+    fn start(client: SqsClient, command: Option<String>) -> SqsWatch {
+        let (tx, events) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            let results = client.urls.results.clone();
+            loop {
+                let received = match client.receive(&results, 10, 5, 30).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        if tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                for m in received {
+                    let event = m
+                        .body
+                        .as_deref()
+                        .and_then(|b| serde_json::from_str::<Event>(b).ok());
+                    let Some(receipt) = m.receipt_handle else {
+                        continue;
+                    };
+                    match event {
+                        Some(e) if command.is_none() || e.command == command => {
+                            if tx.send(Ok(e)).await.is_err() {
+                                // Nobody watches any more: the message comes back after its
+                                // visibility timeout for whoever reads next.
+                                return;
+                            }
+                            let _ = client
+                                .client
+                                .delete_message()
+                                .queue_url(&results)
+                                .receipt_handle(receipt)
+                                .send()
+                                .await;
+                        }
+                        _ => client.release(&results, &receipt).await,
+                    }
+                }
+            }
+        });
+        SqsWatch { events, task }
+    }
+}
+
+impl Drop for SqsWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[async_trait]
 impl super::EventWatch for SqsWatch {
     async fn next(&mut self) -> Result<Event, QueueError> {
-        loop {
-            if let Some(e) = self.ready.pop_front() {
-                return Ok(e);
-            }
-            let results = self.client.urls.results.clone();
-            for m in self.client.receive(&results, 10, 5, 30).await? {
-                let event = m
-                    .body
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str::<Event>(b).ok());
-                let Some(receipt) = m.receipt_handle else {
-                    continue;
-                };
-                match event {
-                    Some(e) if self.command.is_none() || e.command == self.command => {
-                        // Kept before it is deleted: a caller that drops this future mid-way
-                        // finds it next time (or, undeleted, sees it again: ids tell duplicates).
-                        self.ready.push_back(e);
-                        let _ = self
-                            .client
-                            .client
-                            .delete_message()
-                            .queue_url(&results)
-                            .receipt_handle(receipt)
-                            .send()
-                            .await;
-                    }
-                    _ => self.client.release(&results, &receipt).await,
-                }
-            }
+        match self.events.recv().await {
+            Some(r) => r,
+            None => Err(QueueError::Sqs {
+                op: "watch events",
+                message: "the receiving task ended".into(),
+                permanent: false,
+            }),
         }
     }
 }
