@@ -980,6 +980,61 @@ async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() 
     }
 }
 
+/// The SQS event watch is cancel-safe: a caller that gives up on `next()` (a timeout around
+/// it, as `submit --wait` and these tests' `linger` do) loses no event to the visibility
+/// timeout (30 s), however often it gives up while a receive is under way.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_event_watch_loses_nothing_to_a_callers_timeouts() {
+    use reflow_agent::clock::Clock;
+    let name = uniq("watch");
+    let (_dir, _url, client) = sqs_queue(&name).await;
+    let mut watch = client.watch(None).await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&aws_sdk().await);
+    let results = sqs
+        .get_queue_url()
+        .queue_name(format!("{name}-results"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let ids: Vec<String> = (0..30).map(|i| format!("{name}-ev-{i}")).collect();
+    for id in &ids {
+        let e = Event {
+            v: 1,
+            id: id.clone(),
+            agent: name.clone(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            command: None,
+            time: reflow_agent::clock::SystemClock.now(),
+            body: EventBody::AgentDraining {},
+            labels: Default::default(),
+        };
+        sqs.send_message()
+            .queue_url(&results)
+            .message_body(serde_json::to_string(&e).unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < ids.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events within 20 s",
+            seen.len(),
+            ids.len()
+        );
+        if let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(3), watch.next()).await {
+            seen.insert(e.id);
+        }
+    }
+}
+
 /// Private replies on SQS: a command naming a `reply_to` queue (by name or URL) gets its
 /// events there, and the shared results queue does not; a reply queue that does not exist
 /// sends them to the results queue instead (nothing is stuck in the outbox). A rejected command
