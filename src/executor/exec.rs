@@ -238,10 +238,11 @@ impl Exec {
             .map_err(|e| ReflowError::from_classified("save manifest", &e).with_arg(id))
     }
 
-    /// Persists the manifest in state `s` (checking that the move is allowed), without
-    /// publishing it.
-    async fn persist_state(&self, s: ExecState) -> Result<(), ReflowError> {
-        let from = lock(&self.manifest).state;
+    /// Moves the manifest to state `s` in memory (checking that the move is allowed), without
+    /// writing or publishing it.
+    fn set_state(&self, s: ExecState) -> Result<(), ReflowError> {
+        let mut m = lock(&self.manifest);
+        let from = m.state;
         if from != s && !from.can_transition(s) {
             return Err(err(
                 Kind::Fatal,
@@ -250,7 +251,14 @@ impl Exec {
                 format!("{from:?} -> {s:?} is not allowed"),
             ));
         }
-        lock(&self.manifest).state = s;
+        m.state = s;
+        Ok(())
+    }
+
+    /// Persists the manifest in state `s` (checking that the move is allowed), without
+    /// publishing it.
+    async fn persist_state(&self, s: ExecState) -> Result<(), ReflowError> {
+        self.set_state(s)?;
         self.save().await
     }
 
@@ -285,7 +293,15 @@ impl Exec {
             };
             match next {
                 Ok(next) => {
-                    if let Err(e) = self.persist_state(next).await {
+                    // `Created` is kept in memory only: recovery resumes an exec left in `Init`
+                    // whose container exists just as it would one left in `Created` (create
+                    // answers Conflict, start inspects first), so its fsyncs would buy nothing.
+                    let persisted = if next == ExecState::Created && !blob {
+                        self.set_state(next)
+                    } else {
+                        self.persist_state(next).await
+                    };
+                    if let Err(e) = persisted {
                         if e.kind == Kind::ResourcesExhausted {
                             self.discard_scratch(Some(&inner)).await;
                         }

@@ -1194,9 +1194,10 @@ impl Executor {
             };
         match action {
             RecoveryAction::Resume { id, from } => {
-                if let Some(e) = register(id, None, None) {
-                    let state = e.status().state;
-                    lock(&e.manifest).state = from.min(state);
+                // The state it resumes from: a `Created` whose container is gone goes back to
+                // `Init`; an `Init` whose container exists goes on as `Created`.
+                if let Some(e) = register(id, Some(from), None) {
+                    lock(&e.manifest).state = from;
                     self.spawn(e, from);
                 }
             }

@@ -4,8 +4,11 @@
 //! combination is tested as a table.
 //!
 //! Rules:
-//! - A manifest in `Init` resumes at create (which finds the container by name if it exists).
-//! - `Created` resumes at start; if its container is gone, at create.
+//! - A manifest in `Init` resumes at create; with its container, like `Created` (create had
+//!   prepared its directories, and the container may have written to them since).
+//! - `Created` resumes at start; if its container is gone, at create. (The executor keeps
+//!   `Created` in memory only, so an exec is durably `Init` until it is `Running`; an
+//!   earlier agent's manifests may still say `Created`.)
 //! - `Running` resumes at wait (re-attaching even if the container exited while no agent ran);
 //!   if its container is gone, the exec is marked lost (retryable), never silently dropped.
 //! - `Complete` is served from the manifest; a leftover container is removed.
@@ -123,13 +126,20 @@ pub fn plan(execs: &[ScannedExec], containers: &[LabeledContainer]) -> Vec<Recov
             DirScan::Manifest(state) => {
                 claimed.insert(id);
                 actions.push(match state {
+                    // Its container exists, so create had prepared its directories and
+                    // succeeded: resumed like `Created`, without preparing them again over
+                    // what the container may already have written.
+                    ExecState::Unstarted | ExecState::Init | ExecState::Created
+                        if has_container =>
+                    {
+                        Resume {
+                            id,
+                            from: ExecState::Created,
+                        }
+                    }
                     ExecState::Unstarted | ExecState::Init => Resume {
                         id,
                         from: ExecState::Init,
-                    },
-                    ExecState::Created if has_container => Resume {
-                        id,
-                        from: ExecState::Created,
                     },
                     ExecState::Created => Resume {
                         id,
@@ -241,12 +251,12 @@ mod tests {
                 }],
             ),
             (
-                "init, container exists (crash after create)",
+                "init, container exists (crash after create, or after start)",
                 vec![exec(1, Manifest(Init))],
                 vec![ctr(1)],
                 vec![Resume {
                     id: id(1),
-                    from: Init,
+                    from: Created,
                 }],
             ),
             (
