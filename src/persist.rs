@@ -109,6 +109,33 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// # Errors
 /// [`PersistError::Io`] naming the step that failed; the target is then unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    let dir = replace_unsynced(path, bytes)?;
+    sync_dir(dir).map_err(|e| PersistError::io("fsync dir", dir, e))
+}
+
+/// Atomically replaces each file of `files` (all in one directory) with its bytes: each is
+/// written to a temp file, fsynced and renamed, then the directory is fsynced once for all.
+/// When it fails, the files before the failing one may have been replaced.
+///
+/// # Errors
+/// [`PersistError::Io`] naming the step that failed.
+pub fn write_atomic_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), PersistError> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for (path, bytes) in files {
+        let dir = replace_unsynced(path, bytes)?;
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        sync_dir(dir).map_err(|e| PersistError::io("fsync dir", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a temp file beside `path`, fsyncs it and renames it onto `path`; the
+/// rename is durable once the returned directory is fsynced.
+fn replace_unsynced<'a>(path: &'a Path, bytes: &[u8]) -> Result<&'a Path, PersistError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         Some(_) => Path::new("."),
@@ -134,7 +161,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
         .map_err(|e| PersistError::io("fsync", tmp.path(), e))?;
     tmp.persist(path)
         .map_err(|e| PersistError::io("rename onto", path, e.error))?;
-    sync_dir(dir).map_err(|e| PersistError::io("fsync dir", dir, e))
+    Ok(dir)
 }
 
 /// Atomically replaces `path` with the pretty JSON of `value`; see [`write_atomic`].
@@ -322,6 +349,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn many_files_written_at_once_replace_each_and_leave_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        fs::write(&a, b"old").unwrap();
+        write_atomic_all(&[(a.clone(), b"1".to_vec()), (b.clone(), b"2".to_vec())]).unwrap();
+        assert_eq!(fs::read(&a).unwrap(), b"1");
+        assert_eq!(fs::read(&b).unwrap(), b"2");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.json", "b.json"]);
+        // A file whose directory is missing fails, naming the step.
+        let err = write_atomic_all(&[(dir.path().join("gone/c.json"), b"3".to_vec())]);
+        assert!(err.unwrap_err().to_string().contains("create temp in"));
     }
 
     #[test]

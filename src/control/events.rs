@@ -113,11 +113,9 @@ impl Inner {
             tokio::time::sleep(DRAIN_PUBLISH_PATIENCE).await;
         };
         tokio::pin!(drained);
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         loop {
-            let waiting = match self.outbox.pending() {
-                Ok(p) => p.iter().any(|(_, e)| events.iter().any(|o| o.id == e.id)),
-                Err(_) => true,
-            };
+            let waiting = self.outbox.holds_any(&ids).unwrap_or(true);
             if !waiting {
                 return true;
             }

@@ -71,6 +71,9 @@ impl Inner {
         if !self.reserve(&req, &spec, &mut entry).await {
             return self.hand_back(&req).await;
         }
+        // The exec id is the config's digest: journaled now, with the alloc, so starting the
+        // exec needs no second journal write.
+        entry.exec = Some(job_exec_id(&spec));
         if let Err(e) = self.journal.put(&entry) {
             tracing::warn!(error = %crate::error::chain(&e), "Journaling the job failed; handing it back.");
             return self.hand_back(&req).await;
@@ -124,7 +127,7 @@ impl Inner {
         slot: Option<OwnedSemaphorePermit>,
     ) {
         let started = self.clock.now();
-        let mut events = self.job_outcome(&req, &spec, &mut entry).await;
+        let (mut events, stored) = self.job_outcome(&req, &spec, &mut entry).await;
         lock(&self.running).remove(&req.id);
         let oom = match (&entry.alloc, entry.exec) {
             (Some(a), Some(x)) => match self.pool.alloc(a).await {
@@ -167,12 +170,26 @@ impl Inner {
         }
         entry.phase = Phase::Done;
         entry.outcome = events;
-        if let Err(e) = self.journal.put(&entry) {
-            tracing::error!(error = %crate::error::chain(&e), "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
-        }
+        // The journal's done entry and the stored result are written while the outcome is
+        // published, off the path to the event; the command is settled only after both.
+        let written = {
+            let (inner, entry) = (self.clone(), entry.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Some((key, stored)) = stored
+                    && let Err(e) = inner.results.put(&key, &stored)
+                {
+                    tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
+                }
+                if let Err(e) = inner.journal.put(&entry) {
+                    tracing::error!(error = %crate::error::chain(&e), "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
+                }
+            })
+        };
         // Published, then settled: a machine that dies between the two leaves the command in
         // the queue, never an acked command whose outcome was only on its disk.
-        let action = if self.until_published(&entry.outcome).await {
+        let published = self.until_published(&entry.outcome).await;
+        let _ = written.await;
+        let action = if published {
             self.finish_claim(&req.id).await;
             SettleAction::Ack("job")
         } else {
@@ -221,13 +238,14 @@ impl Inner {
         }
     }
 
-    /// The events of a job's outcome: `exec.completed` (with the error when it failed).
+    /// The events of a job's outcome: `exec.completed` (with the error when it failed); and
+    /// a successful result to store under its key, for identical jobs to reuse.
     pub(super) async fn job_outcome(
         &self,
         req: &Request,
         spec: &JobSpec,
         entry: &mut Entry,
-    ) -> Vec<Event> {
+    ) -> (Vec<Event>, Option<(Digest, StoredResult)>) {
         let outputs_to = spec
             .outputs_to
             .clone()
@@ -255,7 +273,7 @@ impl Inner {
         };
         if let Some(stored) = self.results.get(&key) {
             tracing::info!(exec = %exec_id, "An identical exec already succeeded: returning its stored result.");
-            return vec![completed(stored.result, true)];
+            return (vec![completed(stored.result, true)], None);
         }
         let mut events = Vec::new();
         let mut delay =
@@ -290,16 +308,14 @@ impl Inner {
                 }
             }
         };
-        if result.err.is_none() {
+        let stored = result.err.is_none().then(|| {
             let stored = StoredResult {
                 result: result.clone(),
                 repository: outputs_to.clone(),
                 exec: exec_id,
             };
-            if let Err(e) = self.results.put(&key, &stored) {
-                tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
-            }
-        }
+            (key, stored)
+        });
         if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Integrity) {
             // Corrupt data: said at once, not only by the next heartbeat (the alloc is freed).
             self.metrics.integrity_error();
@@ -312,7 +328,7 @@ impl Inner {
             ));
         }
         events.push(completed(result, false));
-        events
+        (events, stored)
     }
 
     /// One try of a job: its result, with the `exec.state` event of its exec's completion

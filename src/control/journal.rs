@@ -306,17 +306,45 @@ impl Outbox {
         })
     }
 
-    /// Adds `events` durably, in order.
+    /// Adds `events` in order, all durable when it returns (one directory fsync for them all).
     ///
     /// # Errors
-    /// Writing.
+    /// Serializing or writing.
     pub fn add(&self, events: &[Event]) -> Result<(), JournalError> {
+        let mut files = Vec::with_capacity(events.len());
         for e in events {
             let seq = self.seq.fetch_add(1, Ordering::SeqCst);
             let p = self.dir.join(format!("{seq:020}-{}.json", e.id));
-            persist::write_json_atomic(&p, e).map_err(persist_err("outbox event", &p))?;
+            let bytes = serde_json::to_vec_pretty(e).map_err(|source| {
+                persist_err("outbox event", &p)(PersistError::Serialize {
+                    path: p.clone(),
+                    source,
+                })
+            })?;
+            files.push((p, bytes));
         }
-        Ok(())
+        persist::write_atomic_all(&files).map_err(persist_err("outbox event", &self.dir))
+    }
+
+    /// Whether any of the events `ids` is still pending (names only: no file is read).
+    ///
+    /// # Errors
+    /// Listing the directory.
+    pub fn holds_any(&self, ids: &[&str]) -> Result<bool, JournalError> {
+        for entry in fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))? {
+            let name = entry.map_err(io_err("list", &self.dir))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.split_once('-'))
+                .map(|(_, id)| id)
+                && !persist::is_leftover(&name)
+                && ids.contains(&id)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The pending events with their file names, in order.
@@ -518,8 +546,13 @@ mod tests {
             .collect();
         assert_eq!(ids, [ev(0).id, ev(1).id, ev(2).id]);
         let (first, _) = &o2.pending().unwrap()[0];
+        assert!(o2.holds_any(&[&ev(0).id, "other"]).unwrap());
         o2.remove(first).unwrap();
         o2.remove(first).unwrap();
         assert_eq!(o2.pending().unwrap().len(), 2);
+        // Pending is told from the names alone: the removed event is gone, the others are not.
+        assert!(!o2.holds_any(&[&ev(0).id]).unwrap());
+        assert!(o2.holds_any(&[&ev(0).id, &ev(2).id]).unwrap());
+        assert!(!o2.holds_any(&[]).unwrap());
     }
 }
