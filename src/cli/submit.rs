@@ -71,8 +71,14 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
     let job = matches!(req.command, crate::protocol::Command::Job(_));
     runtime()?.block_on(async {
         let client = crate::queue::client(&opts.queue, &opts.tls.settings()?).await?;
+        // The watch is made before the command is sent, so no event is missed; the
+        // connection the command is sent on is opened meanwhile.
         let mut watch = match opts.wait {
-            true => Some(client.watch(Some(&req.id)).await?),
+            true => {
+                let (watch, ready) = tokio::join!(client.watch(Some(&req.id)), client.prepare());
+                ready?;
+                Some(watch?)
+            }
             false => None,
         };
         client.submit(&req.id, &bytes).await?;

@@ -481,17 +481,19 @@ impl Publisher {
         }
     }
 
-    async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: FieldTable,
-    ) -> Result<(), QueueError> {
+    /// Connects (with publisher confirms and the topology declared) unless connected.
+    async fn ready(&self) -> Result<(), QueueError> {
         let mut guard = self.ch.lock().await;
+        self.ensure(&mut guard).await
+    }
+
+    async fn ensure(
+        &self,
+        guard: &mut tokio::sync::MutexGuard<'_, Option<(Connection, Channel)>>,
+    ) -> Result<(), QueueError> {
         if guard.as_ref().is_none_or(|(c, ch)| !up(c, ch)) {
             // Dropped first: a dead connection is not kept while a new one is made.
-            *guard = None;
+            **guard = None;
             let (conn, ch) = open_channel(&self.broker, self.limit).await?;
             call(
                 "confirm select",
@@ -500,8 +502,20 @@ impl Publisher {
             )
             .await?;
             declare(&ch, &self.topo, self.delivery_limit, self.limit).await?;
-            *guard = Some((conn, ch));
+            **guard = Some((conn, ch));
         }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), QueueError> {
+        let mut guard = self.ch.lock().await;
+        self.ensure(&mut guard).await?;
         let Some((conn, ch)) = guard.as_ref() else {
             unreachable!("connected above")
         };
@@ -915,6 +929,10 @@ impl AmqpClient {
 
 #[async_trait]
 impl super::Client for AmqpClient {
+    async fn prepare(&self) -> Result<(), QueueError> {
+        self.publisher.ready().await
+    }
+
     async fn submit(&self, _id: &str, body: &[u8]) -> Result<(), QueueError> {
         self.publisher
             .publish("", &self.topo().commands, body, FieldTable::default())

@@ -186,6 +186,11 @@ pub struct DeadLetter {
 pub trait Client: Send + Sync + fmt::Debug {
     /// Sends a command (`id` is its command id; the spool names its file after it).
     async fn submit(&self, id: &str, body: &[u8]) -> Result<(), QueueError>;
+    /// Gets ready to submit (a broker connection), so a caller can do it while it sets up
+    /// something else, such as a watch; [`Client::submit`] does it too when needed.
+    async fn prepare(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
     /// Starts watching events; `command` narrows them to one command's where the backend
     /// must consume them to read them (SQS).
     async fn watch(&self, command: Option<&str>) -> Result<Box<dyn EventWatch>, QueueError>;
