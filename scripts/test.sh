@@ -17,11 +17,37 @@ end_step() {
   step_name=""
 }
 step() { end_step; step_name=$*; step_at=$SECONDS; printf '\n==> %s\n' "$*"; }
-fuzz_build_pid=""
+# Work that shares nothing with the steps in between runs in the background at the lowest CPU
+# and I/O priority, so it takes only the time the other steps leave idle (services starting,
+# tests waiting on containers and brokers) and never slows them. Each is in its own session, so
+# the kernel's autogroup scheduling does not weigh it as part of this one's group, and that
+# group's nice level is set to 19 as well where autogroups exist.
+bg_pids=()
+background() { # LOG COMMAND...: prints nothing; sets bg_pid
+  local log=$1
+  shift
+  setsid nice -n 19 ionice -c 3 "$@" >"$log" 2>&1 &
+  bg_pid=$!
+  bg_pids+=("$bg_pid")
+  echo 19 >"/proc/$bg_pid/autogroup" 2>/dev/null || true
+}
+wait_background() { # PID LOG WHAT: waits and shows its log (the tail on failure, then fails)
+  local rc=0
+  wait "$1" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    tail -n 60 "$2" >&2
+    echo "$3 failed (exit $rc)" >&2
+    exit 1
+  fi
+  cat "$2" >&2
+  rm -f "$2"
+}
 on_exit() {
   local rc=$?
-  # (An `if`: under `set -e` a failing kill, the build being over, would end this handler.)
-  if [ -n "$fuzz_build_pid" ]; then kill -- "-$fuzz_build_pid" 2>/dev/null || true; fi
+  # (An `if`: under `set -e` a failing kill, the job being over, would end this handler.)
+  for pid in "${bg_pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then kill -- "-$pid" 2>/dev/null || true; fi
+  done
   end_step
   printf '\n==> time per step\n'
   printf '%s\n' "${times[@]}"
@@ -32,19 +58,19 @@ trap on_exit EXIT
 step "toolchain"
 bash scripts/toolchain.sh
 fuzz_secs=${REFLOW_FUZZ_SECONDS:-10}
-fuzz_log=$(mktemp)
 if [ "$fuzz_secs" -gt 0 ]; then
   # The nightly ASan build of the fuzz targets is the longest compile here and shares nothing
-  # with the others. It starts now at the lowest CPU and I/O priority, so it takes only the
-  # time the other steps leave idle (services starting, tests waiting on containers and
-  # brokers) and never slows them; the targets run after the tests. (A machine without cargo-fuzz
-  # installs it here first, at the same priority.)
-  # Its own session, so the kernel's autogroup scheduling does not weigh it as part of this
-  # one's group, and that group's nice level set to 19 as well where autogroups exist.
-  setsid nice -n 19 ionice -c 3 bash scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
-  fuzz_build_pid=$!
-  echo 19 >"/proc/$fuzz_build_pid/autogroup" 2>/dev/null || true
+  # with the others; each target then runs for its seconds, still in the background, mostly
+  # while the tests wait on containers and brokers. (A machine without cargo-fuzz installs it
+  # here first, at the same priority.)
+  fuzz_log=$(mktemp)
+  background "$fuzz_log" bash scripts/fuzz.sh "$fuzz_secs"
+  fuzz_pid=$bg_pid
 fi
+# cargo-deny, once per machine (scripts/cargo-deny.sh).
+deny_log=$(mktemp)
+background "$deny_log" bash scripts/cargo-deny.sh --install-only
+deny_install_pid=$bg_pid
 step "services"
 bash scripts/dev-services.sh
 step "test image"
@@ -70,21 +96,12 @@ python3 -m pip install -q --disable-pip-version-check "./clients/python[test]"
 
 step "fmt"
 cargo fmt --check
-step "dependency policy (cargo deny, deny.toml)"
-# bans, licenses and sources need no advisory download. Installed once per machine.
-if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
-  cargo install --locked --quiet cargo-deny --version '^0.20'
-fi
-cargo deny --log-level error check bans licenses sources
 step "clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 # The build without optional backends (what scripts/demo.sh and the fuzz targets compile).
 cargo clippy --all-targets --no-default-features -- -D warnings
 step "docs"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
-step "systemd unit and deploy files"
-bash scripts/check-systemd.sh
-bash scripts/check-deploy.sh
 step "capacity model (docs/capacity.md from bench/RESULTS.md)"
 python3 bench/capacity.py --check
 # (The crate has no doctests.)
@@ -94,16 +111,14 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --all-features --no-fail-fast
 fi
+# After the tests: their build made the binary the unit's copy points at.
+step "systemd unit and deploy files"
+bash scripts/check-systemd.sh
+bash scripts/check-deploy.sh
+step "dependency policy (cargo deny, deny.toml)"
+wait_background "$deny_install_pid" "$deny_log" "installing cargo-deny"
+bash scripts/cargo-deny.sh
 if [ "$fuzz_secs" -gt 0 ]; then
-  step "fuzz (the build started at the beginning, then ${fuzz_secs}s per target)"
-  build_rc=0
-  wait "$fuzz_build_pid" || build_rc=$?
-  fuzz_build_pid=""
-  if [ "$build_rc" -ne 0 ]; then
-    tail -n 60 "$fuzz_log" >&2
-    echo "the fuzz build failed (exit $build_rc)" >&2
-    exit 1
-  fi
-  bash scripts/fuzz.sh "$fuzz_secs"
+  step "fuzz (started at the beginning: the build, then ${fuzz_secs}s per target)"
+  wait_background "$fuzz_pid" "$fuzz_log" "the fuzz targets"
 fi
-rm -f "$fuzz_log"
