@@ -19,17 +19,20 @@ end_step() {
 step() { end_step; step_name=$*; step_at=$SECONDS; printf '\n==> %s\n' "$*"; }
 # Work that shares nothing with the steps in between runs in the background at the lowest CPU
 # and I/O priority, so it takes only the time the other steps leave idle (services starting,
-# tests waiting on containers and brokers) and never slows them. Each is in its own session, so
-# the kernel's autogroup scheduling does not weigh it as part of this one's group, and that
-# group's nice level is set to 19 as well where autogroups exist.
+# tests waiting on containers and brokers) and never slows them. Where the kernel schedules by
+# autogroup (one per session), nice levels only count inside a group: so each job gets a
+# session of its own, and sets that group's nice level to 19 from inside it. (Set from here
+# instead, right after the fork, it could reach this script's own group before the job's
+# setsid, lowering the foreground below the background.)
 bg_pids=()
 background() { # LOG COMMAND...: prints nothing; sets bg_pid
   local log=$1
   shift
-  setsid nice -n 19 ionice -c 3 "$@" >"$log" 2>&1 &
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec nice -n 19 ionice -c 3 "$@"' \
+    background "$@" >"$log" 2>&1 &
   bg_pid=$!
   bg_pids+=("$bg_pid")
-  echo 19 >"/proc/$bg_pid/autogroup" 2>/dev/null || true
 }
 wait_background() { # PID LOG WHAT: waits and shows its log (the tail on failure, then fails)
   local rc=0

@@ -386,19 +386,27 @@ async fn declare(
     deadline("declare", limit, declare_all(ch, t, delivery_limit)).await
 }
 
+/// The events exchange alone: all an event watch binds to.
+async fn declare_events(ch: &Channel, t: &Topology) -> Result<(), QueueError> {
+    ch.exchange_declare(
+        t.events.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp_err("declare events exchange"))
+}
+
 async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<(), QueueError> {
     let ex = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    ch.exchange_declare(
-        t.events.as_str().into(),
-        ExchangeKind::Topic,
-        ex,
-        FieldTable::default(),
-    )
-    .await
-    .map_err(amqp_err("declare events exchange"))?;
+    declare_events(ch, t).await?;
     ch.exchange_declare(
         t.dlx.as_str().into(),
         ExchangeKind::Fanout,
@@ -952,7 +960,6 @@ impl super::Client for AmqpClient {
         let mut w = AmqpWatch {
             broker: self.broker.clone(),
             topo: self.topo().clone(),
-            delivery_limit: self.publisher.delivery_limit,
             limit: self.limit(),
             queue: format!("{}.watch.{hex}", self.topo().ns),
             conn: None,
@@ -1058,7 +1065,6 @@ fn reason_of(props: &BasicProperties) -> String {
 struct AmqpWatch {
     broker: Broker,
     topo: Topology,
-    delivery_limit: u32,
     limit: Duration,
     queue: String,
     conn: Option<(Connection, Channel, lapin::Consumer)>,
@@ -1068,7 +1074,8 @@ impl AmqpWatch {
     async fn connect(&mut self) -> Result<(), QueueError> {
         let limit = self.limit;
         let (conn, ch) = open_channel(&self.broker, limit).await?;
-        declare(&ch, &self.topo, self.delivery_limit, limit).await?;
+        // Only what the watch binds to; the command queues are declared where commands are sent.
+        deadline("declare", limit, declare_events(&ch, &self.topo)).await?;
         let mut args = FieldTable::default();
         args.insert(
             "x-expires".into(),
