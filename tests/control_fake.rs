@@ -421,6 +421,16 @@ async fn done_state_and_spool_events_are_pruned_after_the_retention() {
             })
             .unwrap_or(0)
     };
+    // The done entry and the stored result are written while the outcome is published, so
+    // they may land just after the event is seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count("journal") + count("results") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no done entry or stored result"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(count("journal"), 1, "the done job's entry");
     assert_eq!(count("results"), 1);
     // Past the retention (2 s) and a prune period (1 s), the done state is gone.

@@ -155,7 +155,15 @@ impl Inner {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
             e.exec = e.exec.or(exec);
         }
-        // Outcome first, then the journal, then the broker: each step is durable before the next.
+        // A successful result is stored before anyone can see it: an identical job sent after
+        // the outcome is seen reuses it.
+        if let Some((key, stored)) = stored
+            && let Err(e) = self.results.put(&key, &stored)
+        {
+            tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
+        }
+        // Outcome first, then the journal beside the broker: the outcome is durable before
+        // either.
         if let Err(e) = self.record_outcome(&req, &events).await {
             // The outcome is not durable, so the command must not be settled: hand every
             // delivery back and release the slot. The journal entry stays unfinished, so a
@@ -170,16 +178,11 @@ impl Inner {
         }
         entry.phase = Phase::Done;
         entry.outcome = events;
-        // The journal's done entry and the stored result are written while the outcome is
-        // published, off the path to the event; the command is settled only after both.
+        // The journal's done entry is written while the outcome is published, off the path to
+        // the event; the command is settled only after both.
         let written = {
             let (inner, entry) = (self.clone(), entry.clone());
             tokio::task::spawn_blocking(move || {
-                if let Some((key, stored)) = stored
-                    && let Err(e) = inner.results.put(&key, &stored)
-                {
-                    tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
-                }
                 if let Err(e) = inner.journal.put(&entry) {
                     tracing::error!(error = %crate::error::chain(&e), "Journaling a job outcome failed; a redelivery resumes it and finds the same result.");
                 }
