@@ -17,20 +17,17 @@ end_step() {
   step_name=""
 }
 step() { end_step; step_name=$*; step_at=$SECONDS; printf '\n==> %s\n' "$*"; }
-# Work that shares nothing with the steps in between runs in the background at the lowest CPU
-# and I/O priority, so it takes only the time the other steps leave idle (services starting,
-# tests waiting on containers and brokers) and never slows them. Where the kernel schedules by
-# autogroup (one per session), nice levels only count inside a group: so each job gets a
-# session of its own, and sets that group's nice level to 19 from inside it. (Set from here
-# instead, right after the fork, it could reach this script's own group before the job's
-# setsid, lowering the foreground below the background.)
+# Work that shares nothing with the steps in between runs in the background, in a session of
+# its own: where the kernel schedules by autogroup (one per session), it then gets an equal
+# share of the CPU beside the foreground, and the idle time the other steps leave (services
+# starting, tests waiting on containers and brokers), at the lowest I/O priority. (At the
+# lowest CPU priority as well, measured 2026-12-02, it got almost nothing until the tests were
+# over, and CI then waited about 11 minutes more for the fuzz build and runs.)
 bg_pids=()
 background() { # LOG COMMAND...: prints nothing; sets bg_pid
   local log=$1
   shift
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec nice -n 19 ionice -c 3 "$@"' \
-    background "$@" >"$log" 2>&1 &
+  setsid ionice -c 3 "$@" >"$log" 2>&1 &
   bg_pid=$!
   bg_pids+=("$bg_pid")
 }
