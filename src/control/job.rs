@@ -127,7 +127,7 @@ impl Inner {
         slot: Option<OwnedSemaphorePermit>,
     ) {
         let started = self.clock.now();
-        let (mut events, stored) = self.job_outcome(&req, &spec, &mut entry).await;
+        let mut events = self.job_outcome(&req, &spec, &mut entry).await;
         lock(&self.running).remove(&req.id);
         let oom = match (&entry.alloc, entry.exec) {
             (Some(a), Some(x)) => match self.pool.alloc(a).await {
@@ -154,13 +154,6 @@ impl Inner {
         for e in &mut events {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
             e.exec = e.exec.or(exec);
-        }
-        // A successful result is stored before anyone can see it: an identical job sent after
-        // the outcome is seen reuses it.
-        if let Some((key, stored)) = stored
-            && let Err(e) = self.results.put(&key, &stored)
-        {
-            tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
         }
         // Outcome first, then the journal beside the broker: the outcome is durable before
         // either.
@@ -241,14 +234,15 @@ impl Inner {
         }
     }
 
-    /// The events of a job's outcome: `exec.completed` (with the error when it failed); and
-    /// a successful result to store under its key, for identical jobs to reuse.
+    /// The events of a job's outcome: `exec.completed` (with the error when it failed). A
+    /// successful result is stored first, so an identical job sent after the outcome is seen
+    /// reuses it.
     pub(super) async fn job_outcome(
         &self,
         req: &Request,
         spec: &JobSpec,
         entry: &mut Entry,
-    ) -> (Vec<Event>, Option<(Digest, StoredResult)>) {
+    ) -> Vec<Event> {
         let outputs_to = spec
             .outputs_to
             .clone()
@@ -276,7 +270,7 @@ impl Inner {
         };
         if let Some(stored) = self.results.get(&key) {
             tracing::info!(exec = %exec_id, "An identical exec already succeeded: returning its stored result.");
-            return (vec![completed(stored.result, true)], None);
+            return vec![completed(stored.result, true)];
         }
         let mut events = Vec::new();
         let mut delay =
@@ -311,14 +305,16 @@ impl Inner {
                 }
             }
         };
-        let stored = result.err.is_none().then(|| {
+        if result.err.is_none() {
             let stored = StoredResult {
                 result: result.clone(),
                 repository: outputs_to.clone(),
                 exec: exec_id,
             };
-            (key, stored)
-        });
+            if let Err(e) = self.results.put(&key, &stored) {
+                tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
+            }
+        }
         if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Integrity) {
             // Corrupt data: said at once, not only by the next heartbeat (the alloc is freed).
             self.metrics.integrity_error();
@@ -331,7 +327,7 @@ impl Inner {
             ));
         }
         events.push(completed(result, false));
-        (events, stored)
+        events
     }
 
     /// One try of a job: its result, with the `exec.state` event of its exec's completion
