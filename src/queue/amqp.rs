@@ -491,17 +491,13 @@ impl Publisher {
 
     /// Connects (with publisher confirms and the topology declared) unless connected.
     async fn ready(&self) -> Result<(), QueueError> {
-        let mut guard = self.ch.lock().await;
-        self.ensure(&mut guard).await
+        self.ensure(&mut *self.ch.lock().await).await
     }
 
-    async fn ensure(
-        &self,
-        guard: &mut tokio::sync::MutexGuard<'_, Option<(Connection, Channel)>>,
-    ) -> Result<(), QueueError> {
-        if guard.as_ref().is_none_or(|(c, ch)| !up(c, ch)) {
+    async fn ensure(&self, slot: &mut Option<(Connection, Channel)>) -> Result<(), QueueError> {
+        if slot.as_ref().is_none_or(|(c, ch)| !up(c, ch)) {
             // Dropped first: a dead connection is not kept while a new one is made.
-            **guard = None;
+            *slot = None;
             let (conn, ch) = open_channel(&self.broker, self.limit).await?;
             call(
                 "confirm select",
@@ -510,7 +506,7 @@ impl Publisher {
             )
             .await?;
             declare(&ch, &self.topo, self.delivery_limit, self.limit).await?;
-            **guard = Some((conn, ch));
+            *slot = Some((conn, ch));
         }
         Ok(())
     }
