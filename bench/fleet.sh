@@ -22,7 +22,7 @@ export AGENT_IT_IMAGE=$IMAGE
 rabbitmqctl -q add_vhost reflow-it >/dev/null 2>&1 || true
 rabbitmqctl -q set_permissions -p reflow-it guest '.*' '.*' '.*'
 TEST=amqp_fleet_of_four_scaled_to_one_completes_every_job_once
-cargo test --release --quiet --all-features --test control_it --no-run 2>/dev/null
+cargo test --release --quiet --all-features --test suite --no-run 2>/dev/null
 
 # engine_rate P N: containers per second of `xargs -P P docker run --rm` over N containers.
 engine_rate() {
@@ -35,7 +35,7 @@ engine_rate() {
 
 makespans=() ideals=() ratios=() rows=()
 for ((i = 0; i < RUNS; i++)); do
-  line=$(cargo test --release --quiet --all-features --test control_it -- --exact "$TEST" --nocapture 2>&1 | grep '^fleet-bench ' || true)
+  line=$(cargo test --release --quiet --all-features --test suite -- --exact "control_it::$TEST" --nocapture 2>&1 | grep '^fleet-bench ' || true)
   [ -n "$line" ] || { echo "the fleet test printed no result" >&2; exit 1; }
   eval "$(echo "$line" | sed 's/^fleet-bench //')"
   r_before=$(engine_rate "$slots_before" 100)

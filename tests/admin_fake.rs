@@ -1,10 +1,8 @@
 //! The admin listener on the fake engine: readiness flips when the engine stops answering and
 //! when the queue is down, and comes back; liveness stays; status and metrics answer.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

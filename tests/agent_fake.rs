@@ -3,8 +3,6 @@
 //! and claims, and the in-memory blob store. Jobs read from and write to `s3://`, a lying
 //! object fails with an integrity error, and the agent stops on request and when idle.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,6 @@
 //! `load` from an `s3://` repository and `s3 cp`'s download path, each against a lying
 //! `Content-Sha256`, a missing key and an object replaced while it is read. No network.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,6 @@
 //! requests and their journaled replays, a job and its duplicates, rejections, the stored result
 //! of an identical exec, and a drain that hands back work not started.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::sync::Arc;
 use std::time::Duration;

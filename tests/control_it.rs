@@ -2,10 +2,8 @@
 //! SQS and the spool, running real containers on dockerd. Containers are counted with
 //! `docker events`, independently of the agent.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

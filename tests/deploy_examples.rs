@@ -1,6 +1,4 @@
 //! The example configs under deploy/examples parse and validate, as an operator would use them.
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use reflow_agent::config::Config;
 

@@ -2,8 +2,6 @@
 //! kills, hanging containers, single-flight pulls and restart without a second create. No
 //! network, no Docker.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! The executor against a real Docker engine with the offline test image.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

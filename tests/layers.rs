@@ -1,8 +1,6 @@
 //! The arrows point down: every `crate::` path in `src/` (outside `#[cfg(test)]` modules) names
 //! a module in the same layer of [`reflow_agent::LAYERS`] or a lower one, no two modules import
 //! each other, and every module of `src/lib.rs` has a layer.
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

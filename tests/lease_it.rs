@@ -4,10 +4,8 @@
 //! another consumer, while the message of a healthy job running longer than the visibility never
 //! does.
 #![cfg(all(feature = "integration", feature = "test-util"))]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,10 +2,8 @@
 //! running: the main process killed, a child killed while the shell survives, a process that
 //! SIGKILLs itself (not OOM), and an exec under the limit.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

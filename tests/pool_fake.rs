@@ -1,8 +1,6 @@
 //! Component tests of the pool on the fake container runtime, a manual clock and a recording
 //! TaskDB: offers, keepalive caps, expiry, reclaim, zombies, idleness and TaskDB rows.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;

@@ -1,10 +1,8 @@
 //! The pool on a real Docker engine: a restart restores allocs and re-attaches their execs, and a
 //! corrupt state.json never kills live containers.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,10 +2,8 @@
 //! and a spool: its own pytest suite, run with this build's agent binary. scripts/test.sh
 //! installs the package (`pip install ./clients/python[test]`) first, as a user would.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

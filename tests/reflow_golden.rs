@@ -5,8 +5,6 @@
 //! agent's encoding of the decoded value must equal the original once times are normalised to UTC
 //! and `null` lists and maps are read as empty: what Reflow writes, the agent reads, and what the
 //! agent writes for the same value, Reflow reads back unchanged.
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,6 @@
 //! with their errors, and a pool restored from it (on the fake runtime) keeps every manifest,
 //! quarantining none. The manifests are the golden values Reflow's own encoders wrote.
 #![cfg(feature = "test-util")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,10 +2,8 @@
 //! with htpasswd auth (scripts/dev-services.sh pushes the offline test image there), and ECR
 //! tokens from the AWS emulator.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,8 +4,6 @@
 //! Mounting needs root; CI runs as root. Without root these tests fail loudly rather than skip,
 //! because a silently skipped cross-device test proves nothing.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

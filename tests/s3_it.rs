@@ -2,10 +2,8 @@
 //! execs on a real executor, integrity checks, a 64 MiB multipart round trip checked with
 //! `sha256sum`, a missing key, and a job whose inputs and outputs live in S3.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,10 +2,8 @@
 //! every example in docs/protocol.md and every event kind the agent's own encoder writes, and
 //! refuses what the decoder refuses. (The integration tests also check every event a live agent
 //! publishes and every command they send: see `control_it`.)
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use common::{assert_protocol, protocol_schema};
 use reflow_agent::protocol::{EVENT_KINDS, Event};

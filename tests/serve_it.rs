@@ -1,10 +1,8 @@
 //! `reflow-agent serve` as a process: exits by itself when idle (scale-in) with its TaskDB row
 //! ended in DynamoDB (moto), stops cleanly on SIGTERM, and lists every config problem.
 #![cfg(feature = "integration")]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

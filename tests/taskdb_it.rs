@@ -1,10 +1,8 @@
 //! TaskDB rows in DynamoDB (moto): the pool row and alloc rows exist, keepalives advance, and end
 //! times are set on free and on shutdown.
 #![cfg(all(feature = "integration", feature = "test-util"))]
-// Every function in an integration-test crate is a test; the lint is for src/.
-#![allow(clippy::tests_outside_test_module)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
