@@ -20,10 +20,22 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
 }
 
+/// The HTTP client of every AWS call: hyper on rustls with ring and the platform's root
+/// certificates (the SDK's default client is the same on aws-lc, a second crypto library).
+#[cfg(feature = "aws")]
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 /// Loads the SDK configuration.
 #[cfg(feature = "aws")]
 pub async fn sdk_config(s: &AwsSettings) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
     if let Some(r) = &s.region {
         loader = loader.region(Region::new(r.clone()));
     }

@@ -54,7 +54,10 @@ const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 #[cfg(feature = "aws")]
 pub async fn watch(every: Duration) -> Notice {
     use aws_config::imds::client::error::ImdsError;
+    let provider = aws_config::provider_config::ProviderConfig::default()
+        .with_http_client(crate::aws::https_client());
     let client = aws_config::imds::Client::builder()
+        .configure(&provider)
         .max_attempts(1)
         .connect_timeout(Duration::from_secs(1))
         .read_timeout(Duration::from_secs(2))

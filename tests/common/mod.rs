@@ -111,6 +111,7 @@ pub fn aws_endpoint() -> String {
 #[cfg(feature = "ecr")]
 pub async fn aws_sdk() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(reflow_agent::aws::https_client())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(aws_endpoint())
         .credentials_provider(aws_sdk_ecr::config::Credentials::new(
