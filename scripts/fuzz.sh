@@ -3,6 +3,11 @@
 # toolchain, installing cargo-fuzz from crates.io if it is missing. A crash fails the script and
 # leaves the input under fuzz/artifacts/.
 #
+# The targets are built unoptimized (`--dev`, still with AddressSanitizer, coverage and debug
+# assertions): the optimized build was about 860 s of CPU on a 2-core machine against about
+# 330 s, and a run of seconds needs coverage feedback more than speed (bench/RESULTS.md, "Build,
+# demo and CI time", has the executions per run of both).
+#
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]
 #   scripts/fuzz.sh build      (only builds every target; scripts/test.sh runs this in the
 #                               background while the rest of CI waits on services and tests)
@@ -11,16 +16,18 @@ cd "$(dirname "$0")/../fuzz"
 secs=${1:-20}
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "[fuzz] installing cargo-fuzz" >&2
-  cargo +nightly install cargo-fuzz --locked --quiet
+  # It only drives cargo: built unoptimized, like scripts/cargo-deny.sh builds cargo-deny.
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=false \
+    cargo +nightly install cargo-fuzz --locked --quiet
 fi
 if [ "$secs" = build ]; then
-  exec cargo +nightly fuzz build
+  exec cargo +nightly fuzz build --dev
 fi
 for t in $(cargo +nightly fuzz list); do
   echo "[fuzz] $t for ${secs}s" >&2
   mkdir -p "corpus/$t"
   log=$(mktemp)
-  if ! cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
+  if ! cargo +nightly fuzz run --dev "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "[fuzz] $t failed; the crashing input is under fuzz/artifacts/$t" >&2
     exit 1
