@@ -172,11 +172,27 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(
     path: &Path,
     value: &T,
 ) -> Result<(), PersistError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| PersistError::Serialize {
+    write_atomic(path, &json_bytes(path, value)?)
+}
+
+/// [`write_atomic_all`] of each value as pretty JSON, the way [`write_json_atomic`] writes one.
+///
+/// # Errors
+/// [`PersistError::Serialize`] (nothing written) or [`PersistError::Io`].
+pub fn write_json_atomic_all<T: Serialize>(files: &[(PathBuf, &T)]) -> Result<(), PersistError> {
+    let files = files
+        .iter()
+        .map(|(path, value)| Ok((path.clone(), json_bytes(path, *value)?)))
+        .collect::<Result<Vec<_>, PersistError>>()?;
+    write_atomic_all(&files)
+}
+
+/// `value` as pretty JSON, for the file at `path`.
+fn json_bytes<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<Vec<u8>, PersistError> {
+    serde_json::to_vec_pretty(value).map_err(|source| PersistError::Serialize {
         path: path.to_path_buf(),
         source,
-    })?;
-    write_atomic(path, &bytes)
+    })
 }
 
 /// Reads `path`, refusing files larger than `limit` bytes.

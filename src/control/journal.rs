@@ -311,19 +311,14 @@ impl Outbox {
     /// # Errors
     /// Serializing or writing.
     pub fn add(&self, events: &[Event]) -> Result<(), JournalError> {
-        let mut files = Vec::with_capacity(events.len());
-        for e in events {
-            let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-            let p = self.dir.join(format!("{seq:020}-{}.json", e.id));
-            let bytes = serde_json::to_vec_pretty(e).map_err(|source| {
-                persist_err("outbox event", &p)(PersistError::Serialize {
-                    path: p.clone(),
-                    source,
-                })
-            })?;
-            files.push((p, bytes));
-        }
-        persist::write_atomic_all(&files).map_err(persist_err("outbox event", &self.dir))
+        let files: Vec<(PathBuf, &Event)> = events
+            .iter()
+            .map(|e| {
+                let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+                (self.dir.join(format!("{seq:020}-{}.json", e.id)), e)
+            })
+            .collect();
+        persist::write_json_atomic_all(&files).map_err(persist_err("outbox event", &self.dir))
     }
 
     /// Whether any of the events `ids` is still pending (names only: no file is read).
