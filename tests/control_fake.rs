@@ -90,6 +90,10 @@ impl reflow_agent::queue::EventSink for BatchingSink {
         10
     }
 
+    fn lingers(&self) -> bool {
+        true
+    }
+
     async fn publish_batch(&self, events: &[Event]) -> reflow_agent::queue::Batch {
         self.batches
             .lock()

@@ -46,7 +46,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
-use super::{CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
+use super::{Batch, CommandSource, Delivery, EventSink, QueueError, QueueSettings, Settle};
 use crate::protocol::Event;
 
 /// Names of the queues and exchanges of one namespace.
@@ -518,31 +518,58 @@ impl Publisher {
         body: &[u8],
         headers: FieldTable,
     ) -> Result<(), QueueError> {
+        let one = Outgoing {
+            exchange,
+            routing_key,
+            body,
+            headers,
+        };
+        match self.publish_all(vec![one]).await {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Publishes `msgs` in order on one channel, pipelined: every message is sent before the
+    /// first confirm is awaited, so a batch waits for one round trip and one broker write, not
+    /// one per message. Returns how many messages from the first were confirmed, and the first
+    /// failure (the connection is then dropped and made again on the next call).
+    async fn publish_all(&self, msgs: Vec<Outgoing<'_>>) -> (usize, Option<QueueError>) {
         let mut guard = self.ch.lock().await;
-        self.ensure(&mut guard).await?;
+        if let Err(e) = self.ensure(&mut guard).await {
+            return (0, Some(e));
+        }
         let Some((conn, ch)) = guard.as_ref() else {
             unreachable!("connected above")
         };
+        let mut confirmed = 0;
         let r = deadline("publish", self.limit, async {
-            let confirm = ch
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    persistent(headers),
-                )
-                .await
-                .map_err(amqp_err("publish"))?
-                .await
-                .map_err(amqp_err("publisher confirm"))?;
-            match confirm {
-                Confirmation::Nack(_) => Err(QueueError::Amqp {
-                    op: "publish",
-                    message: "the broker nacked the message".into(),
-                }),
-                _ => Ok(()),
+            let mut confirms = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let confirm = ch
+                    .basic_publish(
+                        m.exchange.into(),
+                        m.routing_key.into(),
+                        BasicPublishOptions::default(),
+                        m.body,
+                        persistent(m.headers),
+                    )
+                    .await
+                    .map_err(amqp_err("publish"))?;
+                confirms.push(confirm);
             }
+            for confirm in confirms {
+                match confirm.await.map_err(amqp_err("publisher confirm"))? {
+                    Confirmation::Nack(_) => {
+                        return Err(QueueError::Amqp {
+                            op: "publish",
+                            message: "the broker nacked the message".into(),
+                        });
+                    }
+                    _ => confirmed += 1,
+                }
+            }
+            Ok(())
         })
         .await;
         let r = match r {
@@ -558,8 +585,16 @@ impl Publisher {
         if r.is_err() {
             *guard = None;
         }
-        r
+        (confirmed, r.err())
     }
+}
+
+/// One message for [`Publisher::publish_all`].
+struct Outgoing<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    body: &'a [u8],
+    headers: FieldTable,
 }
 
 /// Commands from the fleet queue and this agent's queue.
@@ -832,30 +867,75 @@ pub struct AmqpSink {
     publisher: std::sync::Arc<Publisher>,
 }
 
+/// Most events [`AmqpSink::publish_batch`] pipelines at once.
+const PIPELINE: usize = 64;
+
 #[async_trait]
 impl EventSink for AmqpSink {
     async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        let body = serde_json::to_vec(event).map_err(|e| QueueError::Amqp {
-            op: "encode event",
-            message: e.to_string(),
-        })?;
-        let mut h = FieldTable::default();
-        h.insert(
-            "event-id".into(),
-            AMQPValue::LongString(event.id.as_str().into()),
-        );
-        self.publisher
-            .publish(
-                &self.publisher.topo.events,
-                event.body.kind(),
-                &body,
-                h.clone(),
-            )
-            .await?;
-        if let Some(q) = event.labels.get(crate::protocol::REPLY_TO_LABEL) {
-            self.publisher.publish("", q, &body, h).await?;
+        match self.publish_batch(std::slice::from_ref(event)).await.error {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn max_batch(&self) -> usize {
+        PIPELINE
+    }
+
+    /// Every event to the topic exchange (and a reply's copy to its queue), all pipelined on
+    /// the publisher's channel before the first confirm is awaited.
+    async fn publish_batch(&self, events: &[Event]) -> Batch {
+        let mut bodies = Vec::with_capacity(events.len());
+        let mut encode_error = None;
+        for event in events {
+            match serde_json::to_vec(event) {
+                Ok(b) => bodies.push(b),
+                Err(e) => {
+                    encode_error = Some(QueueError::Amqp {
+                        op: "encode event",
+                        message: e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+        // Per event, how many messages there are up to and including its own.
+        let mut ends = Vec::with_capacity(bodies.len());
+        let mut msgs = Vec::with_capacity(bodies.len());
+        for (event, body) in events.iter().zip(&bodies) {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "event-id".into(),
+                AMQPValue::LongString(event.id.as_str().into()),
+            );
+            msgs.push(Outgoing {
+                exchange: &self.publisher.topo.events,
+                routing_key: event.body.kind(),
+                body,
+                headers: headers.clone(),
+            });
+            if let Some(q) = event.labels.get(crate::protocol::REPLY_TO_LABEL) {
+                msgs.push(Outgoing {
+                    exchange: "",
+                    routing_key: q,
+                    body,
+                    headers,
+                });
+            }
+            ends.push(msgs.len());
+        }
+        let (confirmed, error) = if msgs.is_empty() {
+            (0, None)
+        } else {
+            self.publisher.publish_all(msgs).await
+        };
+        let mut published: Vec<bool> = ends.iter().map(|end| *end <= confirmed).collect();
+        published.resize(events.len(), false);
+        Batch {
+            published,
+            error: error.or(encode_error),
+        }
     }
 }
 

@@ -453,6 +453,13 @@ pub trait EventSink: Send + Sync + fmt::Debug {
         1
     }
 
+    /// Whether each batch is a request of its own (SQS), so that events nobody waits for are
+    /// worth holding a moment for company. False where a batch is pipelined on an open
+    /// connection (AMQP): there, holding an event only delays it.
+    fn lingers(&self) -> bool {
+        false
+    }
+
     /// Publishes `events`, in one request where the backend has a batch call (SQS's
     /// `SendMessageBatch`): which of them went out, and the first error. By default one by
     /// one, stopping at the first failure.

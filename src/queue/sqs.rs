@@ -648,6 +648,10 @@ impl EventSink for SqsSink {
         MAX_BATCH
     }
 
+    fn lingers(&self) -> bool {
+        true
+    }
+
     /// `SendMessageBatch` of up to 10 events with one destination whose bodies fit in one
     /// request (the others wait for the next batch); a lone event goes by `SendMessage`.
     async fn publish_batch(&self, events: &[Event]) -> Batch {
