@@ -142,7 +142,7 @@ async fn sigkilled_process_restart_restores_alloc_and_exec() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "pool_child_process_for_restart_test",
+            "pool_it::pool_child_process_for_restart_test",
             "--ignored",
             "--nocapture",
         ])
