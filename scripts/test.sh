@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
-# test image, then runs all checks and tests: fmt, clippy, docs, unit + component tests, the
-# integration tests against the real services (feature `integration`), `systemd-analyze verify` of
-# the unit, `cargo deny` (deny.toml), the Python client's tests (through
-# tests/python_client_it.rs), and a short run of every
-# fuzz target (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it).
+# test image, then runs all checks and tests: fmt, clippy and rustdoc (scripts/lint.sh), unit +
+# component tests, the integration tests against the real services (feature `integration`),
+# `systemd-analyze verify` of the unit, `cargo deny` (deny.toml), the Python client's tests
+# (through tests/python_client_it.rs), and a short run of every fuzz target
+# (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it). Work that does not depend on other
+# steps runs beside them: the services start while the tests build, clippy and rustdoc run
+# while the tests do, the fuzz build and cargo-deny's install from the start.
 #
 # This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
 set -euo pipefail
@@ -20,14 +22,15 @@ step() { end_step; step_name=$*; step_at=$SECONDS; printf '\n==> %s\n' "$*"; }
 # Work that shares nothing with the steps in between runs in the background, in a session of
 # its own: where the kernel schedules by autogroup (one per session), it then gets an equal
 # share of the CPU beside the foreground, and the idle time the other steps leave (services
-# starting, tests waiting on containers and brokers), at the lowest I/O priority. (At the
-# lowest CPU priority as well, measured 2026-12-02, it got almost nothing until the tests were
-# over, and CI then waited about 11 minutes more for the fuzz build and runs.)
+# starting, tests waiting on containers and brokers). (At the lowest CPU priority, measured
+# 2026-12-02, it got almost nothing until the tests were over, and CI then waited about 11
+# minutes more for the fuzz build and runs.) Compiles go at the lowest I/O priority:
+# `background LOG ionice -c 3 COMMAND...`.
 bg_pids=()
 background() { # LOG COMMAND...: prints nothing; sets bg_pid
   local log=$1
   shift
-  setsid ionice -c 3 "$@" >"$log" 2>&1 &
+  setsid "$@" >"$log" 2>&1 &
   bg_pid=$!
   bg_pids+=("$bg_pid")
 }
@@ -59,23 +62,38 @@ step "toolchain"
 bash scripts/toolchain.sh
 fuzz_secs=${REFLOW_FUZZ_SECONDS:-10}
 if [ "$fuzz_secs" -gt 0 ]; then
-  # The nightly ASan build of the fuzz targets is the longest compile here and shares nothing
-  # with the others; each target then runs for its seconds, still in the background, mostly
-  # while the tests wait on containers and brokers. (A machine without cargo-fuzz installs it
-  # here first, at the same priority.)
+  # The nightly ASan build of the fuzz targets shares nothing with the other compiles; each
+  # target then runs for its seconds, still in the background, mostly while the tests wait on
+  # containers and brokers. (A machine without cargo-fuzz installs it here first.)
   fuzz_log=$(mktemp)
-  background "$fuzz_log" bash scripts/fuzz.sh "$fuzz_secs"
+  background "$fuzz_log" ionice -c 3 bash scripts/fuzz.sh "$fuzz_secs"
   fuzz_pid=$bg_pid
 fi
 # cargo-deny, once per machine (scripts/cargo-deny.sh).
 deny_log=$(mktemp)
-background "$deny_log" bash scripts/cargo-deny.sh --install-only
+background "$deny_log" ionice -c 3 bash scripts/cargo-deny.sh --install-only
 deny_install_pid=$bg_pid
-step "services"
-bash scripts/dev-services.sh
-step "test image"
-bash scripts/test-image.sh
+# The services and the offline test image, while the tests build.
+services_log=$(mktemp)
+background "$services_log" bash -c 'bash scripts/dev-services.sh && bash scripts/test-image.sh'
+services_pid=$bg_pid
 
+step "fmt"
+cargo fmt --check
+step "test build (unit, component, integration)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-features --no-run
+else
+  cargo test --all-features --no-run
+fi
+# clippy and rustdoc (scripts/lint.sh, a target directory of their own) while the tests run:
+# the tests spend most of their time waiting on containers and brokers.
+lint_log=$(mktemp)
+background "$lint_log" ionice -c 3 bash scripts/lint.sh
+lint_pid=$bg_pid
+
+step "services and test image (started with the test build)"
+wait_background "$services_pid" "$services_log" "starting the services"
 # Endpoints for the integration tests (localhost defaults; override to point elsewhere).
 if [ -z "${AGENT_IT_AMQP_URL:-}" ]; then
   # The AMQP tests get a vhost of their own on the local broker, emptied at every run. Each test
@@ -94,16 +112,6 @@ export AGENT_IT_TLS_CA=${AGENT_IT_TLS_CA:-/var/lib/reflow-agent-dev/tls/ca.pem}
 step "python client (clients/python, built and installed with pip)"
 python3 -m pip install -q --disable-pip-version-check "./clients/python[test]"
 
-step "fmt"
-cargo fmt --check
-step "clippy"
-cargo clippy --all-targets --all-features -- -D warnings
-# The build without optional backends (what scripts/demo.sh and the fuzz targets compile).
-cargo clippy --all-targets --no-default-features -- -D warnings
-step "docs"
-RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --quiet
-step "capacity model (docs/capacity.md from bench/RESULTS.md)"
-python3 bench/capacity.py --check
 # (The crate has no doctests.)
 step "tests (unit, component, integration)"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -115,6 +123,10 @@ fi
 step "systemd unit and deploy files"
 bash scripts/check-systemd.sh
 bash scripts/check-deploy.sh
+step "clippy and rustdoc (scripts/lint.sh, started with the tests)"
+wait_background "$lint_pid" "$lint_log" "clippy or rustdoc"
+step "capacity model (docs/capacity.md from bench/RESULTS.md)"
+python3 bench/capacity.py --check
 step "dependency policy (cargo deny, deny.toml)"
 wait_background "$deny_install_pid" "$deny_log" "installing cargo-deny"
 bash scripts/cargo-deny.sh
