@@ -210,6 +210,20 @@ async fn restart_reattaches_without_a_second_create() {
 }
 
 #[tokio::test]
+async fn a_container_made_here_is_started_without_a_check_first() {
+    // The container this executor just created cannot have run: no inspect before its start
+    // (one engine call less per exec). A resumed one is checked (the next test).
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(dir.path(), rt.clone()).await;
+    let e = ex.put(id("f"), cfg("short")).await.unwrap();
+    e.wait().await.unwrap();
+    let calls = rt.calls();
+    let at = calls.iter().position(|c| c.starts_with("start ")).unwrap();
+    assert!(calls[at - 1].starts_with("create "), "{calls:?}");
+}
+
+#[tokio::test]
 async fn a_container_started_before_a_crash_is_never_started_again() {
     // The agent died after the engine started the container but before `Running` was
     // persisted: the manifest on disk still says Created, and the container ran on (here it

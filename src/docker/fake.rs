@@ -277,6 +277,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+        self.record(format!("inspect {name}"));
         let st = lock(&self.state);
         let now = self.clock.now();
         Ok(st.containers.get(name).map(|c| ContainerInfo {

@@ -60,6 +60,10 @@ pub struct Exec {
     /// The engine stopped answering while the container ran: a non-zero exit is then the
     /// engine's doing (its shutdown stops containers), not the exec's.
     engine_lost: AtomicBool,
+    /// This process made the container (create answered, no conflict) and has not tried to
+    /// start it yet: it cannot have run, so the first start needs no check for a container an
+    /// earlier incarnation started.
+    created_here: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
 }
 
@@ -87,6 +91,7 @@ impl Exec {
             cancel,
             killed: AtomicBool::new(false),
             engine_lost: AtomicBool::new(false),
+            created_here: AtomicBool::new(false),
             promoted: OnceCell::new(),
         })
     }
@@ -413,7 +418,10 @@ impl Exec {
         let mut image_retry = true;
         loop {
             match inner.runtime.create(&spec).await {
-                Ok(_) => return Ok(ExecState::Created),
+                Ok(_) => {
+                    self.created_here.store(true, Ordering::SeqCst);
+                    return Ok(ExecState::Created);
+                }
                 Err(crate::docker::RuntimeError::Conflict { .. }) => return Ok(ExecState::Created),
                 // The image vanished since it was last seen: check (and pull) again, once.
                 Err(crate::docker::RuntimeError::NotFound { .. }) if image_retry => {
@@ -451,8 +459,12 @@ impl Exec {
     async fn start(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
         // An agent that died after the engine started the container, but before `Running` was
         // persisted, resumes here: a container that has ever started (running, or exited since)
-        // is waited for, never started a second time.
-        if let Ok(Some(info)) = inner.runtime.inspect(&self.container).await
+        // is waited for, never started a second time. So does a start tried again after a
+        // failure, which the engine may have carried out. Only the first start of a container
+        // this process created skips the check (one engine call less per exec).
+        let first_of_ours = self.created_here.swap(false, Ordering::SeqCst);
+        if !first_of_ours
+            && let Ok(Some(info)) = inner.runtime.inspect(&self.container).await
             && (info.running || info.started_at.is_some() || info.status == "exited")
         {
             tracing::warn!(exec = %self.id, status = %info.status, "The container started before the agent stopped; waiting for it instead of starting it again.");
