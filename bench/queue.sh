@@ -10,7 +10,8 @@
 #   docker run take turns in each round; SQS takes turns with docker run after them, with only
 #   the SQS agent running (its long polls are moto's work too).
 # - Job throughput: 40 and 200 distinct trivial jobs to one agent running 8 at once, on spool://
-#   and through RabbitMQ, against `xargs -P8 docker run --rm` of as many containers.
+#   and through RabbitMQ, against `xargs -P8 docker run --rm` of as many containers, taking
+#   turns in each round.
 # - Cheap commands: alloc.inspect request/reply through the agent and RabbitMQ against a raw
 #   lapin echo (confirmed publish, consumer acks and publishes a confirmed reply).
 set -euo pipefail
@@ -74,10 +75,11 @@ agent spool "$SPOOL" ""
 sleep 2
 one_job "$AQ" >/dev/null; one_job "$SPOOL" >/dev/null; docker_one >/dev/null  # warm up
 measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'"
+# Interleaved too: on a shared machine the baseline alone drifts by a third between batches.
 for N in 40 200; do
-  measure "xargs_$N" secs xargs_n "$N"
-  measure "spool_$N" bsecs jobs "$SPOOL" "$N" "$IMAGE"
-  measure "amqp_$N" bsecs jobs "$AQ" "$N" "$IMAGE"
+  measure_interleaved "xargs_$N" "secs xargs_n $N" \
+    "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'" \
+    "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'"
 done
 measure echo bsecs echo "$AMQP" $REQS
 measure requests bsecs requests "$AQ" $REQS
