@@ -466,6 +466,9 @@ async fn events_go_out_in_batches_and_only_the_kinds_published() {
         },
     )
     .await;
+    // The agent's start events go out first (after their linger), so the job's running state
+    // opens a linger of its own rather than riding with them when theirs ends mid-job.
+    h.until(|e| e.body.kind() == "agent.started").await;
     h.send(job("b-1", "echo b > $out"));
     h.outcome("b-1", "exec.completed").await;
     let seen = batches.lock().unwrap().clone();
