@@ -873,10 +873,9 @@ const PIPELINE: usize = 64;
 #[async_trait]
 impl EventSink for AmqpSink {
     async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        match self.publish_batch(std::slice::from_ref(event)).await.error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.publish_batch(std::slice::from_ref(event))
+            .await
+            .into_result()
     }
 
     fn max_batch(&self) -> usize {

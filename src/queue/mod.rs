@@ -499,6 +499,17 @@ pub struct Batch {
     pub error: Option<QueueError>,
 }
 
+impl Batch {
+    /// The batch as one result: its first failure, if any (how a sink publishes one event as a
+    /// batch of one).
+    ///
+    /// # Errors
+    /// The batch's first failure.
+    pub fn into_result(self) -> Result<(), QueueError> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -638,10 +638,7 @@ impl SqsSink {
 #[async_trait]
 impl EventSink for SqsSink {
     async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        match self.send(std::slice::from_ref(event)).await.error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.send(std::slice::from_ref(event)).await.into_result()
     }
 
     fn max_batch(&self) -> usize {
