@@ -8,6 +8,7 @@
 //! | name | where |
 //! |---|---|
 //! | `exec.after_start` | right after the engine started an exec's container, before `Running` is persisted |
+//! | `job.after_alloc` | right after a job's alloc was made, before the control journal records it |
 
 /// The environment variable that arms failpoints.
 pub const ENV: &str = "REFLOW_AGENT_FAILPOINT";

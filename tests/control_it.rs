@@ -1793,6 +1793,44 @@ async fn a_crash_right_after_start_never_starts_the_container_twice() {
     assert_eq!(job_starts(&starts, &id), 1, "started exactly once");
 }
 
+/// The agent dies right after it made a job's alloc, before its journal recorded the alloc.
+/// The restarted agent keeps that restored (and so expired) alloc alive before it takes a new
+/// command: a second job that needs the whole machine waits for room instead of reclaiming the
+/// first job's alloc, and both complete, each with one container start.
+#[tokio::test]
+async fn a_crash_right_after_a_jobs_alloc_keeps_that_alloc() {
+    let (dir, url, client) = spool_queue().await;
+    let mut events = Events::new(client.as_ref()).await;
+    let starts = StartCounter::new();
+    let name = uniq("failpoint-alloc");
+    let mut agent = Agent::start(
+        dir.path(),
+        &name,
+        &url,
+        "",
+        &[(reflow_agent::failpoint::ENV, "job.after_alloc")],
+    );
+    let first = uniq("alloc-first");
+    submit(client.as_ref(), &first, &whole_machine_job(&first, 1)).await;
+    let status = agent.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(137), "the failpoint ended the agent");
+    let second = uniq("alloc-second");
+    submit(client.as_ref(), &second, &whole_machine_job(&second, 1)).await;
+    let again = Agent::start(dir.path(), &name, &url, "", &[]);
+    for id in [&first, &second] {
+        let e = events.completed(id).await;
+        let (digest, ok, _) = output(&e);
+        assert!(ok, "{id} failed: {e:?}\n{}", tail(&again.logs(), 40));
+        assert_eq!(digest, sha256sum(format!("{id}\n").as_bytes()), "{id}");
+        assert_eq!(job_starts(&starts, id), 1, "{id} started once");
+    }
+    assert!(
+        !again.logs().contains("Reclaiming an expired alloc"),
+        "the resumed job's alloc was reclaimed:\n{}",
+        again.logs()
+    );
+}
+
 /// 20 distinct jobs; the agent is SIGKILLed at 10 moments spread over the run and restarted each
 /// time. Every job completes once with its own output: one container start per job (from the
 /// engine's events) and one `exec.completed` id per job, however often it was republished.

@@ -148,6 +148,80 @@ async fn offers_keepalive_expiry_reclaim_and_zombies() {
     );
 }
 
+/// A resumed job's alloc can be reclaimed while expired, and the job then makes its alloc again
+/// under the same (command-derived) id. The new alloc waits for the old one's end: otherwise
+/// the old executor's kill, which takes every container labeled with the alloc id, would take
+/// the new exec's container, and its start would find no such container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alloc_made_again_under_a_reclaimed_id_keeps_its_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    // Its exec runs long enough to be running when the old alloc's containers are listed.
+    let rt = FakeRuntime::new(
+        &[IMAGE],
+        Arc::new(|_: &ContainerSpec| FakeExit {
+            runtime: StdDuration::from_millis(500),
+            ..FakeExit::default()
+        }),
+        Arc::new(SystemClock),
+    );
+    let pool = Pool::start(
+        config(dir.path()),
+        rt.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap();
+    let total = pool.resources();
+    let id = "00000000000000aa";
+    pool.new_alloc_as(id, part(&total, 0.5)).await.unwrap();
+    clock.advance(Duration::minutes(3));
+    // Reclaiming it (to make room) lists its containers slowly; meanwhile its id comes back.
+    rt.delay_next_listing(id, StdDuration::from_millis(300));
+    let reclaim = {
+        let pool = pool.clone();
+        let want = part(&total, 0.75);
+        tokio::spawn(async move { pool.new_alloc(want).await })
+    };
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    assert!(pool.alloc(id).await.is_err(), "reclaimed");
+    let again = pool.new_alloc_as(id, part(&total, 0.25)).await.unwrap();
+    let exec = Digest::of(b"made-again");
+    let cfg = ExecConfig {
+        kind: "exec".into(),
+        image: IMAGE.into(),
+        cmd: "x".into(),
+        ..ExecConfig::default()
+    };
+    let e = again.executor().put(exec, cfg).await.unwrap();
+    e.wait().await.unwrap();
+    reclaim.await.unwrap().unwrap();
+    let result = e.result().unwrap();
+    assert!(result.err.is_none(), "{:?}", result.err);
+    assert!(
+        !rt.calls().iter().any(|c| c.starts_with("kill ")),
+        "no container of the new alloc was killed: {:?}",
+        rt.calls()
+    );
+    assert!(
+        again.executor().get(&exec).is_ok(),
+        "the new executor lives"
+    );
+}
+
+fn part(total: &Resources, share: f64) -> AllocMeta {
+    AllocMeta {
+        want: Resources::from_pairs([
+            (MEM, total.mem() * share),
+            (DISK, total.get(DISK) * share),
+            (CPU, 0.0),
+        ]),
+        owner: "test".into(),
+        ..AllocMeta::default()
+    }
+}
+
 #[tokio::test]
 async fn free_rewrites_state_and_idle_pools_stop() {
     let dir = tempfile::tempdir().unwrap();

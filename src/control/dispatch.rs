@@ -101,11 +101,16 @@ impl Inner {
             tracing::info!(command_id = %entry.command_id, reowned = settle.is_some(), "Resuming a job accepted before a restart.");
             self.reclaim(&entry.command_id).await;
             // A restored alloc starts expired; kept alive now, before any new command is taken,
-            // so a new job's admission cannot reclaim it (and kill its container) first.
-            if let Some(a) = &entry.alloc
-                && let Err(e) = self.pool.keepalive(a, chrono::Duration::seconds(120)).await
+            // so a new job's admission cannot reclaim it (and kill its container) first. The
+            // alloc id is the command's derived one even when the journal has not recorded it
+            // yet (a crash right after the alloc was made).
+            let alloc = entry.alloc.clone().unwrap_or_else(|| job_alloc_id(&req.id));
+            if let Err(e) = self
+                .pool
+                .keepalive(&alloc, chrono::Duration::seconds(120))
+                .await
             {
-                tracing::debug!(alloc = %a, error = %crate::error::chain(&e), "Keeping a resumed job's alloc alive.");
+                tracing::debug!(%alloc, error = %crate::error::chain(&e), "Keeping a resumed job's alloc alive.");
             }
             self.active
                 .lock()

@@ -346,6 +346,7 @@ impl Inner {
             .new_alloc_as(&alloc_id, job_meta(req, spec))
             .await
             .or_reflow("alloc")?;
+        crate::failpoint::hit("job.after_alloc");
         if entry.alloc.as_deref() != Some(alloc_id.as_str()) {
             entry.alloc = Some(alloc_id.clone());
             self.journal.put(entry).or_reflow("journal")?;

@@ -58,6 +58,8 @@ struct State {
     specs: BTreeMap<String, ContainerSpec>,
     next_id: u64,
     down: bool,
+    /// The next listing of containers labeled with this value waits this long.
+    list_delay: Option<(String, Duration)>,
 }
 
 /// The fake engine.
@@ -104,6 +106,12 @@ impl FakeRuntime {
     /// Makes the engine answer pings (`false`) or not (`true`), as a stopped dockerd.
     pub fn set_down(&self, down: bool) {
         lock(&self.state).down = down;
+    }
+
+    /// Makes the next listing of containers labeled `value` take `d` first, as a busy
+    /// engine's: a window for races.
+    pub fn delay_next_listing(&self, value: &str, d: Duration) {
+        lock(&self.state).list_delay = Some((value.to_string(), d));
     }
 
     /// Every call made, as `op name` strings, in order.
@@ -366,6 +374,19 @@ impl ContainerRuntime for FakeRuntime {
         key: &str,
         value: &str,
     ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let delay = {
+            let mut st = lock(&self.state);
+            match st.list_delay.take() {
+                Some((v, d)) if v == value => Some(d),
+                other => {
+                    st.list_delay = other;
+                    None
+                }
+            }
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         Ok(lock(&self.state)
             .containers
             .iter()

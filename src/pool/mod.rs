@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Duration;
 use thiserror::Error;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -342,6 +343,10 @@ impl Zombie {
     }
 }
 
+fn lock_ending(inner: &PoolInner) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Semaphore>>> {
+    inner.ending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug)]
 struct PoolInner {
     cfg: PoolConfig,
@@ -352,6 +357,11 @@ struct PoolInner {
     total: Resources,
     pool_row: Digest,
     allocs: tokio::sync::Mutex<BTreeMap<String, Arc<Alloc>>>,
+    /// Allocs taken out of `allocs` whose containers are still being killed, each with a mark
+    /// its [`Pool::end`] closes when done. An alloc of the same id (a command's derived id)
+    /// is created only after that end: both executors would own the same containers' names and
+    /// label, and the old one's kill would take the new one's container.
+    ending: Mutex<BTreeMap<String, Arc<Semaphore>>>,
     stopped: AtomicBool,
 }
 
@@ -423,6 +433,7 @@ impl Pool {
                 taskdb,
                 total,
                 allocs: tokio::sync::Mutex::new(BTreeMap::new()),
+                ending: Mutex::new(BTreeMap::new()),
                 stopped: AtomicBool::new(false),
             }),
         };
@@ -635,10 +646,18 @@ impl Pool {
         meta.want
             .validate()
             .map_err(|e| PoolError::Executor(ExecutorError::Config(e.into())))?;
-        let mut allocs = self.inner.allocs.lock().await;
-        if let Some(a) = id.as_ref().and_then(|id| allocs.get(id)) {
-            return Ok(a.clone());
-        }
+        let mut allocs = loop {
+            let allocs = self.inner.allocs.lock().await;
+            let Some(id) = id.as_ref() else { break allocs };
+            if let Some(a) = allocs.get(id) {
+                return Ok(a.clone());
+            }
+            let ending = lock_ending(&self.inner).get(id).cloned();
+            let Some(ending) = ending else { break allocs };
+            drop(allocs);
+            tracing::info!(alloc = %id, "Waiting for the earlier alloc of this id to end.");
+            let _ = ending.acquire().await;
+        };
         let now = self.inner.clock.now();
         let views: Vec<AllocView> = allocs.values().map(|a| a.view()).collect();
         let reclaim = accounting::admit(
@@ -674,22 +693,23 @@ impl Pool {
         let mut reclaimed = Vec::new();
         for r in &reclaim {
             if let Some(a) = allocs.remove(r) {
-                reclaimed.push(a);
+                reclaimed.push((self.mark_ending(&a.id), a));
             }
         }
         allocs.insert(id.clone(), alloc.clone());
         if let Err(e) = self.save_state(&allocs) {
             allocs.remove(&id);
             let _ = alloc.executor.kill().await;
-            for a in reclaimed {
+            for (ending, a) in reclaimed {
+                self.unmark_ending(&a.id, ending);
                 allocs.insert(a.id.clone(), a);
             }
             return Err(e);
         }
         drop(allocs);
-        for a in reclaimed {
+        for (ending, a) in reclaimed {
             tracing::info!(alloc = %a.id, "Reclaiming an expired alloc.");
-            self.end(&a).await;
+            self.end(&a, ending).await;
         }
         if let Err(e) = self
             .inner
@@ -703,11 +723,31 @@ impl Pool {
         Ok(alloc)
     }
 
-    /// Kills an alloc's executor and records its end; the directory stays (a zombie).
-    async fn end(&self, a: &Alloc) {
+    /// Marks alloc `id`, just taken out of the live allocs (under their lock), as ending: an
+    /// alloc of the same id waits until [`Pool::end`] closes the returned mark.
+    fn mark_ending(&self, id: &str) -> Arc<Semaphore> {
+        let mark = Arc::new(Semaphore::new(0));
+        lock_ending(&self.inner).insert(id.to_string(), mark.clone());
+        mark
+    }
+
+    /// Ends the ending mark of alloc `id`, waking whoever waits to create it again.
+    fn unmark_ending(&self, id: &str, mark: Arc<Semaphore>) {
+        let mut ending = lock_ending(&self.inner);
+        if ending.get(id).is_some_and(|m| Arc::ptr_eq(m, &mark)) {
+            ending.remove(id);
+        }
+        // Waiters wait for a permit that never comes; closing wakes them.
+        mark.close();
+    }
+
+    /// Kills an alloc's executor and records its end; the directory stays (a zombie). `ending`
+    /// is its ending mark, given back once its containers are gone.
+    async fn end(&self, a: &Alloc, ending: Arc<Semaphore>) {
         if let Err(e) = a.executor.kill().await {
             tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "Killing an alloc's executor failed.");
         }
+        self.unmark_ending(&a.id, ending);
         if let Err(e) = self
             .inner
             .taskdb
@@ -764,9 +804,14 @@ impl Pool {
         let a = allocs
             .remove(id)
             .ok_or_else(|| PoolError::NoSuchAlloc { id: id.to_string() })?;
-        self.save_state(&allocs)?;
+        let ending = self.mark_ending(id);
+        if let Err(e) = self.save_state(&allocs) {
+            self.unmark_ending(id, ending);
+            allocs.insert(id.to_string(), a);
+            return Err(e);
+        }
         drop(allocs);
-        self.end(&a).await;
+        self.end(&a, ending).await;
         tracing::info!(alloc = %id, "Freed alloc.");
         Ok(())
     }
