@@ -210,6 +210,33 @@ async fn an_alloc_made_again_under_a_reclaimed_id_keeps_its_container() {
     );
 }
 
+/// An expired alloc asked for again by its id (a redelivered or resumed command) is revived
+/// for its first lease, so a new alloc's admission does not reclaim it first.
+#[tokio::test]
+async fn an_expired_alloc_asked_for_again_is_revived() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let pool = Pool::start(
+        config(dir.path()),
+        fake(),
+        Arc::new(clock.clone()),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap();
+    let total = pool.resources();
+    let id = "00000000000000bb";
+    pool.new_alloc_as(id, part(&total, 0.5)).await.unwrap();
+    clock.advance(Duration::minutes(3));
+    let a = pool.new_alloc_as(id, part(&total, 0.5)).await.unwrap();
+    assert_eq!(a.expires(), clock.now() + Duration::minutes(2));
+    assert!(matches!(
+        pool.new_alloc(part(&total, 0.75)).await,
+        Err(PoolError::Admit(_))
+    ));
+    assert!(pool.alloc(id).await.is_ok(), "not reclaimed");
+}
+
 fn part(total: &Resources, share: f64) -> AllocMeta {
     AllocMeta {
         want: Resources::from_pairs([

@@ -650,6 +650,13 @@ impl Pool {
             let allocs = self.inner.allocs.lock().await;
             let Some(id) = id.as_ref() else { break allocs };
             if let Some(a) = allocs.get(id) {
+                // Asked for again (a redelivered or resumed command): it is wanted now, so an
+                // expired one (a restored alloc) is revived before a new alloc's admission
+                // could reclaim it.
+                let floor = self.inner.clock.now() + accounting::INITIAL_KEEPALIVE;
+                if a.expires() < floor {
+                    self.extend(a, accounting::INITIAL_KEEPALIVE);
+                }
                 return Ok(a.clone());
             }
             let ending = lock_ending(&self.inner).get(id).cloned();
@@ -773,6 +780,12 @@ impl Pool {
             .cloned()
             .ok_or_else(|| PoolError::Expired { id: id.to_string() })?;
         let granted = accounting::grant_keepalive(interval);
+        self.extend(&a, granted);
+        Ok(granted)
+    }
+
+    /// Keeps alloc `a` alive for `granted` from now, and tells the TaskDB in the background.
+    fn extend(&self, a: &Alloc, granted: Duration) {
         let now = self.inner.clock.now();
         let expires = now + granted;
         *a.times.lock().unwrap_or_else(|p| p.into_inner()) = (now, expires);
@@ -791,7 +804,6 @@ impl Pool {
                 Err(_) => tracing::warn!("TaskDB alloc keepalive timed out."),
             }
         });
-        Ok(granted)
     }
 
     /// Frees alloc `id`: it is forgotten, `state.json` is rewritten, its containers are killed and
