@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{CommandSource, Delivery, EventSink, QueueError, Settle};
+use super::{Batch, CommandSource, Delivery, EventSink, QueueError, Settle};
 use crate::persist::{self, sync_dir};
 use crate::protocol::{Event, MAX_COMMAND_BYTES};
 
@@ -352,11 +352,10 @@ pub struct SpoolSink {
     dir: PathBuf,
 }
 
-#[async_trait]
-impl EventSink for SpoolSink {
-    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        // Event ids are hex (see protocol::event_id), so they are safe file names; others are
-        // hashed to be safe.
+impl SpoolSink {
+    /// The file of event `event`. Event ids are hex (see protocol::event_id), so they are safe
+    /// file names; others are hashed to be safe.
+    fn path(&self, event: &Event) -> PathBuf {
         let name = if event
             .id
             .bytes()
@@ -367,19 +366,69 @@ impl EventSink for SpoolSink {
         } else {
             crate::digest::Digest::of(event.id.as_bytes()).hex()
         };
-        let path = self.dir.join(format!("{name}.json"));
-        if path.exists() {
-            return Ok(()); // already published
-        }
-        let (path, event) = (path, event.clone());
-        tokio::task::spawn_blocking(move || persist::write_json_atomic(&path, &event))
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Writes the events not published yet, atomically, with one fsync of the directory for
+    /// them all.
+    async fn write(&self, events: &[Event]) -> Result<(), QueueError> {
+        let files: Vec<(PathBuf, Event)> = events
+            .iter()
+            .map(|e| (self.path(e), e))
+            .filter(|(p, _)| !p.exists()) // already published
+            .map(|(p, e)| (p, e.clone()))
+            .collect();
+        if files.is_empty() {
+            // All there already; perhaps renamed into place by a try whose directory fsync
+            // failed, so that fsync is made now.
+            let dir = self.dir.clone();
+            return tokio::task::spawn_blocking(move || {
+                sync_dir(&dir).map_err(io("fsync dir", &dir))
+            })
             .await
             .map_err(|e| QueueError::Io {
                 op: "publish",
                 path: self.dir.clone(),
                 source: std::io::Error::other(e),
-            })?
-            .map_err(QueueError::Publish)
+            })?;
+        }
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<(PathBuf, &Event)> = files.iter().map(|(p, e)| (p.clone(), e)).collect();
+            persist::write_json_atomic_all(&refs)
+        })
+        .await
+        .map_err(|e| QueueError::Io {
+            op: "publish",
+            path: self.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(QueueError::Publish)
+    }
+}
+
+#[async_trait]
+impl EventSink for SpoolSink {
+    async fn publish(&self, event: &Event) -> Result<(), QueueError> {
+        self.write(std::slice::from_ref(event)).await
+    }
+
+    fn max_batch(&self) -> usize {
+        64
+    }
+
+    async fn publish_batch(&self, events: &[Event]) -> Batch {
+        // On a failure none counts as published: those already in place are found there (and
+        // their directory fsynced) when they are tried again.
+        match self.write(events).await {
+            Ok(()) => Batch {
+                published: vec![true; events.len()],
+                error: None,
+            },
+            Err(e) => Batch {
+                published: vec![false; events.len()],
+                error: Some(e),
+            },
+        }
     }
 
     fn prune(&self, before: std::time::SystemTime) -> Result<usize, QueueError> {
