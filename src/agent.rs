@@ -455,6 +455,7 @@ async fn start(
         oom_detectors: oom,
         blob: blob.clone(),
         image_ledger: Some(ledger.clone()),
+        seen_images: Arc::default(),
     };
     let pool_cfg = PoolConfig {
         id: cfg.pool_id.clone(),

@@ -223,6 +223,33 @@ async fn a_container_made_here_is_started_without_a_check_first() {
     assert!(calls[at - 1].starts_with("create "), "{calls:?}");
 }
 
+/// A completed exec's container is removed after its result is out. A re-put of the failed exec
+/// makes a container of the same name: it waits until the old state machine's removal is
+/// done, so a slow removal never takes the new container (made, not yet started).
+#[tokio::test]
+async fn a_re_put_waits_for_the_old_containers_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let ex = start(dir.path(), rt.clone()).await;
+    let x = id("re-put");
+    // The exec's container names start so. Its first removal (after the first run) is held
+    // 300 ms; its first start goes at once, its second (the re-put's) is held 500 ms.
+    let name = format!("reflow-fake-{}", x.hex());
+    rt.delay_next("remove", &name, Duration::from_millis(300));
+    rt.delay_next("start", &name, Duration::ZERO);
+    rt.delay_next("start", &name, Duration::from_millis(500));
+    let e = ex.put(x, cfg("fail")).await.unwrap();
+    assert!(e.container_name().starts_with(&name));
+    e.wait().await.unwrap();
+    assert!(e.result().unwrap().err.is_some(), "failed by its exit code");
+    // Its removal is under way (held 300 ms); the re-put's start is held 500 ms.
+    let again = ex.put(x, cfg("fail")).await.unwrap();
+    again.wait().await.unwrap();
+    let r = again.result().unwrap();
+    let msg = r.err.as_ref().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("exit"), "the re-put ran to its own exit: {msg}");
+}
+
 #[tokio::test]
 async fn a_container_started_before_a_crash_is_never_started_again() {
     // The agent died after the engine started the container but before `Running` was

@@ -178,7 +178,7 @@ async fn an_alloc_made_again_under_a_reclaimed_id_keeps_its_container() {
     pool.new_alloc_as(id, part(&total, 0.5)).await.unwrap();
     clock.advance(Duration::minutes(3));
     // Reclaiming it (to make room) lists its containers slowly; meanwhile its id comes back.
-    rt.delay_next_listing(id, StdDuration::from_millis(300));
+    rt.delay_next("list", id, StdDuration::from_millis(300));
     let reclaim = {
         let pool = pool.clone();
         let want = part(&total, 0.75);
@@ -235,6 +235,35 @@ async fn an_expired_alloc_asked_for_again_is_revived() {
         Err(PoolError::Admit(_))
     ));
     assert!(pool.alloc(id).await.is_ok(), "not reclaimed");
+}
+
+/// The allocs of one pool share what their executors saw of the engine's images: the second
+/// alloc's exec of an image the first just used needs no check.
+#[tokio::test]
+async fn allocs_share_the_images_seen_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = fake();
+    let pool = Pool::start(
+        config(dir.path()),
+        rt.clone(),
+        Arc::new(SystemClock),
+        Arc::new(MemoryTaskDb::default()),
+    )
+    .await
+    .unwrap();
+    let total = pool.resources();
+    for n in 0..2u8 {
+        let a = pool.new_alloc(part(&total, 0.25)).await.unwrap();
+        let cfg = ExecConfig {
+            kind: "exec".into(),
+            image: IMAGE.into(),
+            cmd: format!("x{n}"),
+            ..ExecConfig::default()
+        };
+        let e = a.executor().put(Digest::of(&[n]), cfg).await.unwrap();
+        e.wait().await.unwrap();
+    }
+    assert_eq!(rt.count("image "), 1, "{:?}", rt.calls());
 }
 
 fn part(total: &Resources, share: f64) -> AllocMeta {

@@ -58,8 +58,8 @@ struct State {
     specs: BTreeMap<String, ContainerSpec>,
     next_id: u64,
     down: bool,
-    /// The next listing of containers labeled with this value waits this long.
-    list_delay: Option<(String, Duration)>,
+    /// Calls to hold back once, as (op, target, how long): see [`FakeRuntime::delay_next`].
+    delays: Vec<(String, String, Duration)>,
 }
 
 /// The fake engine.
@@ -108,10 +108,29 @@ impl FakeRuntime {
         lock(&self.state).down = down;
     }
 
-    /// Makes the next listing of containers labeled `value` take `d` first, as a busy
-    /// engine's: a window for races.
-    pub fn delay_next_listing(&self, value: &str, d: Duration) {
-        lock(&self.state).list_delay = Some((value.to_string(), d));
+    /// Makes the next `op` call on `target` wait `d` before the engine acts, as a busy engine's:
+    /// a window for races. `op` is `list` (target: the label value), `remove` or `start`
+    /// (target: the container name, or its start). Delays set for the same call are used in
+    /// the order they were set, one per call.
+    pub fn delay_next(&self, op: &str, target: &str, d: Duration) {
+        lock(&self.state)
+            .delays
+            .push((op.to_string(), target.to_string(), d));
+    }
+
+    /// Waits out the delay set for this `op` on `target`, if any (once).
+    async fn delayed(&self, op: &str, target: &str) {
+        let d = {
+            let mut st = lock(&self.state);
+            let i = st
+                .delays
+                .iter()
+                .position(|(o, t, _)| o == op && target.starts_with(t.as_str()));
+            i.map(|i| st.delays.remove(i).2)
+        };
+        if let Some(d) = d {
+            tokio::time::sleep(d).await;
+        }
     }
 
     /// Every call made, as `op name` strings, in order.
@@ -188,6 +207,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.record(format!("image {image}"));
         Ok(lock(&self.state).images.contains(image))
     }
 
@@ -247,6 +267,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {
         self.record(format!("start {name}"));
+        self.delayed("start", name).await;
         let exit = {
             let mut st = lock(&self.state);
             let c = st
@@ -354,6 +375,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
         self.record(format!("remove {name}"));
+        self.delayed("remove", name).await;
         let mut st = lock(&self.state);
         if let Some(c) = st.containers.get(name) {
             if c.running && !force {
@@ -374,19 +396,7 @@ impl ContainerRuntime for FakeRuntime {
         key: &str,
         value: &str,
     ) -> Result<Vec<ContainerSummary>, RuntimeError> {
-        let delay = {
-            let mut st = lock(&self.state);
-            match st.list_delay.take() {
-                Some((v, d)) if v == value => Some(d),
-                other => {
-                    st.list_delay = other;
-                    None
-                }
-            }
-        };
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
+        self.delayed("list", value).await;
         Ok(lock(&self.state)
             .containers
             .iter()

@@ -65,6 +65,9 @@ pub struct Exec {
     /// earlier incarnation started.
     created_here: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
+    /// Cancelled when no state machine runs for this exec (it ended, or never ran here): after
+    /// Complete the state machine still removes the container, off the path to the result.
+    pub(super) ended: CancellationToken,
 }
 
 fn err(kind: Kind, op: &str, id: &Digest, msg: impl Into<String>) -> ReflowError {
@@ -93,6 +96,7 @@ impl Exec {
             engine_lost: AtomicBool::new(false),
             created_here: AtomicBool::new(false),
             promoted: OnceCell::new(),
+            ended: CancellationToken::new(),
         })
     }
 
@@ -313,15 +317,17 @@ impl Exec {
                         self.publish(state, Some(e));
                         return;
                     }
+                    self.publish(next, None);
                     if next == ExecState::Complete && !blob {
-                        // Durable; the container is no longer needed. Removed before waiters are
-                        // told, so a completed exec never has a container. A crash in between
-                        // leaves one that recovery removes.
+                        // Durable and told; the container is no longer needed. Removed after
+                        // waiters are told (its removal is off the path to the result), before
+                        // the state machine ends: whoever reuses the container's name (a re-put,
+                        // the executor's kill) waits for that end first. A crash in between
+                        // leaves a container that recovery removes.
                         if let Err(e) = inner.runtime.remove(&self.container, false).await {
                             tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Removing a completed exec's container failed.");
                         }
                     }
-                    self.publish(next, None);
                     state = next;
                 }
                 Err(e) => {

@@ -150,6 +150,30 @@ pub struct ExecutorPorts {
     pub blob: Option<Arc<dyn crate::blob::BlobStore>>,
     /// Records each image an exec uses (for image cleanup).
     pub image_ledger: Option<Arc<images::ImageLedger>>,
+    /// Images seen present, shared by every executor made from these ports (a pool's allocs):
+    /// a new alloc's first exec needs no check of an image another alloc just used.
+    pub seen_images: Arc<SeenImages>,
+}
+
+/// Images seen present on the engine, and when; each is trusted for [`IMAGE_PRESENT_TTL`]. A
+/// create that finds one gone forgets it and checks (and pulls) again.
+#[derive(Debug, Default)]
+pub struct SeenImages(Mutex<HashMap<String, tokio::time::Instant>>);
+
+impl SeenImages {
+    fn fresh(&self, image: &str) -> bool {
+        lock(&self.0)
+            .get(image)
+            .is_some_and(|t| t.elapsed() < IMAGE_PRESENT_TTL)
+    }
+
+    fn seen(&self, image: &str) {
+        lock(&self.0).insert(image.to_string(), tokio::time::Instant::now());
+    }
+
+    fn forget(&self, image: &str) {
+        lock(&self.0).remove(image);
+    }
 }
 
 impl ExecutorPorts {
@@ -162,6 +186,7 @@ impl ExecutorPorts {
             oom_detectors: Vec::new(),
             blob: None,
             image_ledger: None,
+            seen_images: Arc::default(),
         }
     }
 }
@@ -305,8 +330,8 @@ type PullOutcome = Arc<OnceCell<Result<(), ReflowError>>>;
 struct Images {
     ledger: Option<Arc<images::ImageLedger>>,
     runtime: Arc<dyn ContainerRuntime>,
-    /// Images seen present, and when; trusted for [`IMAGE_PRESENT_TTL`].
-    present: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Images seen present (shared with the pool's other executors).
+    present: Arc<SeenImages>,
     auth: Option<Arc<dyn Authenticator>>,
     backoff: Duration,
     inflight: Mutex<HashMap<String, PullOutcome>>,
@@ -317,10 +342,7 @@ impl Images {
         if let Some(l) = &self.ledger {
             l.used(image);
         }
-        let fresh = lock(&self.present)
-            .get(image)
-            .is_some_and(|t| t.elapsed() < IMAGE_PRESENT_TTL);
-        if fresh {
+        if self.present.fresh(image) {
             return Ok(());
         }
         let cell = {
@@ -336,14 +358,14 @@ impl Images {
         }
         drop(m);
         if r.is_ok() {
-            lock(&self.present).insert(image.to_string(), tokio::time::Instant::now());
+            self.present.seen(image);
         }
         r
     }
 
     /// Forgets that `image` was seen present.
     fn forget(&self, image: &str) {
-        lock(&self.present).remove(image);
+        self.present.forget(image);
     }
 
     /// One pull attempt, with credentials when an authenticator has them.
@@ -529,6 +551,7 @@ impl Executor {
             oom_detectors,
             blob,
             image_ledger,
+            seen_images,
         } = ports;
         if !valid_id(&cfg.id) {
             return Err(ExecutorError::BadId {
@@ -546,7 +569,7 @@ impl Executor {
             images: Images {
                 ledger: image_ledger,
                 runtime: runtime.clone(),
-                present: Mutex::new(HashMap::new()),
+                present: seen_images,
                 backoff: cfg.pull_backoff,
                 auth,
                 inflight: Mutex::new(HashMap::new()),
@@ -652,9 +675,14 @@ impl Executor {
         // One span per exec: every log line of its state machine names the exec and executor,
         // under the command span that started it (if any).
         let span = tracing::info_span!("exec", exec = %exec.id(), executor = %inner.cfg.id);
-        self.inner
-            .tasks
-            .spawn(async move { exec.run(inner, from).await }.instrument(span));
+        self.inner.tasks.spawn(
+            async move {
+                let ended = exec.ended.clone();
+                exec.run(inner, from).await;
+                ended.cancel();
+            }
+            .instrument(span),
+        );
     }
 
     /// Starts exec `id` with `config`, or returns the existing one when it is running or
@@ -722,6 +750,9 @@ impl Executor {
             let _ = tokio::time::timeout(Duration::from_secs(30), e.wait()).await;
             e.cancel.cancel();
         }
+        // A completed exec's state machine may still be removing its container: it ends
+        // first, so that removal can never take a successor's container of the same name.
+        let _ = tokio::time::timeout(Duration::from_secs(30), e.ended.cancelled()).await;
         if let Err(err) = self.inner.runtime.remove(e.container_name(), true).await {
             tracing::warn!(exec = %e.id(), error = %crate::error::chain(&err), "Removing an exec's container failed.");
         }
@@ -1202,7 +1233,10 @@ impl Executor {
                 }
             }
             RecoveryAction::Serve { id } => {
-                register(id, Some(ExecState::Complete), None);
+                // No state machine runs for it.
+                if let Some(e) = register(id, Some(ExecState::Complete), None) {
+                    e.ended.cancel();
+                }
             }
             RecoveryAction::MarkLost { id } => {
                 let err = ReflowError::new(
@@ -1212,7 +1246,9 @@ impl Executor {
                 )
                 .with_arg(id);
                 tracing::error!(exec = %id, "Exec lost: its container disappeared while no agent ran.");
-                register(id, Some(ExecState::Running), Some(err));
+                if let Some(e) = register(id, Some(ExecState::Running), Some(err)) {
+                    e.ended.cancel();
+                }
             }
             RecoveryAction::Quarantine { name, reason } => {
                 let from = execs_dir.join(&name).join(MANIFEST_FILE);
