@@ -247,7 +247,10 @@ async fn a_re_put_waits_for_the_old_containers_removal() {
     again.wait().await.unwrap();
     let r = again.result().unwrap();
     let msg = r.err.as_ref().map(|e| e.to_string()).unwrap_or_default();
-    assert!(msg.contains("exit"), "the re-put ran to its own exit: {msg}");
+    assert!(
+        msg.contains("exit"),
+        "the re-put ran to its own exit: {msg}"
+    );
 }
 
 #[tokio::test]

@@ -48,7 +48,10 @@ async fn echo_to_out_matches_sha256sum() {
     assert_eq!(e.logs(true, true).unwrap(), b"");
     let deadline = Instant::now() + Duration::from_secs(10);
     while container_exists(e.container_name()) {
-        assert!(Instant::now() < deadline, "the completed exec's container stays");
+        assert!(
+            Instant::now() < deadline,
+            "the completed exec's container stays"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t = Instant::now();

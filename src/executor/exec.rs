@@ -514,12 +514,12 @@ impl Exec {
         // Stop at once: the final cgroup reading races the engine removing the cgroup.
         let sampled = sampler.stop().await;
         let code = waited.map_err(|e| self.classified("wait", &e))?;
-        self.save_logs(inner).await;
-        let info = inner
-            .runtime
-            .inspect(&self.container)
-            .await
-            .map_err(|e| self.classified("inspect", &e))?;
+        // The logs and the exit's details, asked of the engine at once.
+        let ((), info) = tokio::join!(
+            self.save_logs(inner),
+            inner.runtime.inspect(&self.container)
+        );
+        let info = info.map_err(|e| self.classified("inspect", &e))?;
         let Some(info) = info else {
             return Err(err(
                 Kind::Unavailable,
