@@ -2,7 +2,8 @@
 # End-to-end queue benchmarks on every backend, each against a baseline measured in the same
 # run. Writes its section of bench/RESULTS.md.
 #
-#   bench/queue.sh [RUNS]     (default 3 runs of each measurement; medians reported)
+#   bench/queue.sh [RUNS]     (default 3 runs of each throughput measurement and 5 x RUNS of
+#                             each one-job latency, which is cheap and noisier; medians reported)
 #
 # - Job latency: `reflow-agent submit --wait` of one trivial job (a fresh id each time) through
 #   spool://, RabbitMQ and SQS (moto), submit to exec.completed, including the CLI's start and
@@ -17,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
+LAT_RUNS=$((RUNS * 5))
 REQS=500
 IMAGE=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
 AMQP=amqp://guest:guest@127.0.0.1:5672/%2f
@@ -74,7 +76,7 @@ agent amqp "$AQ" "prefetch = 16"
 agent spool "$SPOOL" ""
 sleep 2
 one_job "$AQ" >/dev/null; one_job "$SPOOL" >/dev/null; docker_one >/dev/null  # warm up
-measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'"
+RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'"
 # Interleaved too: on a shared machine the baseline alone drifts by a third between batches.
 for N in 40 200; do
   measure_interleaved "xargs_$N" "secs xargs_n $N" \
@@ -88,7 +90,7 @@ kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=()
 agent sqs "$SQS" ""
 sleep 3
 one_job "$SQS" >/dev/null; docker_one >/dev/null  # warm up
-measure_interleaved docker_two "docker_one" sqs_one "one_job '$SQS'"
+RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one" sqs_one "one_job '$SQS'"
 
 rate() { echo "scale=1; $1 / $2" | bc -l; }
 cpu=$(cpu_model)
@@ -97,7 +99,7 @@ out=$(mktemp)
 {
   echo "## Queue: end-to-end jobs and commands"
   echo
-  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $RUNS runs; release build; one agent per backend, \`max_jobs = 8\`."
+  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`."
   echo
   row "measurement" "agent" "baseline" "agent / baseline" "goal"
   echo "|---|---|---|---|---|"

@@ -799,13 +799,14 @@ impl SqsClient {
             .unwrap_or_default())
     }
 
-    async fn release(&self, queue: &str, receipt: &str) {
+    /// Makes a received message visible again in `after_secs`.
+    async fn release(&self, queue: &str, receipt: &str, after_secs: i32) {
         let _ = self
             .client
             .change_message_visibility()
             .queue_url(queue)
             .receipt_handle(receipt)
-            .visibility_timeout(0)
+            .visibility_timeout(after_secs)
             .send()
             .await;
     }
@@ -857,7 +858,7 @@ impl super::Client for SqsClient {
             }
         }
         for r in held {
-            self.release(&self.urls.dlq, &r).await;
+            self.release(&self.urls.dlq, &r, 0).await;
         }
         out.truncate(max);
         Ok(out)
@@ -893,8 +894,12 @@ impl super::Client for SqsClient {
     }
 }
 
+/// How long a watch keeps another reader's event invisible, so its next receives see other
+/// messages of the results queue.
+const WATCH_RELEASE_SECS: i32 = 2;
+
 /// Events from the results queue: those of `command` are consumed, others are left for their
-/// readers. A task of its own receives and deletes, and hands events over a channel, so `next`
+/// readers (visible again after [`WATCH_RELEASE_SECS`]). A task of its own receives and deletes, and hands events over a channel, so `next`
 /// is cancel-safe: a caller that gives up waiting (a timeout around it)
 /// loses nothing. (Receiving inside `next` lost the rest of a received batch to the visibility
 /// timeout whenever the caller's timeout fired in between, and again at the next try.)
@@ -943,7 +948,11 @@ impl SqsWatch {
                                 .send()
                                 .await;
                         }
-                        _ => client.release(&results, &receipt).await,
+                        // Another reader's: back in a moment, not at once. Released at
+                        // once, the same oldest messages came back to every receive (moto
+                        // answers in order), and a watch behind a few dozen events nobody
+                        // reads (`alloc.freed` after its CLI left) never reached its own.
+                        _ => client.release(&results, &receipt, WATCH_RELEASE_SECS).await,
                     }
                 }
             }
