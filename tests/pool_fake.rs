@@ -52,6 +52,13 @@ fn half(total: &Resources) -> AllocMeta {
     }
 }
 
+/// A pool in `dir` on `rt` and `clock`, with an in-memory TaskDB.
+async fn pool_on(dir: &std::path::Path, rt: Arc<FakeRuntime>, clock: Arc<dyn Clock>) -> Pool {
+    Pool::start(config(dir), rt, clock, Arc::new(MemoryTaskDb::default()))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn offers_keepalive_expiry_reclaim_and_zombies() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,14 +172,7 @@ async fn an_alloc_made_again_under_a_reclaimed_id_keeps_its_container() {
         }),
         Arc::new(SystemClock),
     );
-    let pool = Pool::start(
-        config(dir.path()),
-        rt.clone(),
-        Arc::new(clock.clone()),
-        Arc::new(MemoryTaskDb::default()),
-    )
-    .await
-    .unwrap();
+    let pool = pool_on(dir.path(), rt.clone(), Arc::new(clock.clone())).await;
     let total = pool.resources();
     let id = "00000000000000aa";
     pool.new_alloc_as(id, part(&total, 0.5)).await.unwrap();
@@ -216,14 +216,7 @@ async fn an_alloc_made_again_under_a_reclaimed_id_keeps_its_container() {
 async fn an_expired_alloc_asked_for_again_is_revived() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(SystemClock.now());
-    let pool = Pool::start(
-        config(dir.path()),
-        fake(),
-        Arc::new(clock.clone()),
-        Arc::new(MemoryTaskDb::default()),
-    )
-    .await
-    .unwrap();
+    let pool = pool_on(dir.path(), fake(), Arc::new(clock.clone())).await;
     let total = pool.resources();
     let id = "00000000000000bb";
     pool.new_alloc_as(id, part(&total, 0.5)).await.unwrap();
@@ -243,14 +236,7 @@ async fn an_expired_alloc_asked_for_again_is_revived() {
 async fn allocs_share_the_images_seen_present() {
     let dir = tempfile::tempdir().unwrap();
     let rt = fake();
-    let pool = Pool::start(
-        config(dir.path()),
-        rt.clone(),
-        Arc::new(SystemClock),
-        Arc::new(MemoryTaskDb::default()),
-    )
-    .await
-    .unwrap();
+    let pool = pool_on(dir.path(), rt.clone(), Arc::new(SystemClock)).await;
     let total = pool.resources();
     for n in 0..2u8 {
         let a = pool.new_alloc(part(&total, 0.25)).await.unwrap();
@@ -282,26 +268,12 @@ fn part(total: &Resources, share: f64) -> AllocMeta {
 async fn free_rewrites_state_and_idle_pools_stop() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(SystemClock.now());
-    let pool = Pool::start(
-        config(dir.path()),
-        fake(),
-        Arc::new(clock.clone()),
-        Arc::new(MemoryTaskDb::default()),
-    )
-    .await
-    .unwrap();
+    let pool = pool_on(dir.path(), fake(), Arc::new(clock.clone())).await;
     let (idle, _) = pool.stop_if_idle_for(Duration::minutes(10)).await;
     assert!(idle, "an empty pool is idle");
 
     let dir2 = tempfile::tempdir().unwrap();
-    let pool = Pool::start(
-        config(dir2.path()),
-        fake(),
-        Arc::new(clock.clone()),
-        Arc::new(MemoryTaskDb::default()),
-    )
-    .await
-    .unwrap();
+    let pool = pool_on(dir2.path(), fake(), Arc::new(clock.clone())).await;
     let a = pool.new_alloc(half(&pool.resources())).await.unwrap();
     let (idle, wait) = pool.stop_if_idle_for(Duration::minutes(10)).await;
     assert!(!idle);
@@ -343,14 +315,7 @@ async fn an_absurd_memory_expectation_fails_start() {
 #[tokio::test]
 async fn inspect_reads_a_state_directory_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = Pool::start(
-        config(dir.path()),
-        fake(),
-        Arc::new(SystemClock),
-        Arc::new(MemoryTaskDb::default()),
-    )
-    .await
-    .unwrap();
+    let pool = pool_on(dir.path(), fake(), Arc::new(SystemClock)).await;
     let live = pool.new_alloc(half(&pool.resources())).await.unwrap();
     let gone = pool
         .new_alloc(AllocMeta {
