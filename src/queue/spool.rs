@@ -378,23 +378,15 @@ impl SpoolSink {
             .filter(|(p, _)| !p.exists()) // already published
             .map(|(p, e)| (p, e.clone()))
             .collect();
-        if files.is_empty() {
-            // All there already; perhaps renamed into place by a try whose directory fsync
-            // failed, so that fsync is made now.
-            let dir = self.dir.clone();
-            return tokio::task::spawn_blocking(move || {
-                sync_dir(&dir).map_err(io("fsync dir", &dir))
-            })
-            .await
-            .map_err(|e| QueueError::Io {
-                op: "publish",
-                path: self.dir.clone(),
-                source: std::io::Error::other(e),
-            })?;
-        }
+        let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
+            if files.is_empty() {
+                // All there already; perhaps renamed into place by a try whose directory fsync
+                // failed, so that fsync is made now.
+                return sync_dir(&dir).map_err(io("fsync dir", &dir));
+            }
             let refs: Vec<(PathBuf, &Event)> = files.iter().map(|(p, e)| (p.clone(), e)).collect();
-            persist::write_json_atomic_all(&refs)
+            persist::write_json_atomic_all(&refs).map_err(QueueError::Publish)
         })
         .await
         .map_err(|e| QueueError::Io {
@@ -402,7 +394,6 @@ impl SpoolSink {
             path: self.dir.clone(),
             source: std::io::Error::other(e),
         })?
-        .map_err(QueueError::Publish)
     }
 }
 
