@@ -5,12 +5,12 @@
 # They build into a target directory of their own (LINT_TARGET_DIR, default target/lint): a
 # check build shares nothing with the test build, and with its own directory it never waits on
 # the test build's lock, so scripts/test.sh runs it beside the tests.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${LINT_TARGET_DIR:-target/lint}
 #
 # LINT_CLIPPY_ALL_FEATURES=0 skips clippy with every feature: scripts/test.sh runs that one inside
 # its test build instead (clippy-driver as the workspace's rustc wrapper).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${LINT_TARGET_DIR:-target/lint}
 if [ "${LINT_CLIPPY_ALL_FEATURES:-1}" != 0 ]; then
   cargo clippy --all-targets --all-features -- -D warnings
 fi
