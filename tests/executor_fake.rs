@@ -209,6 +209,75 @@ async fn restart_reattaches_without_a_second_create() {
     second.kill().await.unwrap();
 }
 
+/// A new executor directory has nothing to recover: starting lists no containers (one engine
+/// call less per new alloc). A container left under the same name (its directory was removed
+/// while it ran on) is stale: a put replaces it and runs its own, never waiting for the old
+/// one's exit. A directory with execs is recovered, listing the containers.
+#[tokio::test]
+async fn a_new_directory_lists_nothing_and_a_put_replaces_a_stale_container() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    // The first container runs for an hour; the next one writes its output and exits 0.
+    let script: Script = {
+        let runs = runs.clone();
+        Arc::new(
+            move |_: &ContainerSpec| match runs.fetch_add(1, Ordering::SeqCst) {
+                0 => FakeExit {
+                    code: 3,
+                    runtime: Duration::from_secs(3600),
+                    ..FakeExit::default()
+                },
+                _ => FakeExit {
+                    outputs: vec![("default".into(), b"new".to_vec())],
+                    runtime: Duration::from_millis(10),
+                    ..FakeExit::default()
+                },
+            },
+        )
+    };
+    let rt = FakeRuntime::new(&[IMAGE], script, Arc::new(SystemClock));
+    let first = start(dir.path(), rt.clone()).await;
+    assert_eq!(rt.count("list "), 0, "a new directory: {:?}", rt.calls());
+    let e = first.put(id("stale"), cfg("any")).await.unwrap();
+    e.wait_until(ExecState::Running).await.unwrap();
+    first.shutdown().await;
+    // The directory goes (a collected alloc); its container runs on.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+
+    let second = start(dir.path(), rt.clone()).await;
+    assert_eq!(
+        rt.count("list "),
+        0,
+        "a new directory again: {:?}",
+        rt.calls()
+    );
+    let again = second.put(id("stale"), cfg("any")).await.unwrap();
+    again.wait().await.unwrap();
+    let r = again.result().unwrap();
+    assert!(
+        r.err.is_none(),
+        "its own run, not the stale one's: {:?}",
+        r.err
+    );
+    assert_eq!(r.fileset.file().unwrap().id, Digest::of(b"new"));
+    assert_eq!(
+        (rt.count("create "), rt.count("start ")),
+        (3, 2),
+        "the stale container was replaced: {:?}",
+        rt.calls()
+    );
+    second.shutdown().await;
+
+    // Execs on disk: recovered, with the containers listed.
+    let third = start(dir.path(), rt.clone()).await;
+    assert_eq!(rt.count("list "), 1, "{:?}", rt.calls());
+    assert_eq!(
+        third.get(&id("stale")).unwrap().status().state,
+        ExecState::Complete
+    );
+}
+
 #[tokio::test]
 async fn a_container_made_here_is_started_without_a_check_first() {
     // The container this executor just created cannot have run: no inspect before its start

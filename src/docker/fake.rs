@@ -396,6 +396,7 @@ impl ContainerRuntime for FakeRuntime {
         key: &str,
         value: &str,
     ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.record(format!("list {value}"));
         self.delayed("list", value).await;
         Ok(lock(&self.state)
             .containers

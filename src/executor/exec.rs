@@ -64,6 +64,11 @@ pub struct Exec {
     /// start it yet: it cannot have run, so the first start needs no check for a container an
     /// earlier incarnation started.
     created_here: AtomicBool,
+    /// Made by a put in this process, and not yet created: no earlier incarnation of this exec
+    /// can own a container of its name, so one that create finds is stale (left by an earlier
+    /// exec of the id whose removal failed, or under an alloc directory collected since). It
+    /// never ran for this put, so it is replaced, never waited for.
+    pub(super) fresh: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
     /// Cancelled when no state machine runs for this exec (it ended, or never ran here): after
     /// Complete the state machine still removes the container, off the path to the result.
@@ -95,6 +100,7 @@ impl Exec {
             killed: AtomicBool::new(false),
             engine_lost: AtomicBool::new(false),
             created_here: AtomicBool::new(false),
+            fresh: AtomicBool::new(false),
             promoted: OnceCell::new(),
             ended: CancellationToken::new(),
         })
@@ -421,12 +427,24 @@ impl Exec {
         let spec = self.container_spec(inner, &config, spec)?;
         // No existence check first: a container left by an earlier incarnation (a crash after
         // create, before Created was durable) makes create answer Conflict, which means Created.
+        // For a fresh put, Conflict means a stale container, replaced once.
         let mut image_retry = true;
         loop {
             match inner.runtime.create(&spec).await {
                 Ok(_) => {
+                    self.fresh.store(false, Ordering::SeqCst);
                     self.created_here.store(true, Ordering::SeqCst);
                     return Ok(ExecState::Created);
+                }
+                Err(crate::docker::RuntimeError::Conflict { .. })
+                    if self.fresh.swap(false, Ordering::SeqCst) =>
+                {
+                    tracing::warn!(exec = %self.id, container = %self.container, "A stale container has this exec's name; replacing it.");
+                    inner
+                        .runtime
+                        .remove(&self.container, true)
+                        .await
+                        .map_err(|e| self.classified("remove stale container", &e))?;
                 }
                 Err(crate::docker::RuntimeError::Conflict { .. }) => return Ok(ExecState::Created),
                 // The image vanished since it was last seen: check (and pull) again, once.

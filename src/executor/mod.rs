@@ -562,6 +562,8 @@ impl Executor {
             cfg.user = own_user();
         }
         let execs_dir = cfg.dir.join("execs");
+        // A directory without `execs/` has no exec to recover (see `recover`).
+        let fresh = !execs_dir.exists();
         fs::create_dir_all(&execs_dir).map_err(io_err("create", &execs_dir))?;
         let repo = FileRepository::open(cfg.dir.join("objects"))?;
         repo.clean_tmp()?;
@@ -591,7 +593,13 @@ impl Executor {
             resources: Mutex::new(Resources::default()),
         });
         let ex = Executor { inner };
-        ex.recover().await?;
+        // A new directory skips recovery and its container listing, one engine call per new
+        // alloc: any container of this executor's label belongs to no exec of this directory.
+        // One named like an exec put here is replaced at its create (`Exec::fresh`), and the
+        // executor's kill removes every labelled container.
+        if !fresh {
+            ex.recover().await?;
+        }
         let monitor = ex.clone();
         ex.inner.tasks.spawn(async move {
             loop {
@@ -731,6 +739,7 @@ impl Executor {
                 err: None,
             },
         );
+        exec.fresh.store(true, Ordering::SeqCst);
         exec.transition(ExecState::Init).await?;
         lock(&self.inner.execs).insert(id, exec.clone());
         tracing::info!(exec = %id, executor = %self.inner.cfg.id, "Started exec.");
