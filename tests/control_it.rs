@@ -888,6 +888,53 @@ async fn an_amqp_url_with_several_brokers_uses_one_that_answers() {
     assert_eq!(output(&e), (sha256sum(b"hosts\n"), true, false));
 }
 
+/// The topology is declared pipelined, answered once (the command queue's declaration last). A
+/// declaration the broker refuses earlier in the pipeline still fails the submit, with the
+/// broker's reason naming the queue, and the command is not sent.
+#[tokio::test]
+async fn a_refused_declaration_fails_the_submit_with_the_brokers_reason() {
+    use lapin::options::QueueDeclareOptions;
+    let ns = uniq("refused");
+    // A classic queue where the dead-letter queue (a quorum queue) goes.
+    let conn = lapin::Connection::connect(&amqp(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dlq = format!("{ns}.commands.dlq");
+    ch.queue_declare(
+        dlq.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let url = format!("{}?ns={ns}", amqp());
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let err = client.submit("refused", b"{}").await.unwrap_err();
+    let msg = reflow_agent::error::chain(&err).to_string();
+    assert!(
+        msg.contains("PRECONDITION_FAILED") && msg.contains(&dlq),
+        "the broker's reason, naming the queue: {msg}"
+    );
+    let commands = ch
+        .queue_declare(
+            format!("{ns}.commands").as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            Default::default(),
+        )
+        .await;
+    assert!(
+        commands.is_err(),
+        "nothing after the refused declaration took effect"
+    );
+}
+
 /// `scripts/rabbitmq-cluster.sh` with `args`; its stdout.
 fn cluster(args: &[&str]) -> String {
     let out = Command::new("bash")
