@@ -143,11 +143,12 @@ impl FileRepository {
     /// Opens (creating if needed) the repository at `root`.
     ///
     /// # Errors
-    /// Creating the root or its temp directory.
+    /// Creating the root.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, RepoError> {
         let root = root.into();
-        let tmp = root.join(TMP_DIR);
-        fs::create_dir_all(&tmp).map_err(|e| RepoError::io("create", &tmp, e))?;
+        // `tmp/` is made when a temp file first needs it: most repositories (an exec's
+        // staging, a job's alloc) only ever take links.
+        fs::create_dir_all(&root).map_err(|e| RepoError::io("create", &root, e))?;
         Ok(FileRepository {
             root,
             threads: par::default_threads(),
@@ -233,10 +234,15 @@ impl FileRepository {
 
     fn temp_file(&self, prefix: &str) -> Result<tempfile::NamedTempFile, RepoError> {
         let dir = self.root.join(TMP_DIR);
-        tempfile::Builder::new()
-            .prefix(prefix)
-            .tempfile_in(&dir)
-            .map_err(|e| RepoError::io("create temp in", &dir, e))
+        let make = || tempfile::Builder::new().prefix(prefix).tempfile_in(&dir);
+        match make() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&dir).map_err(|e| RepoError::io("create", &dir, e))?;
+                make()
+            }
+            r => r,
+        }
+        .map_err(|e| RepoError::io("create temp in", &dir, e))
     }
 
     /// Makes the object's parent directory, fsyncing the root if it was new.
@@ -604,7 +610,12 @@ impl FileRepository {
     pub fn clean_tmp(&self) -> Result<usize, RepoError> {
         let dir = self.root.join(TMP_DIR);
         let mut n = 0;
-        for e in fs::read_dir(&dir).map_err(|e| RepoError::io("list", &dir, e))? {
+        let entries = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(RepoError::io("list", &dir, e)),
+        };
+        for e in entries {
             let e = e.map_err(|e| RepoError::io("list", &dir, e))?;
             fs::remove_file(e.path()).map_err(|err| RepoError::io("remove", &e.path(), err))?;
             n += 1;
@@ -712,6 +723,7 @@ mod tests {
         assert_eq!(out, b"foobar\n");
         // Idempotent put; the walk ignores tmp/ and foreign entries.
         r.put_bytes(b"foobar\n").unwrap();
+        fs::create_dir_all(r.root().join(TMP_DIR)).unwrap();
         fs::write(r.root().join(TMP_DIR).join("put-leftover"), b"junk").unwrap();
         fs::create_dir_all(r.root().join("temp-load123")).unwrap();
         fs::write(r.root().join("ae").join("short"), b"junk").unwrap();
