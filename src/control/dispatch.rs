@@ -147,6 +147,7 @@ impl Inner {
         }
         let span = tracing::info_span!("command", command_id = %req.id, kind = req.command.kind(), attempt);
         async move {
+            tracing::debug!("Command received.");
             if let Err(e) = self
                 .cfg
                 .security

@@ -71,6 +71,7 @@ impl Inner {
         if !self.reserve(&req, &spec, &mut entry).await {
             return self.hand_back(&req).await;
         }
+        tracing::debug!(command_id = %req.id, "Alloc reserved.");
         // The exec id is the config's digest: journaled now, with the alloc, so starting the
         // exec needs no second journal write.
         entry.exec = Some(job_exec_id(&spec));
@@ -78,6 +79,7 @@ impl Inner {
             tracing::warn!(error = %crate::error::chain(&e), "Journaling the job failed; handing it back.");
             return self.hand_back(&req).await;
         }
+        tracing::debug!(command_id = %req.id, "Job journaled.");
         // The intake permit is kept while the job runs: `prefetch` bounds every command held.
         self.run_job(req, spec, entry, slot).await;
         drop(intake);
@@ -127,7 +129,7 @@ impl Inner {
         slot: Option<OwnedSemaphorePermit>,
     ) {
         let started = self.clock.now();
-        let mut events = self.job_outcome(&req, &spec, &mut entry).await;
+        let (mut events, stored) = self.job_outcome(&req, &spec, &mut entry).await;
         lock(&self.running).remove(&req.id);
         let oom = match (&entry.alloc, entry.exec) {
             (Some(a), Some(x)) => match self.pool.alloc(a).await {
@@ -155,9 +157,23 @@ impl Inner {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
             e.exec = e.exec.or(exec);
         }
+        // A successful result is stored while the outcome is written, and both before the
+        // outcome is published: an identical job sent after the outcome is seen reuses it.
+        let store = stored.map(|(key, stored)| {
+            let inner = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = inner.results.put(&key, &stored) {
+                    tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
+                }
+            })
+        });
         // Outcome first, then the journal beside the broker: the outcome is durable before
         // either.
-        if let Err(e) = self.record_outcome(&req, &events).await {
+        let recorded = self.record_outcome(&req, &events).await;
+        if let Some(store) = store {
+            let _ = store.await;
+        }
+        if let Err(e) = recorded {
             // The outcome is not durable, so the command must not be settled: hand every
             // delivery back and release the slot. The journal entry stays unfinished, so a
             // redelivery (or the next start) resumes the job and finds its result again.
@@ -169,6 +185,7 @@ impl Inner {
             }
             return;
         }
+        tracing::debug!(command_id = %req.id, "Job outcome recorded.");
         entry.phase = Phase::Done;
         entry.outcome = events;
         // The journal's done entry is written while the outcome is published, off the path to
@@ -184,6 +201,7 @@ impl Inner {
         // Published, then settled: a machine that dies between the two leaves the command in
         // the queue, never an acked command whose outcome was only on its disk.
         let published = self.until_published(&entry.outcome).await;
+        tracing::debug!(command_id = %req.id, published, "Job outcome published.");
         let _ = written.await;
         let action = if published {
             self.finish_claim(&req.id).await;
@@ -234,15 +252,14 @@ impl Inner {
         }
     }
 
-    /// The events of a job's outcome: `exec.completed` (with the error when it failed). A
-    /// successful result is stored first, so an identical job sent after the outcome is seen
-    /// reuses it.
+    /// The events of a job's outcome: `exec.completed` (with the error when it failed), and a
+    /// successful result to store under its key before the outcome is published.
     pub(super) async fn job_outcome(
         &self,
         req: &Request,
         spec: &JobSpec,
         entry: &mut Entry,
-    ) -> Vec<Event> {
+    ) -> (Vec<Event>, Option<(Digest, StoredResult)>) {
         let outputs_to = spec
             .outputs_to
             .clone()
@@ -270,7 +287,7 @@ impl Inner {
         };
         if let Some(stored) = self.results.get(&key) {
             tracing::info!(exec = %exec_id, "An identical exec already succeeded: returning its stored result.");
-            return vec![completed(stored.result, true)];
+            return (vec![completed(stored.result, true)], None);
         }
         let mut events = Vec::new();
         let mut delay =
@@ -305,16 +322,16 @@ impl Inner {
                 }
             }
         };
-        if result.err.is_none() {
-            let stored = StoredResult {
-                result: result.clone(),
-                repository: outputs_to.clone(),
-                exec: exec_id,
-            };
-            if let Err(e) = self.results.put(&key, &stored) {
-                tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
-            }
-        }
+        let stored = result.err.is_none().then(|| {
+            (
+                key,
+                StoredResult {
+                    result: result.clone(),
+                    repository: outputs_to.clone(),
+                    exec: exec_id,
+                },
+            )
+        });
         if let Some(e) = result.err.as_ref().filter(|e| e.kind == Kind::Integrity) {
             // Corrupt data: said at once, not only by the next heartbeat (the alloc is freed).
             self.metrics.integrity_error();
@@ -327,7 +344,7 @@ impl Inner {
             ));
         }
         events.push(completed(result, false));
-        events
+        (events, stored)
     }
 
     /// One try of a job: its result, with the `exec.state` event of its exec's completion
@@ -440,6 +457,7 @@ impl Inner {
                 self.blob.as_ref(),
             )
             .await?;
+            tracing::debug!(command_id = %req.id, "Job outputs sent.");
         }
         let complete = self.exec_state_event(req, &exec, &alloc_id, "complete");
         Ok((result, Some(complete)))

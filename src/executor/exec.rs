@@ -323,6 +323,7 @@ impl Exec {
                         self.publish(state, Some(e));
                         return;
                     }
+                    tracing::debug!(exec = %self.id, state = ?next, "Exec state.");
                     self.publish(next, None);
                     if next == ExecState::Complete && !blob {
                         // Durable and told; the container is no longer needed. Removed after
@@ -432,6 +433,7 @@ impl Exec {
         loop {
             match inner.runtime.create(&spec).await {
                 Ok(_) => {
+                    tracing::debug!(exec = %self.id, "Container created.");
                     self.fresh.store(false, Ordering::SeqCst);
                     self.created_here.store(true, Ordering::SeqCst);
                     return Ok(ExecState::Created);
@@ -503,6 +505,7 @@ impl Exec {
             .await
             .map_err(|e| self.classified("start", &e))?;
         crate::failpoint::hit("exec.after_start");
+        tracing::debug!(exec = %self.id, "Container started.");
         match inner.runtime.inspect(&self.container).await {
             Ok(Some(info)) => {
                 let mut m = lock(&self.manifest);
@@ -529,6 +532,7 @@ impl Exec {
             inner.clock.clone(),
         );
         let waited = inner.runtime.wait(&self.container).await;
+        tracing::debug!(exec = %self.id, "Container exited.");
         // Stop at once: the final cgroup reading races the engine removing the cgroup.
         let sampled = sampler.stop().await;
         let code = waited.map_err(|e| self.classified("wait", &e))?;
@@ -537,6 +541,7 @@ impl Exec {
             self.save_logs(inner),
             inner.runtime.inspect(&self.container)
         );
+        tracing::debug!(exec = %self.id, "Container's logs and exit read.");
         let info = info.map_err(|e| self.classified("inspect", &e))?;
         let Some(info) = info else {
             return Err(err(
