@@ -116,6 +116,14 @@ if [ -z "${AGENT_IT_AMQP_URL:-}" ]; then
   rabbitmqctl -q add_vhost reflow-it
   rabbitmqctl -q set_permissions -p reflow-it guest '.*' '.*' '.*'
 fi
+# The integration tests' executors (ids `it` + 10 hex digits) can leave exited containers: a
+# test that ends as its exec completes stops the removal that follows the result. They are
+# removed before and after the tests, so they do not pile up in the engine across runs (every
+# container listing and `docker ps` costs more with each).
+remove_test_containers() {
+  docker ps -aq --filter 'name=^reflow-it[0-9a-f]{10}-' | xargs -r docker rm -f >/dev/null
+}
+remove_test_containers
 export AGENT_IT_AMQP_URL=${AGENT_IT_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/reflow-it}
 export AGENT_IT_AWS_ENDPOINT=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
 export AGENT_IT_IMAGE=${AGENT_IT_IMAGE:-reflow-agent-test/busybox:1}
@@ -131,6 +139,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --all-features --no-fail-fast
 fi
+remove_test_containers
 # After the tests: their build made the binary the unit's copy points at.
 step "systemd unit and deploy files"
 bash scripts/check-systemd.sh
