@@ -23,6 +23,30 @@ fn manifest_state(dir: &std::path::Path, id: &Digest) -> Option<ExecState> {
     Some(m.state)
 }
 
+/// A running exec's PID is inspected beside its wait, and the sampler reads the cgroup that PID
+/// is in: the profile has the container's memory and CPU, and the manifest its PID.
+#[tokio::test]
+async fn a_running_execs_profile_comes_from_its_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path()).await;
+    let e = ex
+        .put(new_id("profile"), exec("sleep 2; echo done > $out", vec![]))
+        .await
+        .unwrap();
+    e.wait().await.unwrap();
+    assert!(e.result().unwrap().err.is_none());
+    let insp = e.inspect();
+    for metric in ["mem", "cpu"] {
+        assert!(
+            insp.profile.get(metric).is_some_and(|p| p.n >= 2),
+            "{metric} sampled from the cgroup: {:?}",
+            insp.profile.keys().collect::<Vec<_>>()
+        );
+    }
+    assert!(insp.profile["mem"].max > 0.0);
+    assert!(e.manifest().pid > 0, "the PID was found");
+}
+
 #[tokio::test]
 async fn echo_to_out_matches_sha256sum() {
     let dir = tempfile::tempdir().unwrap();

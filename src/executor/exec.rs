@@ -506,32 +506,52 @@ impl Exec {
             .map_err(|e| self.classified("start", &e))?;
         crate::failpoint::hit("exec.after_start");
         tracing::debug!(exec = %self.id, "Container started.");
+        // Its PID is asked for beside the wait (see `wait_exit`).
+        Ok(ExecState::Running)
+    }
+
+    /// The container's PID, inspected when the manifest has none yet (0 when it has exited or
+    /// cannot be inspected), recorded in the manifest and sent to the sampler.
+    async fn find_pid(&self, inner: &Inner, to: tokio::sync::oneshot::Sender<i64>) {
+        let known = lock(&self.manifest).pid;
+        if known > 0 {
+            let _ = to.send(known);
+            return;
+        }
         match inner.runtime.inspect(&self.container).await {
             Ok(Some(info)) => {
-                let mut m = lock(&self.manifest);
-                m.pid = info.pid;
-                m.docker = info.raw;
+                {
+                    let mut m = lock(&self.manifest);
+                    m.pid = info.pid;
+                    m.docker = info.raw;
+                }
+                let _ = to.send(info.pid);
             }
-            // The PID stays unknown (0); the wait step inspects again.
             Ok(None) | Err(_) => {
                 tracing::warn!(exec = %self.id, "Inspecting a started container failed; PID unknown.")
             }
         }
-        Ok(ExecState::Running)
     }
 
     // === wait ===
 
     async fn wait_exit(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
-        let pid = lock(&self.manifest).pid;
+        // The wait goes out at once, beside the inspect for the PID (the sampler's cgroup): for a
+        // short exec the engine answers both only once the exit is processed, so neither waits
+        // for the other, and `Running` was made durable without waiting for the PID.
+        let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
         let sampler = Sampler::spawn(
             self.dir.clone(),
-            pid,
+            pid_rx,
             inner.cfg.profile_interval,
             inner.cfg.oom_poll_interval,
             inner.clock.clone(),
         );
-        let waited = inner.runtime.wait(&self.container).await;
+        let (waited, ()) = tokio::join!(
+            inner.runtime.wait(&self.container),
+            self.find_pid(inner, pid_tx)
+        );
+        let pid = lock(&self.manifest).pid;
         tracing::debug!(exec = %self.id, "Container exited.");
         // Stop at once: the final cgroup reading races the engine removing the cgroup.
         let sampled = sampler.stop().await;
@@ -1091,10 +1111,11 @@ fn disk_use(dir: &Path) -> (u64, u64) {
 
 impl Sampler {
     /// Polls every `counters` the cgroup's memory and OOM counters and the node's memory (cheap
-    /// file reads), and every `every` the exec directory's disk use.
+    /// file reads), and every `every` the exec directory's disk use. The cgroup is the one of
+    /// the PID `pid` sends, from when it comes (none when it never does).
     fn spawn(
         dir: PathBuf,
-        pid: i64,
+        pid: tokio::sync::oneshot::Receiver<i64>,
         every: Duration,
         counters: Duration,
         clock: Arc<dyn crate::clock::Clock>,
@@ -1103,7 +1124,8 @@ impl Sampler {
         let token = stop.clone();
         let handle = tokio::spawn(async move {
             let mut s = Sampled::default();
-            let cg = CgroupPaths::resolve(pid);
+            let mut pid = Some(pid);
+            let mut cg: Option<CgroupPaths> = None;
             let mut last_cpu: Option<(u64, tokio::time::Instant)> = None;
             let mut last_disk: Option<tokio::time::Instant> = None;
             loop {
@@ -1135,9 +1157,20 @@ impl Sampler {
                         last_cpu = Some((ns, at));
                     }
                 }
+                let pending = async {
+                    match pid.as_mut() {
+                        Some(rx) => rx.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = token.cancelled() => break,
                     () = tokio::time::sleep(counters.min(every)) => {}
+                    got = pending => {
+                        // Read at once: a short exec's cgroup goes with its exit.
+                        pid = None;
+                        cg = got.and_then(CgroupPaths::resolve);
+                    }
                 }
             }
             // Final readings at stop: the cgroup may still be there, and every exec gets at
