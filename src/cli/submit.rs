@@ -69,7 +69,8 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
         None => bytes,
     };
     let job = matches!(req.command, crate::protocol::Command::Job(_));
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
         let client = crate::queue::client(&opts.queue, &opts.tls.settings()?).await?;
         // The watch is made before the command is sent, so no event is missed; the
         // connection the command is sent on is opened meanwhile.
@@ -130,5 +131,9 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
             }),
             _ => Ok(()),
         }
-    })
+    });
+    // The outcome is printed: nothing left to wait for (the watch's connections and threads go
+    // with the process), so the runtime is not joined on the way out.
+    rt.shutdown_background();
+    outcome
 }
