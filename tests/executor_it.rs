@@ -389,6 +389,18 @@ async fn torn_manifest_is_quarantined_and_its_container_left_running() {
         "true",
         "the container keeps running"
     );
+    // A re-put (a redelivered command) takes the running container for its own: it is not
+    // replaced, and never started a second time.
+    let before = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    let again = ex.put(id, exec("sleep 300", vec![])).await.unwrap();
+    again.wait_until(ExecState::Running).await.unwrap();
+    assert_eq!(again.container_name(), name);
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.Id}}", &name]),
+        before,
+        "the same container"
+    );
+    ex.kill().await.unwrap();
     docker(&["rm", "-f", &name]);
 }
 

@@ -64,10 +64,11 @@ pub struct Exec {
     /// start it yet: it cannot have run, so the first start needs no check for a container an
     /// earlier incarnation started.
     created_here: AtomicBool,
-    /// Made by a put in this process, and not yet created: no earlier incarnation of this exec
-    /// can own a container of its name, so one that create finds is stale (left by an earlier
-    /// exec of the id whose removal failed, or under an alloc directory collected since). It
-    /// never ran for this put, so it is replaced, never waited for.
+    /// Put in this process into a new exec directory, and not yet created: no earlier
+    /// incarnation of this exec here can own a container of its name, so one that create finds
+    /// is stale (left under an alloc directory collected since). It never ran for this put, so
+    /// it is replaced, never waited for. A put into an existing directory (a quarantined
+    /// manifest) takes a container of its name for its own, as recovery does.
     pub(super) fresh: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
     /// Cancelled when no state machine runs for this exec (it ended, or never ran here): after

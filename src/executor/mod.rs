@@ -724,6 +724,9 @@ impl Executor {
             lock(&self.inner.execs).remove(&id);
         }
         let dir = self.exec_dir(&id);
+        // No directory: no earlier incarnation of this exec here (see `Exec::fresh`). With one (a
+        // quarantined manifest, a failed exec replaced), a container of its name is its own.
+        let fresh = !dir.exists();
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -739,7 +742,7 @@ impl Executor {
                 err: None,
             },
         );
-        exec.fresh.store(true, Ordering::SeqCst);
+        exec.fresh.store(fresh, Ordering::SeqCst);
         exec.transition(ExecState::Init).await?;
         lock(&self.inner.execs).insert(id, exec.clone());
         tracing::info!(exec = %id, executor = %self.inner.cfg.id, "Started exec.");
