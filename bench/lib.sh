@@ -53,3 +53,30 @@ row() {
   for c in "$@"; do out+=" $c |"; done
   echo "$out"
 }
+
+# agent_toml FILE NAME URL [EXTRA]: a benchmark agent's `serve` config in FILE: state in
+# $WORK/NAME-state, 8 slots on URL (EXTRA: more [queue] lines), no admin listener, and its
+# containers on the host network, as the `docker run --network host` baselines run theirs.
+agent_toml() {
+  cat >"$1" <<TOML
+[agent]
+state_dir = "$WORK/$2-state"
+pool_id = "bench-$2"
+[queue]
+url = "$3"
+max_jobs = 8
+${4:-}
+[admin]
+listen = "off"
+[executor]
+network_mode = "host"
+allow_host_network = true
+TOML
+}
+
+# job_json FILE ID [MEM CPU]: one trivial job with command id ID in $IMAGE (it writes its id to
+# its output), asking for MEM bytes (default 16 MiB) and CPU cores (default 0.1).
+job_json() {
+  printf '{"v":1,"id":"%s","kind":"job","body":{"config":{"Type":"exec","Image":"%s","Cmd":"echo %s > $out","Resources":{"mem":%s,"cpu":%s}}}}' \
+    "$2" "$IMAGE" "$2" "${3:-16777216}" "${4:-0.1}" >"$1"
+}

@@ -41,21 +41,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 # agent NAME URL EXTRA: starts `serve` on URL with 8 slots; its admin listener is off.
 agent() {
-  cat >"$WORK/$1.toml" <<TOML
-[agent]
-state_dir = "$WORK/$1-state"
-pool_id = "bench-$1"
-[queue]
-url = "$2"
-max_jobs = 8
-$3
-[admin]
-listen = "off"
-# The baseline runs \`docker run --network host\`; the agent runs its containers alike.
-[executor]
-network_mode = "host"
-allow_host_network = true
-TOML
+  agent_toml "$WORK/$1.toml" "$1" "$2" "$3"
   "$AGENT" --log-format json serve --config "$WORK/$1.toml" 2>"$WORK/$1.log" &
   PIDS+=($!)
 }
@@ -66,7 +52,7 @@ n=0
 one_job() {
   n=$((n + 1))
   local id="lat-$$-$n-$RANDOM"
-  printf '{"v":1,"id":"%s","kind":"job","body":{"config":{"Type":"exec","Image":"%s","Cmd":"echo %s > $out","Resources":{"mem":16777216,"cpu":0.1}}}}' "$id" "$IMAGE" "$id" >"$WORK/job.json"
+  job_json "$WORK/job.json" "$id"
   secs "$AGENT" submit --wait --timeout-secs 60 --queue "$1" "$WORK/job.json"
 }
 docker_one() { secs docker run --rm --network host "$IMAGE" sh -c 'echo x > /dev/null'; }

@@ -18,19 +18,7 @@ AGENT=${AGENT:-target/release/reflow-agent}
 source bench/lib.sh
 
 WORK=$(mktemp -d)
-cat >"$WORK/agent.toml" <<TOML
-[agent]
-state_dir = "$WORK/state"
-pool_id = "bench-spool"
-[queue]
-url = "spool://$WORK/spool"
-[admin]
-listen = "off"
-# The baseline runs `docker run --network host`; the agent runs its containers alike.
-[executor]
-network_mode = "host"
-allow_host_network = true
-TOML
+agent_toml "$WORK/agent.toml" spool "spool://$WORK/spool"
 "$AGENT" serve --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -40,8 +28,7 @@ n=0
 agent_job() {
   n=$((n + 1))
   local id="lat-$$-$n-$RANDOM"
-  printf '{"v":1,"id":"%s","kind":"job","body":{"config":{"Type":"exec","Image":"%s","Cmd":"echo %s > $out","Resources":{"mem":67108864,"cpu":1}}}}' \
-    "$id" "$IMAGE" "$id" >"$WORK/job.json"
+  job_json "$WORK/job.json" "$id" 67108864 1
   secs "$AGENT" submit --wait --timeout-secs 60 --queue "spool://$WORK/spool" "$WORK/job.json"
 }
 docker_job() { secs docker run --rm --network host "$IMAGE" sh -c 'echo x > /dev/null'; }

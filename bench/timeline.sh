@@ -22,27 +22,14 @@ trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 # timeline NAME URL: runs JOBS jobs through an agent on URL; writes NAME.tsv (step, median ms).
 timeline() {
   local name=$1 url=$2 i id s e
-  cat >"$WORK/$name.toml" <<TOML
-[agent]
-state_dir = "$WORK/$name-state"
-pool_id = "timeline-$name"
-[queue]
-url = "$url"
-max_jobs = 8
-prefetch = 16
-[admin]
-listen = "off"
-[executor]
-network_mode = "host"
-allow_host_network = true
-TOML
+  agent_toml "$WORK/$name.toml" "$name" "$url" "prefetch = 16"
   RUST_LOG=reflow_agent=debug "$AGENT" --log-format json serve --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
   PIDS+=($!)
   sleep 2
   : >"$WORK/$name.marks"
   for ((i = 0; i < JOBS; i++)); do
     id="timeline-$name-$$-$i"
-    printf '{"v":1,"id":"%s","kind":"job","body":{"config":{"Type":"exec","Image":"%s","Cmd":"echo %s > $out","Resources":{"mem":16777216,"cpu":0.1}}}}' "$id" "$IMAGE" "$id" >"$WORK/job.json"
+    job_json "$WORK/job.json" "$id"
     s=$(date +%s.%N)
     "$AGENT" submit --wait --timeout-secs 60 --queue "$url" "$WORK/job.json" >/dev/null 2>&1
     e=$(date +%s.%N)
