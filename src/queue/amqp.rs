@@ -375,6 +375,14 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+/// [`durable`], sent without waiting for the broker's answer (a pipelined declaration).
+fn durable_nowait() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        nowait: true,
+        ..durable()
+    }
+}
+
 /// Declares the shared topology (idempotent; a queue declared earlier with other arguments is
 /// reported as the broker's PRECONDITION_FAILED), within `limit`.
 async fn declare(
@@ -414,10 +422,6 @@ async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<
         nowait: true,
         ..ExchangeDeclareOptions::default()
     };
-    let sent = QueueDeclareOptions {
-        nowait: true,
-        ..durable()
-    };
     declare_events(ch, t).await?;
     ch.exchange_declare(
         t.dlx.as_str().into(),
@@ -429,7 +433,7 @@ async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<
     .map_err(amqp_err("declare dead-letter exchange"))?;
     ch.queue_declare(
         t.dlq.as_str().into(),
-        sent,
+        durable_nowait(),
         quorum_args(t, delivery_limit, false),
     )
     .await
@@ -1173,14 +1177,7 @@ impl AmqpWatch {
         call(
             "declare watch queue",
             limit,
-            ch.queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    nowait: true,
-                    ..durable()
-                },
-                args,
-            ),
+            ch.queue_declare(self.queue.as_str().into(), durable_nowait(), args),
         )
         .await?;
         call(
