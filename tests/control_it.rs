@@ -434,6 +434,170 @@ async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
         .await;
 }
 
+/// Whether the queue `name` exists on the test broker (a passive declaration, on a connection
+/// of its own: a refused one closes its channel).
+async fn amqp_queue_exists(name: &str) -> bool {
+    use lapin::options::QueueDeclareOptions;
+    let conn = lapin::Connection::connect(&amqp(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exists = ch
+        .queue_declare(name.into(), passive, Default::default())
+        .await
+        .is_ok();
+    let _ = conn.close(200, "checked".into()).await;
+    exists
+}
+
+/// `command` signed with `key`, with its send time.
+fn signed(key: &str, command: &[u8]) -> Vec<u8> {
+    let mut env: serde_json::Value = serde_json::from_slice(command).unwrap();
+    env["time"] = reflow_agent::time::format(&reflow_agent::clock::Clock::now(
+        &reflow_agent::clock::SystemClock,
+    ))
+    .into();
+    env["signature"] = reflow_agent::control::security::sign(key.as_bytes(), &env).into();
+    serde_json::to_vec(&env).unwrap()
+}
+
+/// A reply watch on AMQP gets the events of the command that names its queue in `reply_to`,
+/// and every `command.rejected` (an unauthenticated command is never replied to), but not the
+/// other events of the result topic; closed, its queue is gone from the broker.
+#[tokio::test]
+async fn amqp_reply_watch_gets_its_commands_events_and_rejections_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("replies").await;
+    let key = "k3y-for-replies";
+    let mut tap = tap(&url).await;
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("amqp-replies"),
+        &url,
+        "",
+        &[("REFLOW_AGENT_HMAC_KEY", key)],
+    );
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let (mut replies, reply_to) = client.watch_replies("ours").await.unwrap().unwrap();
+    let ns = url.rsplit_once("ns=").unwrap().1;
+    assert!(reply_to.starts_with(&format!("{ns}.watch.")), "{reply_to}");
+    assert!(amqp_queue_exists(&reply_to).await);
+    // Another producer's job, with no reply_to: on the result topic only.
+    let other = uniq("other");
+    submit(
+        client.as_ref(),
+        &other,
+        &signed(key, &job(&other, "echo other > $out")),
+    )
+    .await;
+    tap.completed(&other).await;
+    // Ours names the watch's queue.
+    let ours = uniq("ours");
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&job(&ours, "echo ours > $out")).unwrap();
+    env["reply_to"] = reply_to.clone().into();
+    submit(
+        client.as_ref(),
+        &ours,
+        &signed(key, &serde_json::to_vec(&env).unwrap()),
+    )
+    .await;
+    // An unsigned command: its rejection is not sent to its reply_to, yet the watch sees it.
+    let unsigned = uniq("unsigned");
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&job(&unsigned, "echo no > $out")).unwrap();
+    env["reply_to"] = reply_to.clone().into();
+    submit(
+        client.as_ref(),
+        &unsigned,
+        &serde_json::to_vec(&env).unwrap(),
+    )
+    .await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while !got
+            .iter()
+            .any(|e: &Event| e.body.kind() == "command.rejected")
+            || !got
+                .iter()
+                .any(|e: &Event| e.body.kind() == "exec.completed")
+        {
+            got.push(replies.next().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no outcome and rejection in 90 s: {got:#?}"));
+    for e in &got {
+        match e.body.kind() {
+            "command.rejected" => assert_eq!(e.command.as_deref(), Some(unsigned.as_str())),
+            _ => assert_eq!(e.command.as_deref(), Some(ours.as_str()), "{e:?}"),
+        }
+    }
+    assert!(
+        got.iter().any(|e| e.body.kind() == "exec.state"),
+        "every event of the command, not just its outcome: {got:#?}"
+    );
+    replies.close().await;
+    assert!(!amqp_queue_exists(&reply_to).await, "closed: no queue left");
+}
+
+/// `reflow-agent submit --wait` on AMQP gives the command its own reply queue (the outcome
+/// names it; with a key the CLI signs the command after adding it) and leaves no queue behind
+/// on the broker. An unsigned command's rejection, never replied to, still reaches the CLI.
+#[tokio::test]
+async fn amqp_submit_wait_replies_through_its_own_queue_and_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("cli-wait").await;
+    let key = "k3y-for-the-cli";
+    let _agent = Agent::start(
+        dir.path(),
+        &uniq("amqp-cli-wait"),
+        &url,
+        "",
+        &[("REFLOW_AGENT_HMAC_KEY", key)],
+    );
+    let submit = |id: &str, key: Option<&str>| {
+        let file = dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, job(id, "echo waited > $out")).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
+        c.args(["submit", "--wait", "--timeout-secs", "90", "--queue", &url])
+            .arg(&file)
+            .env_remove("REFLOW_AGENT_HMAC_KEY");
+        if let Some(k) = key {
+            c.env("REFLOW_AGENT_HMAC_KEY", k);
+        }
+        let out = c.output().unwrap();
+        let e: Event = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), e)
+    };
+    let (ok, e) = submit(&uniq("waited"), Some(key));
+    assert!(ok, "{e:?}");
+    assert_eq!(output(&e), (sha256sum(b"waited\n"), true, false));
+    let ns = url.rsplit_once("ns=").unwrap().1;
+    let reply_to = e
+        .labels
+        .get("reply_to")
+        .expect("the outcome names its reply queue");
+    assert!(reply_to.starts_with(&format!("{ns}.watch.")), "{reply_to}");
+    assert!(
+        !amqp_queue_exists(reply_to).await,
+        "the CLI removed its queue"
+    );
+    let (ok, e) = submit(&uniq("unsigned"), None);
+    assert!(!ok);
+    assert_eq!(e.body.kind(), "command.rejected");
+    assert!(!e.labels.contains_key("reply_to"), "{e:?}");
+    assert!(
+        serde_json::to_string(&e).unwrap().contains("not signed"),
+        "{e:?}"
+    );
+}
+
 #[tokio::test]
 async fn sqs_round_trip_and_poison_goes_to_the_dlq_with_a_reason() {
     let name = uniq("jobs");

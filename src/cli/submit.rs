@@ -39,6 +39,32 @@ fn is_outcome(e: &crate::protocol::Event, id: &str, job: bool) -> bool {
     }
 }
 
+/// The command as sent: `bytes` as given, or its envelope `env` with `reply_to` set and, with
+/// a key, signed (when it has no signature yet).
+fn finish_command(
+    bytes: Vec<u8>,
+    mut env: serde_json::Value,
+    reply_to: Option<String>,
+    key: Option<&str>,
+) -> Result<Vec<u8>, CliError> {
+    let sign = key.filter(|_| env.get("signature").is_none());
+    if reply_to.is_none() && sign.is_none() {
+        return Ok(bytes);
+    }
+    if let Some(q) = reply_to {
+        env["reply_to"] = q.into();
+    }
+    if let Some(k) = sign {
+        // A signed command says when it was sent (the agent's replay window).
+        if env.get("time").is_none() {
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            env["time"] = crate::time::format(&now).into();
+        }
+        env["signature"] = crate::control::security::sign(k.as_bytes(), &env).into();
+    }
+    serde_json::to_vec(&env).map_err(CliError::Encode)
+}
+
 /// Validates (and, with a key, signs) a command, sends it, and with `--wait` prints its outcome.
 ///
 /// # Errors
@@ -52,39 +78,41 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
                 source,
             })?;
     let req = crate::protocol::decode_command(&bytes)?;
-    let bytes = match &opts.hmac.hmac_key {
-        Some(k) => {
-            let mut env: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(CliError::Encode)?;
-            if env.get("signature").is_none() {
-                // A signed command says when it was sent (the agent's replay window).
-                if env.get("time").is_none() {
-                    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-                    env["time"] = crate::time::format(&now).into();
-                }
-                env["signature"] = crate::control::security::sign(k.as_bytes(), &env).into();
-            }
-            serde_json::to_vec(&env).map_err(CliError::Encode)?
-        }
-        None => bytes,
-    };
+    let env: serde_json::Value = serde_json::from_slice(&bytes).map_err(CliError::Encode)?;
+    // A command that names no reply queue and carries no signature of its producer's can be
+    // given one: the watch's own queue, which then gets only this command's events. (Encoded
+    // again it is no longer than as read, so the name is all it can gain.)
+    let may_reply = opts.wait
+        && req.reply_to.is_none()
+        && env.get("signature").is_none()
+        && bytes.len() + crate::protocol::MAX_REPLY_TO_LEN + 16
+            <= crate::protocol::MAX_COMMAND_BYTES;
     let job = matches!(req.command, crate::protocol::Command::Job(_));
     let rt = runtime()?;
     let outcome = rt.block_on(async {
         let client = crate::queue::client(&opts.queue, &opts.tls.settings()?).await?;
         // The watch is made before the command is sent, so no event is missed; the
         // connection the command is sent on is opened meanwhile.
-        let mut watch = match opts.wait {
+        let (watch, reply_to) = match opts.wait {
             true => {
-                let (watch, ready) = tokio::join!(client.watch(Some(&req.id)), client.prepare());
+                let watch = async {
+                    if may_reply && let Some((w, q)) = client.watch_replies(&req.id).await? {
+                        return Ok((w, Some(q)));
+                    }
+                    Ok::<_, crate::queue::QueueError>((client.watch(Some(&req.id)).await?, None))
+                };
+                let (watch, ready) = tokio::join!(watch, client.prepare());
                 ready?;
-                Some(watch?)
+                let (w, q) = watch?;
+                (Some(w), q)
             }
-            false => None,
+            false => (None, None),
         };
+        let bytes = finish_command(bytes, env, reply_to, opts.hmac.hmac_key.as_deref())?;
         client.submit(&req.id, &bytes).await?;
         eprintln!("submitted {} ({})", req.id, req.command.kind());
-        let Some(watch) = watch.as_mut() else {
+        let Some(mut watch) = watch else {
+            client.close().await;
             return Ok(());
         };
         let bar = spinner(&format!("{} {}", req.command.kind(), req.id));
@@ -111,6 +139,7 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
         })??;
         bar.finish_and_clear();
         print_json(&outcome)?;
+        tokio::join!(watch.close(), client.close());
         match outcome.body {
             EventBody::ExecCompleted { result, .. } => match result.err {
                 Some(error) => Err(CliError::Failed {

@@ -1016,6 +1016,28 @@ pub struct AmqpClient {
 pub const WATCH_QUEUE_EXPIRES: Duration = Duration::from_secs(600);
 
 impl AmqpClient {
+    /// A watch through a new queue of its own, `NS.watch.<random>`, bound to `NS.events` with
+    /// each of `keys`.
+    async fn watch_queue(&self, keys: &[&'static str]) -> Result<AmqpWatch, QueueError> {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| QueueError::Amqp {
+            op: "name watch queue",
+            message: e.to_string(),
+        })?;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let mut w = AmqpWatch {
+            broker: self.broker.clone(),
+            topo: self.topo().clone(),
+            limit: self.limit(),
+            queue: format!("{}.watch.{hex}", self.topo().ns),
+            keys: keys.to_vec(),
+            conn: None,
+        };
+        // The first connection is made here, so events from now on are kept for the watcher.
+        w.connect().await?;
+        Ok(w)
+    }
+
     /// A client of the broker at `url`, with `tls` for `amqps://`.
     ///
     /// # Errors
@@ -1059,22 +1081,22 @@ impl super::Client for AmqpClient {
         &self,
         _command: Option<&str>,
     ) -> Result<Box<dyn super::EventWatch>, QueueError> {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).map_err(|e| QueueError::Amqp {
-            op: "name watch queue",
-            message: e.to_string(),
-        })?;
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let mut w = AmqpWatch {
-            broker: self.broker.clone(),
-            topo: self.topo().clone(),
-            limit: self.limit(),
-            queue: format!("{}.watch.{hex}", self.topo().ns),
-            conn: None,
-        };
-        // The first connection is made here, so events from now on are kept for the watcher.
-        w.connect().await?;
-        Ok(Box::new(w))
+        Ok(Box::new(self.watch_queue(&["#"]).await?))
+    }
+
+    async fn watch_replies(
+        &self,
+        _command: &str,
+    ) -> Result<Option<(Box<dyn super::EventWatch>, String)>, QueueError> {
+        let w = self.watch_queue(&["command.rejected"]).await?;
+        let reply_to = w.queue.clone();
+        Ok(Some((Box::new(w), reply_to)))
+    }
+
+    async fn close(&self) {
+        if let Some((conn, _ch)) = self.publisher.ch.lock().await.take() {
+            let _ = tokio::time::timeout(self.limit(), conn.close(200, "done".into())).await;
+        }
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<super::DeadLetter>, QueueError> {
@@ -1166,15 +1188,18 @@ fn reason_of(props: &BasicProperties) -> String {
     String::new()
 }
 
-/// Events through a durable queue of the watcher's own, bound to every event kind. It outlives
-/// a lost connection or a broker restart: the watch reconnects and goes on where it stopped,
-/// so `submit --wait` misses nothing. The broker deletes the queue
-/// [`WATCH_QUEUE_EXPIRES`] after its last consumer is gone.
+/// Events through a durable queue of the watcher's own: bound to every event kind (`#`), or
+/// to `command.rejected` alone when it is a command's `reply_to`. It outlives a lost
+/// connection or a broker restart: the watch reconnects and goes on where it stopped, so
+/// `submit --wait` misses nothing. [`super::EventWatch::close`] deletes the queue; else the
+/// broker does, [`WATCH_QUEUE_EXPIRES`] after its last consumer is gone.
 struct AmqpWatch {
     broker: Broker,
     topo: Topology,
     limit: Duration,
     queue: String,
+    /// The routing keys the queue is bound to `NS.events` with.
+    keys: Vec<&'static str>,
     conn: Option<(Connection, Channel, lapin::Consumer)>,
 }
 
@@ -1197,18 +1222,20 @@ impl AmqpWatch {
             ch.queue_declare(self.queue.as_str().into(), durable_nowait(), args),
         )
         .await?;
-        call(
-            "bind watch queue",
-            limit,
-            ch.queue_bind(
-                self.queue.as_str().into(),
-                self.topo.events.as_str().into(),
-                "#".into(),
-                QueueBindOptions { nowait: true },
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        for key in &self.keys {
+            call(
+                "bind watch queue",
+                limit,
+                ch.queue_bind(
+                    self.queue.as_str().into(),
+                    self.topo.events.as_str().into(),
+                    (*key).into(),
+                    QueueBindOptions { nowait: true },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
         let consumer = consume_from(&ch, &self.queue, "reflow-agent.watch", limit).await?;
         self.conn = Some((conn, ch, consumer));
         Ok(())
@@ -1259,6 +1286,19 @@ impl super::EventWatch for AmqpWatch {
                 }
             }
         }
+    }
+
+    async fn close(self: Box<Self>) {
+        let Some((conn, ch, _consumer)) = self.conn else {
+            return;
+        };
+        let _ = call(
+            "delete watch queue",
+            self.limit,
+            ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await;
+        let _ = tokio::time::timeout(self.limit, conn.close(200, "watch done".into())).await;
     }
 }
 

@@ -194,6 +194,21 @@ pub trait Client: Send + Sync + fmt::Debug {
     /// Starts watching events; `command` narrows them to one command's where the backend
     /// must consume them to read them (SQS).
     async fn watch(&self, command: Option<&str>) -> Result<Box<dyn EventWatch>, QueueError>;
+    /// Starts watching command `command`'s events through a queue of the watcher's own that
+    /// gets only what names it: the `reply_to` to put in the command, and the watch. `None`
+    /// where the backend has no such queue (then [`Client::watch`]).
+    ///
+    /// A command that fails its signature check is never replied to (docs/protocol.md), so the
+    /// watch also gets every `command.rejected` of the result topic.
+    async fn watch_replies(
+        &self,
+        _command: &str,
+    ) -> Result<Option<(Box<dyn EventWatch>, String)>, QueueError> {
+        Ok(None)
+    }
+    /// Closes the connection commands are sent on, if any, so the broker sees a producer
+    /// leave rather than a link drop. Best effort.
+    async fn close(&self) {}
     /// Up to `max` dead-lettered commands, oldest first, left in place.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
     /// Moves the oldest dead-lettered command back to the command queue and returns it; `None`
@@ -210,6 +225,10 @@ pub trait EventWatch: Send {
     /// Cancel safe: dropping the future (a timeout, a `select!`) loses no event; one it was
     /// about to return comes from the next call (or again later: ids tell duplicates).
     async fn next(&mut self) -> Result<Event, QueueError>;
+    /// Ends the watch once nothing more is wanted from it, removing what it made on the broker
+    /// (an AMQP watch's queue) instead of leaving that to expire. Best effort: a failure is
+    /// not reported, and the queue still expires.
+    async fn close(self: Box<Self>) {}
 }
 
 /// A client for `url`: `amqp://` or `amqps://` (TLS, verified), `sqs://` or `spool://`.
