@@ -96,7 +96,7 @@ async fn start(extra: &str) -> Agent {
 
 impl Agent {
     fn spool(&self) -> Spool {
-        Spool::open(self.dir.path().join("spool")).unwrap().0
+        Spool::open(self.dir.path().join("spool")).unwrap()
     }
 
     fn send(&self, v: &serde_json::Value) {
@@ -231,7 +231,7 @@ async fn jobs_read_and_write_s3_and_the_agent_stops_in_order() {
         "{:?}",
         taskdb.calls()
     );
-    let spool = Spool::open(dir.path().join("spool")).unwrap().0;
+    let spool = Spool::open(dir.path().join("spool")).unwrap();
     assert!(spool.list("incoming").is_empty() && spool.list("processing").is_empty());
 }
 

@@ -135,7 +135,8 @@ async fn start_with(runtime_ms: u64, max_jobs: usize, opts: Opts) -> Harness {
     )
     .await
     .unwrap();
-    let (spool, returned) = Spool::open(dir.path().join("spool")).unwrap();
+    let spool = Spool::open(dir.path().join("spool")).unwrap();
+    let returned = spool.recover().unwrap();
     let stop = CancellationToken::new();
     let control = Control::new(
         ControlConfig {

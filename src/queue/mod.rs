@@ -238,7 +238,7 @@ pub trait EventWatch: Send {
 pub async fn client(url: &str, opts: &ClientSettings) -> Result<Box<dyn Client>, QueueError> {
     let aws = &opts.aws;
     if let Some(dir) = url.strip_prefix("spool://") {
-        let (spool, _) = spool::Spool::open(dir)?;
+        let spool = spool::Spool::open(dir)?;
         return Ok(Box::new(spool));
     }
     #[cfg(feature = "amqp")]
@@ -416,7 +416,8 @@ pub fn redact(url: &str) -> String {
 pub async fn open(url: &str, settings: &QueueSettings) -> Result<Backend, QueueError> {
     let display = redact(url);
     if let Some(dir) = url.strip_prefix("spool://") {
-        let (spool, returned) = spool::Spool::open(dir)?;
+        let spool = spool::Spool::open(dir)?;
+        let returned = spool.recover()?;
         settings
             .health
             .store(true, std::sync::atomic::Ordering::SeqCst);

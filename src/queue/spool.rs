@@ -45,34 +45,45 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating) the spool at `dir`. Files a crashed agent left in `processing/` go back
-    /// to `incoming/`; their names are returned, to be marked redelivered.
+    /// Opens (creating) the spool at `dir`, as a producer or a watcher does: what is in it is
+    /// left as it is (an agent may be running the commands in `processing/`).
     ///
     /// # Errors
-    /// Creating the directories or moving the files.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<(Spool, BTreeSet<String>), QueueError> {
+    /// Creating the directories.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Spool, QueueError> {
         let dir = dir.into();
         for sub in [INCOMING, PROCESSING, DEAD, EVENTS] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io("create", &p))?;
         }
-        let processing = dir.join(PROCESSING);
+        Ok(Spool { dir })
+    }
+
+    /// For the agent consuming the spool, at its start: the files a crashed agent left in
+    /// `processing/` go back to `incoming/`; their names are returned, to be marked
+    /// redelivered. Only the spool's one consumer may call it: another's commands in
+    /// `processing/` are running.
+    ///
+    /// # Errors
+    /// Listing or moving the files.
+    pub fn recover(&self) -> Result<BTreeSet<String>, QueueError> {
+        let processing = self.dir.join(PROCESSING);
         let mut returned = BTreeSet::new();
         for e in fs::read_dir(&processing)
             .map_err(io("list", &processing))?
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            let to = dir.join(INCOMING).join(&name);
+            let to = self.dir.join(INCOMING).join(&name);
             fs::rename(e.path(), &to).map_err(io("return", &to))?;
             tracing::warn!(command_file = %name, "Returning a command claimed before a crash; it will be redelivered.");
             returned.insert(name);
         }
-        Ok((Spool { dir }, returned))
+        Ok(returned)
     }
 
     /// A command source over this spool, polling every `poll` until `close` fires. `redelivered`
-    /// names are marked redelivered (from [`Spool::open`]).
+    /// names are marked redelivered (from [`Spool::recover`]).
     pub fn source(
         &self,
         poll: Duration,
@@ -81,7 +92,7 @@ impl Spool {
     ) -> SpoolSource {
         SpoolSource {
             dir: self.dir.clone(),
-            wake: DirWake::new(&self.dir.join(INCOMING)),
+            wake: DirWake::new(&self.dir.join(INCOMING), false),
             poll,
             close,
             redelivered,
@@ -187,67 +198,113 @@ fn claim(dir: &Path) -> Result<Option<(String, Vec<u8>)>, QueueError> {
 /// or an event is seen as soon as it is renamed into place. Where the filesystem offers no
 /// notifications (or the watch cannot be set up), the fallback poll alone wakes it; with them,
 /// a slow poll stays as a safety net for missed notifications (an overflowed inotify queue).
+///
+/// When `track`ed it also keeps the names that arrived since [`DirWake::arrivals`] was last
+/// asked, so a reader of a large directory (`events/`) need not list it at every wake.
 #[derive(Debug)]
 struct DirWake {
     notify: std::sync::Arc<tokio::sync::Notify>,
+    arrived: std::sync::Arc<std::sync::Mutex<Arrivals>>,
+    track: bool,
     watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Names that arrived in a watched directory, in the order the kernel told them.
+#[derive(Debug, Default)]
+struct Arrivals {
+    names: Vec<String>,
+    /// Notifications were lost (an overflowed queue, an error): only a listing tells what came.
+    lost: bool,
 }
 
 /// The safety-net poll while notifications work.
 const WATCHED_POLL: Duration = Duration::from_secs(1);
 
+/// What ended a [`DirWake::wait`].
+#[derive(Debug, PartialEq)]
+enum Woke {
+    /// A change was notified.
+    Notified,
+    /// The poll ran out.
+    Polled,
+}
+
 impl DirWake {
-    fn new(dir: &Path) -> DirWake {
+    fn new(dir: &Path, track: bool) -> DirWake {
         use notify::Watcher as _;
         let n = std::sync::Arc::new(tokio::sync::Notify::new());
+        let arrived = std::sync::Arc::new(std::sync::Mutex::new(Arrivals::default()));
         let handler = {
-            let n = n.clone();
+            let (n, arrived) = (n.clone(), arrived.clone());
             move |r: notify::Result<notify::Event>| {
                 use notify::event::{EventKind, ModifyKind};
-                // Only arrivals: a file created or renamed in. Listing the directory itself
-                // raises open and access events, which must not wake the lister again.
-                if let Ok(e) = r
-                    && matches!(
-                        e.kind,
-                        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
-                    )
-                {
-                    // Stored when nobody waits yet, so a change between a scan and the wait
-                    // is not lost.
-                    n.notify_one();
+                let mut a = arrived.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    // Only arrivals: a file created or renamed in. Listing the directory itself
+                    // raises open and access events, which must not wake the lister again.
+                    Ok(e) if e.need_rescan() => a.lost = true,
+                    Ok(e)
+                        if matches!(
+                            e.kind,
+                            EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+                        ) =>
+                    {
+                        // A rename within the directory names both ends; the reader skips
+                        // what is not there.
+                        if track {
+                            a.names.extend(e.paths.iter().filter_map(|p| {
+                                p.file_name().map(|f| f.to_string_lossy().into_owned())
+                            }));
+                        }
+                    }
+                    Ok(_) => return,
+                    Err(_) => a.lost = true,
                 }
+                drop(a);
+                // Stored when nobody waits yet, so a change between a scan and the wait is not
+                // lost.
+                n.notify_one();
             }
         };
         let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
             w.watch(dir, notify::RecursiveMode::NonRecursive)?;
             Ok(w)
         });
-        match watcher {
-            Ok(w) => DirWake {
-                notify: n,
-                watcher: Some(w),
-            },
+        let watcher = match watcher {
+            Ok(w) => Some(w),
             Err(e) => {
                 tracing::info!(dir = %dir.display(), error = %e, "No change notifications for the spool directory; polling it.");
-                DirWake {
-                    notify: n,
-                    watcher: None,
-                }
+                None
             }
+        };
+        DirWake {
+            notify: n,
+            arrived,
+            track,
+            watcher,
         }
     }
 
     /// Waits for a change, or `poll` (without notifications; [`WATCHED_POLL`] with them).
-    async fn wait(&self, poll: Duration) {
+    async fn wait(&self, poll: Duration) -> Woke {
         let poll = if self.watcher.is_some() {
             WATCHED_POLL.max(poll)
         } else {
             poll
         };
         tokio::select! {
-            () = self.notify.notified() => {}
-            () = tokio::time::sleep(poll) => {}
+            () = self.notify.notified() => Woke::Notified,
+            () = tokio::time::sleep(poll) => Woke::Polled,
         }
+    }
+
+    /// The names that arrived since the last call, or `None` when only a listing can tell
+    /// (no notifications, or some were lost).
+    fn arrivals(&self) -> Option<Vec<String>> {
+        let mut a = self.arrived.lock().unwrap_or_else(|p| p.into_inner());
+        let names = std::mem::take(&mut a.names);
+        let lost = std::mem::take(&mut a.lost);
+        (self.track && self.watcher.is_some() && !lost).then_some(names)
     }
 }
 
@@ -296,7 +353,7 @@ impl CommandSource for SpoolSource {
             }
             tokio::select! {
                 () = self.close.cancelled() => return Ok(None),
-                () = self.wake.wait(self.poll) => {}
+                _ = self.wake.wait(self.poll) => {}
             }
         }
     }
@@ -454,15 +511,15 @@ impl super::Client for Spool {
         Spool::submit(self, &submit_name(id), body)
     }
 
-    async fn watch(
-        &self,
-        _command: Option<&str>,
-    ) -> Result<Box<dyn super::EventWatch>, QueueError> {
+    async fn watch(&self, command: Option<&str>) -> Result<Box<dyn super::EventWatch>, QueueError> {
         Ok(Box::new(SpoolWatch {
             dir: self.dir.join(EVENTS),
-            wake: DirWake::new(&self.dir.join(EVENTS)),
+            // Made before the first listing, so nothing falls between the two.
+            wake: DirWake::new(&self.dir.join(EVENTS), true),
             seen: std::collections::HashSet::new(),
             ready: std::collections::VecDeque::new(),
+            first: Some(command.map(outcome_files)),
+            list: false,
         }))
     }
 
@@ -497,11 +554,63 @@ impl super::Client for Spool {
 }
 
 /// Events of a spool, including those already there (a replayed outcome is not rewritten).
+///
+/// The directory is listed once, at the first call; after that only the names notified as
+/// arrived are read, so a wait costs what arrives, not what the directory holds. It is listed
+/// again when notifications are missing or lost, and at each safety-net poll.
 struct SpoolWatch {
     dir: PathBuf,
     wake: DirWake,
     seen: std::collections::HashSet<String>,
     ready: std::collections::VecDeque<Event>,
+    /// Before the first listing: `Some(None)` reads every event already there, `Some(Some(names))`
+    /// only those files (one command's outcomes) and takes the rest as seen.
+    first: Option<Option<[String; 3]>>,
+    /// The next scan lists the directory.
+    list: bool,
+}
+
+/// The files of command `id`'s outcome events in `events/` ([`SpoolSink`] names a file after
+/// its event's id, which is deterministic): `exec.completed`, `command.result`,
+/// `command.rejected`.
+fn outcome_files(id: &str) -> [String; 3] {
+    ["exec.completed", "command.result", "command.rejected"]
+        .map(|kind| format!("{}.json", crate::protocol::event_id(id, kind, 0)))
+}
+
+impl SpoolWatch {
+    /// The event files to look at now.
+    fn scan(&mut self) -> Result<Vec<String>, QueueError> {
+        let notified = match self.first.is_some() || std::mem::take(&mut self.list) {
+            true => None,
+            false => self.wake.arrivals(),
+        };
+        let mut names = match notified {
+            Some(names) => names,
+            None => {
+                // Whatever arrived meanwhile is in the listing.
+                let _ = self.wake.arrivals();
+                let mut names: Vec<String> = fs::read_dir(&self.dir)
+                    .map_err(io("list", &self.dir))?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                names
+            }
+        };
+        // A rename in the directory is notified as its two ends and as the pair.
+        let mut once = std::collections::HashSet::new();
+        names
+            .retain(|n| n.ends_with(".json") && !persist::is_leftover(n) && once.insert(n.clone()));
+        if let Some(Some(wanted)) = self.first.take() {
+            let (read, skip): (Vec<String>, Vec<String>) =
+                names.into_iter().partition(|n| wanted.contains(n));
+            self.seen.extend(skip);
+            names = read;
+        }
+        Ok(names)
+    }
 }
 
 #[async_trait]
@@ -511,22 +620,18 @@ impl super::EventWatch for SpoolWatch {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(e);
             }
-            let mut names: Vec<String> = fs::read_dir(&self.dir)
-                .map_err(io("list", &self.dir))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".json") && !persist::is_leftover(n))
-                .collect();
-            names.sort();
-            for n in names {
-                if self.seen.insert(n.clone())
+            for n in self.scan()? {
+                if !self.seen.contains(&n)
                     && let Ok(e) = persist::read_json::<Event>(&self.dir.join(&n), 16 << 20)
                 {
+                    self.seen.insert(n);
                     self.ready.push_back(e);
                 }
             }
-            if self.ready.is_empty() {
-                self.wake.wait(Duration::from_millis(50)).await;
+            if self.ready.is_empty()
+                && self.wake.wait(Duration::from_millis(50)).await == Woke::Polled
+            {
+                self.list = true;
             }
         }
     }
@@ -536,6 +641,7 @@ impl super::EventWatch for SpoolWatch {
 mod tests {
     use super::*;
     use crate::protocol::{EventBody, PROTOCOL_VERSION};
+    use crate::queue::EventWatch as _;
 
     fn src(s: &Spool) -> SpoolSource {
         s.source(
@@ -548,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn claim_ack_requeue_dead_letter() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
         spool.submit("0001-a", b"A").unwrap();
         spool.submit("0002-b", b"B").unwrap();
         spool.submit("0003-c", b"C").unwrap();
@@ -579,7 +685,8 @@ mod tests {
         assert!(reason.contains("reasons are kept"));
 
         // The next start returns it and marks it redelivered.
-        let (spool, returned) = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let returned = spool.recover().unwrap();
         let mut s = spool.source(Duration::from_millis(5), CancellationToken::new(), returned);
         let c = s.next(1).await.unwrap().unwrap();
         assert_eq!(
@@ -593,7 +700,7 @@ mod tests {
     #[tokio::test]
     async fn competing_consumers_never_share_a_command() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
         for i in 0..200 {
             spool
                 .submit(&format!("{i:04}"), format!("{i}").as_bytes())
@@ -631,7 +738,7 @@ mod tests {
     #[tokio::test]
     async fn close_ends_the_source_and_events_are_deduplicated() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
         let close = CancellationToken::new();
         let mut s = spool.source(Duration::from_millis(5), close.clone(), BTreeSet::new());
         let waiter = tokio::spawn(async move { s.next(1).await.unwrap().is_none() });
@@ -654,5 +761,119 @@ mod tests {
         sink.publish(&e).await.unwrap();
         sink.publish(&e).await.unwrap();
         assert_eq!(spool.list("events"), vec![format!("{}.json", e.id)]);
+    }
+
+    /// An event of command `cmd`, kind `kind`, with the id its agent would give it.
+    fn event(cmd: &str, kind: &str, body: EventBody) -> Event {
+        Event {
+            v: PROTOCOL_VERSION,
+            id: crate::protocol::event_id(cmd, kind, 0),
+            agent: "a".into(),
+            alloc: None,
+            exec: None,
+            correlation_id: None,
+            command: Some(cmd.into()),
+            time: crate::time::parse("2026-01-01T00:00:00Z").unwrap(),
+            body,
+            labels: Default::default(),
+        }
+    }
+
+    fn rejected(cmd: &str) -> Event {
+        event(
+            cmd,
+            "command.rejected",
+            EventBody::CommandRejected {
+                command_id: Some(cmd.into()),
+                error: crate::error::ReflowError::new(crate::error::Kind::Other, "decode", "no"),
+            },
+        )
+    }
+
+    /// A command's watch finds its outcome among the events already there without reading the
+    /// others, then reads only what arrives: the directory is not listed again while the
+    /// notifications tell what came, and is listed when they may have been lost.
+    #[tokio::test]
+    async fn a_commands_watch_reads_its_outcome_and_then_only_what_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let sink = spool.sink();
+        for i in 0..50 {
+            sink.publish(&rejected(&format!("old-{i}"))).await.unwrap();
+        }
+        sink.publish(&rejected("mine")).await.unwrap();
+        let mut w = SpoolWatch {
+            dir: dir.path().join(EVENTS),
+            wake: DirWake::new(&dir.path().join(EVENTS), true),
+            seen: Default::default(),
+            ready: Default::default(),
+            first: Some(Some(outcome_files("mine"))),
+            list: false,
+        };
+        assert!(w.wake.watcher.is_some(), "inotify works here");
+        assert_eq!(
+            w.scan().unwrap(),
+            [format!("{}.json", rejected("mine").id)],
+            "one listing; of what was there, only the outcome is read"
+        );
+        assert_eq!(w.seen.len(), 50);
+        let e = w.next().await.unwrap();
+        assert_eq!(e.command.as_deref(), Some("mine"));
+        // Arrivals: named by the notifications, without a listing.
+        sink.publish(&rejected("new-1")).await.unwrap();
+        sink.publish(&rejected("new-2")).await.unwrap();
+        let want: Vec<String> = ["new-1", "new-2"]
+            .map(|c| format!("{}.json", rejected(c).id))
+            .into();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < 2 && std::time::Instant::now() < deadline {
+            w.wake.wait(Duration::from_millis(50)).await;
+            got.extend(w.scan().unwrap());
+        }
+        assert_eq!(got, want, "only the arrived names, in arrival order");
+        // Lost notifications: the next scan lists the directory.
+        w.wake.arrived.lock().unwrap().lost = true;
+        assert_eq!(w.scan().unwrap().len(), 53);
+        // (The scans above took the names without reading them: the next listing reads them.)
+        let mut got = [w.next().await.unwrap(), w.next().await.unwrap()].map(|e| e.command);
+        got.sort();
+        assert_eq!(got, [Some("new-1".into()), Some("new-2".into())]);
+    }
+
+    /// A watch of every event reads those already there too.
+    #[tokio::test]
+    async fn a_watch_of_everything_reads_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let sink = spool.sink();
+        sink.publish(&rejected("a")).await.unwrap();
+        sink.publish(&rejected("b")).await.unwrap();
+        let mut w = super::super::Client::watch(&spool, None).await.unwrap();
+        let mut got = vec![
+            w.next().await.unwrap().command,
+            w.next().await.unwrap().command,
+        ];
+        got.sort();
+        assert_eq!(got, [Some("a".to_string()), Some("b".to_string())]);
+    }
+
+    /// A producer (or a watcher) that opens the spool while the agent runs a command leaves
+    /// that command where it is: only the agent's own start returns what is in `processing/`.
+    #[tokio::test]
+    async fn a_producer_opening_the_spool_leaves_running_commands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.submit("0001-a", b"A").unwrap();
+        let mut s = src(&spool);
+        let a = s.next(1).await.unwrap().unwrap();
+        let url = format!("spool://{}", dir.path().display());
+        let producer = crate::queue::client(&url, &Default::default())
+            .await
+            .unwrap();
+        producer.submit("b", b"B").await.unwrap();
+        assert_eq!(spool.list("processing"), ["0001-a"]);
+        a.settle.ack().await.unwrap();
+        assert!(spool.list("processing").is_empty());
     }
 }
