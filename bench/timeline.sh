@@ -100,7 +100,7 @@ for step in order:
     print(f"| {step} | " + " | ".join(c.get(step, "") for c in cols) + " |")
 PY
   echo
-  echo "The container's own time (created to exited) is the engine's, as for \`docker run\`: the start returns before the container has run, and the wait answers once the engine has processed its exit. On AMQP, 'Command received' includes the CLI's two broker connections, made side by side (the watch's and the one the command is sent on); lapin takes about 5 ms more for the first channel after a connection than for the next one (a raw lapin probe: 5.6 to 6.5 ms against 0.5 to 1.0 ms), and pika opens one in 0.6 ms against the same broker."
+  echo "The container's own time (created to exited) is the engine's, as for \`docker run\`: the start returns before the container has run, and the wait answers once the engine has processed its exit. On AMQP, 'Command received' includes the CLI's two broker connections, made side by side: the watch's, which declares and binds its durable reply queue (about 3 ms of the broker's time for the declaration and 2 ms for the binding, measured with pika), and the one the command is sent on. The CLI's exit follows the deletion of its reply queue and the close of both connections."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh timeline "$out"
