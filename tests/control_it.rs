@@ -495,28 +495,18 @@ async fn amqp_reply_watch_gets_its_commands_events_and_rejections_only() {
     )
     .await;
     tap.completed(&other).await;
-    // Ours names the watch's queue.
+    // A job that names the watch's queue as its reply_to.
+    let replying = |id: &str| {
+        let mut env: serde_json::Value =
+            serde_json::from_slice(&job(id, "echo ours > $out")).unwrap();
+        env["reply_to"] = reply_to.clone().into();
+        serde_json::to_vec(&env).unwrap()
+    };
     let ours = uniq("ours");
-    let mut env: serde_json::Value =
-        serde_json::from_slice(&job(&ours, "echo ours > $out")).unwrap();
-    env["reply_to"] = reply_to.clone().into();
-    submit(
-        client.as_ref(),
-        &ours,
-        &signed(key, &serde_json::to_vec(&env).unwrap()),
-    )
-    .await;
+    submit(client.as_ref(), &ours, &signed(key, &replying(&ours))).await;
     // An unsigned command: its rejection is not sent to its reply_to, yet the watch sees it.
     let unsigned = uniq("unsigned");
-    let mut env: serde_json::Value =
-        serde_json::from_slice(&job(&unsigned, "echo no > $out")).unwrap();
-    env["reply_to"] = reply_to.clone().into();
-    submit(
-        client.as_ref(),
-        &unsigned,
-        &serde_json::to_vec(&env).unwrap(),
-    )
-    .await;
+    submit(client.as_ref(), &unsigned, &replying(&unsigned)).await;
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(90), async {
         while !got
@@ -563,14 +553,7 @@ async fn amqp_submit_wait_replies_through_its_own_queue_and_removes_it() {
     let submit = |id: &str, key: Option<&str>| {
         let file = dir.path().join(format!("{id}.json"));
         std::fs::write(&file, job(id, "echo waited > $out")).unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
-        c.args(["submit", "--wait", "--timeout-secs", "90", "--queue", &url])
-            .arg(&file)
-            .env_remove("REFLOW_AGENT_HMAC_KEY");
-        if let Some(k) = key {
-            c.env("REFLOW_AGENT_HMAC_KEY", k);
-        }
-        let out = c.output().unwrap();
+        let out = submit_wait_file(&url, &file, key);
         let e: Event = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
         (out.status.success(), e)
@@ -913,24 +896,7 @@ fn signed_commands_only_when_the_agent_has_a_key() {
         "",
         &[("REFLOW_AGENT_HMAC_KEY", key)],
     );
-    // `reflow-agent submit --wait` of the command in `file`, signing with `key` if given.
-    let submit_file = |file: &Path, key: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
-        c.args([
-            "submit",
-            "--wait",
-            "--timeout-secs",
-            "90",
-            "--queue",
-            &spool,
-        ])
-        .arg(file)
-        .env_remove("REFLOW_AGENT_HMAC_KEY");
-        if let Some(k) = key {
-            c.env("REFLOW_AGENT_HMAC_KEY", k);
-        }
-        c.output().unwrap()
-    };
+    let submit_file = |file: &Path, key: Option<&str>| submit_wait_file(&spool, file, key);
     let submit = |id: &str, key: Option<&str>| {
         let file = dir.path().join(format!("{id}.json"));
         std::fs::write(&file, job(id, "echo signed > $out")).unwrap();
@@ -1592,18 +1558,27 @@ async fn amqp_frozen_link_is_noticed_reconnected_and_never_wedges_a_drain() {
 fn submit_wait(dir: &Path, queue: &str, name: &str, body: &str) -> std::process::Output {
     let file = dir.join(format!("{name}.json"));
     std::fs::write(&file, body).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
-        .args([
-            "submit",
-            "--wait",
-            "--timeout-secs",
-            "120",
-            "--queue",
-            queue,
-        ])
-        .arg(&file)
-        .output()
-        .unwrap()
+    submit_wait_file(queue, &file, None)
+}
+
+/// Runs `reflow-agent submit --wait` of the command in `file` on `queue`, signing it with `key`
+/// when given (and with no key from the test's environment otherwise).
+fn submit_wait_file(queue: &str, file: &Path, key: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reflow-agent"));
+    c.args([
+        "submit",
+        "--wait",
+        "--timeout-secs",
+        "120",
+        "--queue",
+        queue,
+    ])
+    .arg(file)
+    .env_remove("REFLOW_AGENT_HMAC_KEY");
+    if let Some(k) = key {
+        c.env("REFLOW_AGENT_HMAC_KEY", k);
+    }
+    c.output().unwrap()
 }
 
 /// [`submit_wait`] that must succeed: the outcome event.
