@@ -518,7 +518,7 @@ impl super::Client for Spool {
             wake: DirWake::new(&self.dir.join(EVENTS), true),
             seen: std::collections::HashSet::new(),
             ready: std::collections::VecDeque::new(),
-            first: Some(command.map(outcome_files)),
+            first: Some(command.map_or(Existing::All, |c| Existing::Only(outcome_files(c)))),
             list: false,
         }))
     }
@@ -563,11 +563,18 @@ struct SpoolWatch {
     wake: DirWake,
     seen: std::collections::HashSet<String>,
     ready: std::collections::VecDeque<Event>,
-    /// Before the first listing: `Some(None)` reads every event already there, `Some(Some(names))`
-    /// only those files (one command's outcomes) and takes the rest as seen.
-    first: Option<Option<[String; 3]>>,
+    /// What the first listing reads of the events already there; `None` once it is done.
+    first: Option<Existing>,
     /// The next scan lists the directory.
     list: bool,
+}
+
+/// What a watch reads of the events already in `events/` when it starts.
+enum Existing {
+    /// Every one.
+    All,
+    /// Only these files (one command's outcomes); the others are taken as seen.
+    Only([String; 3]),
 }
 
 /// The files of command `id`'s outcome events in `events/` ([`SpoolSink`] names a file after
@@ -603,7 +610,7 @@ impl SpoolWatch {
         let mut once = std::collections::HashSet::new();
         names
             .retain(|n| n.ends_with(".json") && !persist::is_leftover(n) && once.insert(n.clone()));
-        if let Some(Some(wanted)) = self.first.take() {
+        if let Some(Existing::Only(wanted)) = self.first.take() {
             let (read, skip): (Vec<String>, Vec<String>) =
                 names.into_iter().partition(|n| wanted.contains(n));
             self.seen.extend(skip);
@@ -807,7 +814,7 @@ mod tests {
             wake: DirWake::new(&dir.path().join(EVENTS), true),
             seen: Default::default(),
             ready: Default::default(),
-            first: Some(Some(outcome_files("mine"))),
+            first: Some(Existing::Only(outcome_files("mine"))),
             list: false,
         };
         assert!(w.wake.watcher.is_some(), "inotify works here");
