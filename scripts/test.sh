@@ -63,9 +63,9 @@ step "toolchain"
 bash scripts/toolchain.sh
 fuzz_secs=${REFLOW_FUZZ_SECONDS:-10}
 if [ "$fuzz_secs" -gt 0 ]; then
-  # The nightly build of the fuzz targets shares nothing with the other compiles; each
-  # target then runs for its seconds, still in the background, mostly while the tests wait on
-  # containers and brokers. (A machine without cargo-fuzz installs it here first.)
+  # The fuzz build (its own rustc flags and target directory) shares nothing with the other
+  # compiles; each target then runs for its seconds, still in the background, mostly while the
+  # tests wait on containers and brokers. (It needs neither cargo-fuzz nor nightly.)
   fuzz_log=$(mktemp)
   background "$fuzz_log" ionice -c 3 bash scripts/fuzz.sh "$fuzz_secs"
   fuzz_pid=$bg_pid
