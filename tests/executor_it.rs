@@ -461,3 +461,43 @@ async fn crash_mid_exec_reattaches_with_exactly_one_container() {
         "containers created for the exec: {created:?}"
     );
 }
+
+/// A removal that the engine is already carrying out for another caller (as one an agent sent
+/// just before it was killed, which dockerd finishes anyway) makes `remove` wait: when it
+/// returns, the container is gone and its name free for the next create. (Returning at the
+/// engine's "already in progress" left the name taken: a create then conflicted, and the
+/// start after it found no such container.)
+#[tokio::test]
+async fn a_remove_during_another_removal_returns_once_the_container_is_gone() {
+    use reflow_agent::docker::ContainerRuntime;
+    let rt = runtime();
+    let name = format!("reflow-it{}-removing", &new_id("removing").hex()[..10]);
+    // Many files in its writable layer: the engine takes a while to delete them.
+    let made = std::process::Command::new("docker")
+        .args(["run", "--network", "none", "--name", &name, &image()])
+        .args(["sh", "-c", "mkdir /d && cd /d && seq 1 60000 | xargs touch"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut other = std::process::Command::new("docker")
+        .args(["rm", "-f", &name])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match rt.inspect(&name).await.unwrap() {
+            Some(info) if info.is_removing() => break,
+            Some(_) => {}
+            None => panic!("the other removal ended before it could be seen in progress"),
+        }
+        assert!(Instant::now() < deadline, "the other removal never began");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    rt.remove(&name, true).await.unwrap();
+    assert!(
+        rt.inspect(&name).await.unwrap().is_none(),
+        "the container is gone when remove returns"
+    );
+    assert!(other.wait().unwrap().success());
+}

@@ -49,6 +49,29 @@ impl BollardRuntime {
             long: docker.with_timeout(LONG_API_TIMEOUT),
         })
     }
+
+    /// Waits until container `name` is gone, as another caller's removal ends: inspected every
+    /// 50 ms for up to [`super::REMOVAL_WAIT`]. A container still there then is a
+    /// [`RuntimeError::Conflict`].
+    async fn until_removed(&self, name: &str) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + super::REMOVAL_WAIT;
+        loop {
+            if self.inspect(name).await?.is_none() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Conflict {
+                    op: "remove",
+                    target: name.to_string(),
+                    message: format!(
+                        "another removal of the container was still in progress after {} s",
+                        super::REMOVAL_WAIT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Maps a bollard error to the port's error. Registry errors arrive as engine messages, so the
@@ -343,10 +366,12 @@ impl ContainerRuntime for BollardRuntime {
             Ok(()) => Ok(()),
             Err(e) => match map_err("remove", name, e) {
                 RuntimeError::NotFound { .. } => Ok(()),
-                RuntimeError::Conflict { message, .. }
-                    if message.contains("already in progress") =>
-                {
-                    Ok(())
+                // Another caller's removal (often one that an agent process sent just before it
+                // was killed, which the engine carries out anyway). Until it ends, the name is
+                // still taken: a create answers Conflict and a start fails later with "No such
+                // container". So this removal ends when that one does.
+                RuntimeError::Conflict { message, .. } if super::removal_in_progress(&message) => {
+                    self.until_removed(name).await
                 }
                 e => Err(e),
             },

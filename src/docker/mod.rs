@@ -228,6 +228,35 @@ impl RuntimeError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::NotFound { .. })
     }
+
+    /// Whether the engine refused because the container is being removed (a start of it, or a
+    /// second removal).
+    pub fn is_removal_in_progress(&self) -> bool {
+        matches!(self, RuntimeError::Conflict { message, .. } if removal_in_progress(message))
+    }
+}
+
+/// How long [`ContainerRuntime::remove`] waits for another caller's removal of the same
+/// container to end.
+pub const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether an engine's conflict message says the container is being removed: Docker answers
+/// "removal of container … is already in progress" to a second removal and "container is
+/// marked for removal and cannot be started" to a start.
+pub(crate) fn removal_in_progress(message: &str) -> bool {
+    message.contains("already in progress") || message.contains("marked for removal")
+}
+
+impl ContainerInfo {
+    /// Whether the engine is removing the container (status `removing`).
+    pub fn is_removing(&self) -> bool {
+        self.status == "removing"
+    }
+
+    /// Whether the container has ever started (it runs, or it ran and exited).
+    pub fn has_started(&self) -> bool {
+        self.running || self.started_at.is_some() || self.status == "exited"
+    }
 }
 
 /// A container engine.
@@ -254,7 +283,9 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
     fn logs(&self, name: &str) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
     /// Sends SIGKILL; a container that is gone or not running is not an error.
     async fn kill(&self, name: &str) -> Result<(), RuntimeError>;
-    /// Removes a container; one that is gone is not an error.
+    /// Removes a container and returns once it is gone; one that is gone is not an error. When
+    /// the engine is already removing it for another caller, waits (up to [`REMOVAL_WAIT`]) for
+    /// that removal to end rather than returning while the name is still taken.
     async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError>;
     /// All containers (running or not) with label `key=value`.
     async fn list_labeled(
