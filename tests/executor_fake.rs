@@ -489,3 +489,36 @@ async fn concurrent_load_unload_loops_end_empty() {
     }
     assert!(ex.repository().walk().unwrap().is_empty());
 }
+
+/// An agent killed just after it asked the engine to remove an exec's container leaves that
+/// removal running in the engine. The next agent resumes the exec (its manifest says Init and
+/// the container, not yet gone, is listed). It must not take that container for the exec's:
+/// it waits for the removal to end, makes the container again and runs the exec once.
+#[tokio::test]
+async fn a_container_being_removed_when_its_exec_resumes_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let x = id("vanishing");
+    // The first agent's start is held until that agent stops: its container never starts.
+    rt.delay_next(
+        "start",
+        &format!("reflow-fake-{}", x.hex()),
+        Duration::from_secs(3600),
+    );
+    let first = start(dir.path(), rt.clone()).await;
+    let e = first.put(x, cfg("ok")).await.unwrap();
+    while rt.count("start ") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.shutdown().await;
+    rt.begin_removal(e.container_name(), Duration::from_millis(300));
+
+    let second = start(dir.path(), rt.clone()).await;
+    let again = second.get(&x).unwrap();
+    again.wait().await.unwrap();
+    let r = again.result().unwrap();
+    assert!(r.err.is_none(), "the exec ran: {:?}", r.err);
+    assert_eq!(r.fileset.file().unwrap().id, Digest::of(b"x"));
+    assert_eq!(rt.count("create "), 2, "made again: {:?}", rt.calls());
+    second.shutdown().await;
+}

@@ -48,6 +48,9 @@ struct Container {
     logs: (Vec<u8>, Vec<u8>),
     hang: bool,
     done: watch::Sender<bool>,
+    /// Another caller's removal is under way: the name stays taken, a start is refused, and
+    /// a second removal waits for it (see [`FakeRuntime::begin_removal`]).
+    removing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +134,26 @@ impl FakeRuntime {
         if let Some(d) = d {
             tokio::time::sleep(d).await;
         }
+    }
+
+    /// Begins another caller's removal of container `name` (as one an agent sent just before
+    /// it was killed), which ends after `takes`: meanwhile the engine reports it `removing`,
+    /// a create of its name conflicts and a start of it is refused. Not recorded as a call.
+    pub fn begin_removal(&self, name: &str, takes: Duration) {
+        {
+            let mut st = lock(&self.state);
+            let Some(c) = st.containers.get_mut(name) else {
+                return;
+            };
+            c.removing = true;
+            c.running = false;
+            c.done.send_replace(true);
+        }
+        let (state, name) = (self.state.clone(), name.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(takes).await;
+            lock(&state).containers.remove(&name);
+        });
     }
 
     /// Every call made, as `op name` strings, in order.
@@ -260,6 +283,7 @@ impl ContainerRuntime for FakeRuntime {
             logs: (Vec::new(), Vec::new()),
             hang: false,
             done: watch::Sender::new(false),
+            removing: false,
         };
         st.containers.insert(spec.name.clone(), c);
         Ok(id)
@@ -274,6 +298,13 @@ impl ContainerRuntime for FakeRuntime {
                 .containers
                 .get_mut(name)
                 .ok_or_else(|| not_found("start", name))?;
+            if c.removing {
+                return Err(RuntimeError::Conflict {
+                    op: "start",
+                    target: name.to_string(),
+                    message: "container is marked for removal and cannot be started".into(),
+                });
+            }
             if c.running || c.exit.is_some() {
                 return Ok(());
             }
@@ -312,7 +343,9 @@ impl ContainerRuntime for FakeRuntime {
         Ok(st.containers.get(name).map(|c| ContainerInfo {
             id: c.id.clone(),
             running: c.running,
-            status: if c.running {
+            status: if c.removing {
+                "removing"
+            } else if c.running {
                 "running"
             } else if c.exit.is_some() {
                 "exited"
@@ -376,6 +409,14 @@ impl ContainerRuntime for FakeRuntime {
     async fn remove(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
         self.record(format!("remove {name}"));
         self.delayed("remove", name).await;
+        // Another caller's removal: this one ends when that one does (the port's contract).
+        while lock(&self.state)
+            .containers
+            .get(name)
+            .is_some_and(|c| c.removing)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut st = lock(&self.state);
         if let Some(c) = st.containers.get(name) {
             if c.running && !force {
@@ -406,7 +447,14 @@ impl ContainerRuntime for FakeRuntime {
                 id: c.id.clone(),
                 name: name.clone(),
                 labels: c.spec.labels.clone(),
-                state: if c.running { "running" } else { "exited" }.to_string(),
+                state: if c.removing {
+                    "removing"
+                } else if c.running {
+                    "running"
+                } else {
+                    "exited"
+                }
+                .to_string(),
             })
             .collect())
     }

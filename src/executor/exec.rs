@@ -70,6 +70,9 @@ pub struct Exec {
     /// it is replaced, never waited for. A put into an existing directory (a quarantined
     /// manifest) takes a container of its name for its own, as recovery does.
     pub(super) fresh: AtomicBool,
+    /// Its container was found gone, or being removed, before it ever started, and was made
+    /// again (see `start`); once per exec, so a container that keeps vanishing fails the exec.
+    remade: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
     /// Cancelled when no state machine runs for this exec (it ended, or never ran here): after
     /// Complete the state machine still removes the container, off the path to the result.
@@ -102,6 +105,7 @@ impl Exec {
             engine_lost: AtomicBool::new(false),
             created_here: AtomicBool::new(false),
             fresh: AtomicBool::new(false),
+            remade: AtomicBool::new(false),
             promoted: OnceCell::new(),
             ended: CancellationToken::new(),
         })
@@ -490,25 +494,61 @@ impl Exec {
         // failure, which the engine may have carried out. Only the first start of a container
         // this process created skips the check (one engine call less per exec).
         let first_of_ours = self.created_here.swap(false, Ordering::SeqCst);
-        if !first_of_ours
-            && let Ok(Some(info)) = inner.runtime.inspect(&self.container).await
-            && (info.running || info.started_at.is_some() || info.status == "exited")
-        {
-            tracing::warn!(exec = %self.id, status = %info.status, "The container started before the agent stopped; waiting for it instead of starting it again.");
-            let mut m = lock(&self.manifest);
-            m.pid = info.pid;
-            m.docker = info.raw;
-            return Ok(ExecState::Running);
+        if !first_of_ours {
+            match inner.runtime.inspect(&self.container).await {
+                Ok(Some(info)) if info.has_started() => {
+                    tracing::warn!(exec = %self.id, status = %info.status, "The container started before the agent stopped; waiting for it instead of starting it again.");
+                    let mut m = lock(&self.manifest);
+                    m.pid = info.pid;
+                    m.docker = info.raw;
+                    return Ok(ExecState::Running);
+                }
+                Ok(None) => return self.remake(inner, "gone").await,
+                Ok(Some(info)) if info.is_removing() => {
+                    return self.remake(inner, "being removed").await;
+                }
+                _ => {}
+            }
         }
-        inner
-            .runtime
-            .start(&self.container)
-            .await
-            .map_err(|e| self.classified("start", &e))?;
+        match inner.runtime.start(&self.container).await {
+            Ok(()) => {}
+            // Removed between its create (or inspect) and this start, never having run.
+            Err(e) if e.is_not_found() || e.is_removal_in_progress() => {
+                return self.remake(inner, "removed before it started").await;
+            }
+            Err(e) => return Err(self.classified("start", &e)),
+        }
         crate::failpoint::hit("exec.after_start");
         tracing::debug!(exec = %self.id, "Container started.");
         // Its PID is asked for beside the wait (see `wait_exit`).
         Ok(ExecState::Running)
+    }
+
+    /// Makes the container again after it was found `why` (gone, or being removed) before it
+    /// ever started. Its name was taken by a container that another removal was ending, such
+    /// as one an agent sent just before it was killed, which the engine carries out anyway:
+    /// create then answered Conflict and took that container for this exec's. Nothing of it
+    /// ran, so a new one runs the exec once. Waits for the removal to end first; returns
+    /// `Created`, whose start comes next. Once per exec: a second time fails the exec.
+    async fn remake(&self, inner: &Inner, why: &str) -> Result<ExecState, ReflowError> {
+        if self.remade.swap(true, Ordering::SeqCst) {
+            return Err(err(
+                Kind::Unavailable,
+                "start",
+                &self.id,
+                format!(
+                    "container {} was {why} again before it started",
+                    self.container
+                ),
+            ));
+        }
+        tracing::warn!(exec = %self.id, container = %self.container, why, "The exec's container vanished before it started; making it again.");
+        inner
+            .runtime
+            .remove(&self.container, true)
+            .await
+            .map_err(|e| self.classified("remove vanishing container", &e))?;
+        self.create(inner).await
     }
 
     /// The container's PID, inspected when the manifest has none yet (0 when it has exited or
