@@ -2,7 +2,8 @@
 //! panics, every broker URL keeps the scheme, and no redacted form shows a password.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use reflow_agent::queue::{amqp, redact};
+use reflow_agent::queue::amqp_url as amqp;
+use reflow_agent::queue::redact;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(url) = std::str::from_utf8(data) {

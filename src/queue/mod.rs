@@ -16,6 +16,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod amqp_url;
 pub mod spool;
 #[cfg(feature = "sqs")]
 pub mod sqs;
