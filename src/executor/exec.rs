@@ -431,12 +431,22 @@ impl Exec {
                 .map_err(|e| err(Kind::Fatal, "create", &self.id, e.to_string()))??
         };
         let spec = self.container_spec(inner, &config, spec)?;
+        self.create_container(inner, &config, &spec).await
+    }
+
+    /// Asks the engine for the container of `spec` (the exec's directories are prepared).
+    async fn create_container(
+        &self,
+        inner: &Inner,
+        config: &ExecConfig,
+        spec: &ContainerSpec,
+    ) -> Result<ExecState, ReflowError> {
         // No existence check first: a container left by an earlier incarnation (a crash after
         // create, before Created was durable) makes create answer Conflict, which means Created.
         // For a fresh put, Conflict means a stale container, replaced once.
         let mut image_retry = true;
         loop {
-            match inner.runtime.create(&spec).await {
+            match inner.runtime.create(spec).await {
                 Ok(_) => {
                     tracing::debug!(exec = %self.id, "Container created.");
                     self.fresh.store(false, Ordering::SeqCst);
@@ -530,6 +540,9 @@ impl Exec {
     /// create then answered Conflict and took that container for this exec's. Nothing of it
     /// ran, so a new one runs the exec once. Waits for the removal to end first; returns
     /// `Created`, whose start comes next. Once per exec: a second time fails the exec.
+    ///
+    /// The exec's directories are left as they are (their create prepared them): cleaning
+    /// `return/` again could only lose what a container of this name wrote, if one ever ran.
     async fn remake(&self, inner: &Inner, why: &str) -> Result<ExecState, ReflowError> {
         if self.remade.swap(true, Ordering::SeqCst) {
             return Err(err(
@@ -548,7 +561,15 @@ impl Exec {
             .remove(&self.container, true)
             .await
             .map_err(|e| self.classified("remove vanishing container", &e))?;
-        self.create(inner).await
+        let config = lock(&self.manifest).config.clone();
+        inner
+            .images
+            .ensure(&config.image)
+            .await
+            .map_err(|e| ReflowError::wrap(format!("ensureimage {}", config.image), e))?;
+        let args = arg_paths(&config, &self.id)?;
+        let spec = self.container_spec(inner, &config, args)?;
+        self.create_container(inner, &config, &spec).await
     }
 
     /// The container's PID, inspected when the manifest has none yet (0 when it has exited or
@@ -1036,21 +1057,11 @@ fn prepare_dirs(
             fs::create_dir_all(&p).map_err(|e| io("create", &p, e))?;
         }
     }
-    let mut args = Vec::with_capacity(cfg.args.len());
+    let args = arg_paths(cfg, id)?;
     for (i, arg) in cfg.args.iter().enumerate() {
-        if arg.out {
-            args.push(format!("/return/{}", arg.index));
+        let Some(fs_) = arg.fileset.as_ref().filter(|_| !arg.out) else {
             continue;
-        }
-        let Some(fs_) = &arg.fileset else {
-            return Err(ReflowError::new(
-                Kind::Invalid,
-                "create",
-                format!("argument {i} has no fileset"),
-            )
-            .with_arg(id));
         };
-        let mut paths = Vec::new();
         for (j, elem) in fs_.flatten().into_iter().enumerate() {
             let base = dir.join("arg").join(i.to_string()).join(j.to_string());
             for (key, file) in &elem.map {
@@ -1067,8 +1078,31 @@ fn prepare_dirs(
                 repo.link_out(&file.id, &dst)
                     .map_err(|e| ReflowError::from_classified("materialize", &e).with_arg(id))?;
             }
-            paths.push(format!("/arg/{i}/{j}"));
         }
+    }
+    Ok(args)
+}
+
+/// The container paths of an exec's arguments, as `prepare_dirs` lays them out: an output is
+/// `/return/<index>`, an input the space-separated `/arg/<i>/<j>` of its fileset's elements.
+fn arg_paths(cfg: &ExecConfig, id: &Digest) -> Result<Vec<String>, ReflowError> {
+    let mut args = Vec::with_capacity(cfg.args.len());
+    for (i, arg) in cfg.args.iter().enumerate() {
+        if arg.out {
+            args.push(format!("/return/{}", arg.index));
+            continue;
+        }
+        let Some(fs_) = &arg.fileset else {
+            return Err(ReflowError::new(
+                Kind::Invalid,
+                "create",
+                format!("argument {i} has no fileset"),
+            )
+            .with_arg(id));
+        };
+        let paths: Vec<String> = (0..fs_.flatten().len())
+            .map(|j| format!("/arg/{i}/{j}"))
+            .collect();
         args.push(paths.join(" "));
     }
     Ok(args)
