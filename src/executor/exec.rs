@@ -414,13 +414,19 @@ impl Exec {
 
     // === create ===
 
-    async fn create(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
+    /// The exec's config, once its image is present (pulled if need be).
+    async fn config_with_image(&self, inner: &Inner) -> Result<ExecConfig, ReflowError> {
         let config = lock(&self.manifest).config.clone();
         inner
             .images
             .ensure(&config.image)
             .await
             .map_err(|e| ReflowError::wrap(format!("ensureimage {}", config.image), e))?;
+        Ok(config)
+    }
+
+    async fn create(&self, inner: &Inner) -> Result<ExecState, ReflowError> {
+        let config = self.config_with_image(inner).await?;
         let spec = {
             let dir = self.dir.clone();
             let repo = inner.repo.clone();
@@ -561,12 +567,7 @@ impl Exec {
             .remove(&self.container, true)
             .await
             .map_err(|e| self.classified("remove vanishing container", &e))?;
-        let config = lock(&self.manifest).config.clone();
-        inner
-            .images
-            .ensure(&config.image)
-            .await
-            .map_err(|e| ReflowError::wrap(format!("ensureimage {}", config.image), e))?;
+        let config = self.config_with_image(inner).await?;
         let args = arg_paths(&config, &self.id)?;
         let spec = self.container_spec(inner, &config, args)?;
         self.create_container(inner, &config, &spec).await
