@@ -522,3 +522,26 @@ async fn a_container_being_removed_when_its_exec_resumes_is_made_again() {
     assert_eq!(rt.count("create "), 2, "made again: {:?}", rt.calls());
     second.shutdown().await;
 }
+
+/// A start the engine refuses as "not found" while the container is still there (its process
+/// could not be found, say) is the start's own failure, reported as it is: the container is
+/// not made again.
+#[tokio::test]
+async fn a_start_refused_as_not_found_with_its_container_there_fails_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let x = id("refused");
+    rt.refuse_next_start(
+        &format!("reflow-fake-{}", x.hex()),
+        "exec: \"run\": executable file not found in $PATH",
+    );
+    let ex = start(dir.path(), rt.clone()).await;
+    let e = ex.put(x, cfg("ok")).await.unwrap();
+    let err = e.wait().await.unwrap_err();
+    assert_eq!(err.kind, Kind::NotExist, "{err}");
+    assert!(
+        err.to_string().contains("executable file not found"),
+        "{err}"
+    );
+    assert_eq!(rt.count("create "), 1, "not made again: {:?}", rt.calls());
+}

@@ -63,6 +63,9 @@ struct State {
     down: bool,
     /// Calls to hold back once, as (op, target, how long): see [`FakeRuntime::delay_next`].
     delays: Vec<(String, String, Duration)>,
+    /// Starts to refuse once, as (container name prefix, message): see
+    /// [`FakeRuntime::refuse_next_start`].
+    refusals: Vec<(String, String)>,
 }
 
 /// The fake engine.
@@ -119,6 +122,15 @@ impl FakeRuntime {
         lock(&self.state)
             .delays
             .push((op.to_string(), target.to_string(), d));
+    }
+
+    /// Makes the next start of the container whose name starts with `prefix` fail as not found
+    /// with the engine's `message` (as a start whose process cannot be found does), leaving
+    /// the container as it is.
+    pub fn refuse_next_start(&self, prefix: &str, message: &str) {
+        lock(&self.state)
+            .refusals
+            .push((prefix.to_string(), message.to_string()));
     }
 
     /// Waits out the delay set for this `op` on `target`, if any (once).
@@ -294,6 +306,18 @@ impl ContainerRuntime for FakeRuntime {
         self.delayed("start", name).await;
         let exit = {
             let mut st = lock(&self.state);
+            if let Some(i) = st
+                .refusals
+                .iter()
+                .position(|(p, _)| name.starts_with(p.as_str()))
+            {
+                let (_, message) = st.refusals.remove(i);
+                return Err(RuntimeError::NotFound {
+                    op: "start",
+                    target: name.to_string(),
+                    message,
+                });
+            }
             let c = st
                 .containers
                 .get_mut(name)

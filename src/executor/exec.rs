@@ -526,13 +526,21 @@ impl Exec {
                 _ => {}
             }
         }
-        match inner.runtime.start(&self.container).await {
-            Ok(()) => {}
-            // Removed between its create (or inspect) and this start, never having run.
-            Err(e) if e.is_not_found() || e.is_removal_in_progress() => {
+        if let Err(e) = inner.runtime.start(&self.container).await {
+            // Removed between its create (or inspect) and this start, never having run: the
+            // engine says so, and the container is gone or going. Any other refusal is the
+            // start's own (an engine message such as "executable file not found" reads as not
+            // found too).
+            if (e.is_not_found() || e.is_removal_in_progress())
+                && match inner.runtime.inspect(&self.container).await {
+                    Ok(None) => true,
+                    Ok(Some(info)) => info.is_removing() && !info.has_started(),
+                    Err(_) => false,
+                }
+            {
                 return self.remake(inner, "removed before it started").await;
             }
-            Err(e) => return Err(self.classified("start", &e)),
+            return Err(self.classified("start", &e));
         }
         crate::failpoint::hit("exec.after_start");
         tracing::debug!(exec = %self.id, "Container started.");
