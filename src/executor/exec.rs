@@ -519,9 +519,8 @@ impl Exec {
                     m.docker = info.raw;
                     return Ok(ExecState::Running);
                 }
-                Ok(None) => return self.remake(inner, "gone").await,
-                Ok(Some(info)) if info.is_removing() => {
-                    return self.remake(inner, "being removed").await;
+                Ok(found) if vanished(found.as_ref()) => {
+                    return self.remake(inner, "gone or being removed").await;
                 }
                 _ => {}
             }
@@ -532,11 +531,11 @@ impl Exec {
             // start's own (an engine message such as "executable file not found" reads as not
             // found too).
             if (e.is_not_found() || e.is_removal_in_progress())
-                && match inner.runtime.inspect(&self.container).await {
-                    Ok(None) => true,
-                    Ok(Some(info)) => info.is_removing() && !info.has_started(),
-                    Err(_) => false,
-                }
+                && inner
+                    .runtime
+                    .inspect(&self.container)
+                    .await
+                    .is_ok_and(|found| vanished(found.as_ref()))
             {
                 return self.remake(inner, "removed before it started").await;
             }
@@ -1090,6 +1089,12 @@ fn prepare_dirs(
         }
     }
     Ok(args)
+}
+
+/// Whether an inspect found an exec's container gone, or being removed without ever having
+/// started: nothing of it ran, so it may be made again (see `Exec::remake`).
+fn vanished(found: Option<&ContainerInfo>) -> bool {
+    found.is_none_or(|info| info.is_removing() && !info.has_started())
 }
 
 /// The container paths of an exec's arguments, as `prepare_dirs` lays them out: an output is
