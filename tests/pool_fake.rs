@@ -296,6 +296,81 @@ async fn free_rewrites_state_and_idle_pools_stop() {
     assert!(pool.zombie("../../etc/passwd").is_err());
 }
 
+/// A freed alloc is ended once: the next start leaves its directory alone (no executor, no
+/// container listing), also when `state.json` is lost, where it would otherwise come back as a
+/// live alloc. One freed just before a crash, whose end mark is missing, is ended at the start
+/// and then marked. An id allocated again is live again.
+#[tokio::test]
+async fn an_ended_alloc_stays_a_zombie_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let part = |owner: &str| AllocMeta {
+        want: Resources::from_pairs([(MEM, (64u64 << 20) as f64)]),
+        owner: owner.into(),
+        ..AllocMeta::default()
+    };
+    let ids = ["00000000000000a1", "00000000000000b2", "00000000000000c3"];
+    let pool = pool_on(dir.path(), fake(), clock.clone()).await;
+    for (i, id) in ids.iter().enumerate() {
+        let a = pool.new_alloc_as(id, part(id)).await.unwrap();
+        let cfg = ExecConfig {
+            kind: "exec".into(),
+            image: IMAGE.into(),
+            cmd: "x".into(),
+            ..ExecConfig::default()
+        };
+        let e = a
+            .executor()
+            .put(Digest::of(id.as_bytes()), cfg)
+            .await
+            .unwrap();
+        e.wait().await.unwrap();
+        if i < 2 {
+            pool.free(id).await.unwrap();
+        }
+    }
+    let mark = |id: &str| dir.path().join("allocs").join(id).join("ended");
+    assert!(mark(ids[0]).exists() && mark(ids[1]).exists());
+    assert!(!mark(ids[2]).exists(), "a live alloc has no end mark");
+    // The second was freed, and the agent died before its mark was written.
+    std::fs::remove_file(mark(ids[1])).unwrap();
+    pool.shutdown().await;
+
+    let rt = fake();
+    let pool = pool_on(dir.path(), rt.clone(), clock.clone()).await;
+    assert_eq!(rt.count(&format!("list {}", ids[0])), 0, "{:?}", rt.calls());
+    assert!(
+        rt.count(&format!("list {}", ids[1])) > 0,
+        "{:?}",
+        rt.calls()
+    );
+    assert!(mark(ids[1]).exists(), "ended at the start, then marked");
+    assert!(pool.alloc(ids[0]).await.is_err() && pool.alloc(ids[1]).await.is_err());
+    assert!(pool.alloc(ids[2]).await.is_ok());
+    assert_eq!(pool.zombie(ids[0]).unwrap().meta().unwrap().owner, ids[0]);
+    pool.shutdown().await;
+
+    // Without a state: the live alloc is restored, the ended ones are not.
+    std::fs::remove_file(dir.path().join("state.json")).unwrap();
+    let rt = fake();
+    let pool = pool_on(dir.path(), rt.clone(), clock.clone()).await;
+    assert!(pool.alloc(ids[0]).await.is_err() && pool.alloc(ids[1]).await.is_err());
+    assert!(pool.alloc(ids[2]).await.is_ok());
+    for id in &ids[..2] {
+        assert_eq!(rt.count(&format!("list {id}")), 0, "{:?}", rt.calls());
+    }
+
+    // Allocated again under its id: live, unmarked, and restored by the next start.
+    pool.new_alloc_as(ids[0], part("again")).await.unwrap();
+    assert!(!mark(ids[0]).exists());
+    pool.shutdown().await;
+    let pool = pool_on(dir.path(), fake(), clock).await;
+    assert_eq!(
+        pool.alloc(ids[0]).await.unwrap().inspect().meta.owner,
+        "again"
+    );
+}
+
 #[tokio::test]
 async fn an_absurd_memory_expectation_fails_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -180,6 +180,9 @@ pub enum StateScan {
 pub enum MetaScan {
     /// Readable.
     Ok,
+    /// Readable, and the alloc ended before the restart: its [`ENDED_MARK`] is there, written
+    /// once its containers were gone and its end recorded.
+    Ended,
     /// Absent.
     Missing,
     /// Present but unusable.
@@ -206,6 +209,11 @@ pub enum RestoreAction {
         /// Alloc id.
         id: String,
     },
+    /// Leave a zombie alone: the alloc ended before the restart, and nothing of it runs.
+    Zombie {
+        /// Alloc id.
+        id: String,
+    },
     /// Leave a directory without a usable `meta.json` alone, and report it.
     Skip {
         /// Alloc id.
@@ -220,9 +228,16 @@ pub enum RestoreAction {
     },
 }
 
+/// The file an alloc's directory gets once the alloc has ended (its containers killed and
+/// removed, its end recorded): the restore leaves such a zombie alone.
+pub const ENDED_MARK: &str = "ended";
+
 /// Plans the restore. With a valid `state.json`, listed allocs are restored and unlisted ones
-/// ended. Without one (missing or corrupt), nothing is known to be freed, so every alloc with a
-/// usable `meta.json` is restored: running work is never killed on a guess.
+/// ended, unless they already were (their [`ENDED_MARK`]): those are left alone. Without one
+/// (missing or corrupt), nothing is known to be freed, so every alloc with a usable `meta.json`
+/// and no end mark is restored: running work is never killed on a guess, and a day of zombies
+/// does not come back as live allocs. A valid state's word beats a mark: a listed alloc is
+/// restored even with one.
 pub fn plan_restore(state: &StateScan, dirs: &[(String, MetaScan)]) -> Vec<RestoreAction> {
     use RestoreAction::*;
     let mut out = Vec::new();
@@ -249,6 +264,10 @@ pub fn plan_restore(state: &StateScan, dirs: &[(String, MetaScan)]) -> Vec<Resto
             MetaScan::Ok => match &listed {
                 Some(l) if !l.contains(id) => EndUnlisted { id: id.clone() },
                 _ => Restore { id: id.clone() },
+            },
+            MetaScan::Ended => match &listed {
+                Some(l) if l.contains(id) => Restore { id: id.clone() },
+                _ => Zombie { id: id.clone() },
             },
         });
     }
@@ -407,6 +426,18 @@ mod tests {
                 listed(&["a"]),
                 vec![d("a", MetaScan::Ok), d("b", MetaScan::Ok)],
                 vec![Restore { id: "a".into() }, EndUnlisted { id: "b".into() }],
+            ),
+            (
+                "an ended alloc is left alone, unless a valid state lists it",
+                listed(&["a"]),
+                vec![d("a", MetaScan::Ended), d("b", MetaScan::Ended)],
+                vec![Restore { id: "a".into() }, Zombie { id: "b".into() }],
+            ),
+            (
+                "without a state, ended allocs stay zombies",
+                StateScan::Missing,
+                vec![d("a", MetaScan::Ok), d("b", MetaScan::Ended)],
+                vec![Restore { id: "a".into() }, Zombie { id: "b".into() }],
             ),
             (
                 "orphan",

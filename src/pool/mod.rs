@@ -7,6 +7,8 @@
 //! ```text
 //! state.json            {alloc id: resources} of the live allocs, written atomically on every change
 //! allocs/<id>/meta.json the alloc's request (Want, Owner, Labels), written atomically
+//! allocs/<id>/ended     once a dead alloc's containers are gone and its end recorded (the
+//!                       restore leaves it alone); removed when the id is allocated again
 //! allocs/<id>/...       the alloc's executor directory
 //! ```
 
@@ -33,7 +35,7 @@ use crate::persist::{self, PersistError};
 use crate::resources::{CPU, DISK, MEM, Resources};
 use crate::taskdb::{self, TaskDb};
 use crate::time::Time;
-use accounting::{AdmitError, AllocView, MetaScan, Offer, RestoreAction, StateScan};
+use accounting::{AdmitError, AllocView, ENDED_MARK, MetaScan, Offer, RestoreAction, StateScan};
 
 /// Fraction of memory kept back for the agent and the system.
 pub const MEM_RESERVE: f64 = 0.05;
@@ -515,7 +517,10 @@ impl Pool {
                 match persist::read_json::<AllocMeta>(&path.join("meta.json"), MAX_STATE_BYTES) {
                     Ok(meta) => {
                         metas.insert(id.clone(), meta);
-                        MetaScan::Ok
+                        match path.join(ENDED_MARK).exists() {
+                            true => MetaScan::Ended,
+                            false => MetaScan::Ok,
+                        }
                     }
                     Err(err) if err.is_not_found() => MetaScan::Missing,
                     Err(err) => MetaScan::Corrupt(err.to_string()),
@@ -524,6 +529,7 @@ impl Pool {
         }
         let now = self.inner.clock.now();
         let mut allocs = self.inner.allocs.lock().await;
+        let mut zombies = 0;
         for action in accounting::plan_restore(&state, &dirs) {
             match action {
                 RestoreAction::QuarantineState { reason } => {
@@ -569,13 +575,16 @@ impl Pool {
                     let executor = self.executor_for(&id).await?;
                     if let Err(e) = executor.kill().await {
                         tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "Killing a freed alloc failed.");
+                        continue;
                     }
                     let _ = self
                         .inner
                         .taskdb
                         .set_end_time(taskdb::alloc_row(&self.inner.cfg.id, &id), now)
                         .await;
+                    self.mark_ended(&id, now);
                 }
+                RestoreAction::Zombie { .. } => zombies += 1,
                 RestoreAction::Skip { id, reason } => {
                     tracing::warn!(alloc = %id, %reason, "Alloc directory skipped.")
                 }
@@ -583,6 +592,12 @@ impl Pool {
                     tracing::warn!(alloc = %id, "Orphaned alloc in state.json (no directory).")
                 }
             }
+        }
+        if zombies > 0 {
+            tracing::info!(
+                zombies,
+                "Allocs that ended before the restart left as zombies."
+            );
         }
         self.save_state(&allocs)
     }
@@ -684,6 +699,20 @@ impl Pool {
             path: dir.clone(),
             source,
         })?;
+        // An id allocated again (a job's alloc) is live from here: the meta's atomic write
+        // syncs the directory, so the mark's removal is durable before the alloc is listed.
+        let mark = dir.join(ENDED_MARK);
+        match fs::remove_file(&mark) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(PoolError::Io {
+                    op: "remove",
+                    path: mark,
+                    source,
+                });
+            }
+        }
         persist::write_json_atomic(&dir.join("meta.json"), &meta)?;
         let executor = self.executor_for(&id).await?;
         executor.set_resources(meta.want.clone());
@@ -751,17 +780,28 @@ impl Pool {
     /// Kills an alloc's executor and records its end; the directory stays (a zombie). `ending`
     /// is its ending mark, given back once its containers are gone.
     async fn end(&self, a: &Alloc, ending: Arc<Semaphore>) {
-        if let Err(e) = a.executor.kill().await {
-            tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "Killing an alloc's executor failed.");
+        let killed = a.executor.kill().await;
+        if let Err(e) = &killed {
+            tracing::warn!(alloc = %a.id, error = %crate::error::chain(e), "Killing an alloc's executor failed.");
         }
         self.unmark_ending(&a.id, ending);
-        if let Err(e) = self
-            .inner
-            .taskdb
-            .set_end_time(a.row, self.inner.clock.now())
-            .await
-        {
+        let now = self.inner.clock.now();
+        if let Err(e) = self.inner.taskdb.set_end_time(a.row, now).await {
             tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "TaskDB end time failed.");
+        }
+        if killed.is_ok() {
+            self.mark_ended(&a.id, now);
+        }
+    }
+
+    /// Writes alloc `id`'s [`ENDED_MARK`], with the time, once its containers are gone: the next
+    /// start then leaves its directory alone instead of making an executor to end it again. Not
+    /// synced, and a failure is only logged: a mark lost in a crash costs that repeated end, as
+    /// before marks existed.
+    fn mark_ended(&self, id: &str, now: Time) {
+        let path = self.alloc_dir(id).join(ENDED_MARK);
+        if let Err(e) = fs::write(&path, crate::time::format(&now)) {
+            tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "Marking an alloc ended failed.");
         }
     }
 
