@@ -23,6 +23,39 @@ use super::{
 };
 use crate::time;
 
+/// The engine's unix socket: `DOCKER_HOST`'s `unix://` path, or the default socket when it is
+/// unset; `None` for an engine reached otherwise (tcp, ssh).
+fn unix_socket() -> Option<String> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => host.strip_prefix("unix://").map(str::to_owned),
+        _ => Some("/var/run/docker.sock".to_owned()),
+    }
+}
+
+/// A client of the engine on the unix socket at `path` that keeps its connections for the next
+/// request. bollard's own unix client keeps none (`pool_max_idle_per_host(0)`), so each of a
+/// job's engine calls paid a connect, and dockerd a new connection, for one request. dockerd
+/// does not close idle connections; one found closed when a request is sent is replaced
+/// (hyper retries a request that was never written).
+fn pooled_unix(path: &str) -> Result<Docker, BollardError> {
+    let client = std::sync::Arc::new(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(hyperlocal::UnixConnector),
+    );
+    // hyperlocal's form of the address: the socket's path, hex-encoded, as the host.
+    let host: String = path.bytes().map(|b| format!("{b:02x}")).collect();
+    Docker::connect_with_custom_transport(
+        move |req: bollard::BollardRequest| {
+            let client = client.clone();
+            async move { client.request(req).await.map_err(BollardError::from) }
+        },
+        Some(format!("unix://{host}")),
+        DEFAULT_API_TIMEOUT.as_secs(),
+        bollard::API_DEFAULT_VERSION,
+    )
+}
+
 /// Timeout for quick API calls (inspect, create, start, ...).
 pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(120);
 /// Timeout for calls that last as long as a container (wait, logs, pull).
@@ -42,8 +75,11 @@ impl BollardRuntime {
     /// # Errors
     /// [`RuntimeError::Unreachable`] when the address is unusable.
     pub fn connect() -> Result<Self, RuntimeError> {
-        let docker =
-            Docker::connect_with_local_defaults().map_err(|e| map_err("connect", "docker", e))?;
+        let docker = match unix_socket() {
+            Some(path) if std::path::Path::new(&path).exists() => pooled_unix(&path),
+            _ => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|e| map_err("connect", "docker", e))?;
         Ok(BollardRuntime {
             quick: docker.clone().with_timeout(DEFAULT_API_TIMEOUT),
             long: docker.with_timeout(LONG_API_TIMEOUT),
