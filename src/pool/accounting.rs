@@ -181,7 +181,7 @@ pub enum MetaScan {
     /// Readable.
     Ok,
     /// Readable, and the alloc ended before the restart: its [`ENDED_MARK`] is there, written
-    /// once its containers were gone and its end recorded.
+    /// once its containers were gone.
     Ended,
     /// Absent.
     Missing,
@@ -229,7 +229,7 @@ pub enum RestoreAction {
 }
 
 /// The file an alloc's directory gets once the alloc has ended (its containers killed and
-/// removed, its end recorded): the restore leaves such a zombie alone.
+/// removed): the restore leaves such a zombie alone.
 pub const ENDED_MARK: &str = "ended";
 
 /// Plans the restore. With a valid `state.json`, listed allocs are restored and unlisted ones

@@ -7,8 +7,8 @@
 //! ```text
 //! state.json            {alloc id: resources} of the live allocs, written atomically on every change
 //! allocs/<id>/meta.json the alloc's request (Want, Owner, Labels), written atomically
-//! allocs/<id>/ended     once a dead alloc's containers are gone and its end recorded (the
-//!                       restore leaves it alone); removed when the id is allocated again
+//! allocs/<id>/ended     once a dead alloc's containers are gone (the restore leaves it
+//!                       alone); removed when the id is allocated again
 //! allocs/<id>/...       the alloc's executor directory
 //! ```
 
@@ -573,16 +573,17 @@ impl Pool {
                 RestoreAction::EndUnlisted { id } => {
                     tracing::warn!(alloc = %id, "Alloc was freed before the restart; killing its containers.");
                     let executor = self.executor_for(&id).await?;
-                    if let Err(e) = executor.kill().await {
-                        tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "Killing a freed alloc failed.");
-                        continue;
+                    match executor.kill().await {
+                        Ok(()) => self.mark_ended(&id, now),
+                        Err(e) => {
+                            tracing::warn!(alloc = %id, error = %crate::error::chain(&e), "Killing a freed alloc failed.")
+                        }
                     }
                     let _ = self
                         .inner
                         .taskdb
                         .set_end_time(taskdb::alloc_row(&self.inner.cfg.id, &id), now)
                         .await;
-                    self.mark_ended(&id, now);
                 }
                 RestoreAction::Zombie { .. } => zombies += 1,
                 RestoreAction::Skip { id, reason } => {
@@ -778,26 +779,27 @@ impl Pool {
     }
 
     /// Kills an alloc's executor and records its end; the directory stays (a zombie). `ending`
-    /// is its ending mark, given back once its containers are gone.
+    /// is its ending mark, given back once its containers are gone and its [`ENDED_MARK`]
+    /// written: an alloc made again under its id waits for both, so the mark never lands in a
+    /// live alloc's directory.
     async fn end(&self, a: &Alloc, ending: Arc<Semaphore>) {
-        let killed = a.executor.kill().await;
-        if let Err(e) = &killed {
-            tracing::warn!(alloc = %a.id, error = %crate::error::chain(e), "Killing an alloc's executor failed.");
+        let now = self.inner.clock.now();
+        match a.executor.kill().await {
+            Ok(()) => self.mark_ended(&a.id, now),
+            Err(e) => {
+                tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "Killing an alloc's executor failed.")
+            }
         }
         self.unmark_ending(&a.id, ending);
-        let now = self.inner.clock.now();
         if let Err(e) = self.inner.taskdb.set_end_time(a.row, now).await {
             tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "TaskDB end time failed.");
-        }
-        if killed.is_ok() {
-            self.mark_ended(&a.id, now);
         }
     }
 
     /// Writes alloc `id`'s [`ENDED_MARK`], with the time, once its containers are gone: the next
     /// start then leaves its directory alone instead of making an executor to end it again. Not
     /// synced, and a failure is only logged: a mark lost in a crash costs that repeated end, as
-    /// before marks existed.
+    /// before marks existed. (The TaskDB end time, written after it, is best effort as ever.)
     fn mark_ended(&self, id: &str, now: Time) {
         let path = self.alloc_dir(id).join(ENDED_MARK);
         if let Err(e) = fs::write(&path, crate::time::format(&now)) {
