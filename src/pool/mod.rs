@@ -783,8 +783,10 @@ impl Pool {
     /// written: an alloc made again under its id waits for both, so the mark never lands in a
     /// live alloc's directory.
     async fn end(&self, a: &Alloc, ending: Arc<Semaphore>) {
+        let killed = a.executor.kill().await;
+        // The end is once the kill is over, as the TaskDB recorded it before the mark existed.
         let now = self.inner.clock.now();
-        match a.executor.kill().await {
+        match killed {
             Ok(()) => self.mark_ended(&a.id, now),
             Err(e) => {
                 tracing::warn!(alloc = %a.id, error = %crate::error::chain(&e), "Killing an alloc's executor failed.")
