@@ -17,12 +17,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 N=${2:-40}
 IMAGE=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
-bash scripts/dev-services.sh >/dev/null
-bash scripts/test-image.sh >/dev/null
-cargo build --release --quiet --bin reflow-agent --example queue_bench
-AGENT=target/release/reflow-agent
-BENCH=target/release/examples/queue_bench
 source bench/lib.sh
+queue_bench_prepare
 
 WORK=$(mktemp -d)
 SPOOL="spool://$WORK/spool"

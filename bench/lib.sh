@@ -29,6 +29,16 @@ measure() {
   printf '%-28s %s s (median of %d)\n' "$name" "${T[$name]}" "$RUNS" >&2
 }
 
+# queue_bench_prepare: the services and the offline test image, and a release build of the
+# agent and examples/queue_bench, as $AGENT and $BENCH (how the queue benchmarks start).
+queue_bench_prepare() {
+  bash scripts/dev-services.sh >/dev/null
+  bash scripts/test-image.sh >/dev/null
+  cargo build --release --quiet --bin reflow-agent --example queue_bench
+  AGENT=target/release/reflow-agent
+  BENCH=target/release/examples/queue_bench
+}
+
 # cpu_model: the CPU's model name.
 cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'; }
 

@@ -24,12 +24,8 @@ IMAGE=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
 AMQP=amqp://guest:guest@127.0.0.1:5672/%2f
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=${AGENT_IT_AWS_ENDPOINT:-http://127.0.0.1:5000}
-bash scripts/dev-services.sh >/dev/null
-bash scripts/test-image.sh >/dev/null
-cargo build --release --quiet --bin reflow-agent --example queue_bench
-AGENT=target/release/reflow-agent
-BENCH=target/release/examples/queue_bench
 source bench/lib.sh
+queue_bench_prepare
 
 WORK=$(mktemp -d)
 NS=bench-$(date +%s)
