@@ -132,7 +132,10 @@ async fn pool_child_process_for_restart_test() {
         .await
         .unwrap();
     e.wait_until(ExecState::Running).await.unwrap();
-    std::fs::write(dir.join("ids"), format!("{} {}", a.id(), id.hex())).unwrap();
+    // Written aside and renamed: the parent kills this process as soon as `ids` exists, and
+    // must never read it half written.
+    std::fs::write(dir.join("ids.tmp"), format!("{} {}", a.id(), id.hex())).unwrap();
+    std::fs::rename(dir.join("ids.tmp"), dir.join("ids")).unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(600)).await; // killed long before this
 }
 
