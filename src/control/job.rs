@@ -157,22 +157,21 @@ impl Inner {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
             e.exec = e.exec.or(exec);
         }
-        // A successful result is stored while the outcome is written, and both before the
-        // outcome is published: an identical job sent after the outcome is seen reuses it.
-        let store = stored.map(|(key, stored)| {
+        // A successful result is stored before the outcome is written: an identical job sent
+        // after the outcome is seen reuses it. (Written side by side, the outbox's publisher,
+        // woken by the outcome, could publish it before the result was stored.)
+        if let Some((key, stored)) = stored {
             let inner = self.clone();
-            tokio::task::spawn_blocking(move || {
+            let _ = tokio::task::spawn_blocking(move || {
                 if let Err(e) = inner.results.put(&key, &stored) {
                     tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
                 }
             })
-        });
+            .await;
+        }
         // Outcome first, then the journal beside the broker: the outcome is durable before
         // either.
         let recorded = self.record_outcome(&req, &events).await;
-        if let Some(store) = store {
-            let _ = store.await;
-        }
         if let Err(e) = recorded {
             // The outcome is not durable, so the command must not be settled: hand every
             // delivery back and release the slot. The journal entry stays unfinished, so a
