@@ -144,3 +144,66 @@ async fn an_exec_under_the_limit_is_fine() {
     assert!(manifest(&e).oom.is_none());
     kmsg.stop();
 }
+
+/// The kernel log reader sleeps until the kernel logs something or it is asked to drain: an
+/// idle reader does not wake up, and a record logged just before `caught_up` has been read
+/// when it returns.
+#[tokio::test]
+async fn the_kernel_log_reader_sleeps_until_asked_or_logged_to() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let kmsg = KmsgMonitor::start(Arc::new(SystemClock));
+    assert!(
+        kmsg.caught_up(Instant::now(), Duration::from_secs(30))
+            .await,
+        "the reader reads the ring buffer through"
+    );
+    // The reader thread's voluntary context switches while nothing is logged or asked.
+    let switches = || {
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let t = t.unwrap().path();
+            if std::fs::read_to_string(t.join("comm")).unwrap().trim() == "kmsg" {
+                let status = std::fs::read_to_string(t.join("status")).unwrap();
+                return status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        panic!("no kmsg thread");
+    };
+    let before = switches();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = switches() - before;
+    // Anything else the kernel logs meanwhile wakes it too; polling every 20 ms was 25.
+    assert!(idle <= 5, "an idle reader woke {idle} times in 500 ms");
+
+    let seq = kmsg.last_seq().unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .unwrap();
+    log.write_all(b"<6>reflow-agent test: the kernel log reader is asked to drain\n")
+        .unwrap();
+    assert!(
+        kmsg.caught_up(Instant::now(), Duration::from_secs(30))
+            .await
+    );
+    assert!(
+        kmsg.last_seq().unwrap() > seq,
+        "the record logged before caught_up was read"
+    );
+    kmsg.stop();
+    // A stopped reader answers at once, without waiting out `max`.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        kmsg.caught_up(Instant::now(), Duration::from_secs(30)),
+    )
+    .await
+    .expect("a stopped reader is not waited for");
+    assert!(!answer, "a stopped reader has not caught up");
+}

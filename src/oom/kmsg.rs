@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,8 +28,6 @@ use crate::time::Time;
 pub const KMSG_PATH: &str = "/dev/kmsg";
 /// Most OOM records kept in memory; older ones are dropped first.
 pub const MAX_RECORDS: usize = 4096;
-/// How long the reader sleeps when the log has nothing new.
-pub const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Largest kmsg record (the kernel's limit is about 1 KiB of text; 8 KiB is safe).
 const RECORD_BUF: usize = 8192;
 
@@ -220,42 +219,76 @@ pub fn boot_time(now: Time) -> Option<Time> {
 
 /// One reader of `/dev/kmsg` per agent, keeping the last [`MAX_RECORDS`] OOM records. It reads
 /// the whole ring buffer first, so an OOM that happened while no agent ran is still found.
+///
+/// The reader thread sleeps in `poll(2)` on the log and on an eventfd of its own: it wakes when
+/// the kernel logs a record, when [`KmsgMonitor::caught_up`] asks it to drain, or when it is
+/// stopped, and an idle agent costs it no wakeups.
 #[derive(Debug, Clone)]
 pub struct KmsgMonitor {
     clock: Arc<dyn crate::clock::Clock>,
     records: Arc<Mutex<VecDeque<OomRecord>>>,
     last_seq: Arc<Mutex<Option<u64>>>,
-    /// When the reader last found the log drained: every record logged before then is read.
-    drained_at: Arc<Mutex<Option<Instant>>>,
+    reader: Arc<tokio::sync::watch::Sender<Reader>>,
+    /// Wakes the reader thread (`None` for fixed records, which have no reader).
+    wake: Option<Arc<OwnedFd>>,
     stop: CancellationToken,
+}
+
+/// Where the reader thread is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// Started, not yet through the log once.
+    Starting,
+    /// It last found the log drained at this instant: every record logged before it is read.
+    Drained(Instant),
+    /// Not reading: stopped, or the log could not be read.
+    Stopped,
 }
 
 impl KmsgMonitor {
     /// Starts the reader thread. Without a readable `/dev/kmsg` it logs once and stays empty.
     /// `clock` turns the kernel's boot-relative timestamps into wall-clock times.
     pub fn start(clock: Arc<dyn crate::clock::Clock>) -> Self {
+        let wake = match rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        ) {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "Creating the kernel log reader's eventfd failed; OOM evidence from the kernel log is unavailable.");
+                None
+            }
+        };
         let m = KmsgMonitor {
             clock,
             records: Arc::new(Mutex::new(VecDeque::new())),
             last_seq: Arc::new(Mutex::new(None)),
-            drained_at: Arc::new(Mutex::new(None)),
+            reader: Arc::new(tokio::sync::watch::Sender::new(Reader::Starting)),
+            wake,
             stop: CancellationToken::new(),
         };
-        let (records, last_seq, drained_at, stop) = (
+        let Some(wake) = m.wake.clone() else {
+            m.reader.send_replace(Reader::Stopped);
+            return m;
+        };
+        let (records, last_seq, reader, stop) = (
             m.records.clone(),
             m.last_seq.clone(),
-            m.drained_at.clone(),
+            m.reader.clone(),
             m.stop.clone(),
         );
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("kmsg".into())
             .spawn(move || {
-                if let Err(e) = read_loop(&records, &last_seq, &drained_at, &stop) {
+                if let Err(e) = read_loop(&records, &last_seq, &reader, &wake, &stop) {
                     tracing::warn!(error = %crate::error::chain(&e), "Reading the kernel log stopped; OOM evidence from it is unavailable.");
                 }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::warn!(error = %crate::error::chain(&e), "Starting the kernel log reader failed."));
+                reader.send_replace(Reader::Stopped);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %crate::error::chain(&e), "Starting the kernel log reader failed.");
+            m.reader.send_replace(Reader::Stopped);
+        }
         m
     }
 
@@ -266,9 +299,10 @@ impl KmsgMonitor {
             last_seq: Arc::new(Mutex::new(records.iter().map(|r| r.seq).max())),
             records: Arc::new(Mutex::new(records.into())),
             // Fixed records are always "read": no waiting for a reader.
-            drained_at: Arc::new(Mutex::new(Some(
+            reader: Arc::new(tokio::sync::watch::Sender::new(Reader::Drained(
                 Instant::now() + Duration::from_secs(365 * 24 * 3600),
             ))),
+            wake: None,
             stop: CancellationToken::new(),
         }
     }
@@ -289,41 +323,52 @@ impl KmsgMonitor {
     }
 
     /// Waits until the reader has drained the log at some point after `since` (so every record
-    /// logged before `since` has been read), for at most `max`. Returns whether it caught up.
+    /// logged before `since` has been read), for at most `max`. Returns whether it caught up;
+    /// at once `false` when no reader runs.
+    ///
+    /// The reader is woken to drain now, so this takes about as long as reading what the
+    /// kernel logged since the reader last looked.
     ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn caught_up(&self, since: Instant, max: Duration) -> bool {
-        let deadline = Instant::now() + max;
-        loop {
-            if self
-                .drained_at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|t| t >= since)
-            {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut rx = self.reader.subscribe();
+        self.wake_reader();
+        let done = rx.wait_for(|r| match r {
+            Reader::Drained(t) => *t >= since,
+            Reader::Stopped => true,
+            Reader::Starting => false,
+        });
+        match tokio::time::timeout(max, done).await {
+            Ok(Ok(r)) => matches!(*r, Reader::Drained(_)),
+            _ => false,
         }
     }
 
-    /// Stops the reader thread (within [`IDLE_POLL`]).
+    /// Stops the reader thread.
     pub fn stop(&self) {
         self.stop.cancel();
+        self.wake_reader();
+    }
+
+    fn wake_reader(&self) {
+        if let Some(fd) = &self.wake {
+            // Adds 1 to the eventfd's counter; it cannot fail short of the counter's overflow,
+            // and a wakeup already pending does as well.
+            let _ = rustix::io::write(&**fd, &1u64.to_ne_bytes());
+        }
     }
 }
 
 fn read_loop(
     records: &Mutex<VecDeque<OomRecord>>,
     last_seq: &Mutex<Option<u64>>,
-    drained_at: &Mutex<Option<Instant>>,
+    reader: &tokio::sync::watch::Sender<Reader>,
+    wake: &OwnedFd,
     stop: &CancellationToken,
 ) -> io::Result<()> {
-    // Non-blocking, so the thread notices a stop request within IDLE_POLL.
+    use rustix::event::{PollFd, PollFlags, poll};
+    // Non-blocking: drained is `EAGAIN`, and then the thread sleeps in poll.
     let mut f = File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -331,11 +376,7 @@ fn read_loop(
     let mut buf = vec![0u8; RECORD_BUF];
     while !stop.is_cancelled() {
         match f.read(&mut buf) {
-            Ok(0) => {
-                *drained_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                std::thread::sleep(IDLE_POLL);
-            }
-            Ok(n) => {
+            Ok(n) if n > 0 => {
                 let line = String::from_utf8_lossy(&buf[..n]);
                 if let Some(seq) = line.split(',').nth(1).and_then(|s| s.parse().ok()) {
                     *last_seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
@@ -348,17 +389,38 @@ fn read_loop(
                     q.push_back(r);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                *drained_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                std::thread::sleep(IDLE_POLL);
-            }
+            Ok(_) => idle(reader, &f, wake)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => idle(reader, &f, wake)?,
             // Records were overwritten before we read them; continue with the next ones.
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    return Ok(());
+
+    /// The log is drained: says so, then sleeps until the kernel logs more or the reader is
+    /// woken, and takes the wakeups.
+    fn idle(
+        reader: &tokio::sync::watch::Sender<Reader>,
+        log: &File,
+        wake: &OwnedFd,
+    ) -> io::Result<()> {
+        reader.send_replace(Reader::Drained(Instant::now()));
+        let mut fds = [
+            PollFd::new(log, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut counter = [0u8; 8];
+        match rustix::io::read(wake, &mut counter) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]
