@@ -113,16 +113,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     sync_dir(dir).map_err(|e| PersistError::io("fsync dir", dir, e))
 }
 
-/// Atomically replaces each file of `files` (all in one directory) with its bytes: each is
-/// written to a temp file, fsynced and renamed, then the directory is fsynced once for all.
-/// When it fails, the files before the failing one may have been replaced.
+/// Atomically replaces each file of `files` with its bytes: each is written to a temp file, the
+/// temp files are fsynced side by side (one thread each, so the filesystem can commit them
+/// together), then each is renamed onto its target and each directory is fsynced once for all.
+/// When a write or fsync fails nothing is replaced; when a rename fails, the files before the
+/// failing one may have been.
 ///
 /// # Errors
 /// [`PersistError::Io`] naming the step that failed.
 pub fn write_atomic_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), PersistError> {
+    let temps = files
+        .iter()
+        .map(|(path, bytes)| write_temp(path, bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sync = |(_, tmp): &(&Path, tempfile::NamedTempFile)| {
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| PersistError::io("fsync", tmp.path(), e))
+    };
+    match temps.as_slice() {
+        [one] => sync(one)?,
+        many => std::thread::scope(|s| {
+            let handles: Vec<_> = many.iter().map(|t| s.spawn(move || sync(t))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<()>, _>>()
+        })
+        .map(|_| ())?,
+    }
     let mut dirs: Vec<&Path> = Vec::new();
-    for (path, bytes) in files {
-        let dir = replace_unsynced(path, bytes)?;
+    for ((path, _), (dir, tmp)) in files.iter().zip(temps) {
+        tmp.persist(path)
+            .map_err(|e| PersistError::io("rename onto", path, e.error))?;
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }
@@ -136,6 +159,20 @@ pub fn write_atomic_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), PersistError
 /// Writes `bytes` to a temp file beside `path`, fsyncs it and renames it onto `path`; the
 /// rename is durable once the returned directory is fsynced.
 fn replace_unsynced<'a>(path: &'a Path, bytes: &[u8]) -> Result<&'a Path, PersistError> {
+    let (dir, tmp) = write_temp(path, bytes)?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| PersistError::io("fsync", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| PersistError::io("rename onto", path, e.error))?;
+    Ok(dir)
+}
+
+/// Writes `bytes` to a new temp file beside `path` (not fsynced), and names `path`'s directory.
+fn write_temp<'a>(
+    path: &'a Path,
+    bytes: &[u8],
+) -> Result<(&'a Path, tempfile::NamedTempFile), PersistError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         Some(_) => Path::new("."),
@@ -156,12 +193,7 @@ fn replace_unsynced<'a>(path: &'a Path, bytes: &[u8]) -> Result<&'a Path, Persis
         .map_err(|e| PersistError::io("create temp in", dir, e))?;
     tmp.write_all(bytes)
         .map_err(|e| PersistError::io("write", tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| PersistError::io("fsync", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| PersistError::io("rename onto", path, e.error))?;
-    Ok(dir)
+    Ok((dir, tmp))
 }
 
 /// Atomically replaces `path` with the pretty JSON of `value`; see [`write_atomic`].
@@ -381,9 +413,15 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a.json", "b.json"]);
-        // A file whose directory is missing fails, naming the step.
-        let err = write_atomic_all(&[(dir.path().join("gone/c.json"), b"3".to_vec())]);
+        // A file whose directory is missing fails, naming the step, and replaces nothing: not
+        // the files before it either, and no temp file is left.
+        let err = write_atomic_all(&[
+            (a.clone(), b"replaced".to_vec()),
+            (dir.path().join("gone/c.json"), b"3".to_vec()),
+        ]);
         assert!(err.unwrap_err().to_string().contains("create temp in"));
+        assert_eq!(fs::read(&a).unwrap(), b"1");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]
