@@ -6,11 +6,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
-/// Number of worker threads to use: the machine's available parallelism.
+/// Number of worker threads to use: the machine's available parallelism, read once per process
+/// (std reads `/proc/self/cgroup` and the CPU quota's files at every call; an exec's outputs
+/// are installed and promoted with this on the way to its outcome).
 pub fn default_threads() -> usize {
-    thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Applies `f` to every item on up to `threads` threads and returns the results in input order.

@@ -627,7 +627,7 @@ impl Exec {
         let sampled = sampler.stop().await;
         let code = waited.map_err(|e| self.classified("wait", &e))?;
         // The logs and the exit's details, asked of the engine at once.
-        let ((), info) = tokio::join!(
+        let (logs_synced, info) = tokio::join!(
             self.save_logs(inner),
             inner.runtime.inspect(&self.container)
         );
@@ -680,6 +680,10 @@ impl Exec {
             if let Err(e) = fs::remove_dir_all(self.dir.join(sub)) {
                 tracing::debug!(exec = %self.id, error = %crate::error::chain(&e), dir = sub, "Cleaning an exec directory failed.");
             }
+        }
+        // The logs are durable before the manifest that says the exec is complete.
+        if let Some(synced) = logs_synced {
+            let _ = synced.await;
         }
         Ok(ExecState::Complete)
     }
@@ -794,13 +798,15 @@ impl Exec {
         })
     }
 
-    async fn save_logs(&self, inner: &Inner) {
+    /// Writes the container's logs to `stdout` and `stderr` in the exec's directory; the
+    /// returned task fsyncs them, so the outputs are installed meanwhile.
+    async fn save_logs(&self, inner: &Inner) -> Option<tokio::task::JoinHandle<()>> {
         let open = |name: &str| fs::File::create(self.dir.join(name));
         let (mut out, mut errf) = match (open("stdout"), open("stderr")) {
             (Ok(o), Ok(e)) => (o, e),
             _ => {
                 tracing::warn!(exec = %self.id, "Creating log files failed.");
-                return;
+                return None;
             }
         };
         let mut stream = inner.runtime.logs(&self.container);
@@ -814,17 +820,19 @@ impl Exec {
                     };
                     if let Err(e) = f.write_all(&c.bytes) {
                         tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Writing exec logs failed.");
-                        return;
+                        return None;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Reading exec logs failed.");
-                    return;
+                    return None;
                 }
             }
         }
-        let _ = out.sync_all();
-        let _ = errf.sync_all();
+        Some(tokio::task::spawn_blocking(move || {
+            let _ = out.sync_all();
+            let _ = errf.sync_all();
+        }))
     }
 
     fn log_lines(&self, name: &str) -> impl Iterator<Item = String> {
