@@ -113,9 +113,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     sync_dir(dir).map_err(|e| PersistError::io("fsync dir", dir, e))
 }
 
+/// Most threads [`write_atomic_all`] fsyncs on at once.
+const MAX_SYNC_THREADS: usize = 8;
+
 /// Atomically replaces each file of `files` with its bytes: each is written to a temp file, the
-/// temp files are fsynced side by side (one thread each, so the filesystem can commit them
-/// together), then each is renamed onto its target and each directory is fsynced once for all.
+/// temp files are fsynced side by side (on up to [`MAX_SYNC_THREADS`] threads, so the filesystem
+/// can commit them together), then each is renamed onto its target and each directory is fsynced once for all.
 /// When a write or fsync fails nothing is replaced; when a rename fails, the files before the
 /// failing one may have been.
 ///
@@ -131,17 +134,9 @@ pub fn write_atomic_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), PersistError
             .sync_all()
             .map_err(|e| PersistError::io("fsync", tmp.path(), e))
     };
-    match temps.as_slice() {
-        [one] => sync(one)?,
-        many => std::thread::scope(|s| {
-            let handles: Vec<_> = many.iter().map(|t| s.spawn(move || sync(t))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<()>, _>>()
-        })
-        .map(|_| ())?,
-    }
+    crate::par::map(&temps, MAX_SYNC_THREADS, sync)
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
     let mut dirs: Vec<&Path> = Vec::new();
     for ((path, _), (dir, tmp)) in files.iter().zip(temps) {
         tmp.persist(path)
