@@ -117,7 +117,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
 const MAX_SYNC_THREADS: usize = 8;
 
 /// Atomically replaces each file of `files` with its bytes: each is written to a temp file, the
-/// temp files are fsynced side by side (on up to [`MAX_SYNC_THREADS`] threads, so the filesystem
+/// temp files are fsynced side by side (on up to 8 threads, so the filesystem
 /// can commit them together), then each is renamed onto its target and each directory is fsynced once for all.
 /// When a write or fsync fails nothing is replaced; when a rename fails, the files before the
 /// failing one may have been.
