@@ -375,6 +375,9 @@ fn read_loop(
         .open(KMSG_PATH)?;
     let mut buf = vec![0u8; RECORD_BUF];
     while !stop.is_cancelled() {
+        // Taken before the read: a read that finds the log drained says every record logged
+        // before it began has been read (one logged after the stamp could be unread).
+        let reading = Instant::now();
         match f.read(&mut buf) {
             Ok(n) if n > 0 => {
                 let line = String::from_utf8_lossy(&buf[..n]);
@@ -389,8 +392,8 @@ fn read_loop(
                     q.push_back(r);
                 }
             }
-            Ok(_) => idle(reader, &f, wake)?,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => idle(reader, &f, wake)?,
+            Ok(_) => idle(reading, reader, &f, wake)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => idle(reading, reader, &f, wake)?,
             // Records were overwritten before we read them; continue with the next ones.
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -399,14 +402,15 @@ fn read_loop(
     }
     return Ok(());
 
-    /// The log is drained: says so, then sleeps until the kernel logs more or the reader is
-    /// woken, and takes the wakeups.
+    /// The log was drained at `at`: says so, then sleeps until the kernel logs more or the
+    /// reader is woken, and takes the wakeups.
     fn idle(
+        at: Instant,
         reader: &tokio::sync::watch::Sender<Reader>,
         log: &File,
         wake: &OwnedFd,
     ) -> io::Result<()> {
-        reader.send_replace(Reader::Drained(Instant::now()));
+        reader.send_replace(Reader::Drained(at));
         let mut fds = [
             PollFd::new(log, PollFlags::IN),
             PollFd::new(wake, PollFlags::IN),
