@@ -117,8 +117,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
 const MAX_SYNC_THREADS: usize = 8;
 
 /// Atomically replaces each file of `files` with its bytes: each is written to a temp file, the
-/// temp files are fsynced side by side (on up to 8 threads, so the filesystem
-/// can commit them together), then each is renamed onto its target and each directory is fsynced once for all.
+/// temp files are fsynced side by side (on up to 8 threads, so the filesystem can commit them
+/// together), then each is renamed onto its target and each directory is fsynced once for all.
 /// When a write or fsync fails nothing is replaced; when a rename fails, the files before the
 /// failing one may have been.
 ///
@@ -129,18 +129,12 @@ pub fn write_atomic_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), PersistError
         .iter()
         .map(|(path, bytes)| write_temp(path, bytes))
         .collect::<Result<Vec<_>, _>>()?;
-    let sync = |(_, tmp): &(&Path, tempfile::NamedTempFile)| {
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| PersistError::io("fsync", tmp.path(), e))
-    };
-    crate::par::map(&temps, MAX_SYNC_THREADS, sync)
+    crate::par::map(&temps, MAX_SYNC_THREADS, |(_, tmp)| sync_temp(tmp))
         .into_iter()
         .collect::<Result<Vec<()>, _>>()?;
     let mut dirs: Vec<&Path> = Vec::new();
     for ((path, _), (dir, tmp)) in files.iter().zip(temps) {
-        tmp.persist(path)
-            .map_err(|e| PersistError::io("rename onto", path, e.error))?;
+        rename_temp(tmp, path)?;
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }
@@ -155,12 +149,23 @@ pub fn write_atomic_all(files: &[(PathBuf, Vec<u8>)]) -> Result<(), PersistError
 /// rename is durable once the returned directory is fsynced.
 fn replace_unsynced<'a>(path: &'a Path, bytes: &[u8]) -> Result<&'a Path, PersistError> {
     let (dir, tmp) = write_temp(path, bytes)?;
+    sync_temp(&tmp)?;
+    rename_temp(tmp, path)?;
+    Ok(dir)
+}
+
+/// fsyncs a temp file of [`write_temp`]'s.
+fn sync_temp(tmp: &tempfile::NamedTempFile) -> Result<(), PersistError> {
     tmp.as_file()
         .sync_all()
-        .map_err(|e| PersistError::io("fsync", tmp.path(), e))?;
+        .map_err(|e| PersistError::io("fsync", tmp.path(), e))
+}
+
+/// Renames a temp file of [`write_temp`]'s onto `path`.
+fn rename_temp(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), PersistError> {
     tmp.persist(path)
-        .map_err(|e| PersistError::io("rename onto", path, e.error))?;
-    Ok(dir)
+        .map(|_| ())
+        .map_err(|e| PersistError::io("rename onto", path, e.error))
 }
 
 /// Writes `bytes` to a new temp file beside `path` (not fsynced), and names `path`'s directory.
