@@ -220,7 +220,10 @@ pub fn write_json_atomic_all<T: Serialize>(files: &[(PathBuf, &T)]) -> Result<()
 }
 
 /// `value` as pretty JSON, for the file at `path`.
-fn json_bytes<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<Vec<u8>, PersistError> {
+///
+/// # Errors
+/// [`PersistError::Serialize`].
+pub fn json_bytes<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<Vec<u8>, PersistError> {
     serde_json::to_vec_pretty(value).map_err(|source| PersistError::Serialize {
         path: path.to_path_buf(),
         source,

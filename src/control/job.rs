@@ -157,21 +157,17 @@ impl Inner {
             e.alloc = e.alloc.take().or_else(|| entry.alloc.clone());
             e.exec = e.exec.or(exec);
         }
-        // A successful result is stored before the outcome is written: an identical job sent
-        // after the outcome is seen reuses it. (Written side by side, the outbox's publisher,
-        // woken by the outcome, could publish it before the result was stored.)
-        if let Some((key, stored)) = stored {
-            let inner = self.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = inner.results.put(&key, &stored) {
-                    tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
-                }
-            })
-            .await;
-        }
-        // Outcome first, then the journal beside the broker: the outcome is durable before
-        // either.
-        let recorded = self.record_outcome(&req, &events).await;
+        // A successful result is stored with the outcome, in place before it: an identical job
+        // sent after the outcome is seen reuses it (the outbox's publisher, woken by the
+        // outcome, never publishes it before the result is stored).
+        let result_file = stored.and_then(|(key, stored)| match self.results.file(&key, &stored) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "Storing the job result failed (identical jobs will run again).");
+                None
+            }
+        });
+        let recorded = self.record_outcome(&req, &events, result_file).await;
         if let Err(e) = recorded {
             // The outcome is not durable, so the command must not be settled: hand every
             // delivery back and release the slot. The journal entry stays unfinished, so a
@@ -218,18 +214,38 @@ impl Inner {
         drop(slot);
     }
 
-    /// Writes a job's outcome events to the outbox, retrying for up to [`OUTCOME_PATIENCE`].
+    /// Writes a job's outcome events to the outbox, with its stored result first when it has
+    /// one, retrying for up to [`OUTCOME_PATIENCE`]. The writes run on a blocking thread.
     pub(super) async fn record_outcome(
-        &self,
+        self: &Arc<Self>,
         req: &Request,
         events: &[Event],
+        mut result_file: Option<(std::path::PathBuf, Vec<u8>)>,
     ) -> Result<(), JournalError> {
         let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
         loop {
-            let e = match self.emit_durable(events) {
-                Ok(()) => return Ok(()),
+            let (inner, evs, first) = (self.clone(), events.to_vec(), result_file.clone());
+            let written = tokio::task::spawn_blocking(move || inner.outbox.add_after(first, &evs))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(JournalError::Io {
+                        op: "write outcome",
+                        path: "outbox".into(),
+                        source: std::io::Error::other(e),
+                    })
+                });
+            let e = match written {
+                Ok(()) => {
+                    self.outbox_wake.notify_one();
+                    return Ok(());
+                }
                 Err(e) => e,
             };
+            if result_file.take().is_some() {
+                // The result is only a cache for identical jobs: the outcome goes on without it.
+                tracing::warn!(error = %crate::error::chain(&e), "Storing the job result with its outcome failed; retrying without it (identical jobs will run again).");
+                continue;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(e);
             }

@@ -311,14 +311,29 @@ impl Outbox {
     /// # Errors
     /// Serializing or writing.
     pub fn add(&self, events: &[Event]) -> Result<(), JournalError> {
-        let files: Vec<(PathBuf, &Event)> = events
-            .iter()
-            .map(|e| {
-                let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-                (self.dir.join(format!("{seq:020}-{}.json", e.id)), e)
-            })
-            .collect();
-        persist::write_json_atomic_all(&files).map_err(persist_err("outbox event", &self.dir))
+        self.add_after(None, events)
+    }
+
+    /// [`Outbox::add`], with `first` (a file of another store, as [`Results::file`] gives)
+    /// written in the same batch: its fsync overlaps the events', and it is in place before
+    /// any of them is, so the outbox's publisher never sees an event without it.
+    ///
+    /// # Errors
+    /// Serializing or writing; then none of the files was replaced.
+    pub fn add_after(
+        &self,
+        first: Option<(PathBuf, Vec<u8>)>,
+        events: &[Event],
+    ) -> Result<(), JournalError> {
+        let mut files: Vec<(PathBuf, Vec<u8>)> = first.into_iter().collect();
+        for e in events {
+            let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+            let path = self.dir.join(format!("{seq:020}-{}.json", e.id));
+            let bytes =
+                persist::json_bytes(&path, e).map_err(persist_err("outbox event", &path))?;
+            files.push((path, bytes));
+        }
+        persist::write_atomic_all(&files).map_err(persist_err("outbox event", &self.dir))
     }
 
     /// Whether any of the events `ids` is still pending (names only: no file is read).
@@ -407,8 +422,19 @@ impl Results {
     /// # Errors
     /// Writing.
     pub fn put(&self, key: &Digest, r: &StoredResult) -> Result<(), JournalError> {
+        let (p, bytes) = self.file(key, r)?;
+        persist::write_atomic(&p, &bytes).map_err(persist_err("stored result", &p))
+    }
+
+    /// The file [`Results::put`] writes for `r`, to be written with others
+    /// ([`Outbox::add_after`]).
+    ///
+    /// # Errors
+    /// Serializing.
+    pub fn file(&self, key: &Digest, r: &StoredResult) -> Result<(PathBuf, Vec<u8>), JournalError> {
         let p = self.path(key);
-        persist::write_json_atomic(&p, r).map_err(persist_err("stored result", &p))
+        let bytes = persist::json_bytes(&p, r).map_err(persist_err("stored result", &p))?;
+        Ok((p, bytes))
     }
 
     /// Removes results stored before `before` (an identical job after that runs again).
