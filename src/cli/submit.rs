@@ -92,7 +92,8 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
     let outcome = rt.block_on(async {
         let client = crate::queue::client(&opts.queue, &opts.tls.settings()?).await?;
         // The watch is made before the command is sent, so no event is missed; the
-        // connection the command is sent on is opened meanwhile.
+        // connection the command is sent on is opened meanwhile (on AMQP it is the watch's
+        // own: the watch, polled first, makes it, and `prepare` then finds it ready).
         let (watch, reply_to) = match opts.wait {
             true => {
                 let watch = async {
@@ -139,7 +140,10 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
         })??;
         bar.finish_and_clear();
         print_json(&outcome)?;
-        tokio::join!(watch.close(), client.close());
+        // In turn: on AMQP the watch's queue is deleted on the client's connection, and the
+        // close waits for the broker to have done it.
+        watch.close().await;
+        client.close().await;
         match outcome.body {
             EventBody::ExecCompleted { result, .. } => match result.err {
                 Some(error) => Err(CliError::Failed {

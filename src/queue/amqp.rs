@@ -276,7 +276,7 @@ async fn declare(
     delivery_limit: u32,
     limit: Duration,
 ) -> Result<(), QueueError> {
-    deadline("declare", limit, declare_all(ch, t, delivery_limit)).await
+    deadline("declare", limit, declare_all(ch, t, delivery_limit, false)).await
 }
 
 /// The events exchange alone: all an event watch binds to. Sent without waiting for the
@@ -300,8 +300,14 @@ async fn declare_events(ch: &Channel, t: &Topology) -> Result<(), QueueError> {
 /// last one's answer is awaited. A channel handles its methods in order, so that answer means
 /// all of them took effect; a refused one (PRECONDITION_FAILED, naming its queue) closes the
 /// channel, and the awaited answer is that error. One round trip instead of five, on the path
-/// of every `submit`.
-async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<(), QueueError> {
+/// of every `submit`. With `then_more`, the last one is sent `nowait` too: the caller sends
+/// more on the channel and awaits an answer behind them all.
+async fn declare_all(
+    ch: &Channel,
+    t: &Topology,
+    delivery_limit: u32,
+    then_more: bool,
+) -> Result<(), QueueError> {
     let ex = ExchangeDeclareOptions {
         durable: true,
         nowait: true,
@@ -334,7 +340,10 @@ async fn declare_all(ch: &Channel, t: &Topology, delivery_limit: u32) -> Result<
     .map_err(amqp_err("bind dead-letter queue"))?;
     ch.queue_declare(
         t.commands.as_str().into(),
-        durable(),
+        QueueDeclareOptions {
+            nowait: then_more,
+            ..durable()
+        },
         quorum_args(t, delivery_limit, true),
     )
     .await
@@ -410,6 +419,47 @@ impl Publisher {
             *slot = Some((conn, ch));
         }
         Ok(())
+    }
+
+    /// Connects as [`Publisher::ready`] does, and starts the watch `w` on the same channel: its
+    /// queue declared, bound and consumed behind the topology, pipelined, so that one round
+    /// trip answers for all of it (after confirm select's, which overlaps it). A command
+    /// published on the channel afterwards is routed only once the watch's queue is bound: a
+    /// channel handles its methods in order. Returns the shared channel and the consumer.
+    async fn ensure_watching(
+        &self,
+        w: &AmqpWatch,
+    ) -> Result<(Channel, lapin::Consumer), QueueError> {
+        let mut slot = self.ch.lock().await;
+        if let Some((conn, ch)) = slot.as_ref()
+            && up(conn, ch)
+        {
+            let consumer = w.start_on(ch).await?;
+            return Ok((ch.clone(), consumer));
+        }
+        *slot = None;
+        let (conn, ch) = open_channel(&self.broker, self.limit).await?;
+        // Polled in order: confirm select's frame is sent first, then the declarations.
+        let (confirmed, consumer) = tokio::join!(
+            call(
+                "confirm select",
+                self.limit,
+                ch.confirm_select(ConfirmSelectOptions::default()),
+            ),
+            async {
+                deadline(
+                    "declare",
+                    self.limit,
+                    declare_all(&ch, &self.topo, self.delivery_limit, true),
+                )
+                .await?;
+                w.start_on(&ch).await
+            },
+        );
+        confirmed?;
+        let consumer = consumer?;
+        *slot = Some((conn, ch.clone()));
+        Ok((ch, consumer))
     }
 
     async fn publish(
@@ -901,8 +951,10 @@ impl AmqpClient {
             keys: keys.to_vec(),
             conn: None,
         };
-        // The first connection is made here, so events from now on are kept for the watcher.
-        w.connect().await?;
+        // The queue is made here, so events from now on are kept for the watcher; on the
+        // publisher's connection, so a command sent next needs no connection of its own.
+        let (ch, consumer) = self.publisher.ensure_watching(&w).await?;
+        w.conn = Some((None, ch, consumer));
         Ok(w)
     }
 
@@ -1068,15 +1120,27 @@ struct AmqpWatch {
     queue: String,
     /// The routing keys the queue is bound to `NS.events` with.
     keys: Vec<&'static str>,
-    conn: Option<(Connection, Channel, lapin::Consumer)>,
+    /// The channel read, with its connection when the watch has one of its own (a reconnected
+    /// watch); else it shares its client's publishing connection.
+    conn: Option<(Option<Connection>, Channel, lapin::Consumer)>,
 }
 
 impl AmqpWatch {
+    /// Reconnects on a connection of the watch's own.
     async fn connect(&mut self) -> Result<(), QueueError> {
         let limit = self.limit;
         let (conn, ch) = open_channel(&self.broker, limit).await?;
         // Only what the watch binds to; the command queues are declared where commands are sent.
         deadline("declare", limit, declare_events(&ch, &self.topo)).await?;
+        let consumer = self.start_on(&ch).await?;
+        self.conn = Some((Some(conn), ch, consumer));
+        Ok(())
+    }
+
+    /// Declares the watch's queue on `ch` (where `NS.events` is declared already, or before it
+    /// in the same pipeline), binds it and consumes it.
+    async fn start_on(&self, ch: &Channel) -> Result<lapin::Consumer, QueueError> {
+        let limit = self.limit;
         let mut args = FieldTable::default();
         args.insert(
             "x-expires".into(),
@@ -1104,9 +1168,7 @@ impl AmqpWatch {
             )
             .await?;
         }
-        let consumer = consume_from(&ch, &self.queue, "reflow-agent.watch", limit).await?;
-        self.conn = Some((conn, ch, consumer));
-        Ok(())
+        consume_from(ch, &self.queue, "reflow-agent.watch", limit).await
     }
 }
 
@@ -1143,7 +1205,8 @@ impl super::EventWatch for AmqpWatch {
                         }
                     }
                 }
-                None if up(conn, ch) => {}
+                None if ch.status().connected()
+                    && conn.as_ref().is_none_or(|c| c.status().connected()) => {}
                 other => {
                     let why = match other {
                         Some(Some(Err(e))) => e.to_string(),
@@ -1160,13 +1223,24 @@ impl super::EventWatch for AmqpWatch {
         let Some((conn, ch, _consumer)) = self.conn else {
             return;
         };
+        // Not waited for: the broker handles a channel's methods in order, and answers a
+        // connection's close once its channels have handled theirs, so the delete is done by
+        // then; the client's close does that for a shared connection.
         let _ = call(
             "delete watch queue",
             self.limit,
-            ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()),
+            ch.queue_delete(
+                self.queue.as_str().into(),
+                QueueDeleteOptions {
+                    nowait: true,
+                    ..QueueDeleteOptions::default()
+                },
+            ),
         )
         .await;
-        let _ = tokio::time::timeout(self.limit, conn.close(200, "watch done".into())).await;
+        if let Some(conn) = conn {
+            let _ = tokio::time::timeout(self.limit, conn.close(200, "watch done".into())).await;
+        }
     }
 }
 

@@ -207,8 +207,9 @@ pub trait Client: Send + Sync + fmt::Debug {
     ) -> Result<Option<(Box<dyn EventWatch>, String)>, QueueError> {
         Ok(None)
     }
-    /// Closes the connection commands are sent on, if any, so the broker sees a producer
-    /// leave rather than a link drop. Best effort.
+    /// Closes the connection commands are sent on, if any (on AMQP the one the client's
+    /// watches share too, answered once what they sent on it is done), so the broker sees a
+    /// producer leave rather than a link drop. Best effort.
     async fn close(&self) {}
     /// Up to `max` dead-lettered commands, oldest first, left in place.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
