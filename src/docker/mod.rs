@@ -253,6 +253,12 @@ impl ContainerInfo {
         self.status == "removing"
     }
 
+    /// Whether the container ran and exited: the engine has recorded its exit (code, time, OOM
+    /// kill), so a later inspect would find the same.
+    pub fn has_exited(&self) -> bool {
+        !self.running && self.status == "exited" && self.finished_at.is_some()
+    }
+
     /// Whether the container has ever started (it runs, or it ran and exited).
     pub fn has_started(&self) -> bool {
         self.running || self.started_at.is_some() || self.status == "exited"

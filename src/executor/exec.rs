@@ -581,24 +581,31 @@ impl Exec {
     }
 
     /// The container's PID, inspected when the manifest has none yet (0 when it has exited or
-    /// cannot be inspected), recorded in the manifest and sent to the sampler.
-    async fn find_pid(&self, inner: &Inner, to: tokio::sync::oneshot::Sender<i64>) {
+    /// cannot be inspected), recorded in the manifest and sent to the sampler. Returns what
+    /// the inspect found, when it inspected.
+    async fn find_pid(
+        &self,
+        inner: &Inner,
+        to: tokio::sync::oneshot::Sender<i64>,
+    ) -> Option<ContainerInfo> {
         let known = lock(&self.manifest).pid;
         if known > 0 {
             let _ = to.send(known);
-            return;
+            return None;
         }
         match inner.runtime.inspect(&self.container).await {
             Ok(Some(info)) => {
                 {
                     let mut m = lock(&self.manifest);
                     m.pid = info.pid;
-                    m.docker = info.raw;
+                    m.docker = info.raw.clone();
                 }
                 let _ = to.send(info.pid);
+                Some(info)
             }
             Ok(None) | Err(_) => {
-                tracing::warn!(exec = %self.id, "Inspecting a started container failed; PID unknown.")
+                tracing::warn!(exec = %self.id, "Inspecting a started container failed; PID unknown.");
+                None
             }
         }
     }
@@ -617,7 +624,7 @@ impl Exec {
             inner.cfg.oom_poll_interval,
             inner.clock.clone(),
         );
-        let (waited, ()) = tokio::join!(
+        let (waited, seen) = tokio::join!(
             inner.runtime.wait(&self.container),
             self.find_pid(inner, pid_tx)
         );
@@ -626,11 +633,17 @@ impl Exec {
         // Stop at once: the final cgroup reading races the engine removing the cgroup.
         let sampled = sampler.stop().await;
         let code = waited.map_err(|e| self.classified("wait", &e))?;
-        // The logs and the exit's details, asked of the engine at once.
-        let (logs_synced, info) = tokio::join!(
-            self.save_logs(inner),
-            inner.runtime.inspect(&self.container)
-        );
+        // The logs and the exit's details, asked of the engine at once. An inspect for the PID
+        // that the engine answered once the container had exited (a short exec's) has the
+        // exit's details already: the engine records the exit code, the time and the OOM kill
+        // in one step.
+        let exit_details = async {
+            match seen {
+                Some(info) if info.has_exited() => Ok(Some(info)),
+                _ => inner.runtime.inspect(&self.container).await,
+            }
+        };
+        let (logs_synced, info) = tokio::join!(self.save_logs(inner), exit_details);
         tracing::debug!(exec = %self.id, "Container's logs and exit read.");
         let info = info.map_err(|e| self.classified("inspect", &e))?;
         let Some(info) = info else {
