@@ -145,11 +145,11 @@ fn awaited(kind: &str) -> bool {
 /// up to [`crate::queue::EventSink::max_batch`] events per request, and events of kinds the
 /// operator does not publish (`queue.publish`) removed unsent.
 ///
-/// Where each batch is a request of its own ([`crate::queue::EventSink::lingers`]), events
-/// nobody waits for (an exec's `running` state, `alloc.freed`, heartbeats) wait up to
-/// [`LINGER`] for company: on SQS they ride in the request of the next outcome instead of
-/// taking a request each. Anything a producer or a settle waits for goes at once, with
-/// everything before it. On AMQP every batch goes at once, pipelined.
+/// Where the sink batches ([`crate::queue::EventSink::lingers`]), events nobody waits for (an
+/// exec's `running` state, `alloc.freed`, heartbeats) wait up to [`LINGER`] for company: on
+/// SQS they ride in the request of the next outcome instead of taking a request each, on AMQP
+/// in its pipelined batch. Anything a producer or a settle waits for goes at once, with
+/// everything before it.
 pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10));

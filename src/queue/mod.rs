@@ -475,9 +475,9 @@ pub trait EventSink: Send + Sync + fmt::Debug {
         1
     }
 
-    /// Whether each batch is a request of its own (SQS), so that events nobody waits for are
-    /// worth holding a moment for company. False where a batch is pipelined on an open
-    /// connection (AMQP): there, holding an event only delays it.
+    /// Whether events nobody waits for are worth holding a moment for company: where each
+    /// batch is a request of its own (SQS), or where each event sent alone costs the broker
+    /// and the watchers work that a batch shares (AMQP). False for a spool.
     fn lingers(&self) -> bool {
         false
     }
