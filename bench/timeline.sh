@@ -17,7 +17,7 @@ source bench/lib.sh
 
 WORK=$(mktemp -d)
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 # timeline NAME URL: runs JOBS jobs through an agent on URL; writes NAME.tsv (step, median ms).
 timeline() {
