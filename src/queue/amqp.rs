@@ -401,42 +401,47 @@ impl Publisher {
 
     /// Connects (with publisher confirms and the topology declared) unless connected.
     async fn ready(&self) -> Result<(), QueueError> {
-        self.ensure(&mut *self.ch.lock().await).await
+        self.ensure(&mut *self.ch.lock().await, None)
+            .await
+            .map(drop)
     }
 
-    async fn ensure(&self, slot: &mut Option<(Connection, Channel)>) -> Result<(), QueueError> {
-        if slot.as_ref().is_none_or(|(c, ch)| !up(c, ch)) {
-            // Dropped first: a dead connection is not kept while a new one is made.
-            *slot = None;
-            let (conn, ch) = open_channel(&self.broker, self.limit).await?;
-            call(
-                "confirm select",
-                self.limit,
-                ch.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await?;
-            declare(&ch, &self.topo, self.delivery_limit, self.limit).await?;
-            *slot = Some((conn, ch));
-        }
-        Ok(())
-    }
-
-    /// Connects as [`Publisher::ready`] does, and starts the watch `w` on the same channel: its
-    /// queue declared, bound and consumed behind the topology, pipelined, so that one round
-    /// trip answers for all of it (after confirm select's, which overlaps it). A command
-    /// published on the channel afterwards is routed only once the watch's queue is bound: a
-    /// channel handles its methods in order. Returns the shared channel and the consumer.
+    /// Connects as [`Publisher::ready`] does, and starts the watch `w` on the same channel.
+    /// Returns the shared channel and the watch's consumer.
     async fn ensure_watching(
         &self,
         w: &AmqpWatch,
     ) -> Result<(Channel, lapin::Consumer), QueueError> {
         let mut slot = self.ch.lock().await;
+        let consumer = self.ensure(&mut slot, Some(w)).await?;
+        match (slot.as_ref(), consumer) {
+            (Some((_, ch)), Some(consumer)) => Ok((ch.clone(), consumer)),
+            _ => unreachable!("connected and watching above"),
+        }
+    }
+
+    /// Connects unless connected: confirm select, then the topology, pipelined behind it, and
+    /// with `watch` that watch's queue declared, bound and consumed behind them, so that one
+    /// round trip answers for all of it. A command published on the channel afterwards is
+    /// routed only once the watch's queue is bound: a channel handles its methods in order.
+    /// Returns the watch's consumer.
+    async fn ensure(
+        &self,
+        slot: &mut Option<(Connection, Channel)>,
+        watch: Option<&AmqpWatch>,
+    ) -> Result<Option<lapin::Consumer>, QueueError> {
+        let start = |ch: Channel| async move {
+            match watch {
+                Some(w) => w.start_on(&ch).await.map(Some),
+                None => Ok(None),
+            }
+        };
         if let Some((conn, ch)) = slot.as_ref()
             && up(conn, ch)
         {
-            let consumer = w.start_on(ch).await?;
-            return Ok((ch.clone(), consumer));
+            return start(ch.clone()).await;
         }
+        // Dropped first: a dead connection is not kept while a new one is made.
         *slot = None;
         let (conn, ch) = open_channel(&self.broker, self.limit).await?;
         // Polled in order: confirm select's frame is sent first, then the declarations.
@@ -447,19 +452,16 @@ impl Publisher {
                 ch.confirm_select(ConfirmSelectOptions::default()),
             ),
             async {
-                deadline(
-                    "declare",
-                    self.limit,
-                    declare_all(&ch, &self.topo, self.delivery_limit, true),
-                )
-                .await?;
-                w.start_on(&ch).await
+                let more = watch.is_some();
+                let topology = declare_all(&ch, &self.topo, self.delivery_limit, more);
+                deadline("declare", self.limit, topology).await?;
+                start(ch.clone()).await
             },
         );
         confirmed?;
         let consumer = consumer?;
-        *slot = Some((conn, ch.clone()));
-        Ok((ch, consumer))
+        *slot = Some((conn, ch));
+        Ok(consumer)
     }
 
     async fn publish(
@@ -487,7 +489,7 @@ impl Publisher {
     /// failure (the connection is then dropped and made again on the next call).
     async fn publish_all(&self, msgs: Vec<Outgoing<'_>>) -> (usize, Option<QueueError>) {
         let mut guard = self.ch.lock().await;
-        if let Err(e) = self.ensure(&mut guard).await {
+        if let Err(e) = self.ensure(&mut guard, None).await {
             return (0, Some(e));
         }
         let Some((conn, ch)) = guard.as_ref() else {
