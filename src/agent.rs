@@ -575,6 +575,7 @@ fn control_config(cfg: &Resolved, hmac_key: Option<Vec<u8>>) -> ControlConfig {
         },
         retention: cfg.retention,
         publish: c.queue.publish.clone(),
+        linger: crate::control::DEFAULT_LINGER,
     }
 }
 

@@ -97,6 +97,7 @@ async fn a_hanging_jobs_message_reappears_and_a_healthy_ones_never_does() {
             security: Policy::default(),
             retention: None,
             publish: None,
+            linger: reflow_agent::control::DEFAULT_LINGER,
         },
         ControlPorts {
             pool,

@@ -130,9 +130,6 @@ impl Inner {
     }
 }
 
-/// The longest an event nobody waits for is held for company where the sink takes batches.
-pub(super) const LINGER: Duration = Duration::from_millis(250);
-
 /// Event kinds a producer waits for: its outcome, its reply, its rejection, corrupt data.
 fn awaited(kind: &str) -> bool {
     matches!(
@@ -146,7 +143,7 @@ fn awaited(kind: &str) -> bool {
 /// operator does not publish (`queue.publish`) removed unsent.
 ///
 /// Where the sink batches ([`crate::queue::EventSink::lingers`]), events nobody waits for (an
-/// exec's `running` state, `alloc.freed`, heartbeats) wait up to [`LINGER`] for company: on
+/// exec's `running` state, `alloc.freed`, heartbeats) wait up to [`ControlConfig::linger`] for company: on
 /// SQS they ride in the request of the next outcome instead of taking a request each, on AMQP
 /// in its pipelined batch. Anything a producer or a settle waits for goes at once, with
 /// everything before it.
@@ -172,11 +169,11 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                         || sendable.iter().any(|e| awaited(e.body.kind()));
                     if !sendable.is_empty() && !urgent {
                         let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
-                        if since.elapsed() < LINGER {
+                        if since.elapsed() < inner.cfg.linger {
                             tokio::select! {
                                 () = stop.cancelled() => return,
                                 () = inner.outbox_wake.notified() => {}
-                                () = tokio::time::sleep_until(since + LINGER) => {}
+                                () = tokio::time::sleep_until(since + inner.cfg.linger) => {}
                             }
                             continue;
                         }

@@ -108,7 +108,13 @@ pub struct ControlConfig {
     /// The event kinds sent to the events topic (`queue.publish`); `None`: all. Events of
     /// other kinds leave the outbox unsent.
     pub publish: Option<Vec<String>>,
+    /// How long events nobody waits for are held for company where the sink batches them
+    /// ([`crate::queue::EventSink::lingers`]); the agent uses [`DEFAULT_LINGER`].
+    pub linger: Duration,
 }
+
+/// The agent's [`ControlConfig::linger`].
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(250);
 
 impl ControlConfig {
     /// Whether events of `kind` are sent.
