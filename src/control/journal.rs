@@ -417,17 +417,8 @@ impl Results {
         persist::read_json(&self.path(key), MAX_ENTRY_BYTES).ok()
     }
 
-    /// Stores `r` under `key`.
-    ///
-    /// # Errors
-    /// Writing.
-    pub fn put(&self, key: &Digest, r: &StoredResult) -> Result<(), JournalError> {
-        let (p, bytes) = self.file(key, r)?;
-        persist::write_atomic(&p, &bytes).map_err(persist_err("stored result", &p))
-    }
-
-    /// The file [`Results::put`] writes for `r`, to be written with others
-    /// ([`Outbox::add_after`]).
+    /// The file that stores `r` under `key`, for [`Outbox::add_after`] to write with the
+    /// job's outcome.
     ///
     /// # Errors
     /// Serializing.
