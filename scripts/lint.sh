@@ -2,12 +2,9 @@
 # The static checks, warnings as errors: clippy on every target with every feature, rustdoc, and
 # clippy without the optional backends on the library and binary (what scripts/demo.sh builds).
 #
-# They build into a target directory of their own (LINT_TARGET_DIR, default target/lint): a
-# check build shares nothing with the test build, and with its own directory it never waits on
-# the test build's lock, so scripts/test.sh runs it beside the tests.
-#
-# LINT_CLIPPY_ALL_FEATURES=0 skips clippy with every feature: scripts/test.sh runs that one inside
-# its test build instead (clippy-driver as the workspace's rustc wrapper).
+# They build into a target directory of their own (LINT_TARGET_DIR, default target/lint), which
+# never waits on the test build's lock. scripts/test.sh (CI) does not call it: its test and fuzz
+# builds run the same checks on compiles they make anyway (scripts/ci-rustc.sh).
 #
 # The order saves CPU: rustdoc needs every dependency checked with every feature, and clippy
 # without the backends then re-checks only the crates whose features differ without them
@@ -17,9 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${LINT_TARGET_DIR:-target/lint}
-if [ "${LINT_CLIPPY_ALL_FEATURES:-1}" != 0 ]; then
-  cargo clippy --all-targets --all-features -- -D warnings
-fi
+cargo clippy --all-targets --all-features -- -D warnings
 # The binary shares the library's name, so cargo documents the library alone, as it would by
 # default.
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features --lib --quiet

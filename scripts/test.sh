@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs and starts every service the tests need (scripts/dev-services.sh), builds the offline
 # test image, then runs all checks and tests: fmt, clippy (with every feature inside the test
-# build, without the backends in scripts/lint.sh), rustdoc (scripts/lint.sh), unit + component
-# tests, the integration tests against the real services (feature `integration`),
+# build, without the backends inside the fuzz build), rustdoc (inside the test build), unit +
+# component tests, the integration tests against the real services (feature `integration`),
 # `systemd-analyze verify` of the unit, `cargo deny` (deny.toml), the Python client's tests
 # (through tests/python_client_it.rs), and a short run of every fuzz target
-# (REFLOW_FUZZ_SECONDS per target, default 10; 0 skips it). Work that does not depend on other
-# steps runs beside them: the services start while the tests build, clippy and rustdoc run
-# while the tests do, the fuzz build and cargo-deny's install from the start.
+# (REFLOW_FUZZ_SECONDS per target, default 10; 0 only builds them). Work that does not depend on
+# other steps runs beside them: the services start while the tests build, the fuzz build and
+# cargo-deny's install from the start. (scripts/lint.sh runs the same static checks in a build
+# of their own, for use outside CI.)
 #
 # This is what .ci/run calls. It works on a fresh Debian machine as root with nothing running.
 set -euo pipefail
@@ -62,14 +63,29 @@ trap on_exit EXIT
 step "toolchain"
 bash scripts/toolchain.sh
 fuzz_secs=${REFLOW_FUZZ_SECONDS:-10}
-if [ "$fuzz_secs" -gt 0 ]; then
-  # The fuzz build (its own rustc flags and target directory) shares nothing with the other
-  # compiles; each target then runs for its seconds, still in the background, mostly while the
-  # tests wait on containers and brokers. (It needs neither cargo-fuzz nor nightly.)
-  fuzz_log=$(mktemp)
-  background "$fuzz_log" ionice -c 3 bash scripts/fuzz.sh "$fuzz_secs"
-  fuzz_pid=$bg_pid
+sysroot=$(rustc --print sysroot)
+# The static checks ride on the builds (scripts/ci-rustc.sh, the wrapper of both): they compile
+# the crate anyway, where scripts/lint.sh checks every dependency again in a build of its own
+# (about 250 s of CPU on 2 cores). clippy-driver compiles the crate as `cargo clippy` does;
+# `CLIPPY_ARGS` is how cargo-clippy hands it its arguments (warnings as errors).
+export CLIPPY_DRIVER="$sysroot/bin/clippy-driver" RUSTDOC="$sysroot/bin/rustdoc"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# The fuzz build (its own rustc flags and target directory) shares nothing with the other
+# compiles; each target then runs for its seconds, still in the background, mostly while the
+# tests wait on containers and brokers. (It needs neither cargo-fuzz nor nightly.) It is also
+# clippy without the optional backends: the fuzz targets' dependency on the library has none,
+# and the wrapper lints that library (and only it) there. The binary without the backends is
+# not compiled in CI: src/main.rs holds no `cfg`, and its code is linted with every feature.
+if grep -q 'cfg(' src/main.rs; then
+  echo "src/main.rs has a cfg: CI lints the binary only with every feature (see scripts/test.sh)" >&2
+  exit 1
 fi
+fuzz_log=$(mktemp)
+fuzz_arg=$fuzz_secs
+[ "$fuzz_secs" -gt 0 ] || fuzz_arg=build
+background "$fuzz_log" ionice -c 3 env RUSTC_WRAPPER="$PWD/scripts/ci-rustc.sh" \
+  REFLOW_LINT_CRATES=reflow_agent bash scripts/fuzz.sh "$fuzz_arg"
+fuzz_pid=$bg_pid
 # cargo-deny, once per machine (scripts/cargo-deny.sh).
 deny_log=$(mktemp)
 background "$deny_log" ionice -c 3 bash scripts/cargo-deny.sh --install-only
@@ -81,28 +97,18 @@ services_pid=$bg_pid
 
 step "fmt"
 cargo fmt --check
-# clippy with every feature runs inside the test build: clippy-driver, the rustc that
-# `cargo clippy` itself puts in as the wrapper of the workspace's crates, compiles every target
-# of the crate (library, unit tests, test suite, binary, examples) with clippy's lints, warnings
-# as errors. The dependencies are then built once, where a separate `cargo clippy` would check
-# all of them again (about 170 s of CPU). `CLIPPY_ARGS` is how cargo-clippy hands clippy-driver
-# its arguments. The test run keeps the same environment, so it reuses this build.
-export RUSTC_WORKSPACE_WRAPPER
-RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
-export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
-step "test build with clippy (unit, component, integration)"
+# clippy with every feature and rustdoc run inside the test build: the wrapper compiles every
+# target of the crate (library, unit tests, test suite, binary, examples) with clippy's lints,
+# warnings as errors, and documents the library beside its compile. The dependencies are then
+# built once, where a separate `cargo clippy` and `cargo doc` would check all of them again. The
+# test run keeps the same environment, so it reuses this build.
+export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/ci-rustc.sh" REFLOW_RUSTDOC=1
+step "test build with clippy and rustdoc (unit, component, integration)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-features --no-run
 else
   cargo test --all-features --no-run
 fi
-# clippy without the optional backends and rustdoc (scripts/lint.sh, a target directory of
-# their own) while the tests run: the tests spend most of their time waiting on containers and
-# brokers. (Not under the clippy-driver wrapper: cargo clippy sets its own.)
-lint_log=$(mktemp)
-background "$lint_log" ionice -c 3 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
-  LINT_CLIPPY_ALL_FEATURES=0 bash scripts/lint.sh
-lint_pid=$bg_pid
 
 step "services and test image (started with the test build)"
 wait_background "$services_pid" "$services_log" "starting the services"
@@ -144,14 +150,10 @@ remove_test_containers
 step "systemd unit and deploy files"
 bash scripts/check-systemd.sh
 bash scripts/check-deploy.sh
-step "clippy without the backends, and rustdoc (scripts/lint.sh, started with the tests)"
-wait_background "$lint_pid" "$lint_log" "clippy or rustdoc"
 step "capacity model (docs/capacity.md from bench/RESULTS.md)"
 python3 bench/capacity.py --check
 step "dependency policy (cargo deny, deny.toml)"
 wait_background "$deny_install_pid" "$deny_log" "installing cargo-deny"
 bash scripts/cargo-deny.sh
-if [ "$fuzz_secs" -gt 0 ]; then
-  step "fuzz (started at the beginning: the build, then ${fuzz_secs}s per target)"
-  wait_background "$fuzz_pid" "$fuzz_log" "the fuzz targets"
-fi
+step "fuzz build with clippy without the backends (started at the beginning), then ${fuzz_secs}s per target"
+wait_background "$fuzz_pid" "$fuzz_log" "the fuzz build or targets"
