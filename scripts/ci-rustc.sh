@@ -5,9 +5,9 @@
 #
 # - clippy: the crate is compiled by clippy-driver, as `cargo clippy` does (warnings as errors
 #   through CLIPPY_ARGS). As the test build's RUSTC_WORKSPACE_WRAPPER that is every target
-#   with every feature; as the fuzz build's RUSTC_WRAPPER (REFLOW_LINT_CRATES=reflow_agent,
-#   scripts/fuzz.sh) the library without the optional backends, while every other crate goes to
-#   rustc unchanged.
+#   with every feature; as the RUSTC_WRAPPER of scripts/fuzz.sh's build, with
+#   REFLOW_LINT_CRATES=reflow_agent (both set by scripts/test.sh), the library without the
+#   optional backends, while every other crate goes to rustc unchanged.
 # - rustdoc (REFLOW_RUSTDOC=1): beside the library's compile, rustdoc documents it with the same
 #   features, cfgs, lint flags and dependencies' metadata, warnings as errors, into
 #   target/doc: what `RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --lib` checks. Its messages
