@@ -735,6 +735,36 @@ fn valid_reply_to(r: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
 }
 
+/// The infix of an event watch's queue on AMQP, `NS.watch.<id>` (also `reflow-agent submit
+/// --wait`'s reply queue), `<id>` being [`CLIENT_QUEUE_ID_LEN`] lowercase hex digits.
+pub const WATCH_QUEUE_INFIX: &str = ".watch.";
+
+/// The infix of the Python client's reply queue on AMQP, `NS.reply.<id>`.
+pub const REPLY_QUEUE_INFIX: &str = ".reply.";
+
+/// The length of a client queue's random id (8 bytes in hex).
+pub const CLIENT_QUEUE_ID_LEN: usize = 16;
+
+/// Whether `reply_to` names a queue of a client's own ([`WATCH_QUEUE_INFIX`],
+/// [`REPLY_QUEUE_INFIX`]), which only the client that made it reads. The rejection of a command
+/// that failed its signature check goes there too: a copy of an event the result topic carries anyway, in a queue no agent
+/// consumes, so an unauthenticated command can neither learn anything from it nor make an
+/// agent feed its own queues. Any other `reply_to` of such a command is ignored.
+#[must_use]
+pub fn is_client_queue(reply_to: &str) -> bool {
+    [WATCH_QUEUE_INFIX, REPLY_QUEUE_INFIX].iter().any(|infix| {
+        reply_to
+            .len()
+            .checked_sub(CLIENT_QUEUE_ID_LEN)
+            .and_then(|at| reply_to.split_at_checked(at))
+            .is_some_and(|(head, id)| {
+                head.len() > infix.len()
+                    && head.ends_with(infix)
+                    && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+    })
+}
+
 /// The event label naming where, besides the result topic, the event goes: the `reply_to` of the
 /// command that caused it. On AMQP it is a queue the event is also published to; on SQS a queue
 /// (name or URL) the event goes to instead of the results queue.
@@ -751,6 +781,28 @@ pub fn event_id(cause: &str, kind: &str, occurrence: impl std::fmt::Display) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn client_queues_are_told_from_other_reply_to_names() {
+        let id = "0123456789abcdef";
+        for (name, want) in [
+            (format!("reflow.watch.{id}"), true),
+            (format!("reflow.reply.{id}"), true),
+            (format!("a.b.watch.{id}"), true),
+            (format!(".watch.{id}"), false),
+            (format!("reflow.watch.{id}0"), false),
+            ("reflow.watch.0123456789ABCDEF".to_string(), false),
+            ("reflow.watch.0123456789abcde".to_string(), false),
+            (format!("reflow.commands.{id}"), false),
+            ("reflow.commands".to_string(), false),
+            ("reflow.agent.pool-1".to_string(), false),
+            (format!("https://sqs.example/1/reflow.watch.{id}x"), false),
+            ("é".repeat(20), false),
+            (String::new(), false),
+        ] {
+            assert_eq!(is_client_queue(&name), want, "{name}");
+        }
+    }
+
     use super::*;
 
     const ALLOC: &str = "0123456789abcdef";

@@ -448,21 +448,29 @@ async fn amqp_round_trip_and_identical_jobs_reuse_the_result() {
 /// Whether the queue `name` exists on the test broker (a passive declaration, on a connection
 /// of its own: a refused one closes its channel).
 async fn amqp_queue_exists(name: &str) -> bool {
+    amqp_queue_depth(name, false).await.is_some()
+}
+
+/// How many messages queue `name` holds, `None` when it does not exist; with `make`, it is
+/// declared (durable) first.
+async fn amqp_queue_depth(name: &str, make: bool) -> Option<u32> {
     use lapin::options::QueueDeclareOptions;
     let conn = lapin::Connection::connect(&amqp(), lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
+    let opts = QueueDeclareOptions {
+        passive: !make,
+        durable: make,
         ..QueueDeclareOptions::default()
     };
-    let exists = ch
-        .queue_declare(name.into(), passive, Default::default())
+    let depth = ch
+        .queue_declare(name.into(), opts, Default::default())
         .await
-        .is_ok();
+        .ok()
+        .map(|q| q.message_count());
     let _ = conn.close(200, "checked".into()).await;
-    exists
+    depth
 }
 
 /// `command` signed with `key`, with its send time.
@@ -477,8 +485,9 @@ fn signed(key: &str, command: &[u8]) -> Vec<u8> {
 }
 
 /// A reply watch on AMQP gets the events of the command that names its queue in `reply_to`,
-/// and every `command.rejected` (an unauthenticated command is never replied to), but not the
-/// other events of the result topic; closed, its queue is gone from the broker.
+/// the rejection of an unsigned one that names it too (a client's own queue), but not the
+/// other events of the result topic; closed, its queue is gone from the broker. An unsigned
+/// command whose `reply_to` names any other queue gets nothing there.
 #[tokio::test]
 async fn amqp_reply_watch_gets_its_commands_events_and_rejections_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -497,6 +506,26 @@ async fn amqp_reply_watch_gets_its_commands_events_and_rejections_only() {
     let ns = url.rsplit_once("ns=").unwrap().1;
     assert!(reply_to.starts_with(&format!("{ns}.watch.")), "{reply_to}");
     assert!(amqp_queue_exists(&reply_to).await);
+    // An unsigned command that names a queue not a client's: rejected on the result topic,
+    // nothing sent to its queue.
+    let trap = format!("{ns}.trap");
+    assert_eq!(amqp_queue_depth(&trap, true).await, Some(0));
+    let hostile = uniq("hostile");
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&job(&hostile, "echo no > $out")).unwrap();
+    env["reply_to"] = trap.clone().into();
+    submit(
+        client.as_ref(),
+        &hostile,
+        &serde_json::to_vec(&env).unwrap(),
+    )
+    .await;
+    let rejected = tap
+        .until("the hostile command's rejection", |e| {
+            e.body.kind() == "command.rejected" && e.command.as_deref() == Some(hostile.as_str())
+        })
+        .await;
+    assert!(!rejected.labels.contains_key("reply_to"), "{rejected:?}");
     // Another producer's job, with no reply_to: on the result topic only.
     let other = uniq("other");
     submit(
@@ -515,7 +544,7 @@ async fn amqp_reply_watch_gets_its_commands_events_and_rejections_only() {
     };
     let ours = uniq("ours");
     submit(client.as_ref(), &ours, &signed(key, &replying(&ours))).await;
-    // An unsigned command: its rejection is not sent to its reply_to, yet the watch sees it.
+    // An unsigned command naming the watch's queue: its rejection is sent there.
     let unsigned = uniq("unsigned");
     submit(client.as_ref(), &unsigned, &replying(&unsigned)).await;
     let mut got = Vec::new();
@@ -544,11 +573,16 @@ async fn amqp_reply_watch_gets_its_commands_events_and_rejections_only() {
     );
     replies.close().await;
     assert!(!amqp_queue_exists(&reply_to).await, "closed: no queue left");
+    assert_eq!(
+        amqp_queue_depth(&trap, false).await,
+        Some(0),
+        "nothing sent to {trap}"
+    );
 }
 
 /// `reflow-agent submit --wait` on AMQP gives the command its own reply queue (the outcome
 /// names it; with a key the CLI signs the command after adding it) and leaves no queue behind
-/// on the broker. An unsigned command's rejection, never replied to, still reaches the CLI.
+/// on the broker. An unsigned command's rejection reaches the CLI through that queue too.
 #[tokio::test]
 async fn amqp_submit_wait_replies_through_its_own_queue_and_removes_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -585,11 +619,40 @@ async fn amqp_submit_wait_replies_through_its_own_queue_and_removes_it() {
     let (ok, e) = submit(&uniq("unsigned"), None);
     assert!(!ok);
     assert_eq!(e.body.kind(), "command.rejected");
-    assert!(!e.labels.contains_key("reply_to"), "{e:?}");
+    assert!(e.labels.contains_key("reply_to"), "{e:?}");
     assert!(
         serde_json::to_string(&e).unwrap().contains("not signed"),
         "{e:?}"
     );
+}
+
+/// A client declares nothing before sending a command; on a broker no agent or client has
+/// prepared, the command comes back (it is sent `mandatory`), and the client declares the
+/// topology, dead-letter queue included, and sends it again: it waits there for the first
+/// agent.
+#[tokio::test]
+async fn amqp_submit_on_a_bare_broker_declares_the_topology_and_keeps_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("bare").await;
+    let ns = url.rsplit_once("ns=").unwrap().1.to_string();
+    let commands = format!("{ns}.commands");
+    assert_eq!(amqp_queue_depth(&commands, false).await, None);
+    let client = queue::client(&url, &Default::default()).await.unwrap();
+    let first = uniq("first");
+    client
+        .submit(&first, &job(&first, "echo first > $out"))
+        .await
+        .unwrap();
+    client.close().await;
+    assert_eq!(amqp_queue_depth(&commands, false).await, Some(1));
+    assert_eq!(
+        amqp_queue_depth(&format!("{commands}.dlq"), false).await,
+        Some(0)
+    );
+    let mut tap = tap(&url).await;
+    let _agent = Agent::start(dir.path(), &uniq("amqp-bare"), &url, "", &[]);
+    let e = tap.completed(&first).await;
+    assert_eq!(output(&e), (sha256sum(b"first\n"), true, false));
 }
 
 #[tokio::test]

@@ -155,8 +155,11 @@ impl Inner {
                 .and_then(|()| self.cfg.security.admit_time(req.time, self.clock.now()))
             {
                 // Replies go where an authentic command asks; one that failed its signature
-                // check does not get to direct the agent's messages.
-                let reply_to = req.reply_to.as_deref().filter(|_| !e.is_authentication());
+                // check does not get to direct the agent's messages, beyond a copy of its
+                // rejection in a client's own queue (`protocol::is_client_queue`).
+                let reply_to = req.reply_to.as_deref().filter(|r| {
+                    !e.is_authentication() || crate::protocol::is_client_queue(r)
+                });
                 return self.reject(settle, Some(req.id.clone()), reply_to, &Rejection::from(e)).await;
             }
             if let Command::Job(spec) = &req.command

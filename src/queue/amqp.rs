@@ -1,6 +1,6 @@
 //! `amqp://user:pass@host:port/vhost`: RabbitMQ through lapin.
 //!
-//! # Topology (declared at every connect; durable)
+//! # Topology (durable; declared at each agent connect, by a client only when missing)
 //! ```text
 //! NS.commands          quorum queue shared by the fleet (x-delivery-limit, DLX NS.dlx)
 //! NS.agent.<agent id>  quorum queue for commands addressed to allocs on one agent
@@ -385,21 +385,34 @@ struct Publisher {
     topo: Topology,
     delivery_limit: u32,
     limit: Duration,
+    /// Whether a new connection declares the topology before anything else: the agent's,
+    /// which publishes to `NS.events`. A client's does not; its commands are sent
+    /// `mandatory`, and one the broker returns (no command queue) makes it declare the
+    /// topology then ([`Publisher::send_command`]).
+    declares: bool,
     ch: Mutex<Option<(Connection, Channel)>>,
 }
 
 impl Publisher {
-    fn new(broker: Broker, topo: Topology, delivery_limit: u32, limit: Duration) -> Publisher {
+    fn new(
+        broker: Broker,
+        topo: Topology,
+        delivery_limit: u32,
+        limit: Duration,
+        declares: bool,
+    ) -> Publisher {
         Publisher {
             broker,
             topo,
             delivery_limit,
             limit,
+            declares,
             ch: Mutex::new(None),
         }
     }
 
-    /// Connects (with publisher confirms and the topology declared) unless connected.
+    /// Connects (with publisher confirms, and the topology declared if the publisher
+    /// [`declares`](Publisher::declares)) unless connected.
     async fn ready(&self) -> Result<(), QueueError> {
         self.ensure(&mut *self.ch.lock().await, None)
             .await
@@ -420,11 +433,12 @@ impl Publisher {
         }
     }
 
-    /// Connects unless connected: confirm select, then the topology, pipelined behind it, and
-    /// with `watch` that watch's queue declared, bound and consumed behind them, so that one
-    /// round trip answers for all of it. A command published on the channel afterwards is
-    /// routed only once the watch's queue is bound: a channel handles its methods in order.
-    /// Returns the watch's consumer.
+    /// Connects unless connected: confirm select, then the topology (if the publisher
+    /// declares; else the events exchange alone when `watch` binds to it), pipelined behind it,
+    /// and with `watch` that watch's queue declared, bound and consumed behind them, so that
+    /// one round trip answers for all of it. A command published on the channel afterwards is
+    /// routed only once the watch's queue is there and bound: a channel handles its methods in
+    /// order. Returns the watch's consumer.
     async fn ensure(
         &self,
         slot: &mut Option<(Connection, Channel)>,
@@ -453,8 +467,12 @@ impl Publisher {
             ),
             async {
                 let more = watch.is_some();
-                let topology = declare_all(&ch, &self.topo, self.delivery_limit, more);
-                deadline("declare", self.limit, topology).await?;
+                if self.declares {
+                    let topology = declare_all(&ch, &self.topo, self.delivery_limit, more);
+                    deadline("declare", self.limit, topology).await?;
+                } else if watch.is_some_and(|w| !w.keys.is_empty()) {
+                    declare_events(&ch, &self.topo).await?;
+                }
                 start(ch.clone()).await
             },
         );
@@ -513,32 +531,95 @@ impl Publisher {
             }
             for confirm in confirms {
                 match confirm.await.map_err(amqp_err("publisher confirm"))? {
-                    Confirmation::Nack(_) => {
-                        return Err(QueueError::Amqp {
-                            op: "publish",
-                            message: "the broker nacked the message".into(),
-                        });
-                    }
+                    Confirmation::Nack(_) => return Err(nacked()),
                     _ => confirmed += 1,
                 }
             }
             Ok(())
         })
         .await;
-        let r = match r {
-            Err(QueueError::Timeout { op, after, .. }) if conn.status().blocked() => {
-                Err(QueueError::Timeout {
-                    op,
-                    after,
-                    blocked: BLOCKED,
-                })
-            }
-            r => r,
-        };
+        let r = blocked_timeout(conn, r);
         if r.is_err() {
             *guard = None;
         }
         (confirmed, r.err())
+    }
+}
+
+impl Publisher {
+    /// Sends a command to the command queue, `mandatory`. A broker without the command queue
+    /// (no agent or client declared the topology yet) returns it: the topology is declared then
+    /// on the channel, the dead-letter queue before the command queue, and the command sent
+    /// again, once. So a client declares nothing on the path of every command.
+    async fn send_command(&self, body: &[u8]) -> Result<(), QueueError> {
+        let mut guard = self.ch.lock().await;
+        self.ensure(&mut guard, None).await?;
+        let Some((conn, ch)) = guard.as_ref() else {
+            unreachable!("connected above")
+        };
+        let queue = self.topo.commands.as_str();
+        let r = deadline("publish", self.limit, async {
+            for declared in [false, true] {
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        body,
+                        persistent(FieldTable::default()),
+                    )
+                    .await
+                    .map_err(amqp_err("publish"))?;
+                match confirm.await.map_err(amqp_err("publisher confirm"))? {
+                    Confirmation::Nack(_) => return Err(nacked()),
+                    Confirmation::Ack(Some(_)) if !declared => {
+                        tracing::debug!(queue, "No command queue yet; declaring the topology.");
+                        declare_all(ch, &self.topo, self.delivery_limit, false).await?;
+                    }
+                    Confirmation::Ack(Some(_)) => {
+                        return Err(QueueError::Amqp {
+                            op: "publish",
+                            message: format!(
+                                "the broker returned the command: no queue {queue}, even after declaring it"
+                            ),
+                        });
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        let r = blocked_timeout(conn, r);
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+}
+
+/// The error of a message the broker nacked.
+fn nacked() -> QueueError {
+    QueueError::Amqp {
+        op: "publish",
+        message: "the broker nacked the message".into(),
+    }
+}
+
+/// `r`, its timeout saying so when the broker is blocking `conn`'s publishers.
+fn blocked_timeout(conn: &Connection, r: Result<(), QueueError>) -> Result<(), QueueError> {
+    match r {
+        Err(QueueError::Timeout { op, after, .. }) if conn.status().blocked() => {
+            Err(QueueError::Timeout {
+                op,
+                after,
+                blocked: BLOCKED,
+            })
+        }
+        r => r,
     }
 }
 
@@ -918,6 +999,7 @@ pub(super) async fn connect(
         topo.clone(),
         settings.delivery_limit,
         settings.op_timeout,
+        true,
     ));
     let mut source = AmqpSource {
         broker,
@@ -957,7 +1039,11 @@ impl AmqpClient {
             broker: self.broker.clone(),
             topo: self.topo().clone(),
             limit: self.limit(),
-            queue: format!("{}.watch.{hex}", self.topo().ns),
+            queue: format!(
+                "{}{}{hex}",
+                self.topo().ns,
+                crate::protocol::WATCH_QUEUE_INFIX
+            ),
             keys: keys.to_vec(),
             conn: None,
         };
@@ -981,6 +1067,7 @@ impl AmqpClient {
                 topo,
                 delivery_limit,
                 super::DEFAULT_OP_TIMEOUT,
+                false,
             ),
             broker,
         })
@@ -1002,9 +1089,7 @@ impl super::Client for AmqpClient {
     }
 
     async fn submit(&self, _id: &str, body: &[u8]) -> Result<(), QueueError> {
-        self.publisher
-            .publish("", &self.topo().commands, body, FieldTable::default())
-            .await
+        self.publisher.send_command(body).await
     }
 
     async fn watch(
@@ -1018,7 +1103,9 @@ impl super::Client for AmqpClient {
         &self,
         _command: &str,
     ) -> Result<Option<(Box<dyn super::EventWatch>, String)>, QueueError> {
-        let w = self.watch_queue(&["command.rejected"]).await?;
+        // Bound to nothing: every event of the command, its rejection included, is copied
+        // to the queue (`protocol::is_client_queue`).
+        let w = self.watch_queue(&[]).await?;
         let reply_to = w.queue.clone();
         Ok(Some((Box::new(w), reply_to)))
     }
@@ -1071,14 +1158,7 @@ impl super::Client for AmqpClient {
         .await?;
         let out = match got {
             Some(m) => {
-                self.publisher
-                    .publish(
-                        "",
-                        &self.topo().commands,
-                        &m.delivery.data,
-                        FieldTable::default(),
-                    )
-                    .await?;
+                self.publisher.send_command(&m.delivery.data).await?;
                 call(
                     "ack",
                     limit,

@@ -199,8 +199,8 @@ pub trait Client: Send + Sync + fmt::Debug {
     /// gets only what names it: the `reply_to` to put in the command, and the watch. `None`
     /// where the backend has no such queue (then [`Client::watch`]).
     ///
-    /// A command that fails its signature check is never replied to (docs/protocol.md), so the
-    /// watch also gets every `command.rejected` of the result topic.
+    /// The queue is a client's own (`protocol::is_client_queue`), so even the rejection of a
+    /// command that fails its signature check is copied to it (docs/protocol.md).
     async fn watch_replies(
         &self,
         _command: &str,

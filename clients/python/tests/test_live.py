@@ -136,6 +136,11 @@ def test_a_signed_job_runs_and_a_wrongly_signed_one_is_dead_lettered():
             run_hello(good, "signed <&> \u00e9")
         with rc.Client(url, hmac_key=b"another key") as bad:
             cid = bad.submit(rc.Job(image=IMAGE, cmd="echo never > $out"))
+            # Its rejection reaches the client's own reply queue (a client's queue, though the
+            # command failed its signature check).
+            with pytest.raises(rc.Rejected) as rejected:
+                bad.wait(cid, timeout=60)
+            assert "signature" in str(rejected.value), rejected.value
             dead = wait_for_dead_letter(bad, cid)
             assert "signature" in dead.reason, dead.reason
     finally:
