@@ -100,7 +100,7 @@ for step in order:
     print(f"| {step} | " + " | ".join(c.get(step, "") for c in cols) + " |")
 PY
   echo
-  echo "The container's own time (created to exited) is the engine's, as for \`docker run\`: the start returns before the container has run, and the wait answers once the engine has processed its exit. On AMQP, 'Command received' includes the CLI's broker connection (TCP, the AMQP handshake, a channel), the declarations sent on it in one pipeline (confirm select, the topology, and the CLI's durable reply queue, declared, bound and consumed: about 2 to 4 ms of the broker's time for the declaration and 1 to 2 ms for the binding, measured with pika, which the broker does before it routes the command sent behind them), and the quorum queue's commit before it delivers the command. The CLI's exit follows the deletion of its reply queue, which the broker carries out before it answers the connection's close."
+  echo "The container's own time (created to exited) is the engine's, as for \`docker run\`: the start returns before the container has run, and the wait answers once the engine has processed its exit. On AMQP, 'Command received' includes the CLI's broker connection (TCP, the AMQP handshake, a channel), what is sent on it in one pipeline (confirm select, and the CLI's durable reply queue, declared and consumed: about 2 to 4 ms of the broker's time, measured with pika, which the broker does before it routes the command sent behind it; since df372da no topology and no binding), and the quorum queue's commit before it delivers the command. The CLI's exit follows the deletion of its reply queue, which the broker carries out before it answers the connection's close."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh timeline "$out"
