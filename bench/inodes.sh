@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# What a new file costs on the disk the agent's state is on, and how many a job makes: the CPU
+# of creating N empty files in a fresh directory there, again after deleting them, and after
+# deleting twice as many, beside the same on /dev/shm (tmpfs); then the files and directories
+# the agent creates and removes per job on spool:// (strace over JOBS trivial jobs).
+# Writes its section of bench/RESULTS.md.
+#
+#   bench/inodes.sh [N] [JOBS]     (default 3000 files, 10 jobs)
+#
+# ext4 without a journal checks, for each new inode, every free inode before it in its block
+# group for a recent deletion (`recently_deleted` in fs/ext4/ialloc.c, deleted in the last 60
+# s, or 360 s while the inode table block is dirty), so on such a disk a create costs more the
+# more files were deleted near it lately: the agent's atomic writes (a temp file renamed over
+# the old one) and per-job directories churn inodes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-3000}
+JOBS=${2:-10}
+IMAGE=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
+source bench/lib.sh
+queue_bench_prepare
+
+WORK=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK" /dev/shm/reflow-inodes.$$' EXIT
+
+# churn DIR: microseconds of CPU per create, fresh, after N deletions, after 2N.
+churn() {
+  python3 - "$1" "$N" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+def cpu():
+    t = os.times()
+    return t.user + t.system
+def create(tag):
+    c = cpu()
+    for i in range(n):
+        os.close(os.open(f"{d}/{tag}{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+    return (cpu() - c) * 1e6 / n
+out = [create("a")]
+for tag in ("a", "b"):
+    for i in range(n):
+        os.unlink(f"{d}/{tag}{i}")
+    out.append(create(chr(ord(tag) + 1)))
+print(" ".join(f"{x:.0f}" for x in out))
+PY
+}
+disk=$(churn "$WORK/churn")
+shm=$(churn "/dev/shm/reflow-inodes.$$")
+dev=$(df --output=source "$WORK" | tail -1)
+fstype=$(df --output=fstype "$WORK" | tail -1)
+journal="n/a"
+if [ -r "/sys/fs/ext4/${dev##*/}/journal_task" ]; then
+  [ "$(cat "/sys/fs/ext4/${dev##*/}/journal_task")" = "<none>" ] && journal="no" || journal="yes"
+fi
+
+# The agent's creations and removals per job on spool://.
+agent_toml "$WORK/spool.toml" spool "spool://$WORK/spool"
+strace -f -qq -o "$WORK/strace" -e trace=openat,mkdir,mkdirat,link,linkat,symlink,symlinkat,unlink,unlinkat,rmdir \
+  "$AGENT" --log-format json serve --config "$WORK/spool.toml" 2>"$WORK/agent.log" &
+PIDS+=($!)
+sleep 2
+"$BENCH" jobs "spool://$WORK/spool" 4 "$IMAGE" >/dev/null # warm up
+sleep 1
+: >"$WORK/strace"
+"$BENCH" jobs "spool://$WORK/spool" "$JOBS" "$IMAGE" >/dev/null
+sleep 1
+ok() { grep -a -E "$1" "$WORK/strace" | grep -v -c -- '= -1' || true; }
+creates=$(ok 'O_CREAT|mkdirat?\(|[^n]linkat?\(|symlinkat?\(')
+removes=$(ok 'unlinkat?\(|rmdir\(')
+per() { echo "scale=1; $1 / $JOBS" | bc -l; }
+
+out=$(mktemp)
+{
+  echo "## What a new file costs here"
+  echo
+  echo "Reproduce: \`bench/inodes.sh $N $JOBS\`. Machine: $(nproc) cores, $(cpu_model); the state disk: $fstype on $dev, journal: $journal. Date: $(date -u +%Y-%m-%d). CPU per create of an empty file (os.open with O_CREAT, close), in microseconds; the agent's creations (files, directories, links) and removals over $JOBS trivial jobs on \`spool://\`, from strace."
+  echo
+  row "where" "fresh directory" "after $N deletions" "after $((2 * N)) deletions"
+  echo "|---|---|---|---|"
+  # shellcheck disable=SC2086 # three numbers
+  row "the state disk ($fstype)" $disk
+  # shellcheck disable=SC2086
+  row "/dev/shm (tmpfs)" $shm
+  echo
+  echo "The agent per job: $(per "$creates") creations (atomic writes' temp files: the outbox's and the spool's events, the journal's entries, the exec's manifests, the pool's state; the exec's directories and logs) and $(per "$removes") unlinks within the run (each atomic write's rename frees the inode it replaces, and an alloc's directories go when it is collected)."
+  echo
+  echo "On ext4 without a journal every new inode is checked against the recent deletions before it in its block group (\`recently_deleted\`), which a profile of the agent's process over 40 jobs put at about 45% of its CPU (\`find_get_block_common\` and \`recently_deleted\` under \`__ext4_new_inode\`). The containers' and dockerd's own files pay it too. A journaled ext4 or XFS has no such check."
+} >"$out"
+cat "$out"
+bash bench/update-results.sh inodes "$out"
