@@ -752,17 +752,19 @@ pub const CLIENT_QUEUE_ID_LEN: usize = 16;
 /// agent feed its own queues. Any other `reply_to` of such a command is ignored.
 #[must_use]
 pub fn is_client_queue(reply_to: &str) -> bool {
-    [WATCH_QUEUE_INFIX, REPLY_QUEUE_INFIX].iter().any(|infix| {
-        reply_to
-            .len()
-            .checked_sub(CLIENT_QUEUE_ID_LEN)
-            .and_then(|at| reply_to.split_at_checked(at))
-            .is_some_and(|(head, id)| {
-                head.len() > infix.len()
-                    && head.ends_with(infix)
-                    && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            })
-    })
+    // A queue name, never a URL (an SQS `reply_to` may be one).
+    !reply_to.contains(['/', ':'])
+        && [WATCH_QUEUE_INFIX, REPLY_QUEUE_INFIX].iter().any(|infix| {
+            reply_to
+                .len()
+                .checked_sub(CLIENT_QUEUE_ID_LEN)
+                .and_then(|at| reply_to.split_at_checked(at))
+                .is_some_and(|(head, id)| {
+                    head.len() > infix.len()
+                        && head.ends_with(infix)
+                        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                })
+        })
 }
 
 /// The event label naming where, besides the result topic, the event goes: the `reply_to` of the
@@ -796,6 +798,8 @@ mod tests {
             ("reflow.commands".to_string(), false),
             ("reflow.agent.pool-1".to_string(), false),
             (format!("https://sqs.example/1/reflow.watch.{id}x"), false),
+            (format!("https://sqs.example/1/reflow.watch.{id}"), false),
+            (format!("a:b.reply.{id}"), false),
             ("é".repeat(20), false),
             (String::new(), false),
         ] {
