@@ -747,9 +747,10 @@ pub const CLIENT_QUEUE_ID_LEN: usize = 16;
 
 /// Whether `reply_to` names a queue of a client's own ([`WATCH_QUEUE_INFIX`],
 /// [`REPLY_QUEUE_INFIX`]), which only the client that made it reads. The rejection of a command
-/// that failed its signature check goes there too: a copy of an event the result topic carries anyway, in a queue no agent
-/// consumes, so an unauthenticated command can neither learn anything from it nor make an
-/// agent feed its own queues. Any other `reply_to` of such a command is ignored.
+/// that failed its signature check goes there too: a copy of an event the result topic carries
+/// anyway, in a queue no agent consumes, so an unauthenticated command can neither learn
+/// anything from it nor make an agent feed its own queues. Any other `reply_to` of such a
+/// command is ignored.
 #[must_use]
 pub fn is_client_queue(reply_to: &str) -> bool {
     // A queue name, never a URL (an SQS `reply_to` may be one).
@@ -783,6 +784,8 @@ pub fn event_id(cause: &str, kind: &str, occurrence: impl std::fmt::Display) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn client_queues_are_told_from_other_reply_to_names() {
         let id = "0123456789abcdef";
@@ -806,8 +809,6 @@ mod tests {
             assert_eq!(is_client_queue(&name), want, "{name}");
         }
     }
-
-    use super::*;
 
     const ALLOC: &str = "0123456789abcdef";
 

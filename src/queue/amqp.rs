@@ -544,9 +544,7 @@ impl Publisher {
         }
         (confirmed, r.err())
     }
-}
 
-impl Publisher {
     /// Sends a command to the command queue, `mandatory`. A broker without the command queue
     /// (no agent or client declared the topology yet) returns it: the topology is declared then
     /// on the channel, the dead-letter queue before the command queue, and the command sent
