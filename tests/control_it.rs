@@ -2229,12 +2229,28 @@ async fn machine_death(root: &Path, url: &str, client: &dyn Client, extra: &str)
             .output()
             .unwrap();
         for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let st = Command::new("docker")
+            let rm = Command::new("docker")
                 .args(["rm", "-f", c])
-                .stdout(Stdio::null())
-                .status()
+                .output()
                 .unwrap();
-            assert!(st.success(), "docker rm -f {c}");
+            let why = String::from_utf8_lossy(&rm.stderr);
+            // The survivor, handed the dead agent's jobs the moment its connection closed,
+            // may be replacing that container already (a stale one with its exec's name):
+            // that removal goes on by itself, and the container is gone once it ends.
+            let going = why.contains("already in progress");
+            assert!(rm.status.success() || going, "docker rm -f {c}: {why}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while going
+                && !docker(&["ps", "-aq", "--filter", &format!("id={c}")])
+                    .trim()
+                    .is_empty()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{c} still there 30 s after its removal"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
     std::fs::remove_dir_all(root.join(&dead)).unwrap();
