@@ -506,42 +506,32 @@ impl Publisher {
     /// one per message. Returns how many messages from the first were confirmed, and the first
     /// failure (the connection is then dropped and made again on the next call).
     async fn publish_all(&self, msgs: Vec<Outgoing<'_>>) -> (usize, Option<QueueError>) {
-        let mut guard = self.ch.lock().await;
-        if let Err(e) = self.ensure(&mut guard, None).await {
-            return (0, Some(e));
-        }
-        let Some((conn, ch)) = guard.as_ref() else {
-            unreachable!("connected above")
-        };
         let mut confirmed = 0;
-        let r = deadline("publish", self.limit, async {
-            let mut confirms = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                let confirm = ch
-                    .basic_publish(
-                        m.exchange.into(),
-                        m.routing_key.into(),
-                        BasicPublishOptions::default(),
-                        m.body,
-                        persistent(m.headers),
-                    )
-                    .await
-                    .map_err(amqp_err("publish"))?;
-                confirms.push(confirm);
-            }
-            for confirm in confirms {
-                match confirm.await.map_err(amqp_err("publisher confirm"))? {
-                    Confirmation::Nack(_) => return Err(nacked()),
-                    _ => confirmed += 1,
+        let r = self
+            .publishing(async |ch: &Channel| {
+                let mut confirms = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    let confirm = ch
+                        .basic_publish(
+                            m.exchange.into(),
+                            m.routing_key.into(),
+                            BasicPublishOptions::default(),
+                            m.body,
+                            persistent(m.headers),
+                        )
+                        .await
+                        .map_err(amqp_err("publish"))?;
+                    confirms.push(confirm);
                 }
-            }
-            Ok(())
-        })
-        .await;
-        let r = blocked_timeout(conn, r);
-        if r.is_err() {
-            *guard = None;
-        }
+                for confirm in confirms {
+                    match confirm.await.map_err(amqp_err("publisher confirm"))? {
+                        Confirmation::Nack(_) => return Err(nacked()),
+                        _ => confirmed += 1,
+                    }
+                }
+                Ok(())
+            })
+            .await;
         (confirmed, r.err())
     }
 
@@ -550,14 +540,10 @@ impl Publisher {
     /// on the channel, the dead-letter queue before the command queue, and the command sent
     /// again, once. So a client declares nothing on the path of every command.
     async fn send_command(&self, body: &[u8]) -> Result<(), QueueError> {
-        let mut guard = self.ch.lock().await;
-        self.ensure(&mut guard, None).await?;
-        let Some((conn, ch)) = guard.as_ref() else {
-            unreachable!("connected above")
-        };
         let queue = self.topo.commands.as_str();
-        let r = deadline("publish", self.limit, async {
-            for declared in [false, true] {
+        self.publishing(async |ch: &Channel| {
+            let mut declared = false;
+            loop {
                 let confirm = ch
                     .basic_publish(
                         "".into(),
@@ -576,6 +562,7 @@ impl Publisher {
                     Confirmation::Ack(Some(_)) if !declared => {
                         tracing::debug!(queue, "No command queue yet; declaring the topology.");
                         declare_all(ch, &self.topo, self.delivery_limit, false).await?;
+                        declared = true;
                     }
                     Confirmation::Ack(Some(_)) => {
                         return Err(QueueError::Amqp {
@@ -588,10 +575,32 @@ impl Publisher {
                     _ => return Ok(()),
                 }
             }
-            Ok(())
         })
-        .await;
-        let r = blocked_timeout(conn, r);
+        .await
+    }
+
+    /// Runs `publish` on the channel (connecting first unless connected) within the
+    /// operation deadline. A failure drops the connection, made again on the next call; a
+    /// timeout says so when the broker is blocking publishers.
+    async fn publishing(
+        &self,
+        publish: impl AsyncFnOnce(&Channel) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        let mut guard = self.ch.lock().await;
+        self.ensure(&mut guard, None).await?;
+        let Some((conn, ch)) = guard.as_ref() else {
+            unreachable!("connected above")
+        };
+        let r = match deadline("publish", self.limit, publish(ch)).await {
+            Err(QueueError::Timeout { op, after, .. }) if conn.status().blocked() => {
+                Err(QueueError::Timeout {
+                    op,
+                    after,
+                    blocked: BLOCKED,
+                })
+            }
+            r => r,
+        };
         if r.is_err() {
             *guard = None;
         }
@@ -604,20 +613,6 @@ fn nacked() -> QueueError {
     QueueError::Amqp {
         op: "publish",
         message: "the broker nacked the message".into(),
-    }
-}
-
-/// `r`, its timeout saying so when the broker is blocking `conn`'s publishers.
-fn blocked_timeout(conn: &Connection, r: Result<(), QueueError>) -> Result<(), QueueError> {
-    match r {
-        Err(QueueError::Timeout { op, after, .. }) if conn.status().blocked() => {
-            Err(QueueError::Timeout {
-                op,
-                after,
-                blocked: BLOCKED,
-            })
-        }
-        r => r,
     }
 }
 
