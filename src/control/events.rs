@@ -191,11 +191,12 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, stop: CancellationToken) {
                         continue;
                     }
                     let events: Vec<Event> = send.iter().map(|(_, e)| e.clone()).collect();
+                    let stored: Vec<_> = send.iter().map(|(n, _)| inner.outbox.file(n)).collect();
                     // A publish still under way at stop is dropped: the events stay in the
                     // outbox and go out at the next start (consumers dedupe by event id).
                     let out = tokio::select! {
                         () = stop.cancelled() => return,
-                        r = inner.sink.publish_batch(&events) => r,
+                        r = inner.sink.publish_stored(&events, &stored) => r,
                     };
                     for ((name, _), ok) in send.iter().zip(&out.published) {
                         if *ok {

@@ -365,12 +365,18 @@ impl Outbox {
         read_all(&self.dir, "outbox event")
     }
 
+    /// The file of the pending event named `name` (as [`Outbox::pending`] names it): the
+    /// event's pretty JSON, durable.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// Removes a published event.
     ///
     /// # Errors
     /// Removing the file.
     pub fn remove(&self, name: &str) -> Result<(), JournalError> {
-        let p = self.dir.join(name);
+        let p = self.file(name);
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -502,6 +502,15 @@ pub trait EventSink: Send + Sync + fmt::Debug {
         out
     }
 
+    /// [`EventSink::publish_batch`] of events the outbox holds durably: `stored[i]` is the
+    /// file of `events[i]` (its JSON, as a spool writes an event), or `stored` is shorter. A
+    /// sink that keeps events as files on the same filesystem (the spool) links them instead
+    /// of writing them again. By default `publish_batch`.
+    async fn publish_stored(&self, events: &[Event], stored: &[std::path::PathBuf]) -> Batch {
+        let _ = stored;
+        self.publish_batch(events).await
+    }
+
     /// Removes events this sink keeps itself (the spool's `events/`) published before
     /// `before`; returns how many. Brokers keep no such history: a no-op there.
     ///

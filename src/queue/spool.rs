@@ -427,23 +427,33 @@ impl SpoolSink {
     }
 
     /// Writes the events not published yet, atomically, with one fsync of the directory for
-    /// them all.
-    async fn write(&self, events: &[Event]) -> Result<(), QueueError> {
-        let files: Vec<(PathBuf, Event)> = events
+    /// them all. An event with a durable copy in `stored` (its file in the outbox, the same
+    /// JSON) is linked from it instead: no new file, no data to write or fsync. One that
+    /// cannot be linked (another filesystem, the copy gone) is written.
+    async fn write(&self, events: &[Event], stored: Option<&[PathBuf]>) -> Result<(), QueueError> {
+        let files: Vec<(PathBuf, Event, Option<PathBuf>)> = events
             .iter()
-            .map(|e| (self.path(e), e))
-            .filter(|(p, _)| !p.exists()) // already published
-            .map(|(p, e)| (p, e.clone()))
+            .enumerate()
+            .map(|(i, e)| (self.path(e), e, stored.and_then(|s| s.get(i))))
+            .filter(|(p, _, _)| !p.exists()) // already published
+            .map(|(p, e, s)| (p, e.clone(), s.cloned()))
             .collect();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            if files.is_empty() {
-                // All there already; perhaps renamed into place by a try whose directory fsync
-                // failed, so that fsync is made now.
+            let mut unlinked: Vec<(PathBuf, &Event)> = Vec::new();
+            for (path, event, copy) in &files {
+                match copy.as_ref().map(|c| fs::hard_link(c, path)) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    _ => unlinked.push((path.clone(), event)),
+                }
+            }
+            if unlinked.is_empty() {
+                // All linked, or there already (perhaps renamed into place by a try whose
+                // directory fsync failed): the directory's fsync makes them durable.
                 return sync_dir(&dir).map_err(io("fsync dir", &dir));
             }
-            let refs: Vec<(PathBuf, &Event)> = files.iter().map(|(p, e)| (p.clone(), e)).collect();
-            persist::write_json_atomic_all(&refs).map_err(QueueError::Publish)
+            persist::write_json_atomic_all(&unlinked).map_err(QueueError::Publish)
         })
         .await
         .map_err(|e| QueueError::Io {
@@ -457,7 +467,7 @@ impl SpoolSink {
 #[async_trait]
 impl EventSink for SpoolSink {
     async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        self.write(std::slice::from_ref(event)).await
+        self.write(std::slice::from_ref(event), None).await
     }
 
     fn max_batch(&self) -> usize {
@@ -465,9 +475,13 @@ impl EventSink for SpoolSink {
     }
 
     async fn publish_batch(&self, events: &[Event]) -> Batch {
+        self.publish_stored(events, &[]).await
+    }
+
+    async fn publish_stored(&self, events: &[Event], stored: &[PathBuf]) -> Batch {
         // On a failure none counts as published: those already in place are found there (and
         // their directory fsynced) when they are tried again.
-        match self.write(events).await {
+        match self.write(events, Some(stored)).await {
             Ok(()) => Batch {
                 published: vec![true; events.len()],
                 error: None,
@@ -768,6 +782,39 @@ mod tests {
         sink.publish(&e).await.unwrap();
         sink.publish(&e).await.unwrap();
         assert_eq!(spool.list("events"), vec![format!("{}.json", e.id)]);
+    }
+
+    /// An event the outbox holds is linked into `events/` (the same inode: nothing written
+    /// again); one whose stored copy is gone is written; one already there is left alone.
+    #[tokio::test]
+    async fn stored_events_are_linked_from_the_outbox() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let outbox = tempfile::tempdir_in(dir.path()).unwrap();
+        let (a, b, c) = (rejected("a"), rejected("b"), rejected("c"));
+        let stored: Vec<PathBuf> = ["a", "b", "c"]
+            .map(|n| outbox.path().join(format!("{n}.json")))
+            .into();
+        persist::write_json_atomic(&stored[0], &a).unwrap();
+        persist::write_json_atomic(&stored[2], &c).unwrap();
+        let sink = spool.sink();
+        sink.publish(&c).await.unwrap(); // already published: its copy is not linked
+        let out = sink
+            .publish_stored(&[a.clone(), b.clone(), c.clone()], &stored)
+            .await;
+        assert!(out.error.is_none() && out.published == [true; 3]);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let events = dir.path().join(EVENTS);
+        let file = |e: &Event| events.join(format!("{}.json", e.id));
+        assert_eq!(ino(&file(&a)), ino(&stored[0]), "linked");
+        assert_ne!(ino(&file(&c)), ino(&stored[2]), "left as it was");
+        for e in [&a, &b, &c] {
+            let read: Event = persist::read_json(&file(e), 1 << 20).unwrap();
+            assert_eq!(read.command, e.command, "written or linked, the same event");
+        }
+        std::fs::remove_file(&stored[0]).unwrap();
+        assert!(file(&a).exists(), "the outbox's removal leaves the event");
     }
 
     /// An event of command `cmd`, kind `kind`, with the id its agent would give it.
