@@ -2,6 +2,8 @@
 # median; T[name] holds it.
 
 declare -A T
+# X[NAME]: measure_interleaved's values of NAME, one per round, in round order.
+declare -A X
 
 # median: the median of the numbers on stdin, three decimals.
 median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f\n", m}'; }
@@ -53,8 +55,20 @@ measure_interleaved() {
   for j in "${!names[@]}"; do
     # shellcheck disable=SC2086 # one number per word
     T[${names[j]}]=$(printf '%s\n' ${xs[j]} | median)
+    X[${names[j]}]=${xs[j]}
     printf '%-28s %s s (median of %d, interleaved)\n' "${names[j]}" "${T[${names[j]}]}" "$RUNS" >&2
   done
+}
+
+# spread A B: the range of A / B over the rounds of an interleaved measurement (A's value of
+# each round over B's of the same round), "min to max", with DIGITS decimals (default 2).
+spread() {
+  python3 - "${DIGITS:-2}" "${X[$1]}" "${X[$2]}" <<'PY'
+import sys
+d, a, b = int(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split()
+r = [float(x) / float(y) for x, y in zip(a, b)]
+print(f"{min(r):.{d}f} to {max(r):.{d}f}")
+PY
 }
 
 # row CELL...: one markdown table row.

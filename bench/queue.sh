@@ -81,19 +81,19 @@ out=$(mktemp)
 {
   echo "## Queue: end-to-end jobs and commands"
   echo
-  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`."
+  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`. The agent and its baseline take turns in each round; the last column is the range of the ratio over the rounds (each round's agent against the same round's baseline)."
   echo
-  row "measurement" "agent" "baseline" "agent / baseline" "goal"
-  echo "|---|---|---|---|---|"
-  row "one job on \`spool://\`, submit to exec.completed (s)" "${T[spool_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[spool_one]}" "${T[docker_one]}")" "<= 1.05"
-  row "one job on \`amqp://\`, submit to exec.completed (s)" "${T[amqp_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[amqp_one]}" "${T[docker_one]}")" "<= 1.05"
-  row "one job on \`sqs://\` (moto), submit to exec.completed (s)" "${T[sqs_one]}" "docker run --rm: ${T[docker_two]}" "$(ratio "${T[sqs_one]}" "${T[docker_two]}")" "reported"
+  row "measurement" "agent" "baseline" "agent / baseline" "goal" "per round"
+  echo "|---|---|---|---|---|---|"
+  row "one job on \`spool://\`, submit to exec.completed (s)" "${T[spool_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[spool_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread spool_one docker_one)"
+  row "one job on \`amqp://\`, submit to exec.completed (s)" "${T[amqp_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[amqp_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread amqp_one docker_one)"
+  row "one job on \`sqs://\` (moto), submit to exec.completed (s)" "${T[sqs_one]}" "docker run --rm: ${T[docker_two]}" "$(ratio "${T[sqs_one]}" "${T[docker_two]}")" "reported" "$(spread sqs_one docker_two)"
   for N in 40 200; do
     for q in spool amqp; do
-      row "$N jobs at concurrency 8 on \`$q://\` (jobs/s)" "$(rate "$N" "${T[${q}_$N]}")" "xargs -P8 docker run --rm: $(rate "$N" "${T[xargs_$N]}")" "$(ratio "${T[xargs_$N]}" "${T[${q}_$N]}") (throughput)" ">= 1.0"
+      row "$N jobs at concurrency 8 on \`$q://\` (jobs/s)" "$(rate "$N" "${T[${q}_$N]}")" "xargs -P8 docker run --rm: $(rate "$N" "${T[xargs_$N]}")" "$(ratio "${T[xargs_$N]}" "${T[${q}_$N]}") (throughput)" ">= 1.0" "$(spread "xargs_$N" "${q}_$N")"
     done
   done
-  row "$REQS alloc.inspect request/replies on \`amqp://\` (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)" ""
+  row "$REQS alloc.inspect request/replies on \`amqp://\` (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)" "" ""
   echo
   echo "A job's latency includes the CLI process, its connection (on AMQP one, on which the CLI declares its durable reply queue and sends the command, and at the end deletes the queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm."
 } >"$out"

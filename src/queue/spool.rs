@@ -430,11 +430,11 @@ impl SpoolSink {
     /// them all. An event with a durable copy in `stored` (its file in the outbox, the same
     /// JSON) is linked from it instead: no new file, no data to write or fsync. One that
     /// cannot be linked (another filesystem, the copy gone) is written.
-    async fn write(&self, events: &[Event], stored: Option<&[PathBuf]>) -> Result<(), QueueError> {
+    async fn write(&self, events: &[Event], stored: &[PathBuf]) -> Result<(), QueueError> {
         let files: Vec<(PathBuf, Event, Option<PathBuf>)> = events
             .iter()
             .enumerate()
-            .map(|(i, e)| (self.path(e), e, stored.and_then(|s| s.get(i))))
+            .map(|(i, e)| (self.path(e), e, stored.get(i)))
             .filter(|(p, _, _)| !p.exists()) // already published
             .map(|(p, e, s)| (p, e.clone(), s.cloned()))
             .collect();
@@ -467,7 +467,7 @@ impl SpoolSink {
 #[async_trait]
 impl EventSink for SpoolSink {
     async fn publish(&self, event: &Event) -> Result<(), QueueError> {
-        self.write(std::slice::from_ref(event), None).await
+        self.write(std::slice::from_ref(event), &[]).await
     }
 
     fn max_batch(&self) -> usize {
@@ -481,7 +481,7 @@ impl EventSink for SpoolSink {
     async fn publish_stored(&self, events: &[Event], stored: &[PathBuf]) -> Batch {
         // On a failure none counts as published: those already in place are found there (and
         // their directory fsynced) when they are tried again.
-        match self.write(events, Some(stored)).await {
+        match self.write(events, stored).await {
             Ok(()) => Batch {
                 published: vec![true; events.len()],
                 error: None,
