@@ -68,9 +68,9 @@ sleep 1
 "$BENCH" jobs "spool://$WORK/spool" "$JOBS" "$IMAGE" >/dev/null
 sleep 1
 ok() { grep -a -E "$1" "$WORK/strace" | grep -v -c -- '= -1' || true; }
-creates=$(ok 'O_CREAT|mkdirat?\(|symlinkat?\(')
-links=$(ok '[^nm]linkat?\(')
-removes=$(ok 'unlinkat?\(|rmdir\(')
+creates=$(ok 'O_CREAT|mkdir(at)?\(|symlink(at)?\(')
+links=$(ok '[^nm]link(at)?\(')
+removes=$(ok 'unlink(at)?\(|rmdir\(')
 per() { echo "scale=1; $1 / $JOBS" | bc -l; }
 
 out=$(mktemp)
@@ -88,7 +88,7 @@ out=$(mktemp)
   echo
   echo "The agent per job: $(per "$creates") new inodes (atomic writes' temp files: the outbox's events, the journal's entries, the exec's manifests, the pool's state; the exec's directories and logs), $(per "$links") hard links (no new inode: outputs promoted into the repositories, and the events published into \`events/\` from the outbox) and $(per "$removes") unlinks within the run (a published event's outbox name, each atomic write's rename freeing the inode it replaces, and an alloc's directories when it is collected)."
   echo
-  echo "On ext4 without a journal every new inode is checked against the recent deletions before it in its block group (\`recently_deleted\`), which a profile of the agent's process over 40 jobs put at about 45% of its CPU (\`find_get_block_common\` and \`recently_deleted\` under \`__ext4_new_inode\`). The containers' and dockerd's own files pay it too. The check is for ext4 without a journal only, and its cost follows the deletions near the new inode: a fresh 2 GiB ext4 on a loop device measured 20 to 40 us per create with this script, with a journal and without one (2026-12-04, stop 36)."
+  echo "On ext4 without a journal every new inode is checked against the recent deletions before it in its block group (\`recently_deleted\`), which a profile of the agent's process over 40 jobs put at about 45% of its CPU (\`find_get_block_common\` and \`recently_deleted\` under \`__ext4_new_inode\`). The containers' and dockerd's own files pay it too. The check is for ext4 without a journal only, and its cost follows the deletions near the new inode: a fresh 2 GiB ext4 on a loop device measured 20 to 40 us per create with this script, with a journal and without one (2026-12-04, stop 36), and this disk itself measured 23 to 30 us after 30 GB of old build trees were deleted and 900 to 950 us an hour of benchmarks later (stop 37). Before stop 37 this script counted neither \`mkdir\` nor \`unlink\` (its patterns wanted the \`at\` forms): stop 36's 23.1 creations per job were 32.1 new inodes, 3.1 links and 11.0 unlinks by the count above."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh inodes "$out"
