@@ -75,7 +75,8 @@ impl reflow_agent::queue::EventSink for FreezingSink {
 }
 
 /// The spool's sink, taking batches of up to 10 events as SQS does, and recording the kinds of
-/// each batch it was given.
+/// each batch it was given. An event whose stored copy (the outbox's file the publisher hands
+/// along) does not hold it is recorded as `stored copy missing: <kind>`.
 #[derive(Debug)]
 struct BatchingSink {
     inner: reflow_agent::queue::spool::SpoolSink,
@@ -94,6 +95,29 @@ impl reflow_agent::queue::EventSink for BatchingSink {
 
     fn lingers(&self) -> bool {
         true
+    }
+
+    async fn publish_stored(
+        &self,
+        events: &[Event],
+        stored: &[std::path::PathBuf],
+    ) -> reflow_agent::queue::Batch {
+        let missing: Vec<String> = events
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                stored
+                    .get(*i)
+                    .and_then(|p| std::fs::read(p).ok())
+                    .and_then(|b| serde_json::from_slice::<Event>(&b).ok())
+                    .is_none_or(|copy| copy.id != e.id)
+            })
+            .map(|(_, e)| format!("stored copy missing: {}", e.body.kind()))
+            .collect();
+        if !missing.is_empty() {
+            self.batches.lock().unwrap().push(missing);
+        }
+        self.publish_batch(events).await
     }
 
     async fn publish_batch(&self, events: &[Event]) -> reflow_agent::queue::Batch {
@@ -493,6 +517,12 @@ async fn events_go_out_in_batches_and_only_the_kinds_published() {
     // Events nobody waits for still go out, after the linger, without company.
     h.until(|e| e.body.kind() == "alloc.freed").await;
     h.stop().await;
+    // Each event was handed over with its file in the outbox (what the spool links).
+    let seen = batches.lock().unwrap().concat();
+    assert!(
+        !seen.iter().any(|k| k.starts_with("stored copy")),
+        "{seen:?}"
+    );
 
     let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
     let wanted = ["exec.completed", "command.rejected"];
