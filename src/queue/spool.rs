@@ -149,12 +149,15 @@ impl Spool {
         Ok((body, reason))
     }
 
-    /// Names in a subdirectory (`incoming`, `processing`, `dead`, `events`), sorted.
+    /// Names in a subdirectory (`incoming`, `processing`, `dead`, `events`), sorted. Hidden
+    /// names are left out: they are files still being written (`.NAME.XXXXXX.tmp`, see
+    /// [`persist`]), which a dead letter's reason, for one, is while its command waits.
     pub fn list(&self, sub: &str) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.dir.join(sub))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default();
@@ -701,6 +704,12 @@ mod tests {
         assert_eq!(c.body, b"C");
         drop(c); // a crash: left in processing/
         assert_eq!(spool.list("processing"), vec!["0003-c"]);
+        // Another command's reason, half written: not a dead letter of its own.
+        std::fs::write(
+            dir.path().join("dead/.0004-d.reason.json.Xy12Z3.tmp"),
+            b"{\"re",
+        )
+        .unwrap();
         assert_eq!(spool.list("dead"), vec!["0002-b", "0002-b.reason.json"]);
         let reason = std::fs::read_to_string(dir.path().join("dead/0002-b.reason.json")).unwrap();
         assert!(reason.contains("reasons are kept"));
@@ -715,7 +724,7 @@ mod tests {
             (&b"C"[..], true, 2)
         );
         c.settle.ack().await.unwrap();
-        assert!(spool.list("incoming").iter().all(|n| n.starts_with('.')));
+        assert!(spool.list("incoming").is_empty());
     }
 
     #[tokio::test]
