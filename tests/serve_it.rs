@@ -315,9 +315,11 @@ fn run_job(state: &std::path::Path, cmd: &str) -> String {
 }
 
 /// A stand-in for the instance metadata service on the host's loopback, serving a role's
-/// credentials: a job's container cannot reach it under the default network mode (`none`); a
-/// config asking for `host` without `executor.allow_host_network` is refused at start, naming
-/// that setting; with the grant the same job reads the credentials (so the test can tell).
+/// credentials: a job's container cannot reach it under the default network mode (`none`),
+/// where it has only a loopback interface, which works (a server and a client inside the
+/// container talk over 127.0.0.1); a config asking for `host` without
+/// `executor.allow_host_network` is refused at start, naming that setting; with the grant the
+/// same job reads the credentials (so the test can tell).
 #[test]
 fn containers_reach_no_network_unless_host_is_granted() {
     use std::sync::atomic::Ordering;
@@ -357,6 +359,10 @@ fn containers_reach_no_network_unless_host_is_granted() {
     let (state, mut c) = start("default", "");
     let child = c.stderr(Stdio::null()).spawn().unwrap();
     assert_eq!(run_job(&state, &cmd), sha256sum(b"unreachable\n"));
+    let loopback = "nc -l -p 7000 127.0.0.1 > /tmp/got & \
+         for i in $(seq 100); do echo hi | nc -w 1 127.0.0.1 7000 && break; sleep 0.1; done; \
+         wait; ls /sys/class/net > $out; cat /tmp/got >> $out";
+    assert_eq!(run_job(&state, loopback), sha256sum(b"lo\nhi\n"));
     stop(child);
     assert_eq!(imds.gets.load(Ordering::SeqCst), 0);
 
