@@ -3,7 +3,7 @@
 # RabbitMQ): nodes rit1..rit3@localhost, AMQP on 127.0.0.1:5681..5683, state under
 # $REFLOW_CLUSTER_DIR (default /var/lib/reflow-agent-dev/cluster). Idempotent.
 #
-#   scripts/rabbitmq-cluster.sh start          start the nodes and join them (prints the URL);
+#   scripts/rabbitmq-cluster.sh start          start the nodes, which form one cluster (prints the URL);
 #                                              unless all three already run, it starts a fresh
 #                                              cluster, as state left by an earlier run would
 #                                              make a restarted node wait minutes for its peers
@@ -33,6 +33,12 @@ start_node() {
   cat >"$d/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$(port "$n")
 consumer_timeout = 36600000
+cluster_formation.peer_discovery_backend = classic_config
+cluster_formation.classic_config.nodes.1 = $(node 1)
+cluster_formation.classic_config.nodes.2 = $(node 2)
+cluster_formation.classic_config.nodes.3 = $(node 3)
+cluster_formation.discovery_retry_limit = 2
+cluster_formation.discovery_retry_interval = 250
 CONF
   echo '[].' >"$d/enabled_plugins"
   # (The node's own directory only: the other nodes write theirs meanwhile.)
@@ -50,7 +56,17 @@ CONF
     tail -n 20 "$d/start.log" "$d/log/$(node "$n").log" >&2 2>/dev/null || true
     exit 1
   fi
-  ctl "$n" await_startup
+}
+
+# Stops node N as `rabbitmqctl stop` does (SIGTERM is the Erlang VM's orderly shutdown), and
+# waits until it is gone.
+stop_node() {
+  local d="$DIR/rit$1" pid
+  pid=$(cat "$d/pid" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 240); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
+  log "$(node "$1") did not stop within 60 s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 case "${1:-}" in
@@ -60,27 +76,31 @@ case "${1:-}" in
     if [ "$all_up" = 0 ]; then
       # A node that was not the last of its cluster to stop waits up to five minutes for the
       # others at its next boot: a test cluster is cheaper to start afresh than to revive.
-      for n in "${NODES[@]}"; do ctl "$n" stop >/dev/null 2>&1 || true; done
+      for n in "${NODES[@]}"; do stop_node "$n"; done
       rm -rf "$DIR"
     fi
-    # The nodes boot side by side, then join one at a time.
+    # The nodes boot side by side and form the cluster themselves (peer discovery from the
+    # config: the first to take the discovery lock starts it, the others join), each opening
+    # its AMQP listener once it is a member. (Joining by rabbitmqctl took five calls per node,
+    # each an Erlang VM of its own.) One call then checks that the three are one cluster.
     pids=()
     for n in "${NODES[@]}"; do start_node "$n" & pids+=($!); done
     for p in "${pids[@]}"; do wait "$p"; done
-    for n in 2 3; do
-      if ! ctl "$n" cluster_status 2>/dev/null | grep -q "$(node 1)"; then
-        log "joining $(node "$n") to $(node 1)"
-        { ctl "$n" stop_app && ctl "$n" reset && ctl "$n" join_cluster "$(node 1)" && ctl "$n" start_app; } \
-          >"$DIR/rit$n/join.log" 2>&1 || { log "joining failed (see $DIR/rit$n/join.log)"; exit 1; }
-      fi
-    done
+    running=$(ctl 1 cluster_status --formatter json 2>/dev/null \
+      | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["running_nodes"]))' || echo 0)
+    if [ "$running" != "${#NODES[@]}" ]; then
+      log "the nodes did not form one cluster ($running of ${#NODES[@]} running; see $DIR)"
+      exit 1
+    fi
     url
     ;;
   stop)
     if [ -n "${2:-}" ]; then
-      ctl "$2" stop >/dev/null 2>&1 || true
+      stop_node "$2"
     else
-      for n in "${NODES[@]}"; do ctl "$n" stop >/dev/null 2>&1 || true; done
+      pids=()
+      for n in "${NODES[@]}"; do stop_node "$n" & pids+=($!); done
+      for p in "${pids[@]}"; do wait "$p"; done
     fi
     ;;
   leader)

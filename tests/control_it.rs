@@ -1181,9 +1181,33 @@ async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() 
     let _agents: Vec<Agent> = (0..2)
         .map(|i| Agent::start_with(dir.path(), &uniq(&format!("cl{i}")), &taskdb, &url, "", &[]))
         .collect();
-    // The command queue's leader, once the agents declared it.
+    // The command queue's leader, once the agents declared it. (Whether it exists is asked over
+    // AMQP, a passive declaration; each `leader` is a rabbitmqctl call, an Erlang VM of its own.)
     let queue = format!("{ns}.commands");
     let deadline = Instant::now() + Duration::from_secs(60);
+    let probe = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5681/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    loop {
+        let ch = probe.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if ch
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{queue} was never declared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = probe.close(200, "".into()).await;
     let leader = loop {
         let l = cluster(&["leader", &queue]);
         if !l.is_empty() {
