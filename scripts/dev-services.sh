@@ -135,6 +135,18 @@ rabbitmq_conf() {
       -e 's/^ssl_options.fail_if_no_peer_cert = false/ssl_options.fail_if_no_peer_cert = true/' "$conf"
     changed=1
   fi
+  # The open-files limit. Debian's unit gives the broker 65536 (LimitNOFILE); started from a
+  # shell, it goes through `su rabbitmq`, whose PAM session resets the soft limit to 1024.
+  # RabbitMQ budgets its file handles from that limit, and once they are used up a new
+  # connection waits for one without a word in the log: at 1024, about 340 quorum queues (two
+  # or three full test runs in one vhost) used all 927, and the broker accepted no connection.
+  # rabbitmq-env.conf is sourced, as the rabbitmq user, by every start (the test cluster's too).
+  local env_conf=/etc/rabbitmq/rabbitmq-env.conf
+  if ! grep -qs '^ulimit -n' "$env_conf"; then
+    # (Up to the hard limit, which an unprivileged user may raise the soft one to.)
+    echo 'ulimit -n "$(n=$(ulimit -Hn); [ "$n" = unlimited ] || [ "$n" -gt 65536 ] && n=65536; echo "$n")" 2>/dev/null || true' >>"$env_conf"
+    changed=1
+  fi
   if [ "$changed" = 1 ]; then echo changed; fi
 }
 
@@ -143,7 +155,7 @@ start_rabbitmq() {
   make_tls
   make_client_tls
   if [ "$(rabbitmq_conf)" = changed ] && rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
-    log "rabbitmq: restarting for its TLS listener"
+    log "rabbitmq: restarting for its TLS listener or its open-files limit"
     rabbitmqctl -q stop >/dev/null 2>&1 || true
   fi
   if rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
