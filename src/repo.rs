@@ -449,12 +449,42 @@ impl FileRepository {
                 if done(p).is_some() {
                     continue;
                 }
-                fs::remove_file(p).map_err(|e| RepoError::io("remove", p, e))?;
-                std::os::unix::fs::symlink(d.to_string(), p)
-                    .map_err(|e| RepoError::io("symlink", p, e))?;
+                self.replace_with_link(p, &d)?;
             }
         }
         Ok(fs)
+    }
+
+    /// Replaces the file at `p` by a symlink whose target text is digest `d`, in one rename: a
+    /// crash leaves the file or the link, never neither. An install resumed after it reads the
+    /// link as its object (see [`FileRepository::installed_link`]), where a missing file would
+    /// read as no output at all. The link is made in the repository's temp directory; where a
+    /// rename cannot reach `p` (another filesystem), the file is removed first.
+    fn replace_with_link(&self, p: &Path, d: &Digest) -> Result<(), RepoError> {
+        let target = d.to_string();
+        let dir = self.root.join(TMP_DIR);
+        let make = || {
+            tempfile::Builder::new()
+                .prefix("link-")
+                .make_in(&dir, |tmp| std::os::unix::fs::symlink(&target, tmp))
+        };
+        let link = match make() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&dir).map_err(|e| RepoError::io("create", &dir, e))?;
+                make()
+            }
+            r => r,
+        }
+        .map_err(|e| RepoError::io("symlink in", &dir, e))?;
+        match link.persist(p) {
+            Ok(()) => Ok(()),
+            Err(e) if link_needs_copy(&e.error) => {
+                drop(e); // (removes the temp link)
+                fs::remove_file(p).map_err(|e| RepoError::io("remove", p, e))?;
+                std::os::unix::fs::symlink(&target, p).map_err(|e| RepoError::io("symlink", p, e))
+            }
+            Err(e) => Err(RepoError::io("rename over", p, e.error)),
+        }
     }
 
     /// The object a digest symlink at `p` (as [`FileRepository::install_tree`] leaves with
@@ -807,6 +837,14 @@ mod tests {
         let first = r.install_tree(&single, true, &no_progress).unwrap();
         assert_eq!(r.install_tree(&single, true, &no_progress).unwrap(), first);
         assert_eq!(first.map["."].size, 6);
+        // Each link was renamed into place from the temp directory, which is left empty.
+        assert!(
+            fs::symlink_metadata(&single)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_dir(r.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 
     #[test]
