@@ -233,12 +233,16 @@ impl FileRepository {
     }
 
     fn temp_file(&self, prefix: &str) -> Result<tempfile::NamedTempFile, RepoError> {
+        self.in_tmp(|dir| tempfile::Builder::new().prefix(prefix).tempfile_in(dir))
+    }
+
+    /// What `make` creates in the repository's temp directory, which is made when missing.
+    fn in_tmp<T>(&self, make: impl Fn(&Path) -> io::Result<T>) -> Result<T, RepoError> {
         let dir = self.root.join(TMP_DIR);
-        let make = || tempfile::Builder::new().prefix(prefix).tempfile_in(&dir);
-        match make() {
+        match make(&dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(&dir).map_err(|e| RepoError::io("create", &dir, e))?;
-                make()
+                make(&dir)
             }
             r => r,
         }
@@ -462,20 +466,11 @@ impl FileRepository {
     /// rename cannot reach `p` (another filesystem), the file is removed first.
     fn replace_with_link(&self, p: &Path, d: &Digest) -> Result<(), RepoError> {
         let target = d.to_string();
-        let dir = self.root.join(TMP_DIR);
-        let make = || {
+        let link = self.in_tmp(|dir| {
             tempfile::Builder::new()
                 .prefix("link-")
-                .make_in(&dir, |tmp| std::os::unix::fs::symlink(&target, tmp))
-        };
-        let link = match make() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&dir).map_err(|e| RepoError::io("create", &dir, e))?;
-                make()
-            }
-            r => r,
-        }
-        .map_err(|e| RepoError::io("symlink in", &dir, e))?;
+                .make_in(dir, |tmp| std::os::unix::fs::symlink(&target, tmp))
+        })?;
         match link.persist(p) {
             Ok(()) => Ok(()),
             Err(e) if link_needs_copy(&e.error) => {
