@@ -45,12 +45,19 @@ queue_bench_prepare() {
 cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'; }
 
 # measure_interleaved NAME CMD [NAME CMD]...: like measure for several commands, running each
-# once per round in turn so machine drift affects all alike. The commands are strings (eval'd).
+# once per round in turn so machine drift affects all alike. Round i starts with the (i mod K)th
+# of the K commands and goes round from there, so over K rounds each command runs once in each
+# place: the machine drifts within a round (here, batches of containers mostly got slower as a
+# run went on), and a fixed order would charge that drift to the same command every round. The
+# commands are strings (eval'd).
 measure_interleaved() {
-  local names=() cmds=() xs=() i j
+  local names=() cmds=() xs=() i j k
   while [ $# -ge 2 ]; do names+=("$1"); cmds+=("$2"); shift 2; done
   for ((i = 0; i < RUNS; i++)); do
-    for j in "${!names[@]}"; do xs[j]+="$(eval "${cmds[j]}") "; done
+    for ((k = 0; k < ${#names[@]}; k++)); do
+      j=$(((i + k) % ${#names[@]}))
+      xs[j]+="$(eval "${cmds[j]}") "
+    done
   done
   for j in "${!names[@]}"; do
     # shellcheck disable=SC2086 # one number per word
@@ -80,8 +87,12 @@ row() {
 
 # agent_toml FILE NAME URL [EXTRA]: a benchmark agent's `serve` config in FILE: state in
 # $WORK/NAME-state, 8 slots on URL (EXTRA: more [queue] lines), no admin listener, and its
-# containers on the host network, as the `docker run --network host` baselines run theirs.
+# containers on the host network, as the `docker run --network host` baselines run theirs
+# (with AGENT_NETWORK=none, the agent's default: no network).
 agent_toml() {
+  local executor='network_mode = "host"
+allow_host_network = true'
+  [ "${AGENT_NETWORK:-host}" = none ] && executor='network_mode = "none"'
   cat >"$1" <<TOML
 [agent]
 state_dir = "$WORK/$2-state"
@@ -93,8 +104,7 @@ ${4:-}
 [admin]
 listen = "off"
 [executor]
-network_mode = "host"
-allow_host_network = true
+$executor
 TOML
 }
 

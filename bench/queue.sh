@@ -9,10 +9,16 @@
 #   spool://, RabbitMQ and SQS (moto), submit to exec.completed, including the CLI's start and
 #   connections, against `docker run --rm --network host` of the same command. spool, AMQP and
 #   docker run take turns in each round; SQS takes turns with docker run after them, with only
-#   the SQS agent running (its long polls are moto's work too).
+#   the SQS agent running (its long polls are moto's work too). Also in those rounds: an agent
+#   on spool:// with its default network mode (`none`) against `docker run --rm` with the
+#   engine's default network (here a network namespace of its own with loopback only, as
+#   dockerd runs without a bridge), and `docker run --network host` a second time.
 # - Job throughput: 40 and 200 distinct trivial jobs to one agent running 8 at once, on spool://
-#   and through RabbitMQ, against `xargs -P8 docker run --rm` of as many containers, taking
-#   turns in each round.
+#   and through RabbitMQ, against `xargs -P8 docker run --rm --network host` of as many
+#   containers, taking turns in each round; 40 jobs on the default networks too, and the
+#   40-container baseline a second time.
+# - The baseline against itself (a second `docker run`, a second 40-container batch, each in
+#   the same rounds as the first): what this machine's noise lets the medians tell apart.
 # - Cheap commands: alloc.inspect request/reply through the agent and RabbitMQ against a raw
 #   lapin echo (confirmed publish, consumer acks and publishes a confirmed reply).
 set -euo pipefail
@@ -53,18 +59,29 @@ one_job() {
 }
 docker_one() { secs docker run --rm --network host "$IMAGE" sh -c 'echo x > /dev/null'; }
 xargs_n() { seq "$1" | xargs -P8 -I{} docker run --rm --network host "$IMAGE" sh -c 'echo {} > /dev/null'; }
+# The same on the engine's default network.
+docker_default() { secs docker run --rm "$IMAGE" sh -c 'echo x > /dev/null'; }
+xargs_default() { seq "$1" | xargs -P8 -I{} docker run --rm "$IMAGE" sh -c 'echo {} > /dev/null'; }
 
 agent amqp "$AQ" "prefetch = 16"
 agent spool "$SPOOL" ""
+SPOOL_NONE="spool://$WORK/spool-none"
+AGENT_NETWORK=none agent spool-none "$SPOOL_NONE" ""
 sleep 2
 one_job "$AQ" >/dev/null; one_job "$SPOOL" >/dev/null; docker_one >/dev/null  # warm up
-RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'"
+one_job "$SPOOL_NONE" >/dev/null; docker_default >/dev/null
+RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'" \
+  docker_default "docker_default" none_one "one_job $SPOOL_NONE" docker_again "docker_one"
 # Interleaved too: on a shared machine the baseline alone drifts by a third between batches.
-for N in 40 200; do
-  measure_interleaved "xargs_$N" "secs xargs_n $N" \
-    "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'" \
-    "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'"
-done
+measure_interleaved xargs_40 "secs xargs_n 40" \
+  spool_40 "bsecs jobs '$SPOOL' 40 '$IMAGE'" \
+  amqp_40 "bsecs jobs '$AQ' 40 '$IMAGE'" \
+  xargs_again_40 "secs xargs_n 40"
+measure_interleaved xargs_200 "secs xargs_n 200" \
+  spool_200 "bsecs jobs '$SPOOL' 200 '$IMAGE'" \
+  amqp_200 "bsecs jobs '$AQ' 200 '$IMAGE'"
+measure_interleaved xargs_default_40 "secs xargs_default 40" \
+  none_40 "bsecs jobs '$SPOOL_NONE' 40 '$IMAGE'"
 measure echo bsecs echo "$AMQP" $REQS
 measure requests bsecs requests "$AQ" $REQS
 kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=()
@@ -81,21 +98,25 @@ out=$(mktemp)
 {
   echo "## Queue: end-to-end jobs and commands"
   echo
-  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`. The agent and its baseline take turns in each round; the last column is the range of the ratio over the rounds (each round's agent against the same round's baseline)."
+  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`. The agent and its baseline take turns in each round, each round starting one further along the list, so that each takes each place in turn; the last column is the range of the ratio over the rounds (each round's agent against the same round's baseline)."
   echo
   row "measurement" "agent" "baseline" "agent / baseline" "goal" "per round"
   echo "|---|---|---|---|---|---|"
   row "one job on \`spool://\`, submit to exec.completed (s)" "${T[spool_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[spool_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread spool_one docker_one)"
   row "one job on \`amqp://\`, submit to exec.completed (s)" "${T[amqp_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[amqp_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread amqp_one docker_one)"
+  row "one job on \`spool://\`, no network (the defaults of both) (s)" "${T[none_one]}" "docker run --rm: ${T[docker_default]}" "$(ratio "${T[none_one]}" "${T[docker_default]}")" "<= 1.05" "$(spread none_one docker_default)"
   row "one job on \`sqs://\` (moto), submit to exec.completed (s)" "${T[sqs_one]}" "docker run --rm: ${T[docker_two]}" "$(ratio "${T[sqs_one]}" "${T[docker_two]}")" "reported" "$(spread sqs_one docker_two)"
   for N in 40 200; do
     for q in spool amqp; do
       row "$N jobs at concurrency 8 on \`$q://\` (jobs/s)" "$(rate "$N" "${T[${q}_$N]}")" "xargs -P8 docker run --rm: $(rate "$N" "${T[xargs_$N]}")" "$(ratio "${T[xargs_$N]}" "${T[${q}_$N]}") (throughput)" ">= 1.0" "$(spread "xargs_$N" "${q}_$N")"
     done
   done
+  row "40 jobs at concurrency 8 on \`spool://\`, no network (the defaults of both) (jobs/s)" "$(rate 40 "${T[none_40]}")" "xargs -P8 docker run --rm: $(rate 40 "${T[xargs_default_40]}")" "$(ratio "${T[xargs_default_40]}" "${T[none_40]}") (throughput)" ">= 1.0" "$(spread xargs_default_40 none_40)"
+  row "control: one \`docker run --rm --network host\` against another in the same rounds (s)" "${T[docker_again]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[docker_again]}" "${T[docker_one]}")" "" "$(spread docker_again docker_one)"
+  row "control: 40 containers from \`xargs -P8\` against another 40 in the same rounds (jobs/s)" "$(rate 40 "${T[xargs_again_40]}")" "xargs -P8 docker run --rm: $(rate 40 "${T[xargs_40]}")" "$(ratio "${T[xargs_40]}" "${T[xargs_again_40]}") (throughput)" "" "$(spread xargs_40 xargs_again_40)"
   row "$REQS alloc.inspect request/replies on \`amqp://\` (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)" "" ""
   echo
-  echo "A job's latency includes the CLI process, its connection (on AMQP one, on which the CLI declares its durable reply queue and sends the command, and at the end deletes the queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm."
+  echo "A job's latency includes the CLI process, its connection (on AMQP one, on which the CLI declares its durable reply queue and sends the command, and at the end deletes the queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm. The control rows run the baseline twice in the same rounds: the difference between two medians of the same command is what this machine's noise alone makes of a ratio."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh queue "$out"
