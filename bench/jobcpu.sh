@@ -24,7 +24,7 @@ WORK=$(mktemp -d)
 SPOOL="spool://$WORK/spool"
 AQ="amqp://guest:guest@127.0.0.1:5672/%2f?ns=jobcpu-$(date +%s)"
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; amqp_drop_ns "$AQ" bench-amqp; rm -rf "$WORK"' EXIT
 declare -A APIDS
 for q in spool amqp; do
   url=$SPOOL

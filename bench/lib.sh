@@ -114,3 +114,24 @@ job_json() {
   printf '{"v":1,"id":"%s","kind":"job","body":{"config":{"Type":"exec","Image":"%s","Cmd":"echo %s > $out","Resources":{"mem":%s,"cpu":%s}}}}' \
     "$2" "$IMAGE" "$2" "${3:-16777216}" "${4:-0.1}" >"$1"
 }
+
+# amqp_drop_ns URL POOL...: deletes the namespace of URL (amqp://...?ns=NS) from the broker: its
+# command and dead-letter queues, the queue of each agent POOL (a pool id) and its exchanges.
+# A benchmark's namespace is of no use after it, and its quorum queues would stay, recovered at
+# every start of the broker. Best effort: a failure here only leaves them.
+amqp_drop_ns() {
+  [ -n "${1:-}" ] || return 0
+  python3 - "$@" <<'PY' || true
+import sys, urllib.parse, pika
+url, pools = sys.argv[1], sys.argv[2:]
+base, _, query = url.partition("?")
+ns = urllib.parse.parse_qs(query).get("ns", ["reflow"])[0]
+conn = pika.BlockingConnection(pika.URLParameters(base))
+ch = conn.channel()
+for q in [f"{ns}.commands", f"{ns}.commands.dlq"] + [f"{ns}.agent.{p}" for p in pools]:
+    ch.queue_delete(q)
+for x in (f"{ns}.events", f"{ns}.dlx"):
+    ch.exchange_delete(x)
+conn.close()
+PY
+}

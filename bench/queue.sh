@@ -6,19 +6,19 @@
 #                             each one-job latency, which is cheap and noisier; medians reported)
 #
 # - Job latency: `reflow-agent submit --wait` of one trivial job (a fresh id each time) through
-#   spool://, RabbitMQ and SQS (moto), submit to exec.completed, including the CLI's start and
-#   connections, against `docker run --rm --network host` of the same command. spool, AMQP and
-#   docker run take turns in each round; SQS takes turns with docker run after them, with only
-#   the SQS agent running (its long polls are moto's work too). Also in those rounds: an agent
-#   on spool:// with its default network mode (`none`) against `docker run --rm` with the
-#   engine's default network (here a network namespace of its own with loopback only, as
-#   dockerd runs without a bridge), and `docker run --network host` a second time.
-# - Job throughput: 40 and 200 distinct trivial jobs to one agent running 8 at once, on spool://
-#   and through RabbitMQ, against `xargs -P8 docker run --rm --network host` of as many
-#   containers, taking turns in each round; 40 jobs on the default networks too, and the
-#   40-container baseline a second time.
-# - The baseline against itself (a second `docker run`, a second 40-container batch, each in
-#   the same rounds as the first): what this machine's noise lets the medians tell apart.
+#   spool:// and RabbitMQ, submit to exec.completed, including the CLI's start and connections,
+#   on two networks: an agent whose containers use the host network against `docker run --rm
+#   --network host`, and an agent with its default (`none`) against plain `docker run --rm`
+#   (the engine's default network: here a network namespace of its own with loopback only, as
+#   dockerd runs without a bridge). The four agents and both baselines take turns in each round,
+#   with `docker run --network host` a second time as a control. Then SQS (moto) on the host
+#   network, taking turns with docker run, with only the SQS agent running (its long polls are
+#   moto's work too).
+# - Job throughput: 40 and 200 distinct trivial jobs to one agent running 8 at once, each of the
+#   four agents against `xargs -P8 docker run --rm` of as many containers on the same network,
+#   taking turns in each round; for 40 the host-network baseline a second time as a control.
+# - The controls (a second `docker run`, a second 40-container batch, each in the same rounds as
+#   the first) show what this machine's noise alone makes of a ratio.
 # - Cheap commands: alloc.inspect request/reply through the agent and RabbitMQ against a raw
 #   lapin echo (confirmed publish, consumer acks and publishes a confirmed reply).
 set -euo pipefail
@@ -39,7 +39,7 @@ AQ="$AMQP?ns=$NS"
 SPOOL="spool://$WORK/spool"
 SQS="sqs://$NS?create=true"
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; amqp_drop_ns "$AQ" bench-amqp; amqp_drop_ns "${AQ_NONE:-}" bench-amqp-none; rm -rf "$WORK"' EXIT
 
 # agent NAME URL EXTRA: starts `serve` on URL with 8 slots; its admin listener is off.
 agent() {
@@ -49,6 +49,27 @@ agent() {
 }
 
 bsecs() { "$BENCH" "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'; }
+# settle: waits, untimed, until the agents' containers are gone (no more agent containers than
+# before the first measurement) and the machine is quiet again (under 10% of its CPU busy over
+# 200 ms; at most 10 s). An agent removes a finished job's container, frees its alloc and
+# deletes its directory after the outcome is out (off the path to the result), and the broker
+# settles a batch's messages after it: without this, that work would run during, and slow,
+# whatever is measured next. (`docker run --rm` returns once its container is removed.)
+agent_containers() { docker ps -aq --filter label=reflow-executor | wc -l; }
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+settle() {
+  local i b0 t0 b1 t1
+  for ((i = 0; i < 200; i++)); do
+    [ "$(agent_containers)" -le "$BEFORE" ] && break
+    sleep 0.05
+  done
+  for ((i = 0; i < 50; i++)); do
+    read -r b0 t0 < <(busy_ticks)
+    sleep 0.2
+    read -r b1 t1 < <(busy_ticks)
+    [ $(((b1 - b0) * 10)) -lt $((t1 - t0)) ] && break
+  done
+}
 n=0
 # one_job URL: seconds for `submit --wait` of one fresh job on URL.
 one_job() {
@@ -63,25 +84,33 @@ xargs_n() { seq "$1" | xargs -P8 -I{} docker run --rm --network host "$IMAGE" sh
 docker_default() { secs docker run --rm "$IMAGE" sh -c 'echo x > /dev/null'; }
 xargs_default() { seq "$1" | xargs -P8 -I{} docker run --rm "$IMAGE" sh -c 'echo {} > /dev/null'; }
 
+# Two agents per backend: on the host network (as `docker run --network host`), and on the
+# agent's default, no network (as plain `docker run`, which has the engine's default).
+AQ_NONE="$AMQP?ns=$NS-none"
+SPOOL_NONE="spool://$WORK/spool-none"
 agent amqp "$AQ" "prefetch = 16"
 agent spool "$SPOOL" ""
-SPOOL_NONE="spool://$WORK/spool-none"
+AGENT_NETWORK=none agent amqp-none "$AQ_NONE" "prefetch = 16"
 AGENT_NETWORK=none agent spool-none "$SPOOL_NONE" ""
 sleep 2
-one_job "$AQ" >/dev/null; one_job "$SPOOL" >/dev/null; docker_one >/dev/null  # warm up
-one_job "$SPOOL_NONE" >/dev/null; docker_default >/dev/null
-RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'" \
-  docker_default "docker_default" none_one "one_job $SPOOL_NONE" docker_again "docker_one"
+for u in "$AQ" "$SPOOL" "$AQ_NONE" "$SPOOL_NONE"; do one_job "$u" >/dev/null; done # warm up
+docker_one >/dev/null; docker_default >/dev/null
+sleep 2
+BEFORE=$(agent_containers)
+RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one; settle" spool_one "one_job $SPOOL; settle" amqp_one "one_job '$AQ'; settle" \
+  docker_default_one "docker_default; settle" none_spool_one "one_job $SPOOL_NONE; settle" \
+  none_amqp_one "one_job '$AQ_NONE'; settle" docker_again "docker_one; settle"
 # Interleaved too: on a shared machine the baseline alone drifts by a third between batches.
-measure_interleaved xargs_40 "secs xargs_n 40" \
-  spool_40 "bsecs jobs '$SPOOL' 40 '$IMAGE'" \
-  amqp_40 "bsecs jobs '$AQ' 40 '$IMAGE'" \
-  xargs_again_40 "secs xargs_n 40"
-measure_interleaved xargs_200 "secs xargs_n 200" \
-  spool_200 "bsecs jobs '$SPOOL' 200 '$IMAGE'" \
-  amqp_200 "bsecs jobs '$AQ' 200 '$IMAGE'"
-measure_interleaved xargs_default_40 "secs xargs_default 40" \
-  none_40 "bsecs jobs '$SPOOL_NONE' 40 '$IMAGE'"
+for N in 40 200; do
+  again=()
+  [ "$N" = 40 ] && again=(xargs_again_40 "secs xargs_n 40; settle")
+  measure_interleaved "xargs_$N" "secs xargs_n $N; settle" \
+    "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'; settle" \
+    "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'; settle" \
+    "xargs_default_$N" "secs xargs_default $N; settle" \
+    "none_spool_$N" "bsecs jobs '$SPOOL_NONE' $N '$IMAGE'; settle" \
+    "none_amqp_$N" "bsecs jobs '$AQ_NONE' $N '$IMAGE'; settle" "${again[@]}"
+done
 measure echo bsecs echo "$AMQP" $REQS
 measure requests bsecs requests "$AQ" $REQS
 kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=()
@@ -89,7 +118,9 @@ kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=()
 agent sqs "$SQS" ""
 sleep 3
 one_job "$SQS" >/dev/null; docker_one >/dev/null  # warm up
-RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one" sqs_one "one_job '$SQS'"
+sleep 2
+BEFORE=$(agent_containers)
+RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one; settle" sqs_one "one_job '$SQS'; settle"
 
 rate() { echo "scale=1; $1 / $2" | bc -l; }
 cpu=$(cpu_model)
@@ -102,18 +133,19 @@ out=$(mktemp)
   echo
   row "measurement" "agent" "baseline" "agent / baseline" "goal" "per round"
   echo "|---|---|---|---|---|---|"
-  row "one job on \`spool://\`, submit to exec.completed (s)" "${T[spool_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[spool_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread spool_one docker_one)"
-  row "one job on \`amqp://\`, submit to exec.completed (s)" "${T[amqp_one]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[amqp_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread amqp_one docker_one)"
-  row "one job on \`spool://\`, no network (the defaults of both) (s)" "${T[none_one]}" "docker run --rm: ${T[docker_default]}" "$(ratio "${T[none_one]}" "${T[docker_default]}")" "<= 1.05" "$(spread none_one docker_default)"
-  row "one job on \`sqs://\` (moto), submit to exec.completed (s)" "${T[sqs_one]}" "docker run --rm: ${T[docker_two]}" "$(ratio "${T[sqs_one]}" "${T[docker_two]}")" "reported" "$(spread sqs_one docker_two)"
+  for q in spool amqp; do
+    row "one job on \`$q://\`, host network, submit to exec.completed (s)" "${T[${q}_one]}" "docker run --rm --network host: ${T[docker_one]}" "$(ratio "${T[${q}_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread "${q}_one" docker_one)"
+    row "one job on \`$q://\`, the defaults of both, submit to exec.completed (s)" "${T[none_${q}_one]}" "docker run --rm: ${T[docker_default_one]}" "$(ratio "${T[none_${q}_one]}" "${T[docker_default_one]}")" "<= 1.05" "$(spread "none_${q}_one" docker_default_one)"
+  done
+  row "one job on \`sqs://\` (moto), host network, submit to exec.completed (s)" "${T[sqs_one]}" "docker run --rm --network host: ${T[docker_two]}" "$(ratio "${T[sqs_one]}" "${T[docker_two]}")" "reported" "$(spread sqs_one docker_two)"
   for N in 40 200; do
     for q in spool amqp; do
-      row "$N jobs at concurrency 8 on \`$q://\` (jobs/s)" "$(rate "$N" "${T[${q}_$N]}")" "xargs -P8 docker run --rm: $(rate "$N" "${T[xargs_$N]}")" "$(ratio "${T[xargs_$N]}" "${T[${q}_$N]}") (throughput)" ">= 1.0" "$(spread "xargs_$N" "${q}_$N")"
+      row "$N jobs at concurrency 8 on \`$q://\`, host network (jobs/s)" "$(rate "$N" "${T[${q}_$N]}")" "xargs -P8 docker run --rm --network host: $(rate "$N" "${T[xargs_$N]}")" "$(ratio "${T[xargs_$N]}" "${T[${q}_$N]}") (throughput)" ">= 1.0" "$(spread "xargs_$N" "${q}_$N")"
+      row "$N jobs at concurrency 8 on \`$q://\`, the defaults of both (jobs/s)" "$(rate "$N" "${T[none_${q}_$N]}")" "xargs -P8 docker run --rm: $(rate "$N" "${T[xargs_default_$N]}")" "$(ratio "${T[xargs_default_$N]}" "${T[none_${q}_$N]}") (throughput)" ">= 1.0" "$(spread "xargs_default_$N" "none_${q}_$N")"
     done
   done
-  row "40 jobs at concurrency 8 on \`spool://\`, no network (the defaults of both) (jobs/s)" "$(rate 40 "${T[none_40]}")" "xargs -P8 docker run --rm: $(rate 40 "${T[xargs_default_40]}")" "$(ratio "${T[xargs_default_40]}" "${T[none_40]}") (throughput)" ">= 1.0" "$(spread xargs_default_40 none_40)"
-  row "control: one \`docker run --rm --network host\` against another in the same rounds (s)" "${T[docker_again]}" "docker run --rm: ${T[docker_one]}" "$(ratio "${T[docker_again]}" "${T[docker_one]}")" "" "$(spread docker_again docker_one)"
-  row "control: 40 containers from \`xargs -P8\` against another 40 in the same rounds (jobs/s)" "$(rate 40 "${T[xargs_again_40]}")" "xargs -P8 docker run --rm: $(rate 40 "${T[xargs_40]}")" "$(ratio "${T[xargs_40]}" "${T[xargs_again_40]}") (throughput)" "" "$(spread xargs_40 xargs_again_40)"
+  row "control: one \`docker run --rm --network host\` against another in the same rounds (s)" "${T[docker_again]}" "docker run --rm --network host: ${T[docker_one]}" "$(ratio "${T[docker_again]}" "${T[docker_one]}")" "" "$(spread docker_again docker_one)"
+  row "control: 40 containers from \`xargs -P8\` against another 40 in the same rounds (jobs/s)" "$(rate 40 "${T[xargs_again_40]}")" "xargs -P8 docker run --rm --network host: $(rate 40 "${T[xargs_40]}")" "$(ratio "${T[xargs_40]}" "${T[xargs_again_40]}") (throughput)" "" "$(spread xargs_40 xargs_again_40)"
   row "$REQS alloc.inspect request/replies on \`amqp://\` (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)" "" ""
   echo
   echo "A job's latency includes the CLI process, its connection (on AMQP one, on which the CLI declares its durable reply queue and sends the command, and at the end deletes the queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm. The control rows run the baseline twice in the same rounds: the difference between two medians of the same command is what this machine's noise alone makes of a ratio."

@@ -17,7 +17,8 @@ source bench/lib.sh
 
 WORK=$(mktemp -d)
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+AQ="amqp://guest:guest@127.0.0.1:5672/%2f?ns=timeline-$(date +%s)"
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null; amqp_drop_ns "$AQ" bench-amqp; rm -rf "$WORK"' EXIT
 
 # timeline NAME URL: runs JOBS jobs through an agent on URL; writes NAME.tsv (step, median ms).
 timeline() {
@@ -80,7 +81,7 @@ docker_ms() {
 
 : >"$WORK/docker.ms"
 timeline spool "spool://$WORK/spool"
-timeline amqp "amqp://guest:guest@127.0.0.1:5672/%2f?ns=timeline-$(date +%s)"
+timeline amqp "$AQ"
 docker=$(awk '{print $2 / 10}' "$WORK/docker.ms" | median)
 
 out=$(mktemp)
