@@ -44,18 +44,19 @@ queue_bench_prepare() {
 # cpu_model: the CPU's model name.
 cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'; }
 
-# measure_interleaved NAME CMD [NAME CMD]...: like measure for several commands, running each
-# once per round in turn so machine drift affects all alike. Round i starts with the (i mod K)th
-# of the K commands and goes round from there, so over K rounds each command runs once in each
-# place: the machine drifts within a round (here, batches of containers mostly got slower as a
-# run went on), and a fixed order would charge that drift to the same command every round. The
-# commands are strings (eval'd).
+# measure_interleaved NAME CMD [NAME CMD]...: like measure for several commands (each after the
+# untimed $PREP when set), running each once per round in turn so machine drift affects all
+# alike. Round i starts with the (i mod K)th of the K commands and goes round from there, so
+# over K rounds each command runs once in each place: the machine drifts within a round (here,
+# batches of containers mostly got slower as a run went on), and a fixed order would charge
+# that drift to the same command every round. The commands are strings (eval'd).
 measure_interleaved() {
   local names=() cmds=() xs=() i j k
   while [ $# -ge 2 ]; do names+=("$1"); cmds+=("$2"); shift 2; done
   for ((i = 0; i < RUNS; i++)); do
     for ((k = 0; k < ${#names[@]}; k++)); do
       j=$(((i + k) % ${#names[@]}))
+      if [ -n "${PREP:-}" ]; then $PREP; fi
       xs[j]+="$(eval "${cmds[j]}") "
     done
   done

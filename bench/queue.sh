@@ -49,12 +49,13 @@ agent() {
 }
 
 bsecs() { "$BENCH" "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'; }
-# settle: waits, untimed, until the agents' containers are gone (no more agent containers than
-# before the first measurement) and the machine is quiet again (under 10% of its CPU busy over
-# 200 ms; at most 10 s). An agent removes a finished job's container, frees its alloc and
-# deletes its directory after the outcome is out (off the path to the result), and the broker
-# settles a batch's messages after it: without this, that work would run during, and slow,
-# whatever is measured next. (`docker run --rm` returns once its container is removed.)
+# settle (the $PREP of every measurement): waits, untimed, until the agents' containers are
+# gone (no more agent containers than before the first measurement) and the machine is quiet
+# again (under 10% of its CPU busy over 200 ms; at most 10 s). An agent removes a finished
+# job's container, frees its alloc and deletes its directory after the outcome is out (off the
+# path to the result), and the broker settles a batch's messages after it: without this, that
+# work would run during, and slow, whatever is measured next. (`docker run --rm` returns once
+# its container is removed.)
 agent_containers() { docker ps -aq --filter label=reflow-executor | wc -l; }
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 settle() {
@@ -96,20 +97,20 @@ sleep 2
 for u in "$AQ" "$SPOOL" "$AQ_NONE" "$SPOOL_NONE"; do one_job "$u" >/dev/null; done # warm up
 docker_one >/dev/null; docker_default >/dev/null
 sleep 2
-BEFORE=$(agent_containers)
-RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one; settle" spool_one "one_job $SPOOL; settle" amqp_one "one_job '$AQ'; settle" \
-  docker_default_one "docker_default; settle" none_spool_one "one_job $SPOOL_NONE; settle" \
-  none_amqp_one "one_job '$AQ_NONE'; settle" docker_again "docker_one; settle"
+BEFORE=$(agent_containers) PREP=settle
+RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'" \
+  docker_default_one "docker_default" none_spool_one "one_job $SPOOL_NONE" \
+  none_amqp_one "one_job '$AQ_NONE'" docker_again "docker_one"
 # Interleaved too: on a shared machine the baseline alone drifts by a third between batches.
 for N in 40 200; do
   again=()
-  [ "$N" = 40 ] && again=(xargs_again_40 "secs xargs_n 40; settle")
-  measure_interleaved "xargs_$N" "secs xargs_n $N; settle" \
-    "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'; settle" \
-    "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'; settle" \
-    "xargs_default_$N" "secs xargs_default $N; settle" \
-    "none_spool_$N" "bsecs jobs '$SPOOL_NONE' $N '$IMAGE'; settle" \
-    "none_amqp_$N" "bsecs jobs '$AQ_NONE' $N '$IMAGE'; settle" "${again[@]}"
+  [ "$N" = 40 ] && again=(xargs_again_40 "secs xargs_n 40")
+  measure_interleaved "xargs_$N" "secs xargs_n $N" \
+    "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'" \
+    "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'" \
+    "xargs_default_$N" "secs xargs_default $N" \
+    "none_spool_$N" "bsecs jobs '$SPOOL_NONE' $N '$IMAGE'" \
+    "none_amqp_$N" "bsecs jobs '$AQ_NONE' $N '$IMAGE'" "${again[@]}"
 done
 measure echo bsecs echo "$AMQP" $REQS
 measure requests bsecs requests "$AQ" $REQS
@@ -119,8 +120,8 @@ agent sqs "$SQS" ""
 sleep 3
 one_job "$SQS" >/dev/null; docker_one >/dev/null  # warm up
 sleep 2
-BEFORE=$(agent_containers)
-RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one; settle" sqs_one "one_job '$SQS'; settle"
+BEFORE=$(agent_containers) PREP=settle
+RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one" sqs_one "one_job '$SQS'"
 
 rate() { echo "scale=1; $1 / $2" | bc -l; }
 cpu=$(cpu_model)
