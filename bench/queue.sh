@@ -79,11 +79,15 @@ one_job() {
   job_json "$WORK/job.json" "$id"
   secs "$AGENT" submit --wait --timeout-secs 60 --queue "$1" "$WORK/job.json"
 }
-docker_one() { secs docker run --rm --network host "$IMAGE" sh -c 'echo x > /dev/null'; }
-xargs_n() { seq "$1" | xargs -P8 -I{} docker run --rm --network host "$IMAGE" sh -c 'echo {} > /dev/null'; }
-# The same on the engine's default network.
-docker_default() { secs docker run --rm "$IMAGE" sh -c 'echo x > /dev/null'; }
-xargs_default() { seq "$1" | xargs -P8 -I{} docker run --rm "$IMAGE" sh -c 'echo {} > /dev/null'; }
+# docker_one [ARGS]: seconds for one `docker run --rm ARGS` of a trivial command (no ARGS: the
+# engine's default network).
+docker_one() { secs docker run --rm "$@" "$IMAGE" sh -c 'echo x > /dev/null'; }
+# xargs_n N [ARGS]: N trivial `docker run --rm ARGS` from `xargs -P8`.
+xargs_n() {
+  local n=$1
+  shift
+  seq "$n" | xargs -P8 -I{} docker run --rm "$@" "$IMAGE" sh -c 'echo {} > /dev/null'
+}
 
 # Two agents per backend: on the host network (as `docker run --network host`), and on the
 # agent's default, no network (as plain `docker run`, which has the engine's default).
@@ -95,20 +99,20 @@ AGENT_NETWORK=none agent amqp-none "$AQ_NONE" "prefetch = 16"
 AGENT_NETWORK=none agent spool-none "$SPOOL_NONE" ""
 sleep 2
 for u in "$AQ" "$SPOOL" "$AQ_NONE" "$SPOOL_NONE"; do one_job "$u" >/dev/null; done # warm up
-docker_one >/dev/null; docker_default >/dev/null
+docker_one --network host >/dev/null; docker_one >/dev/null
 sleep 2
 BEFORE=$(agent_containers) PREP=settle
-RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'" \
-  docker_default_one "docker_default" none_spool_one "one_job $SPOOL_NONE" \
-  none_amqp_one "one_job '$AQ_NONE'" docker_again "docker_one"
+RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one --network host" spool_one "one_job $SPOOL" amqp_one "one_job '$AQ'" \
+  docker_default_one "docker_one" none_spool_one "one_job $SPOOL_NONE" \
+  none_amqp_one "one_job '$AQ_NONE'" docker_again "docker_one --network host"
 # Interleaved too: on a shared machine the baseline alone drifts by a third between batches.
 for N in 40 200; do
   again=()
-  [ "$N" = 40 ] && again=(xargs_again_40 "secs xargs_n 40")
-  measure_interleaved "xargs_$N" "secs xargs_n $N" \
+  [ "$N" = 40 ] && again=(xargs_again_40 "secs xargs_n 40 --network host")
+  measure_interleaved "xargs_$N" "secs xargs_n $N --network host" \
     "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'" \
     "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'" \
-    "xargs_default_$N" "secs xargs_default $N" \
+    "xargs_default_$N" "secs xargs_n $N" \
     "none_spool_$N" "bsecs jobs '$SPOOL_NONE' $N '$IMAGE'" \
     "none_amqp_$N" "bsecs jobs '$AQ_NONE' $N '$IMAGE'" "${again[@]}"
 done
@@ -118,10 +122,10 @@ kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true; PIDS=()
 
 agent sqs "$SQS" ""
 sleep 3
-one_job "$SQS" >/dev/null; docker_one >/dev/null  # warm up
+one_job "$SQS" >/dev/null; docker_one --network host >/dev/null  # warm up
 sleep 2
 BEFORE=$(agent_containers) PREP=settle
-RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one" sqs_one "one_job '$SQS'"
+RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one --network host" sqs_one "one_job '$SQS'"
 
 rate() { echo "scale=1; $1 / $2" | bc -l; }
 cpu=$(cpu_model)
