@@ -2,8 +2,9 @@
 # End-to-end queue benchmarks on every backend, each against a baseline measured in the same
 # run. Writes its section of bench/RESULTS.md.
 #
-#   bench/queue.sh [RUNS]     (default 3 runs of each throughput measurement and 5 x RUNS of
-#                             each one-job latency, which is cheap and noisier; medians reported)
+#   bench/queue.sh [RUNS [TPUT_RUNS]]   (default 3: 5 x RUNS rounds of each one-job latency,
+#                                       which is cheap and noisier, and TPUT_RUNS rounds of each
+#                                       throughput measurement, default RUNS; medians reported)
 #
 # - Job latency: `reflow-agent submit --wait` of one trivial job (a fresh id each time) through
 #   spool:// and RabbitMQ, submit to exec.completed, including the CLI's start and connections,
@@ -25,6 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 LAT_RUNS=$((RUNS * 5))
+TPUT_RUNS=${2:-$RUNS}
 REQS=500
 IMAGE=${REFLOW_TEST_IMAGE:-reflow-agent-test/busybox:1}
 AMQP=amqp://guest:guest@127.0.0.1:5672/%2f
@@ -109,7 +111,7 @@ RUNS=$LAT_RUNS measure_interleaved docker_one "docker_one --network host" spool_
 for N in 40 200; do
   again=()
   [ "$N" = 40 ] && again=(xargs_again_40 "secs xargs_n 40 --network host")
-  measure_interleaved "xargs_$N" "secs xargs_n $N --network host" \
+  RUNS=$TPUT_RUNS measure_interleaved "xargs_$N" "secs xargs_n $N --network host" \
     "spool_$N" "bsecs jobs '$SPOOL' $N '$IMAGE'" \
     "amqp_$N" "bsecs jobs '$AQ' $N '$IMAGE'" \
     "xargs_default_$N" "secs xargs_n $N" \
@@ -134,9 +136,9 @@ out=$(mktemp)
 {
   echo "## Queue: end-to-end jobs and commands"
   echo
-  echo "Reproduce: \`bench/queue.sh $RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`. The agent and its baseline take turns in each round, each round starting one further along the list, so that each takes each place in turn; the last column is the range of the ratio over the rounds (each round's agent against the same round's baseline)."
+  echo "Reproduce: \`bench/queue.sh $RUNS $TPUT_RUNS\`. Machine: $(nproc) cores, $cpu; $(docker version --format 'dockerd {{.Server.Version}}'); RabbitMQ $(rabbitmqctl version 2>/dev/null); SQS on moto. Date: $(date -u +%Y-%m-%d). Medians of $LAT_RUNS runs for one job and of $TPUT_RUNS for throughput; release build; one agent per backend, \`max_jobs = 8\`. The agent and its baseline take turns in each round, each round starting one further along the list, so that each takes each place in turn; the last column pairs them by round (each round's agent against the same round's baseline): the median of the rounds' ratios, and in brackets a 95% confidence interval for it (bootstrap over the rounds), how finely this machine's noise lets the rounds tell the ratio."
   echo
-  row "measurement" "agent" "baseline" "agent / baseline" "goal" "per round"
+  row "measurement" "agent" "baseline" "agent / baseline" "goal" "per round: median (95% CI)"
   echo "|---|---|---|---|---|---|"
   for q in spool amqp; do
     row "one job on \`$q://\`, host network, submit to exec.completed (s)" "${T[${q}_one]}" "docker run --rm --network host: ${T[docker_one]}" "$(ratio "${T[${q}_one]}" "${T[docker_one]}")" "<= 1.05" "$(spread "${q}_one" docker_one)"
