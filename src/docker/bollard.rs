@@ -80,10 +80,24 @@ impl BollardRuntime {
             _ => Docker::connect_with_local_defaults(),
         }
         .map_err(|e| map_err("connect", "docker", e))?;
-        Ok(BollardRuntime {
+        Ok(Self::with(docker))
+    }
+
+    /// Connects to the engine on the unix socket at `path`, whatever `DOCKER_HOST` says. No
+    /// request is made until the first call.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Unreachable`] when the address is unusable.
+    pub fn connect_unix(path: &str) -> Result<Self, RuntimeError> {
+        let docker = pooled_unix(path).map_err(|e| map_err("connect", "docker", e))?;
+        Ok(Self::with(docker))
+    }
+
+    fn with(docker: Docker) -> Self {
+        BollardRuntime {
             quick: docker.clone().with_timeout(DEFAULT_API_TIMEOUT),
             long: docker.with_timeout(LONG_API_TIMEOUT),
-        })
+        }
     }
 
     /// Waits until container `name` is gone, as another caller's removal ends: inspected every
@@ -174,8 +188,13 @@ fn classify(op: &'static str, target: String, status: u16, message: String) -> R
 #[async_trait]
 impl ContainerRuntime for BollardRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
+        // The engine's network list, not `/_ping`: a deadlocked dockerd (20.10's libnetwork,
+        // moby/moby#46661, docs/operations.md) still answers `/_ping` from its HTTP server while
+        // its container calls hang; the list goes through its network controller and hangs with
+        // them. (`/info` would too, but dockerd 20.10 runs `runc --version` and `docker-init
+        // --version` for each, too much for a ping every second.)
         self.quick
-            .ping()
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
             .await
             .map(|_| ())
             .map_err(|e| map_err("ping", "docker", e))
@@ -473,5 +492,53 @@ impl ContainerRuntime for BollardRuntime {
             .into_iter()
             .filter_map(|p| p.get(idx).cloned())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Serves, on `path`, an engine whose HTTP server answers `/_ping` and holds every other
+    /// request unanswered, as dockerd 20.10 deadlocked in libnetwork did (docs/operations.md).
+    fn wedged_engine(path: &std::path::Path) {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let path = req.split_whitespace().nth(1).unwrap_or_default();
+                        if !path.ends_with("/_ping") {
+                            // Held: the connection stays open and nothing is answered.
+                            std::thread::sleep(Duration::from_secs(60));
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK";
+                        if conn.write_all(ok).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_answers_pings_but_not_container_calls_is_not_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("docker.sock");
+        wedged_engine(&sock);
+        let rt = BollardRuntime::connect_unix(sock.to_str().unwrap()).unwrap();
+        let pinged = rt.quick.ping().await;
+        assert!(pinged.is_ok(), "its HTTP server answers /_ping: {pinged:?}");
+        assert!(
+            !crate::docker::health::answers(&rt).await,
+            "the agent does not take it for up"
+        );
     }
 }

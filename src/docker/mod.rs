@@ -268,7 +268,8 @@ impl ContainerInfo {
 /// A container engine.
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + fmt::Debug {
-    /// Checks that the engine answers.
+    /// Checks that the engine answers, through more than its HTTP server: the Docker engine is
+    /// asked for its network list, which a deadlocked engine does not give.
     async fn ping(&self) -> Result<(), RuntimeError>;
     /// Whether `image` is present locally.
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
