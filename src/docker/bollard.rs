@@ -75,12 +75,12 @@ impl BollardRuntime {
     /// # Errors
     /// [`RuntimeError::Unreachable`] when the address is unusable.
     pub fn connect() -> Result<Self, RuntimeError> {
-        let docker = match unix_socket() {
-            Some(path) if std::path::Path::new(&path).exists() => pooled_unix(&path),
-            _ => Docker::connect_with_local_defaults(),
+        match unix_socket() {
+            Some(path) if std::path::Path::new(&path).exists() => Self::connect_unix(&path),
+            _ => Docker::connect_with_local_defaults()
+                .map(Self::with)
+                .map_err(|e| map_err("connect", "docker", e)),
         }
-        .map_err(|e| map_err("connect", "docker", e))?;
-        Ok(Self::with(docker))
     }
 
     /// Connects to the engine on the unix socket at `path`, whatever `DOCKER_HOST` says. No
