@@ -305,11 +305,11 @@ impl DirWake {
     /// instance whose watch is the last on its directory makes the kernel free the
     /// directory's mark list, then the mark, each after an SRCU grace period; the close waits
     /// for the second, and when the first is still under way that one is a full grace period,
-    /// 10 to 20 ms on a machine with containers starting and ending (tens of microseconds
-    /// otherwise). So the watch is removed first and the close comes a moment later, when
-    /// the first period is over: measured on Linux 6.18 while containers churned, a close
-    /// 0.5 ms after the removal took 0.08 ms against 15.7 ms for a close alone (median of
-    /// 30). `submit --wait` on a spool pays this once, at its exit.
+    /// 10 to 20 ms on a machine with containers starting and ending (about 0.1 ms otherwise).
+    /// So the watch is removed first and the close comes a moment later, when the first
+    /// period is over: measured on Linux 6.18 while containers churned, a close 0.5 ms after
+    /// the removal took 0.08 ms, against 10.5 to 15.7 ms for a close alone or right after the
+    /// removal (medians of 30 to 40). `submit --wait` on a spool pays this once, at its exit.
     async fn release(mut self, dir: &Path) {
         use notify::Watcher as _;
         let Some(mut w) = self.watcher.take() else {
