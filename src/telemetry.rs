@@ -1,5 +1,5 @@
 //! Logging setup: `tracing` to stderr, JSON when stderr is not a terminal and human-readable when
-//! it is, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]).
+//! it is, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]), with [`ALWAYS_OFF`] on top.
 
 use std::io::IsTerminal;
 
@@ -22,10 +22,19 @@ pub enum LogFormat {
 /// region still fails the request that needs it, with its own error).
 pub const DEFAULT_FILTER: &str = "info,aws_config::imds=error";
 
+/// Always off, whatever `RUST_LOG` says: lapin's warning for a message the broker returns,
+/// which prints the whole message, body included (a command, with whatever its producer put
+/// in it). The agent and the CLI handle a returned message themselves (the CLI's command to a
+/// broker without the topology is declared for and sent again), so nothing is lost with it.
+pub const ALWAYS_OFF: &str = "lapin::returned_messages=off";
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    if let Ok(off) = ALWAYS_OFF.parse() {
+        filter = filter.add_directive(off);
+    }
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
