@@ -25,30 +25,8 @@ PIDS=()
 # strace waits for the agent it runs: the agent is stopped first.
 trap 'pkill -P "${PIDS[@]}" 2>/dev/null; kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK" /dev/shm/reflow-inodes.$$' EXIT
 
-# churn DIR: microseconds of CPU per create, fresh, after N deletions, after 2N.
-churn() {
-  python3 - "$1" "$N" <<'PY'
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-os.makedirs(d, exist_ok=True)
-def cpu():
-    t = os.times()
-    return t.user + t.system
-def create(tag):
-    c = cpu()
-    for i in range(n):
-        os.close(os.open(f"{d}/{tag}{i}", os.O_WRONLY | os.O_CREAT, 0o644))
-    return (cpu() - c) * 1e6 / n
-out = [create("a")]
-for tag in ("a", "b"):
-    for i in range(n):
-        os.unlink(f"{d}/{tag}{i}")
-    out.append(create(chr(ord(tag) + 1)))
-print(" ".join(f"{x:.0f}" for x in out))
-PY
-}
-disk=$(churn "$WORK/churn")
-shm=$(churn "/dev/shm/reflow-inodes.$$")
+disk=$(create_cost "$WORK/churn" "$N")
+shm=$(create_cost "/dev/shm/reflow-inodes.$$" "$N")
 dev=$(df --output=source "$WORK" | tail -1)
 fstype=$(df --output=fstype "$WORK" | tail -1)
 journal="n/a"

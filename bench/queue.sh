@@ -42,6 +42,8 @@ SPOOL="spool://$WORK/spool"
 SQS="sqs://$NS?create=true"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; amqp_drop_ns "$AQ" bench-amqp; amqp_drop_ns "${AQ_NONE:-}" bench-amqp-none; rm -rf "$WORK"' EXIT
+# What a new file costs on the state disk, before and after (see "What a new file costs here").
+CREATE_START=$(create_cost "$WORK/create-start" 1000 fresh)
 
 # agent NAME URL EXTRA: starts `serve` on URL with 8 slots; its admin listener is off.
 agent() {
@@ -129,6 +131,7 @@ sleep 2
 BEFORE=$(agent_containers) PREP=settle
 RUNS=$LAT_RUNS measure_interleaved docker_two "docker_one --network host" sqs_one "one_job '$SQS'"
 
+CREATE_END=$(create_cost "$WORK/create-end" 1000 fresh)
 rate() { echo "scale=1; $1 / $2" | bc -l; }
 cpu=$(cpu_model)
 DIGITS=3
@@ -155,7 +158,7 @@ out=$(mktemp)
   row "control: 40 containers from \`xargs -P8\` against another 40 in the same rounds (jobs/s)" "$(rate 40 "${T[xargs_again_40]}")" "xargs -P8 docker run --rm --network host: $(rate 40 "${T[xargs_40]}")" "$(ratio "${T[xargs_40]}" "${T[xargs_again_40]}") (throughput)" "" "$(spread xargs_40 xargs_again_40)"
   row "$REQS alloc.inspect request/replies on \`amqp://\` (per s)" "$(rate $REQS "${T[requests]}")" "raw lapin echo: $(rate $REQS "${T[echo]}")" "$(ratio "${T[echo]}" "${T[requests]}") (throughput)" "" ""
   echo
-  echo "A job's latency includes the CLI process, its connection (on AMQP one, on which the CLI declares its durable reply queue and sends the command, and at the end deletes the queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm. The control rows run the baseline twice in the same rounds: the difference between two medians of the same command is what this machine's noise alone makes of a ratio."
+  echo "A job's latency includes the CLI process, its connection (on AMQP one, on which the CLI declares its durable reply queue and sends the command, and at the end deletes the queue), the journal and outbox fsyncs, the alloc, the container, promoting and sending its output, and the event. A request is decoded, checked, answered from the pool, written to the outbox (fsync) and published with a confirm. The control rows run the baseline twice in the same rounds: the difference between two medians of the same command is what this machine's noise alone makes of a ratio. CPU per new empty file on the state disk ($(df --output=fstype "$WORK" | tail -1)), 1000 creates in a new directory: ${CREATE_START} us at the start of the run, ${CREATE_END} us at its end. The agent makes about 28 new inodes per job beside its container's own (\`bench/inodes.sh\`, where this disk has measured 10 to 950 us per create): at the high end that is about 25 ms of CPU per job, which the throughput rows pay."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh queue "$out"
