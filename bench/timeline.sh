@@ -26,6 +26,11 @@ timeline() {
   agent_toml "$WORK/$name.toml" "$name" "$url" "prefetch = 16"
   RUST_LOG=reflow_agent=debug "$AGENT" --log-format json serve --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
   PIDS+=($!)
+  # The engine's own view of each container's end: its `die` event (the exit seen) and its
+  # `destroy` (removed), beside the agent's steps.
+  docker events --filter type=container --filter event=die --filter event=destroy \
+    --format '{{.TimeNano}} {{.Action}}' >"$WORK/$name.engine" &
+  PIDS+=($!)
   sleep 2
   : >"$WORK/$name.marks"
   for ((i = 0; i < JOBS; i++)); do
@@ -37,9 +42,9 @@ timeline() {
     echo "$s $e" >>"$WORK/$name.marks"
     echo "docker $(docker_ms)" >>"$WORK/docker.ms"
   done
-  kill "${PIDS[-1]}"
-  wait "${PIDS[-1]}" 2>/dev/null || true
-  python3 - "$WORK/$name.log" "$WORK/$name.marks" >"$WORK/$name.tsv" <<'PY'
+  kill "${PIDS[-1]}" "${PIDS[-2]}"
+  wait "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true
+  python3 - "$WORK/$name.log" "$WORK/$name.marks" "$WORK/$name.engine" >"$WORK/$name.tsv" <<'PY'
 import collections, datetime, json, statistics, sys
 events = []
 for line in open(sys.argv[1]):
@@ -53,6 +58,11 @@ for line in open(sys.argv[1]):
         msg = "exec " + f.get("state", "")
     t = datetime.datetime.fromisoformat(j["timestamp"].replace("Z", "+00:00")).timestamp()
     events.append((t, msg))
+engine = {"die": "Engine: `die` event.", "destroy": "Engine: `destroy` event (removed)."}
+for line in open(sys.argv[3]):
+    ns, action = line.split()
+    events.append((int(ns) / 1e9, engine[action]))
+events.sort()
 steps, order = collections.defaultdict(list), []
 marks = [tuple(map(float, l.split())) for l in open(sys.argv[2])][2:]
 for s, e in marks:
@@ -65,6 +75,7 @@ for s, e in marks:
             steps[msg].append((t - s) * 1000)
     steps["CLI exits (outcome printed)"].append((e - s) * 1000)
 order.append("CLI exits (outcome printed)")
+order.sort(key=lambda m: statistics.median(steps[m]))
 for msg in order:
     if len(steps[msg]) * 2 >= len(marks):  # steps of most jobs, not one-off log lines
         print(f"{msg}\t{statistics.median(steps[msg]):.1f}")
@@ -101,7 +112,7 @@ for step in order:
     print(f"| {step} | " + " | ".join(c.get(step, "") for c in cols) + " |")
 PY
   echo
-  echo "The container's own time (created to exited) is the engine's, as for \`docker run\`: the start returns before the container has run, and the wait answers once the engine has processed its exit. On AMQP, 'Command received' includes the CLI's broker connection (TCP, the AMQP handshake, a channel), what is sent on it in one pipeline (confirm select, and the CLI's durable reply queue, declared and consumed: about 2 to 4 ms of the broker's time, measured with pika, which the broker does before it routes the command sent behind it; since df372da no topology and no binding), and the quorum queue's commit before it delivers the command. The CLI's exit follows the deletion of its reply queue, which the broker carries out before it answers the connection's close."
+  echo "The container's own time (created to exited) is the engine's, as for \`docker run\`: the start returns before the container has run, and the wait answers once the engine has processed its exit. On AMQP, 'Command received' includes the CLI's broker connection (TCP, the AMQP handshake, a channel), what is sent on it in one pipeline (confirm select, and the CLI's durable reply queue, declared and consumed: about 2 to 4 ms of the broker's time, measured with pika, which the broker does before it routes the command sent behind it; since df372da no topology and no binding), and the quorum queue's commit before it delivers the command. The CLI's exit follows the deletion of its reply queue, which the broker carries out before it answers the connection's close. The engine's rows come from \`docker events\`: its \`die\` event is about 12 ms before the agent's 'Container exited.', because dockerd 20.10 logs \`die\` before its cleanup (unmounting the container's filesystems, releasing its network) and answers the wait only after that, holding the container's lock throughout, so an inspect or a logs request asked at \`die\` is not answered sooner either; \`docker run --rm\` waits for the same cleanup, and then for the removal (\`destroy\`)."
 } >"$out"
 cat "$out"
 bash bench/update-results.sh timeline "$out"
