@@ -65,7 +65,7 @@ start_docker() {
     log "docker: starting dockerd (no bridge, no iptables)"
     # setsid: the daemon must survive the shell that started it.
     setsid nohup dockerd --bridge=none --iptables=false --ip6tables=false \
-      >"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+      >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
     wait_for "dockerd" 60 docker info
   fi
   echo "docker:   unix:///var/run/docker.sock ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
