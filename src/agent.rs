@@ -179,6 +179,23 @@ impl AwsClients {
         }
     }
 
+    /// The source of the AWS credentials that execs with `NeedAWSCreds` get, when the config
+    /// grants them (`executor.allow_aws_creds`): the agent's own, from the SDK's chain. None in
+    /// a build without the AWS SDK (such an exec then fails for want of credentials).
+    fn credentials(&self, cfg: &Resolved) -> Option<Arc<dyn crate::executor::AwsCredentialSource>> {
+        if !cfg.config.executor.allow_aws_creds {
+            return None;
+        }
+        #[cfg(feature = "aws")]
+        {
+            Some(Arc::new(crate::aws::SdkCredentials(self.sdk.clone())))
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            None
+        }
+    }
+
     /// The TaskDB named by the config, and the fleet's claim store in the same table: DynamoDB
     /// when a table is set, else none (and no fleet-wide claims).
     async fn taskdb(&self, cfg: &Config) -> Result<(Arc<dyn TaskDb>, Option<Claims>), AgentError> {
@@ -264,6 +281,8 @@ pub struct Ports {
     pub claims: Option<Claims>,
     /// Registry credentials for pulls.
     pub auth: Option<Arc<dyn crate::docker::auth::Authenticator>>,
+    /// AWS credentials for execs with `NeedAWSCreds`, when `executor.allow_aws_creds` grants them.
+    pub aws_credentials: Option<Arc<dyn crate::executor::AwsCredentialSource>>,
     /// OOM evidence beyond the engine's and the cgroup's (the kernel log).
     pub oom: Vec<Arc<dyn crate::oom::OomDetector>>,
     /// The counters `/metrics` shows.
@@ -304,6 +323,7 @@ impl Ports {
             taskdb,
             claims,
             auth,
+            aws_credentials: aws.credentials(cfg),
             oom: vec![Arc::new(kmsg)],
             metrics: Arc::default(),
             notifier: crate::notify::Notifier::from_env(),
@@ -439,6 +459,7 @@ async fn start(
         taskdb,
         claims,
         auth,
+        aws_credentials,
         oom,
         metrics,
         notifier,
@@ -456,6 +477,7 @@ async fn start(
         blob: blob.clone(),
         image_ledger: Some(ledger.clone()),
         seen_images: Arc::default(),
+        aws_credentials,
     };
     let pool_cfg = PoolConfig {
         id: cfg.pool_id.clone(),

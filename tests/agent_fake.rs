@@ -76,6 +76,7 @@ async fn start(extra: &str) -> Agent {
         taskdb: taskdb.clone(),
         claims: Some(Arc::new(MemoryClaims::default())),
         auth: None,
+        aws_credentials: None,
         oom: Vec::new(),
         metrics: Arc::default(),
         notifier: Default::default(),

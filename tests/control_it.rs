@@ -2698,12 +2698,14 @@ async fn secrets_never_reach_logs_or_events() {
         "",
         &url,
         &format!(
-            "[executor]\ndocker_config = \"{}\"\n[security]\nrepositories = [\"s3://{bucket}/repo\"]\n",
+            "[executor]\ndocker_config = \"{}\"\nallow_aws_creds = true\n[security]\nrepositories = [\"s3://{bucket}/repo\"]\n",
             docker_config.display()
         ),
         &[
             ("REFLOW_AGENT_HMAC_KEY", hmac.as_str()),
             ("AWS_SECRET_ACCESS_KEY", aws_secret.as_str()),
+            // Debug logs included: no library's log of a request may carry them either.
+            ("RUST_LOG", "debug"),
         ],
     );
     let mut events = Events::new(client.as_ref()).await;
@@ -2719,6 +2721,16 @@ async fn secrets_never_reach_logs_or_events() {
     body["body"]["config"]["Image"] = image.clone().into();
     body["body"]["outputs_to"] = format!("s3://{bucket}/repo").into();
     submit(client.as_ref(), &ok, &signed(body)).await;
+    // An exec that asks for AWS credentials gets the agent's (executor.allow_aws_creds), in
+    // its environment only: it writes the key id and the secret's length, never the secret.
+    let creds = uniq("creds");
+    let mut body: serde_json::Value = serde_json::from_slice(&job(
+        &creds,
+        "echo \"$AWS_ACCESS_KEY_ID ${#AWS_SECRET_ACCESS_KEY}\" > $out",
+    ))
+    .unwrap();
+    body["body"]["config"]["NeedAWSCreds"] = true.into();
+    submit(client.as_ref(), &creds, &signed(body)).await;
     let unsigned = uniq("unsigned");
     submit(
         client.as_ref(),
@@ -2730,6 +2742,19 @@ async fn secrets_never_reach_logs_or_events() {
     let (digest, fine, _) = output(&e);
     assert!(fine, "{e:?}\n{}", tail(&agent.logs(), 40));
     assert_eq!(digest, sha256sum(b"secretless\n"));
+    let e = events.completed(&creds).await;
+    let (digest, fine, _) = output(&e);
+    assert!(fine, "{e:?}\n{}", tail(&agent.logs(), 40));
+    let key_id = aws_env()
+        .into_iter()
+        .find(|(k, _)| *k == "AWS_ACCESS_KEY_ID")
+        .map(|(_, v)| v)
+        .unwrap();
+    assert_eq!(
+        digest,
+        sha256sum(format!("{key_id} {}\n", aws_secret.len()).as_bytes()),
+        "the exec got the agent's credentials"
+    );
     events
         .until("command.rejected (unsigned)", |e| {
             e.body.kind() == "command.rejected" && e.command.as_deref() == Some(unsigned.as_str())

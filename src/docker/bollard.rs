@@ -333,7 +333,8 @@ impl ContainerRuntime for BollardRuntime {
                 };
             }
         };
-        let raw = serde_json::to_value(&resp).unwrap_or(serde_json::Value::Null);
+        let mut raw = serde_json::to_value(&resp).unwrap_or(serde_json::Value::Null);
+        super::redact_env(&mut raw);
         let state = resp.state.unwrap_or_default();
         let parse = |s: Option<String>| {
             s.and_then(|s| time::parse(&s).ok())

@@ -132,6 +132,30 @@ pub struct LogChunk {
     pub bytes: Vec<u8>,
 }
 
+/// Environment variables whose values never leave the container: the AWS credentials an exec
+/// with `NeedAWSCreds` is given. Their values are cut out of every inspect the agent keeps
+/// ([`redact_env`]).
+pub const SECRET_ENV: &[&str] = &["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
+/// Replaces the value of every [`SECRET_ENV`] variable in an inspect's `Config.Env` with
+/// `<redacted>`, so the engine's JSON can be kept in manifests and sent in events.
+pub fn redact_env(inspect: &mut serde_json::Value) {
+    let Some(env) = inspect
+        .pointer_mut("/Config/Env")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for var in env {
+        let Some(name) = var.as_str().and_then(|s| s.split_once('=')).map(|(n, _)| n) else {
+            continue;
+        };
+        if SECRET_ENV.contains(&name) {
+            *var = format!("{name}=<redacted>").into();
+        }
+    }
+}
+
 /// Registry credentials for a pull.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryAuth {
@@ -308,4 +332,47 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// The engine's data directory (where images live), for its disk use.
     async fn data_root(&self) -> Result<std::path::PathBuf, RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_environment_values_are_cut_from_an_inspect() {
+        let mut raw = serde_json::json!({
+            "Id": "abc",
+            "Config": {"Env": [
+                "HOME=/tmp",
+                "AWS_ACCESS_KEY_ID=AKIDEXAMPLE",
+                "AWS_SECRET_ACCESS_KEY=very=secret",
+                "AWS_SESSION_TOKEN=token",
+                "NOT_AWS_SECRET_ACCESS_KEY=kept",
+                "BARE",
+                7
+            ]}
+        });
+        redact_env(&mut raw);
+        assert_eq!(
+            raw["Config"]["Env"],
+            serde_json::json!([
+                "HOME=/tmp",
+                "AWS_ACCESS_KEY_ID=AKIDEXAMPLE",
+                "AWS_SECRET_ACCESS_KEY=<redacted>",
+                "AWS_SESSION_TOKEN=<redacted>",
+                "NOT_AWS_SECRET_ACCESS_KEY=kept",
+                "BARE",
+                7
+            ])
+        );
+        // No `Config.Env`, or not a list: left as it is.
+        for mut v in [
+            serde_json::json!({"Id": "x"}),
+            serde_json::json!({"Config": {"Env": null}}),
+        ] {
+            let before = v.clone();
+            redact_env(&mut v);
+            assert_eq!(v, before);
+        }
+    }
 }

@@ -436,7 +436,7 @@ impl Exec {
                 .await
                 .map_err(|e| err(Kind::Fatal, "create", &self.id, e.to_string()))??
         };
-        let spec = self.container_spec(inner, &config, spec)?;
+        let spec = self.container_spec(inner, &config, spec).await?;
         self.create_container(inner, &config, &spec).await
     }
 
@@ -483,14 +483,24 @@ impl Exec {
         }
     }
 
-    fn container_spec(
+    /// The container for `cfg`. An exec that asks for AWS credentials, on an executor that
+    /// grants them but holds none of its own, gets the current ones from the credential source.
+    async fn container_spec(
         &self,
         inner: &Inner,
         cfg: &ExecConfig,
         args: Vec<String>,
     ) -> Result<ContainerSpec, ReflowError> {
+        let mut policy = std::borrow::Cow::Borrowed(&inner.cfg);
+        if cfg.need_aws_creds
+            && inner.cfg.allow_aws_creds
+            && inner.cfg.aws_credentials.is_none()
+            && let Some(source) = &inner.aws_credentials
+        {
+            policy.to_mut().aws_credentials = source.credentials().await;
+        }
         super::spec::container_spec(
-            &inner.cfg,
+            &policy,
             &super::spec::Placement {
                 exec: &self.id,
                 container: &self.container,
@@ -576,7 +586,7 @@ impl Exec {
             .map_err(|e| self.classified("remove vanishing container", &e))?;
         let config = self.config_with_image(inner).await?;
         let args = arg_paths(&config, &self.id)?;
-        let spec = self.container_spec(inner, &config, args)?;
+        let spec = self.container_spec(inner, &config, args).await?;
         self.create_container(inner, &config, &spec).await
     }
 

@@ -77,6 +77,16 @@ impl fmt::Debug for AwsCredentials {
     }
 }
 
+/// Where an exec that asks for AWS credentials, on an executor that grants them
+/// ([`ExecutorConfig::allow_aws_creds`]) and has none of its own
+/// ([`ExecutorConfig::aws_credentials`]), gets them: the agent's, asked for at each container's
+/// creation, so rotating credentials (an instance role's) are current.
+#[async_trait::async_trait]
+pub trait AwsCredentialSource: Send + Sync + fmt::Debug {
+    /// The current credentials; `None` when there are none to give.
+    async fn credentials(&self) -> Option<AwsCredentials>;
+}
+
 /// How long an exec waits for a container engine that stopped answering (10 minutes: a
 /// dockerd restart or upgrade takes seconds to a minute).
 pub const DEFAULT_ENGINE_WAIT: Duration = Duration::from_secs(600);
@@ -153,6 +163,8 @@ pub struct ExecutorPorts {
     /// Images seen present, shared by every executor made from these ports (a pool's allocs):
     /// a new alloc's first exec needs no check of an image another alloc just used.
     pub seen_images: Arc<SeenImages>,
+    /// AWS credentials for execs that ask for them (absent: only [`ExecutorConfig::aws_credentials`]).
+    pub aws_credentials: Option<Arc<dyn AwsCredentialSource>>,
 }
 
 /// Images seen present on the engine, and when; each is trusted for [`IMAGE_PRESENT_TTL`]. A
@@ -187,6 +199,7 @@ impl ExecutorPorts {
             blob: None,
             image_ledger: None,
             seen_images: Arc::default(),
+            aws_credentials: None,
         }
     }
 }
@@ -432,6 +445,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     oom_detectors: Vec<Arc<dyn crate::oom::OomDetector>>,
     blob: Option<Arc<dyn crate::blob::BlobStore>>,
+    aws_credentials: Option<Arc<dyn AwsCredentialSource>>,
     repo: FileRepository,
     images: Images,
     execs: Mutex<HashMap<Digest, Arc<Exec>>>,
@@ -552,6 +566,7 @@ impl Executor {
             blob,
             image_ledger,
             seen_images,
+            aws_credentials,
         } = ports;
         if !valid_id(&cfg.id) {
             return Err(ExecutorError::BadId {
@@ -581,6 +596,7 @@ impl Executor {
             clock,
             oom_detectors,
             blob,
+            aws_credentials,
             repo,
             execs: Mutex::new(HashMap::new()),
             put_lock: tokio::sync::Mutex::new(()),
