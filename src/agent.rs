@@ -166,6 +166,33 @@ struct AwsClients {
     sdk: Arc<crate::aws::LazySdk>,
 }
 
+/// The agent's own AWS credentials from the SDK's chain (environment, profile, instance role),
+/// for execs with `NeedAWSCreds` on an executor that grants them. The chain caches and
+/// refreshes them; each container's creation asks again.
+#[cfg(feature = "aws")]
+#[derive(Debug, Clone)]
+struct SdkCredentials(Arc<crate::aws::LazySdk>);
+
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl crate::executor::AwsCredentialSource for SdkCredentials {
+    async fn credentials(&self) -> Option<crate::executor::AwsCredentials> {
+        use aws_credential_types::provider::ProvideCredentials as _;
+        let provider = self.0.get().await.credentials_provider()?;
+        match provider.provide_credentials().await {
+            Ok(c) => Some(crate::executor::AwsCredentials {
+                access_key_id: c.access_key_id().to_string(),
+                secret_access_key: c.secret_access_key().to_string(),
+                session_token: c.session_token().map(str::to_string),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "No AWS credentials for an exec that asks for them.");
+                None
+            }
+        }
+    }
+}
+
 /// The fleet's claim store.
 type Claims = Arc<dyn crate::taskdb::claims::ClaimStore>;
 
@@ -188,7 +215,7 @@ impl AwsClients {
         }
         #[cfg(feature = "aws")]
         {
-            Some(Arc::new(crate::aws::SdkCredentials(self.sdk.clone())))
+            Some(Arc::new(SdkCredentials(self.sdk.clone())))
         }
         #[cfg(not(feature = "aws"))]
         {

@@ -81,33 +81,6 @@ impl LazySdk {
     }
 }
 
-/// The agent's own AWS credentials from the SDK's chain (environment, profile, instance role),
-/// for execs with `NeedAWSCreds` on an executor that grants them. The chain caches and
-/// refreshes them; each container's creation asks again.
-#[cfg(feature = "aws")]
-#[derive(Debug, Clone)]
-pub struct SdkCredentials(pub std::sync::Arc<LazySdk>);
-
-#[cfg(feature = "aws")]
-#[async_trait::async_trait]
-impl crate::executor::AwsCredentialSource for SdkCredentials {
-    async fn credentials(&self) -> Option<crate::executor::AwsCredentials> {
-        use aws_credential_types::provider::ProvideCredentials as _;
-        let provider = self.0.get().await.credentials_provider()?;
-        match provider.provide_credentials().await {
-            Ok(c) => Some(crate::executor::AwsCredentials {
-                access_key_id: c.access_key_id().to_string(),
-                secret_access_key: c.secret_access_key().to_string(),
-                session_token: c.session_token().map(str::to_string),
-            }),
-            Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), "No AWS credentials for an exec that asks for them.");
-                None
-            }
-        }
-    }
-}
-
 /// An SDK interceptor that counts every attempt of every call (one HTTP request each) in
 /// [`crate::requests`], by the operation's service and name (`SQS`/`SendMessage`). Every AWS
 /// client of the agent carries it.
