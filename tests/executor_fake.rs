@@ -408,6 +408,63 @@ async fn docker_socket_and_aws_credentials_only_when_allowed_and_never_in_manife
     assert!(!manifest.contains("very-secret-key") && !manifest.contains("session-token-value"));
 }
 
+/// Credentials that change at each ask, as an instance role's rotate: `AKID<n>` for the n-th.
+#[derive(Debug, Default)]
+struct RotatingCredentials(std::sync::atomic::AtomicU32);
+
+#[async_trait::async_trait]
+impl reflow_agent::executor::AwsCredentialSource for RotatingCredentials {
+    async fn credentials(&self) -> Option<reflow_agent::executor::AwsCredentials> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(reflow_agent::executor::AwsCredentials {
+            access_key_id: format!("AKID{n}"),
+            secret_access_key: format!("secret-{n}"),
+            session_token: None,
+        })
+    }
+}
+
+/// With no credentials of its own, an executor that grants them asks its source at each
+/// container's creation, and only for execs that ask for them: every container gets the
+/// credentials current at its creation.
+#[tokio::test]
+async fn aws_credentials_come_from_the_source_at_each_creation() {
+    use reflow_agent::executor::ExecutorPorts;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let source = Arc::new(RotatingCredentials::default());
+    let mut c = ExecutorConfig::new("rotating", dir.path().join("x"));
+    c.allow_aws_creds = true;
+    let mut ports = ExecutorPorts::new(rt.clone(), Arc::new(SystemClock));
+    ports.aws_credentials = Some(source.clone());
+    let ex = Executor::start_with(c, ports).await.unwrap();
+    let mut asking = cfg("ok");
+    asking.need_aws_creds = true;
+    let mut keys = Vec::new();
+    for name in ["first", "second"] {
+        let e = ex.put(id(name), cfg("ok")).await.unwrap();
+        e.wait().await.unwrap();
+        let e = ex
+            .put(id(&format!("{name}-asks")), asking.clone())
+            .await
+            .unwrap();
+        e.wait().await.unwrap();
+        let spec = rt.specs().remove(e.container_name()).unwrap();
+        keys.extend(
+            spec.env
+                .iter()
+                .filter(|v| v.starts_with("AWS_ACCESS_KEY_ID="))
+                .cloned(),
+        );
+    }
+    assert_eq!(keys, ["AWS_ACCESS_KEY_ID=AKID0", "AWS_ACCESS_KEY_ID=AKID1"]);
+    assert_eq!(
+        source.0.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "asked once per exec that wants credentials, never for the others"
+    );
+}
+
 #[tokio::test]
 async fn references_reuse_local_objects_and_file_sources_are_verified() {
     use reflow_agent::fileset::{File, Fileset};
