@@ -132,10 +132,15 @@ pub struct LogChunk {
     pub bytes: Vec<u8>,
 }
 
+/// The variable an exec with `NeedAWSCreds` finds its secret access key in.
+pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// The variable an exec with `NeedAWSCreds` finds its session token in (temporary credentials).
+pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+
 /// Environment variables whose values never leave the container: the AWS credentials an exec
 /// with `NeedAWSCreds` is given. Their values are cut out of every inspect the agent keeps
 /// ([`redact_env`]).
-pub const SECRET_ENV: &[&str] = &["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+pub const SECRET_ENV: &[&str] = &[AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN];
 
 /// Replaces the value of every [`SECRET_ENV`] variable in an inspect's `Config.Env` with
 /// `<redacted>`, so the engine's JSON can be kept in manifests and sent in events.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{ExecutorConfig, LABEL_EXEC, LABEL_EXECUTOR, cmdfmt};
 use crate::digest::Digest;
-use crate::docker::{Bind, ContainerSpec};
+use crate::docker::{AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, Bind, ContainerSpec};
 use crate::error::{Kind, ReflowError};
 use crate::model::ExecConfig;
 
@@ -84,9 +84,10 @@ pub fn container_spec(
         match (&policy.aws_credentials, policy.allow_aws_creds) {
             (Some(c), true) => {
                 env.push(format!("AWS_ACCESS_KEY_ID={}", c.access_key_id));
-                env.push(format!("AWS_SECRET_ACCESS_KEY={}", c.secret_access_key));
+                // Named by the constants the inspect's redaction goes by.
+                env.push(format!("{AWS_SECRET_ACCESS_KEY}={}", c.secret_access_key));
                 if let Some(t) = &c.session_token {
-                    env.push(format!("AWS_SESSION_TOKEN={t}"));
+                    env.push(format!("{AWS_SESSION_TOKEN}={t}"));
                 }
             }
             (_, false) => {
