@@ -17,7 +17,7 @@
 //!    SHA-256 digests. [`backoff`]: the one retry policy (capped, jittered). [`relpath`]:
 //!    untrusted relative paths checked before any join.
 //!    [`resources`]: CPU, memory and disk amounts. [`persist`]: atomic, fsynced state files,
-//!    bounded reads, crash leftovers, pruning. [`par`]: parallel map for hashing many files.
+//!    bounded reads, crash leftovers, pruning. [`par`]: parallel map for hashing many files, tasks aborted when dropped.
 //!    [`failpoint`]: failure injection for crash tests. [`features`]: which optional backends
 //!    this build carries. [`notify`]: systemd notifications. [`requests`]: cloud and broker
 //!    requests, counted. [`telemetry`]: logging.

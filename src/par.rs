@@ -51,6 +51,52 @@ where
         .collect()
 }
 
+/// A spawned task that is aborted when dropped, so what it holds (a connection, a file) goes
+/// with its owner. Awaiting it gives the task's output, or `None` when it panicked or was
+/// aborted (or its output was taken already).
+#[derive(Debug)]
+pub struct Task<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T: Send + 'static> Task<T> {
+    /// Spawns `fut` on the current runtime.
+    pub fn spawn(fut: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Task(Some(tokio::spawn(fut)))
+    }
+
+    /// Aborts the task and waits until it is gone (it ends at its next await point), so
+    /// nothing it does comes after this returns.
+    pub async fn cancel(mut self) {
+        if let Some(mut handle) = self.0.take() {
+            handle.abort();
+            let _ = (&mut handle).await;
+        }
+    }
+}
+
+impl<T> std::future::Future for Task<T> {
+    type Output = Option<T>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        let Some(handle) = self.0.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let out = std::task::ready!(std::pin::Pin::new(handle).poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out.ok())
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

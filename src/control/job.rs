@@ -389,7 +389,7 @@ impl Inner {
         let keepalive = {
             let (pool, id) = (self.pool.clone(), alloc_id.clone());
             let renew_now = alloc.expires() < self.clock.now() + chrono::Duration::seconds(60);
-            tokio::spawn(async move {
+            crate::par::Task::spawn(async move {
                 if renew_now {
                     let _ = pool.keepalive(&id, chrono::Duration::seconds(120)).await;
                 }
@@ -399,7 +399,8 @@ impl Inner {
                 }
             })
         };
-        let _stop_keepalive = AbortOnDrop(keepalive);
+        // Stopped when the job ends (dropped).
+        let _stop_keepalive = keepalive;
         let ex = alloc.executor();
         let exec = match ex.get(&exec_id) {
             Ok(x) => x,
@@ -476,15 +477,6 @@ impl Inner {
         }
         let complete = self.exec_state_event(req, &exec, &alloc_id, "complete");
         Ok((result, Some(complete)))
-    }
-}
-
-/// Aborts a task when dropped.
-pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
