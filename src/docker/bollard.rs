@@ -9,17 +9,18 @@ use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, EventMessage, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
-    StartContainerOptions, TopOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
+    InspectContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, StartContainerOptions, TopOptions,
+    WaitContainerOptions,
 };
 use futures_util::stream::{BoxStream, StreamExt};
 
 use super::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerSummary, LogChunk, LogStream,
-    RegistryAuth, RuntimeError,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerSummary, Exit, LogChunk, LogStream,
+    RegistryAuth, RuntimeError, Watch,
 };
 use crate::time;
 
@@ -122,6 +123,74 @@ impl BollardRuntime {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A log or attach frame as the port's chunk; standard input's frames are dropped.
+fn log_chunk(
+    op: &'static str,
+    target: &str,
+    item: Result<LogOutput, BollardError>,
+) -> Option<Result<LogChunk, RuntimeError>> {
+    match item {
+        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+            Some(Ok(LogChunk {
+                stream: LogStream::Stdout,
+                bytes: message.to_vec(),
+            }))
+        }
+        Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk {
+            stream: LogStream::Stderr,
+            bytes: message.to_vec(),
+        })),
+        Ok(LogOutput::StdIn { .. }) => None,
+        Err(e) => Some(Err(map_err(op, target, e))),
+    }
+}
+
+/// Reads container events until the container's `die`: its exit code, and whether an `oom`
+/// and a `start` came before it. A `destroy` first, or the stream's end, is an error.
+async fn until_die(
+    mut events: impl futures_util::Stream<Item = Result<EventMessage, BollardError>> + Unpin,
+    target: String,
+) -> Result<Exit, RuntimeError> {
+    let at = |e: &EventMessage| {
+        e.time_nano
+            .map(chrono::DateTime::from_timestamp_nanos)
+            .filter(|t: &time::Time| t.timestamp() > 0)
+    };
+    let mut oom_killed = false;
+    let mut started_at = None;
+    let gone = |message: &str| RuntimeError::Engine {
+        op: "events",
+        target: target.clone(),
+        status: 0,
+        message: message.to_string(),
+    };
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| map_err("events", &target, e))?;
+        match event.action.as_deref() {
+            Some("start") => started_at = at(&event),
+            Some("oom") => oom_killed = true,
+            Some("die") => {
+                let code = event
+                    .actor
+                    .as_ref()
+                    .and_then(|a| a.attributes.as_ref())
+                    .and_then(|a| a.get("exitCode"))
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .ok_or_else(|| gone("die event without an exit code"))?;
+                return Ok(Exit {
+                    code,
+                    oom_killed,
+                    started_at,
+                    finished_at: at(&event),
+                });
+            }
+            Some("destroy") => return Err(gone("container destroyed before it ended")),
+            _ => {}
+        }
+    }
+    Err(gone("event stream ended before the container did"))
 }
 
 /// Maps a bollard error to the port's error. Registry errors arrive as engine messages, so the
@@ -234,6 +303,72 @@ impl ContainerRuntime for BollardRuntime {
             .docker_root_dir
             .unwrap_or_else(|| "/var/lib/docker".into())
             .into())
+    }
+
+    async fn watch(&self, name: &str) -> Result<Option<Watch>, RuntimeError> {
+        let Some(created) = self.inspect(name).await? else {
+            return Err(RuntimeError::NotFound {
+                op: "watch",
+                target: name.to_string(),
+                message: "no such container".to_string(),
+            });
+        };
+        // Events since the container's creation (by the engine's clock), so those of a start
+        // sent before the engine took this request are replayed from its buffer; by id, so no
+        // earlier container of the same name is read.
+        let since = created
+            .raw
+            .get("Created")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|t| time::parse(t).ok())
+            .map_or(0, |t| t.timestamp() - 1);
+        let opts = EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                ("container".to_string(), vec![created.id.clone()]),
+                (
+                    "event".to_string(),
+                    ["start", "oom", "die", "destroy"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+            ])),
+        };
+        let events = self.long.events(Some(opts));
+        let exit = crate::par::Task::spawn(until_die(Box::pin(events), name.to_string()));
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = self
+            .long
+            .attach_container(name, Some(attach))
+            .await
+            .map_err(|e| map_err("attach", name, e))?;
+        let target = name.to_string();
+        let output = attached
+            .output
+            .filter_map(move |item| std::future::ready(log_chunk("attach", &target, item)))
+            .boxed();
+        let target = name.to_string();
+        Ok(Some(Watch {
+            created,
+            output,
+            exit: Box::pin(async move {
+                exit.await.unwrap_or_else(|| {
+                    Err(RuntimeError::Engine {
+                        op: "events",
+                        target,
+                        status: 0,
+                        message: "the event reader stopped".to_string(),
+                    })
+                })
+            }),
+        }))
     }
 
     async fn pull(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), RuntimeError> {
@@ -382,25 +517,7 @@ impl ContainerRuntime for BollardRuntime {
         let target = name.to_string();
         self.long
             .logs(name, Some(opts))
-            .filter_map(move |item| {
-                let target = target.clone();
-                async move {
-                    match item {
-                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                            Some(Ok(LogChunk {
-                                stream: LogStream::Stdout,
-                                bytes: message.to_vec(),
-                            }))
-                        }
-                        Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk {
-                            stream: LogStream::Stderr,
-                            bytes: message.to_vec(),
-                        })),
-                        Ok(LogOutput::StdIn { .. }) => None,
-                        Err(e) => Some(Err(map_err("logs", &target, e))),
-                    }
-                }
-            })
+            .filter_map(move |item| std::future::ready(log_chunk("logs", &target, item)))
             .boxed()
     }
 
@@ -501,6 +618,52 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+
+    fn event(
+        action: &str,
+        at_ns: i64,
+        attrs: &[(&str, &str)],
+    ) -> Result<EventMessage, BollardError> {
+        Ok(EventMessage {
+            action: Some(action.to_string()),
+            actor: Some(bollard::models::EventActor {
+                id: Some("abc".to_string()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            time_nano: Some(at_ns),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_die_event_gives_the_exit_and_an_oom_before_it_is_kept() {
+        let s = 1_800_000_000_000_000_000;
+        let events = futures_util::stream::iter(vec![
+            event("create", s, &[]),
+            event("start", s + 1, &[]),
+            event("oom", s + 2, &[]),
+            event("die", s + 3, &[("exitCode", "137"), ("name", "c")]),
+        ]);
+        let exit = until_die(events, "c".into()).await.unwrap();
+        assert_eq!(exit.code, 137);
+        assert!(exit.oom_killed);
+        assert_eq!(exit.started_at.unwrap().timestamp_nanos_opt(), Some(s + 1));
+        assert_eq!(exit.finished_at.unwrap().timestamp_nanos_opt(), Some(s + 3));
+        // A destroy first, a die without a code, or a stream that ends: no exit.
+        for events in [
+            vec![event("destroy", s, &[])],
+            vec![event("die", s, &[])],
+            vec![event("start", s, &[])],
+        ] {
+            let e = until_die(futures_util::stream::iter(events), "c".into()).await;
+            assert!(e.is_err(), "{e:?}");
+        }
+    }
 
     /// Serves, on `path`, an engine whose HTTP server answers `/_ping` and holds every other
     /// request unanswered, as dockerd 20.10 deadlocked in libnetwork did (docs/operations.md).
