@@ -501,3 +501,123 @@ async fn a_remove_during_another_removal_returns_once_the_container_is_gone() {
     );
     assert!(other.wait().unwrap().success());
 }
+
+/// Waits until `path` holds `want`, for up to 20 s.
+async fn until_file_is(path: &std::path::Path, want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = fs::read(path).unwrap_or_default();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} holds {:?}, not {:?}",
+            path.display(),
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A container started by the executor is watched from before its start: what it writes is in
+/// the exec's `stdout` and `stderr` while it runs, and its clean exit, announced by the
+/// engine, is in the manifest's Docker JSON as an inspect after the exit would show it.
+#[tokio::test]
+async fn a_watched_exec_writes_its_output_as_it_runs_and_records_its_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path()).await;
+    let e = ex
+        .put(
+            new_id("watched"),
+            exec(
+                "echo hello; echo oops >&2; until [ -e /tmp/go ]; do sleep 0.05; done; echo foobar > $out",
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+    e.wait_until(ExecState::Running).await.unwrap();
+    // The exec waits for the file below: its output so far is on disk while it runs.
+    until_file_is(&e.dir().join("stdout"), b"hello\n").await;
+    until_file_is(&e.dir().join("stderr"), b"oops\n").await;
+    assert_eq!(e.status().state, ExecState::Running);
+    fs::write(e.dir().join("tmp").join("go"), b"").unwrap();
+    e.wait().await.unwrap();
+    let r = e.result().unwrap();
+    assert!(r.err.is_none(), "{:?}", r.err);
+    assert_eq!(r.fileset.file().unwrap().id.hex(), sha256sum(b"foobar\n"));
+    assert_eq!(e.logs(true, true).unwrap(), b"hello\noops\n");
+    let m = e.manifest();
+    let state = &m.docker["State"];
+    assert_eq!(state["Status"], "exited", "{state}");
+    assert_eq!(state["Running"], false);
+    assert_eq!(state["ExitCode"], 0);
+    assert_eq!(state["OOMKilled"], false);
+    let time = |k: &str| {
+        reflow_agent::time::parse(state[k].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{k} of {state}: {e}"))
+    };
+    assert!(time("StartedAt").timestamp() > 0, "{state}");
+    assert!(time("FinishedAt") > time("StartedAt"), "{state}");
+    assert_eq!(m.docker["Config"]["Image"], image());
+    assert_eq!(
+        m.docker["Name"].as_str().unwrap().trim_start_matches('/'),
+        e.container_name()
+    );
+}
+
+/// A watched exec's output is whole however much it writes, on both streams at once.
+#[tokio::test]
+async fn a_watched_execs_heavy_output_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path()).await;
+    const OUT: usize = 8 << 20;
+    const ERR: usize = 1 << 20;
+    let e = ex
+        .put(
+            new_id("heavy"),
+            exec(
+                &format!(
+                    "({{ yes e || true; }} | head -c {ERR} >&2) & {{ yes 0123456789abcdef || true; }} | head -c {OUT}; wait; echo ok > $out"
+                ),
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+    e.wait().await.unwrap();
+    let r = e.result().unwrap();
+    assert!(r.err.is_none(), "{:?}", r.err);
+    let expect = |line: &[u8], n: usize| line.iter().copied().cycle().take(n).collect::<Vec<u8>>();
+    let out = e.logs(true, false).unwrap();
+    assert_eq!(out.len(), OUT);
+    assert!(out == expect(b"0123456789abcdef\n", OUT), "stdout differs");
+    let err = e.logs(false, true).unwrap();
+    assert_eq!(err, expect(b"e\n", ERR));
+}
+
+/// An exec that closes its output and runs on is waited for until it exits (the watch gives
+/// it a few seconds, then the engine's wait takes over), and what it wrote before is kept.
+#[tokio::test]
+async fn an_exec_that_closes_its_output_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(dir.path()).await;
+    let e = ex
+        .put(
+            new_id("closes"),
+            exec(
+                "echo before; exec >&- 2>&-; sleep 7; echo done > $out",
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+    e.wait().await.unwrap();
+    let r = e.result().unwrap();
+    assert!(r.err.is_none(), "{:?}", r.err);
+    assert_eq!(r.fileset.file().unwrap().id.hex(), sha256sum(b"done\n"));
+    assert_eq!(e.logs(true, true).unwrap(), b"before\n");
+    assert_eq!(e.manifest().docker["State"]["ExitCode"], 0);
+}

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Inner, lock};
 use crate::cgroup::CgroupPaths;
 use crate::digest::Digest;
-use crate::docker::{ContainerInfo, ContainerSpec, LogStream};
+use crate::docker::{ContainerInfo, ContainerSpec, LogStream, RuntimeError};
 use crate::error::{Kind, ReflowError};
 use crate::fileset::Fileset;
 use crate::manifest::{ExecState, MANIFEST_FILE, Manifest};
@@ -74,6 +74,9 @@ pub struct Exec {
     /// again (see `start`); once per exec, so a container that keeps vanishing fails the exec.
     remade: AtomicBool,
     promoted: OnceCell<Result<(), ReflowError>>,
+    /// The container watched from before its start, in this process (see `Watching`); taken by
+    /// the wait step.
+    watching: Mutex<Option<Watching>>,
     /// Cancelled when no state machine runs for this exec (it ended, or never ran here): after
     /// Complete the state machine still removes the container, off the path to the result.
     pub(super) ended: CancellationToken,
@@ -107,6 +110,7 @@ impl Exec {
             fresh: AtomicBool::new(false),
             remade: AtomicBool::new(false),
             promoted: OnceCell::new(),
+            watching: Mutex::new(None),
             ended: CancellationToken::new(),
         })
     }
@@ -535,7 +539,17 @@ impl Exec {
                 _ => {}
             }
         }
+        // The first start of a container made here is watched from before it (its output and
+        // its exit as they happen); any other start is waited for the slow way.
+        let watching = if first_of_ours {
+            self.watch(inner).await
+        } else {
+            None
+        };
         if let Err(e) = inner.runtime.start(&self.container).await {
+            if let Some(w) = watching {
+                w.writer.cancel().await;
+            }
             // Removed between its create (or inspect) and this start, never having run: the
             // engine says so, and the container is gone or going. Any other refusal is the
             // start's own (an engine message such as "executable file not found" reads as not
@@ -551,10 +565,30 @@ impl Exec {
             }
             return Err(self.classified("start", &e));
         }
+        *lock(&self.watching) = watching;
         crate::failpoint::hit("exec.after_start");
         tracing::debug!(exec = %self.id, "Container started.");
         // Its PID is asked for beside the wait (see `wait_exit`).
         Ok(ExecState::Running)
+    }
+
+    /// Watches the created container (see [`crate::docker::Watch`]): its output goes to the
+    /// exec's `stdout` and `stderr` as the container writes it. `None` when the runtime cannot
+    /// or the watch fails; the wait step then waits, inspects and reads the logs.
+    async fn watch(&self, inner: &Inner) -> Option<Watching> {
+        let w = match inner.runtime.watch(&self.container).await {
+            Ok(w) => w?,
+            Err(e) => {
+                tracing::debug!(exec = %self.id, error = %crate::error::chain(&e), "Watching the container failed; its exit will be waited for.");
+                return None;
+            }
+        };
+        let (out, errf) = self.log_files()?;
+        Some(Watching {
+            created: w.created,
+            writer: crate::par::Task::spawn(write_output(w.output, out, errf)),
+            exit: w.exit,
+        })
     }
 
     /// Makes the container again after it was found `why` (gone, or being removed) before it
@@ -634,26 +668,65 @@ impl Exec {
             inner.cfg.oom_poll_interval,
             inner.clock.clone(),
         );
-        let (waited, seen) = tokio::join!(
-            inner.runtime.wait(&self.container),
-            self.find_pid(inner, pid_tx)
-        );
+        let find_pid = self.find_pid(inner, pid_tx);
+        tokio::pin!(find_pid);
+        // A container watched from before its start ends with its announced exit and the end of
+        // its output, while the PID is asked for.
+        let mut seen = None;
+        let watching = lock(&self.watching).take();
+        let ended = match watching {
+            Some(w) => {
+                let ended = w.ended();
+                tokio::pin!(ended);
+                loop {
+                    tokio::select! {
+                        e = &mut ended => break e.map_err(|why| {
+                            tracing::debug!(exec = %self.id, why, "The watched container gave no exit; waiting for it.");
+                        }).ok(),
+                        s = &mut find_pid, if seen.is_none() => seen = Some(s),
+                    }
+                }
+            }
+            None => None,
+        };
+        // A clean exit needs nothing more from the engine. Any other is inspected for its
+        // evidence (the engine's OOM flag, its times for the kernel log's window).
+        let output = match ended {
+            Some(e) if e.exit.code == 0 && !e.exit.oom_killed => {
+                return self.exited_cleanly(inner, sampler, e, seen.flatten()).await;
+            }
+            Some(e) => Some(e.output),
+            None => None,
+        };
+        let seen = async {
+            match seen {
+                Some(s) => s,
+                None => find_pid.await,
+            }
+        };
+        let (waited, seen) = tokio::join!(inner.runtime.wait(&self.container), seen);
         let pid = lock(&self.manifest).pid;
         tracing::debug!(exec = %self.id, "Container exited.");
         // Stop at once: the final cgroup reading races the engine removing the cgroup.
         let sampled = sampler.stop().await;
         let code = waited.map_err(|e| self.classified("wait", &e))?;
-        // The logs and the exit's details, asked of the engine at once. An inspect for the PID
-        // that the engine answered once the container had exited (a short exec's) has the
-        // exit's details already: the engine records the exit code, the time and the OOM kill
-        // in one step.
+        // The logs (unless the watch wrote them) and the exit's details, asked of the engine at
+        // once. An inspect for the PID that the engine answered once the container had exited
+        // (a short exec's) has the exit's details already: the engine records the exit code,
+        // the time and the OOM kill in one step.
         let exit_details = async {
             match seen {
                 Some(info) if info.has_exited() => Ok(Some(info)),
                 _ => inner.runtime.inspect(&self.container).await,
             }
         };
-        let (logs_synced, info) = tokio::join!(self.save_logs(inner), exit_details);
+        let logs = async {
+            match output {
+                Some(files) => Some(sync_logs(files)),
+                None => self.save_logs(inner).await,
+            }
+        };
+        let (logs_synced, info) = tokio::join!(logs, exit_details);
         tracing::debug!(exec = %self.id, "Container's logs and exit read.");
         let info = info.map_err(|e| self.classified("inspect", &e))?;
         let Some(info) = info else {
@@ -692,7 +765,54 @@ impl Exec {
             node: sampled.node.explain(),
             exit_time: Some(inner.clock.now()),
         };
-        let evidence = crate::oom::decide(&inputs);
+        self.conclude(code, &inputs, logs_synced).await
+    }
+
+    /// A watched container's clean exit (code 0, no OOM kill announced), concluded without
+    /// asking the engine: the manifest's Docker JSON is the run's inspect (or the one before
+    /// the start, when the PID's inspect had no answer yet) with the exit filled in.
+    async fn exited_cleanly(
+        &self,
+        inner: &Inner,
+        sampler: Sampler,
+        ended: Ended,
+        seen: Option<ContainerInfo>,
+    ) -> Result<ExecState, ReflowError> {
+        tracing::debug!(exec = %self.id, "Container exited.");
+        let sampled = sampler.stop().await;
+        let logs_synced = sync_logs(ended.output);
+        let mut docker = seen
+            .filter(|i| i.id == ended.created.id)
+            .unwrap_or(ended.created)
+            .raw;
+        crate::docker::exited_state(&mut docker, &ended.exit);
+        {
+            let mut m = lock(&self.manifest);
+            m.stats = sampled.stats;
+            m.gauges = sampled.gauges;
+            m.docker = docker;
+        }
+        let inputs = crate::oom::OomInputs {
+            exit_code: 0,
+            docker_oom_killed: false,
+            cgroup: sampled.cgroup,
+            detections: Vec::new(),
+            golang: self.go_oom_line(),
+            node: sampled.node.explain(),
+            exit_time: Some(inner.clock.now()),
+        };
+        self.conclude(0, &inputs, Some(logs_synced)).await
+    }
+
+    /// Decides the OOM evidence and the result of an exit with `code`, cleans the exec's
+    /// scratch directories, and waits until its logs are durable.
+    async fn conclude(
+        &self,
+        code: i64,
+        inputs: &crate::oom::OomInputs,
+        logs_synced: Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<ExecState, ReflowError> {
+        let evidence = crate::oom::decide(inputs);
         if let Some(ev) = &evidence {
             tracing::warn!(exec = %self.id, exit_code = code, source = %ev.source, detail = %ev.detail, "OOM evidence.");
         }
@@ -824,38 +944,26 @@ impl Exec {
     /// Writes the container's logs to `stdout` and `stderr` in the exec's directory; the
     /// returned task fsyncs them, so the outputs are installed meanwhile.
     async fn save_logs(&self, inner: &Inner) -> Option<tokio::task::JoinHandle<()>> {
-        let open = |name: &str| fs::File::create(self.dir.join(name));
-        let (mut out, mut errf) = match (open("stdout"), open("stderr")) {
-            (Ok(o), Ok(e)) => (o, e),
-            _ => {
-                tracing::warn!(exec = %self.id, "Creating log files failed.");
-                return None;
-            }
-        };
-        let mut stream = inner.runtime.logs(&self.container);
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => {
-                    let f = if c.stream == LogStream::Stdout {
-                        &mut out
-                    } else {
-                        &mut errf
-                    };
-                    if let Err(e) = f.write_all(&c.bytes) {
-                        tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Writing exec logs failed.");
-                        return None;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(exec = %self.id, error = %crate::error::chain(&e), "Reading exec logs failed.");
-                    return None;
-                }
+        let (out, errf) = self.log_files()?;
+        match write_output(inner.runtime.logs(&self.container), out, errf).await {
+            Ok(files) => Some(sync_logs(files)),
+            Err(why) => {
+                tracing::warn!(exec = %self.id, why, "Saving exec logs failed.");
+                None
             }
         }
-        Some(tokio::task::spawn_blocking(move || {
-            let _ = out.sync_all();
-            let _ = errf.sync_all();
-        }))
+    }
+
+    /// The exec's `stdout` and `stderr` files, made empty.
+    fn log_files(&self) -> Option<(fs::File, fs::File)> {
+        let open = |name: &str| fs::File::create(self.dir.join(name));
+        match (open("stdout"), open("stderr")) {
+            (Ok(o), Ok(e)) => Some((o, e)),
+            _ => {
+                tracing::warn!(exec = %self.id, "Creating log files failed.");
+                None
+            }
+        }
     }
 
     fn log_lines(&self, name: &str) -> impl Iterator<Item = String> {
@@ -1067,6 +1175,114 @@ impl Exec {
 
 /// Cleans and lays out the exec directory, materializes the inputs, and returns the argument
 /// strings for the command template.
+/// A container watched from before its start (see [`crate::docker::Watch`]).
+struct Watching {
+    /// The container as inspected before its start.
+    created: ContainerInfo,
+    /// Writes its output to the exec's `stdout` and `stderr` as it comes.
+    writer: crate::par::Task<Result<(fs::File, fs::File), String>>,
+    /// Its end, as the engine announces it.
+    exit: futures_util::future::BoxFuture<'static, Result<crate::docker::Exit, RuntimeError>>,
+}
+
+impl std::fmt::Debug for Watching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watching")
+            .field("created", &self.created.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A watched container's end: its exit, and its whole output written.
+struct Ended {
+    created: ContainerInfo,
+    exit: crate::docker::Exit,
+    output: (fs::File, fs::File),
+}
+
+/// How long a watched container's exit is awaited once its output ended, or its output once
+/// it exited, before it is waited for the slow way. A process may close its output and run on;
+/// the output ends with the process otherwise, a moment before the engine announces the exit.
+const WATCH_GRACE: Duration = Duration::from_secs(5);
+
+impl Watching {
+    /// The exit and the end of the output, or why not (the slow way then takes over; the
+    /// writer has stopped when this returns).
+    async fn ended(self) -> Result<Ended, String> {
+        let Watching {
+            created,
+            mut writer,
+            mut exit,
+        } = self;
+        let announced = |e: Result<crate::docker::Exit, RuntimeError>| {
+            e.map_err(|e| crate::error::chain(&e).to_string())
+        };
+        let written = |w: Option<Result<(fs::File, fs::File), String>>| {
+            w.unwrap_or_else(|| Err("the output's writer stopped".to_string()))
+        };
+        let both = async {
+            tokio::select! {
+                w = &mut writer => {
+                    let output = written(w)?;
+                    let exit = tokio::time::timeout(WATCH_GRACE, &mut exit)
+                        .await
+                        .map_err(|_| "no exit announced after the output ended".to_string())?;
+                    Ok((announced(exit)?, output))
+                }
+                e = &mut exit => {
+                    let exit = announced(e)?;
+                    let output = tokio::time::timeout(WATCH_GRACE, &mut writer)
+                        .await
+                        .map_err(|_| "the output did not end after the exit".to_string())?;
+                    Ok((exit, written(output)?))
+                }
+            }
+        };
+        match both.await {
+            Ok((exit, output)) => Ok(Ended {
+                created,
+                exit,
+                output,
+            }),
+            Err(why) => {
+                writer.cancel().await;
+                Err(why)
+            }
+        }
+    }
+}
+
+/// Writes a container's output to the exec's `stdout` and `stderr` files as it comes; returns
+/// the files at its end.
+async fn write_output(
+    mut stream: futures_util::stream::BoxStream<
+        'static,
+        Result<crate::docker::LogChunk, RuntimeError>,
+    >,
+    mut out: fs::File,
+    mut errf: fs::File,
+) -> Result<(fs::File, fs::File), String> {
+    while let Some(chunk) = stream.next().await {
+        let c = chunk.map_err(|e| format!("reading: {}", crate::error::chain(&e)))?;
+        let f = if c.stream == LogStream::Stdout {
+            &mut out
+        } else {
+            &mut errf
+        };
+        f.write_all(&c.bytes)
+            .map_err(|e| format!("writing: {}", crate::error::chain(&e)))?;
+    }
+    Ok((out, errf))
+}
+
+/// A task that makes the log files durable.
+fn sync_logs((out, errf): (fs::File, fs::File)) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let _ = out.sync_all();
+        let _ = errf.sync_all();
+    })
+}
+
 fn prepare_dirs(
     dir: &Path,
     repo: &FileRepository,
