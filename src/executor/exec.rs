@@ -676,7 +676,7 @@ impl Exec {
         let watching = lock(&self.watching).take();
         let ended = match watching {
             Some(w) => {
-                let ended = w.ended();
+                let ended = w.ended(WATCH_GRACE);
                 tokio::pin!(ended);
                 loop {
                     tokio::select! {
@@ -1194,6 +1194,7 @@ impl std::fmt::Debug for Watching {
 }
 
 /// A watched container's end: its exit, and its whole output written.
+#[derive(Debug)]
 struct Ended {
     created: ContainerInfo,
     exit: crate::docker::Exit,
@@ -1206,9 +1207,10 @@ struct Ended {
 const WATCH_GRACE: Duration = Duration::from_secs(5);
 
 impl Watching {
-    /// The exit and the end of the output, or why not (the slow way then takes over; the
-    /// writer has stopped when this returns).
-    async fn ended(self) -> Result<Ended, String> {
+    /// The exit and the end of the output, the second awaited for up to `grace` after the
+    /// first, or why not (the slow way then takes over; the writer has stopped when this
+    /// returns).
+    async fn ended(self, grace: Duration) -> Result<Ended, String> {
         let Watching {
             created,
             mut writer,
@@ -1224,14 +1226,14 @@ impl Watching {
             tokio::select! {
                 w = &mut writer => {
                     let output = written(w)?;
-                    let exit = tokio::time::timeout(WATCH_GRACE, &mut exit)
+                    let exit = tokio::time::timeout(grace, &mut exit)
                         .await
                         .map_err(|_| "no exit announced after the output ended".to_string())?;
                     Ok((announced(exit)?, output))
                 }
                 e = &mut exit => {
                     let exit = announced(e)?;
-                    let output = tokio::time::timeout(WATCH_GRACE, &mut writer)
+                    let output = tokio::time::timeout(grace, &mut writer)
                         .await
                         .map_err(|_| "the output did not end after the exit".to_string())?;
                     Ok((exit, written(output)?))
@@ -1529,5 +1531,127 @@ impl Sampler {
     async fn stop(self) -> Sampled {
         self.stop.cancel();
         self.handle.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::{Exit, LogChunk};
+    use futures_util::FutureExt;
+
+    /// A watch whose output is `chunks` (then ends, or stays open) and whose exit comes after
+    /// `exit_after`, or never.
+    fn watching(
+        dir: &Path,
+        chunks: Vec<LogChunk>,
+        output_ends: bool,
+        exit: Option<(Duration, Result<Exit, RuntimeError>)>,
+    ) -> Watching {
+        let open = |n: &str| fs::File::create(dir.join(n)).unwrap();
+        let mut output = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
+        if !output_ends {
+            output = output.chain(futures_util::stream::pending()).boxed();
+        }
+        let exit = match exit {
+            Some((after, e)) => async move {
+                tokio::time::sleep(after).await;
+                e
+            }
+            .boxed(),
+            None => futures_util::future::pending().boxed(),
+        };
+        Watching {
+            created: ContainerInfo {
+                id: "c".into(),
+                running: false,
+                status: "created".into(),
+                exit_code: 0,
+                oom_killed: false,
+                pid: 0,
+                started_at: None,
+                finished_at: None,
+                raw: serde_json::Value::Null,
+            },
+            writer: crate::par::Task::spawn(write_output(output, open("stdout"), open("stderr"))),
+            exit,
+        }
+    }
+
+    fn chunk(stream: LogStream, s: &str) -> LogChunk {
+        LogChunk {
+            stream,
+            bytes: s.as_bytes().to_vec(),
+        }
+    }
+
+    fn exit(code: i64) -> Result<Exit, RuntimeError> {
+        Ok(Exit {
+            code,
+            oom_killed: false,
+            started_at: None,
+            finished_at: None,
+        })
+    }
+
+    const GRACE: Duration = Duration::from_millis(200);
+
+    #[tokio::test]
+    async fn a_watch_ends_with_the_exit_and_the_whole_output_in_either_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = vec![
+            chunk(LogStream::Stdout, "a"),
+            chunk(LogStream::Stderr, "b"),
+            chunk(LogStream::Stdout, "c"),
+        ];
+        // The output ends first (as on dockerd), then the exit is announced.
+        let w = watching(
+            dir.path(),
+            out.clone(),
+            true,
+            Some((Duration::from_millis(20), exit(3))),
+        );
+        let e = w.ended(GRACE).await.unwrap();
+        assert_eq!(e.exit.code, 3);
+        assert_eq!(fs::read(dir.path().join("stdout")).unwrap(), b"ac");
+        assert_eq!(fs::read(dir.path().join("stderr")).unwrap(), b"b");
+        // The exit first: the output is still read to its end.
+        let w = watching(dir.path(), out, true, Some((Duration::ZERO, exit(0))));
+        let e = w.ended(GRACE).await.unwrap();
+        assert_eq!(e.exit.code, 0);
+        assert_eq!(fs::read(dir.path().join("stdout")).unwrap(), b"ac");
+    }
+
+    #[tokio::test]
+    async fn a_watch_without_both_ends_gives_way_to_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        // Output closed, the process runs on: no exit within the grace.
+        let w = watching(dir.path(), vec![chunk(LogStream::Stdout, "x")], true, None);
+        let why = w.ended(GRACE).await.unwrap_err();
+        assert!(why.contains("no exit announced"), "{why}");
+        // Exited, but the output never ends: the writer is stopped before this returns.
+        let w = watching(
+            dir.path(),
+            Vec::new(),
+            false,
+            Some((Duration::ZERO, exit(0))),
+        );
+        let why = w.ended(GRACE).await.unwrap_err();
+        assert!(why.contains("did not end"), "{why}");
+        // The engine's event stream broke.
+        let broken = Err(RuntimeError::Engine {
+            op: "events",
+            target: "c".into(),
+            status: 0,
+            message: "event stream ended before the container did".into(),
+        });
+        let w = watching(
+            dir.path(),
+            Vec::new(),
+            false,
+            Some((Duration::ZERO, broken)),
+        );
+        let why = w.ended(GRACE).await.unwrap_err();
+        assert!(why.contains("event stream ended"), "{why}");
     }
 }
