@@ -637,7 +637,14 @@ impl Exec {
             let _ = to.send(known);
             return None;
         }
-        match inner.runtime.inspect(&self.container).await {
+        // On its own task, so a watched exec that ends before the engine answers (it answers
+        // a short exec's inspect only after its clean-up) leaves the request to finish rather
+        // than breaking it off, which dockerd logs as an error.
+        let inspect = {
+            let (runtime, name) = (inner.runtime.clone(), self.container.clone());
+            tokio::spawn(async move { runtime.inspect(&name).await })
+        };
+        match inspect.await.unwrap_or(Ok(None)) {
             Ok(Some(info)) => {
                 {
                     let mut m = lock(&self.manifest);
