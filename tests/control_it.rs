@@ -3114,3 +3114,71 @@ async fn amqps_verifies_the_broker_and_never_falls_back_to_plaintext() {
         assert!(!log.contains("Consuming commands."), "{label}: it consumed");
     }
 }
+
+/// `exec.logs` of a running exec, sent through the queue like any request, answers with what
+/// the exec wrote so far: the agent writes its container's output as it comes.
+#[test]
+fn exec_logs_of_a_running_exec_show_its_output_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = format!("spool://{}", dir.path().join("spool").display());
+    let _agent = Agent::start(dir.path(), &uniq("live"), &spool, "", &[]);
+    // The reply's value, or the CLI's error.
+    let ask = |name: &str, cmd: serde_json::Value| -> Result<serde_json::Value, String> {
+        let out = submit_wait(dir.path(), &spool, name, &cmd.to_string());
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        Ok(e["body"]["value"].clone())
+    };
+    let new_alloc = uniq("alloc");
+    ask(
+        "alloc",
+        serde_json::json!({"v": 1, "id": new_alloc, "kind": "alloc.new",
+            "body": {"meta": {"Want": {"mem": 67108864, "cpu": 1}, "Owner": "test", "Labels": {}}}}),
+    )
+    .unwrap();
+    let alloc = job_alloc_id(&new_alloc);
+    let exec = format!("sha256:{}", sha256sum(uniq("live-exec").as_bytes()));
+    ask(
+        "put",
+        serde_json::json!({"v": 1, "id": uniq("put"), "kind": "exec.put", "alloc": alloc, "exec": exec,
+            "body": {"config": {"Type": "exec", "Image": image(),
+                "Cmd": "echo hello; echo oops >&2; sleep 120", "Resources": {"mem": 67108864, "cpu": 1}}}}),
+    )
+    .unwrap();
+    let logs = |what: serde_json::Value| {
+        ask(
+            "logs",
+            serde_json::json!({"v": 1, "id": uniq("logs"), "kind": "exec.logs", "alloc": alloc,
+                "exec": exec, "body": what}),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let both = loop {
+        match logs(serde_json::json!({})) {
+            Ok(v) if v["logs"] == "hello\noops\n" => break v,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no logs of the running exec: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(both["bytes"], 11);
+    let out = logs(serde_json::json!({"stderr": false})).unwrap();
+    assert_eq!(out["logs"], "hello\n");
+    let inspect = ask(
+        "inspect",
+        serde_json::json!({"v": 1, "id": uniq("inspect"), "kind": "exec.inspect", "alloc": alloc, "exec": exec}),
+    )
+    .unwrap();
+    assert_eq!(inspect["State"], "running", "{inspect}");
+    ask(
+        "free",
+        serde_json::json!({"v": 1, "id": uniq("free"), "kind": "alloc.free", "alloc": alloc}),
+    )
+    .unwrap();
+}

@@ -539,10 +539,13 @@ async fn a_watched_exec_writes_its_output_as_it_runs_and_records_its_exit() {
         .await
         .unwrap();
     e.wait_until(ExecState::Running).await.unwrap();
-    // The exec waits for the file below: its output so far is on disk while it runs.
+    // The exec waits for the file below: its output so far is on disk while it runs, and
+    // its logs say so.
     until_file_is(&e.dir().join("stdout"), b"hello\n").await;
     until_file_is(&e.dir().join("stderr"), b"oops\n").await;
     assert_eq!(e.status().state, ExecState::Running);
+    assert_eq!(e.logs(true, false).unwrap(), b"hello\n");
+    assert_eq!(e.logs(true, true).unwrap(), b"hello\noops\n");
     fs::write(e.dir().join("tmp").join("go"), b"").unwrap();
     e.wait().await.unwrap();
     let r = e.result().unwrap();

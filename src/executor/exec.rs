@@ -77,6 +77,8 @@ pub struct Exec {
     /// The container watched from before its start, in this process (see `Watching`); taken by
     /// the wait step.
     watching: Mutex<Option<Watching>>,
+    /// The exec's `stdout` and `stderr` are written as its container writes (it is watched).
+    live_logs: AtomicBool,
     /// Cancelled when no state machine runs for this exec (it ended, or never ran here): after
     /// Complete the state machine still removes the container, off the path to the result.
     pub(super) ended: CancellationToken,
@@ -111,6 +113,7 @@ impl Exec {
             remade: AtomicBool::new(false),
             promoted: OnceCell::new(),
             watching: Mutex::new(None),
+            live_logs: AtomicBool::new(false),
             ended: CancellationToken::new(),
         })
     }
@@ -215,12 +218,16 @@ impl Exec {
         }
     }
 
-    /// The saved logs of a completed exec: stdout then stderr, as requested.
+    /// The saved logs of a completed exec: stdout then stderr, as requested. A running exec
+    /// whose container this process started and watches has its logs so far.
     ///
     /// # Errors
-    /// NotExist when the exec is not complete or a log file is missing.
+    /// NotExist when the exec is neither complete nor running watched here, or a log file is
+    /// missing.
     pub fn logs(&self, stdout: bool, stderr: bool) -> Result<Vec<u8>, ReflowError> {
-        if self.status().state != ExecState::Complete {
+        let state = self.status().state;
+        let live = state == ExecState::Running && self.live_logs.load(Ordering::SeqCst);
+        if state != ExecState::Complete && !live {
             return Err(err(
                 Kind::NotExist,
                 "logs",
@@ -565,6 +572,7 @@ impl Exec {
             }
             return Err(self.classified("start", &e));
         }
+        self.live_logs.store(watching.is_some(), Ordering::SeqCst);
         *lock(&self.watching) = watching;
         crate::failpoint::hit("exec.after_start");
         tracing::debug!(exec = %self.id, "Container started.");
