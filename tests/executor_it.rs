@@ -502,6 +502,23 @@ async fn a_remove_during_another_removal_returns_once_the_container_is_gone() {
     assert!(other.wait().unwrap().success());
 }
 
+/// Puts an exec of `cmd` (no arguments) under a fresh id labelled `label`.
+async fn put(
+    ex: &reflow_agent::executor::Executor,
+    label: &str,
+    cmd: &str,
+) -> std::sync::Arc<reflow_agent::executor::Exec> {
+    ex.put(new_id(label), exec(cmd, vec![])).await.unwrap()
+}
+
+/// Waits for `e` to complete; its result, which must be a success.
+async fn succeeded(e: &reflow_agent::executor::Exec) -> reflow_agent::model::ExecResult {
+    e.wait().await.unwrap();
+    let r = e.result().unwrap();
+    assert!(r.err.is_none(), "{:?}", r.err);
+    r
+}
+
 /// Waits until `path` holds `want`, for up to 20 s.
 async fn until_file_is(path: &std::path::Path, want: &[u8]) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -528,16 +545,12 @@ async fn until_file_is(path: &std::path::Path, want: &[u8]) {
 async fn a_watched_exec_writes_its_output_as_it_runs_and_records_its_exit() {
     let dir = tempfile::tempdir().unwrap();
     let ex = executor(dir.path()).await;
-    let e = ex
-        .put(
-            new_id("watched"),
-            exec(
-                "echo hello; echo oops >&2; until [ -e /tmp/go ]; do sleep 0.05; done; echo foobar > $out",
-                vec![],
-            ),
-        )
-        .await
-        .unwrap();
+    let e = put(
+        &ex,
+        "watched",
+        "echo hello; echo oops >&2; until [ -e /tmp/go ]; do sleep 0.05; done; echo foobar > $out",
+    )
+    .await;
     e.wait_until(ExecState::Running).await.unwrap();
     // The exec waits for the file below: its output so far is on disk while it runs, and
     // its logs say so.
@@ -547,9 +560,7 @@ async fn a_watched_exec_writes_its_output_as_it_runs_and_records_its_exit() {
     assert_eq!(e.logs(true, false).unwrap(), b"hello\n");
     assert_eq!(e.logs(true, true).unwrap(), b"hello\noops\n");
     fs::write(e.dir().join("tmp").join("go"), b"").unwrap();
-    e.wait().await.unwrap();
-    let r = e.result().unwrap();
-    assert!(r.err.is_none(), "{:?}", r.err);
+    let r = succeeded(&e).await;
     assert_eq!(r.fileset.file().unwrap().id.hex(), sha256sum(b"foobar\n"));
     assert_eq!(e.logs(true, true).unwrap(), b"hello\noops\n");
     let m = e.manifest();
@@ -578,21 +589,11 @@ async fn a_watched_execs_heavy_output_is_whole() {
     let ex = executor(dir.path()).await;
     const OUT: usize = 8 << 20;
     const ERR: usize = 1 << 20;
-    let e = ex
-        .put(
-            new_id("heavy"),
-            exec(
-                &format!(
-                    "({{ yes e || true; }} | head -c {ERR} >&2) & {{ yes 0123456789abcdef || true; }} | head -c {OUT}; wait; echo ok > $out"
-                ),
-                vec![],
-            ),
-        )
-        .await
-        .unwrap();
-    e.wait().await.unwrap();
-    let r = e.result().unwrap();
-    assert!(r.err.is_none(), "{:?}", r.err);
+    let cmd = format!(
+        "({{ yes e || true; }} | head -c {ERR} >&2) & {{ yes 0123456789abcdef || true; }} | head -c {OUT}; wait; echo ok > $out"
+    );
+    let e = put(&ex, "heavy", &cmd).await;
+    succeeded(&e).await;
     let expect = |line: &[u8], n: usize| line.iter().copied().cycle().take(n).collect::<Vec<u8>>();
     let out = e.logs(true, false).unwrap();
     assert_eq!(out.len(), OUT);
@@ -607,19 +608,13 @@ async fn a_watched_execs_heavy_output_is_whole() {
 async fn an_exec_that_closes_its_output_is_waited_for() {
     let dir = tempfile::tempdir().unwrap();
     let ex = executor(dir.path()).await;
-    let e = ex
-        .put(
-            new_id("closes"),
-            exec(
-                "echo before; exec >&- 2>&-; sleep 7; echo done > $out",
-                vec![],
-            ),
-        )
-        .await
-        .unwrap();
-    e.wait().await.unwrap();
-    let r = e.result().unwrap();
-    assert!(r.err.is_none(), "{:?}", r.err);
+    let e = put(
+        &ex,
+        "closes",
+        "echo before; exec >&- 2>&-; sleep 7; echo done > $out",
+    )
+    .await;
+    let r = succeeded(&e).await;
     assert_eq!(r.fileset.file().unwrap().id.hex(), sha256sum(b"done\n"));
     assert_eq!(e.logs(true, true).unwrap(), b"before\n");
     assert_eq!(e.manifest().docker["State"]["ExitCode"], 0);
