@@ -633,6 +633,48 @@ async fn amqp_submit_wait_replies_through_its_own_queue_and_removes_it() {
 /// prepared, the command comes back (it is sent `mandatory`), and the client declares the
 /// topology, dead-letter queue included, and sends it again: it waits there for the first
 /// agent.
+/// `submit --wait` that gives up (its `--timeout-secs` passed) removes its reply queue too,
+/// as it does once the outcome is printed, rather than leaving it to the broker's expiry.
+#[tokio::test]
+async fn amqp_submit_wait_that_times_out_removes_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = amqp_ns("cli-timeout").await;
+    let _agent = Agent::start(dir.path(), &uniq("amqp-cli-timeout"), &url, "", &[]);
+    let mut events = tap(&url).await;
+    let id = uniq("slow");
+    let file = dir.path().join("slow.json");
+    std::fs::write(&file, job(&id, "sleep 3; echo late > $out")).unwrap();
+    let cli = {
+        let (url, file) = (url.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_reflow-agent"))
+                .args(["submit", "--wait", "--timeout-secs", "1", "--queue", &url])
+                .arg(&file)
+                .env_remove("REFLOW_AGENT_HMAC_KEY")
+                .output()
+                .unwrap()
+        })
+    };
+    // An event of the command names the CLI's queue.
+    let e = events
+        .until("an event of the command", |e| {
+            e.command.as_deref() == Some(id.as_str()) && e.labels.contains_key("reply_to")
+        })
+        .await;
+    let reply_to = e.labels["reply_to"].clone();
+    let out = cli.await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no outcome within 1 s"), "{stderr}");
+    assert!(
+        !amqp_queue_exists(&reply_to).await,
+        "the CLI that timed out left {reply_to}"
+    );
+    // The job itself runs on and completes.
+    let done = events.completed(&id).await;
+    assert_eq!(output(&done), (sha256sum(b"late\n"), true, false));
+}
+
 #[tokio::test]
 async fn amqp_submit_on_a_bare_broker_declares_the_topology_and_keeps_the_command() {
     let dir = tempfile::tempdir().unwrap();

@@ -118,7 +118,7 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
         };
         let bar = spinner(&format!("{} {}", req.command.kind(), req.id));
         let deadline = std::time::Duration::from_secs(opts.timeout_secs);
-        let outcome = tokio::time::timeout(deadline, async {
+        let waited = tokio::time::timeout(deadline, async {
             loop {
                 let e = watch.next().await?;
                 if e.command.as_deref() == Some(req.id.as_str()) {
@@ -137,13 +137,16 @@ pub fn run_submit(opts: &SubmitOptions) -> Result<(), CliError> {
         .await
         .map_err(|_| CliError::Timeout {
             secs: opts.timeout_secs,
-        })??;
+        })
+        .and_then(|r| r);
         bar.finish_and_clear();
-        print_json(&outcome)?;
-        // In turn: on AMQP the watch's queue is deleted on the client's connection, and the
-        // close waits for the broker to have done it.
+        let printed = waited.and_then(|outcome| print_json(&outcome).map(|()| outcome));
+        // Whether the outcome came or not (a timeout, a broken watch): on AMQP the watch's
+        // queue is deleted on the client's connection, and the close waits for the broker to
+        // have done it.
         watch.close().await;
         client.close().await;
+        let outcome = printed?;
         match outcome.body {
             EventBody::ExecCompleted { result, .. } => match result.err {
                 Some(error) => Err(CliError::Failed {
