@@ -1555,8 +1555,8 @@ mod tests {
     use crate::docker::{Exit, LogChunk};
     use futures_util::FutureExt;
 
-    /// A watch whose output is `chunks` (then ends, or stays open) and whose exit comes after
-    /// `exit_after`, or never.
+    /// A watch whose output is `chunks` (then ends when `output_ends`, else stays open) and
+    /// whose `exit` is announced after its delay, or never (`None`).
     fn watching(
         dir: &Path,
         chunks: Vec<LogChunk>,
