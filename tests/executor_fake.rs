@@ -465,6 +465,35 @@ async fn aws_credentials_come_from_the_source_at_each_creation() {
     );
 }
 
+/// An executor that grants AWS credentials but has neither its own nor a source of them (an
+/// agent built without the AWS SDK) fails an exec that asks for them as NotSupported, which is
+/// not retried, and creates no container; an exec that does not ask runs.
+#[tokio::test]
+async fn aws_credentials_with_no_source_fail_as_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = FakeRuntime::new(&[IMAGE], script(), Arc::new(SystemClock));
+    let mut c = ExecutorConfig::new("sourceless", dir.path().join("x"));
+    c.allow_aws_creds = true;
+    let ex = Executor::start(c, rt.clone(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let mut asking = cfg("ok");
+    asking.need_aws_creds = true;
+    let err = ex
+        .put(id("asks"), asking)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, Kind::NotSupported, "{err}");
+    assert!(err.to_string().contains("no source"), "{err}");
+    assert_eq!(rt.count("create "), 0);
+    let e = ex.put(id("plain"), cfg("ok")).await.unwrap();
+    e.wait().await.unwrap();
+    assert!(e.result().unwrap().err.is_none());
+}
+
 #[tokio::test]
 async fn references_reuse_local_objects_and_file_sources_are_verified() {
     use reflow_agent::fileset::{File, Fileset};

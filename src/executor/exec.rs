@@ -503,11 +503,17 @@ impl Exec {
         args: Vec<String>,
     ) -> Result<ContainerSpec, ReflowError> {
         let mut policy = std::borrow::Cow::Borrowed(&inner.cfg);
-        if cfg.need_aws_creds
-            && inner.cfg.allow_aws_creds
-            && inner.cfg.aws_credentials.is_none()
-            && let Some(source) = &inner.aws_credentials
-        {
+        if cfg.need_aws_creds && inner.cfg.allow_aws_creds && inner.cfg.aws_credentials.is_none() {
+            // No source (a build without the AWS SDK) will never have any: that is permanent,
+            // unlike a source that has none at the moment.
+            let Some(source) = &inner.aws_credentials else {
+                return Err(err(
+                    Kind::NotSupported,
+                    "create",
+                    &self.id,
+                    "the exec asks for AWS credentials, and this agent has no source of them (a build without the AWS SDK has none)",
+                ));
+            };
             policy.to_mut().aws_credentials = source.credentials().await;
         }
         super::spec::container_spec(
@@ -738,7 +744,13 @@ impl Exec {
         let logs = async {
             match output {
                 Some(files) => Some(sync_logs(files)),
-                None => self.save_logs(inner).await,
+                None => {
+                    // The files are written again from the engine's logs: until the exec
+                    // completes, `logs` answers as for an exec not watched here rather than
+                    // read them half written.
+                    self.live_logs.store(false, Ordering::SeqCst);
+                    self.save_logs(inner).await
+                }
             }
         };
         let (logs_synced, info) = tokio::join!(logs, exit_details);
