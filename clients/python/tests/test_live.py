@@ -98,6 +98,38 @@ def test_a_job_on_amqp():
             agent.stop()
 
 
+def queue_exists(name):
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    try:
+        conn.channel().queue_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404, e
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def test_an_amqp_client_that_timed_out_deletes_its_queues_when_closed():
+    url = f"{AMQP}?ns={uniq('pyc')}"
+    agent = Agent(url)
+    try:
+        client = rc.Client(url)
+        cid = client.submit(rc.Job(image=IMAGE, cmd="sleep 3; echo late > $out"))
+        with pytest.raises(TimeoutError):
+            client.wait(cid, timeout=1)
+        list(client.events(timeout=0.1))
+        mine = [client.transport.reply_to, client.transport._watch]
+        assert all(mine) and all(queue_exists(q) for q in mine), mine
+        client.close()
+        assert [q for q in mine if queue_exists(q)] == [], "left after close"
+    finally:
+        agent.stop()
+
+
 def test_a_job_on_sqs_with_a_private_reply_queue():
     name = uniq("pyc")
     url = f"sqs://{name}?create=true"

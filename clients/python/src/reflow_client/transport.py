@@ -248,6 +248,16 @@ class Amqp(Transport):
         return d
 
     def close(self) -> None:
+        # The client's own queues go with it: nothing else reads them, and left to `x-expires`
+        # they would gather its commands' later events for ten minutes. A broken connection
+        # leaves them to that.
+        if self._declared and self._conn is not None and self._conn.is_open:
+            try:
+                ch = self._ch if self._ch is not None and self._ch.is_open else self._conn.channel()
+                for q in filter(None, (self.reply_to, self._watch)):
+                    ch.queue_delete(q)
+            except Exception:  # noqa: BLE001 - closing; the broker expires what is left
+                pass
         self._drop()
 
 
