@@ -97,6 +97,33 @@ impl<T> Drop for Task<T> {
     }
 }
 
+/// Runs `futs` concurrently on the current task and returns their outputs in input order. Each
+/// is first polled in input order, whatever their number (unlike `join_all`, whose larger sets
+/// go through `FuturesOrdered`): a future that queues work when first polled, such as a
+/// publish that queues its frames on a channel, queues it in that order.
+pub async fn join_in_order<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    use futures_util::future::{MaybeDone, maybe_done};
+    let mut all: Vec<std::pin::Pin<Box<MaybeDone<F>>>> =
+        futs.into_iter().map(|f| Box::pin(maybe_done(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for f in &mut all {
+            done &= f.as_mut().poll(cx).is_ready();
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    all.iter_mut()
+        .filter_map(|f| f.as_mut().take_output())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -107,5 +134,28 @@ mod tests {
             v.iter().map(|x| x * 2).collect::<Vec<_>>()
         );
         assert!(super::map(&Vec::<u8>::new(), 4, |x| *x).is_empty());
+    }
+
+    /// 100 futures (past `join_all`'s small-set path): each is first polled in input order, and
+    /// the outputs come in input order though they finish in reverse.
+    #[tokio::test]
+    async fn join_in_order_polls_first_in_order() {
+        let first_polls = std::sync::Mutex::new(Vec::new());
+        let futs = (0..100u64).map(|i| {
+            let first_polls = &first_polls;
+            async move {
+                first_polls.lock().unwrap().push(i);
+                tokio::time::sleep(std::time::Duration::from_micros(100 * (100 - i))).await;
+                i * 2
+            }
+        });
+        let out = super::join_in_order(futs).await;
+        assert_eq!(out, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(*first_polls.lock().unwrap(), (0..100).collect::<Vec<_>>());
+        assert!(
+            super::join_in_order(Vec::<std::future::Ready<u8>>::new())
+                .await
+                .is_empty()
+        );
     }
 }

@@ -509,19 +509,24 @@ impl Publisher {
         let mut confirmed = 0;
         let r = self
             .publishing(async |ch: &Channel| {
-                let mut confirms = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    let confirm = ch
-                        .basic_publish(
-                            m.exchange.into(),
-                            m.routing_key.into(),
-                            BasicPublishOptions::default(),
-                            m.body,
-                            persistent(m.headers),
-                        )
-                        .await
-                        .map_err(amqp_err("publish"))?;
-                    confirms.push(confirm);
+                // Every message is queued on the channel before any is awaited: lapin hands
+                // each publish to its I/O thread and wakes the caller once it is written, so
+                // awaiting them one by one cost a hand-off per message (about 0.4 ms each here,
+                // 2.5 ms for a job's outcome with its states, each to `NS.events` and a reply
+                // queue). A publish queues its frames, and takes its delivery tag, when first
+                // polled, which `join_in_order` does in order.
+                let sends = msgs.into_iter().map(|m| {
+                    ch.basic_publish(
+                        m.exchange.into(),
+                        m.routing_key.into(),
+                        BasicPublishOptions::default(),
+                        m.body,
+                        persistent(m.headers),
+                    )
+                });
+                let mut confirms = Vec::new();
+                for sent in crate::par::join_in_order(sends).await {
+                    confirms.push(sent.map_err(amqp_err("publish"))?);
                 }
                 for confirm in confirms {
                     match confirm.await.map_err(amqp_err("publisher confirm"))? {
