@@ -92,6 +92,11 @@ fn id(s: &str) -> Digest {
     Digest::of(s.as_bytes())
 }
 
+/// The error exec `name` of `c` fails with.
+async fn failure(ex: &Executor, name: &str, c: ExecConfig) -> reflow_agent::error::ReflowError {
+    ex.put(id(name), c).await.unwrap().wait().await.unwrap_err()
+}
+
 #[tokio::test]
 async fn exit_classification_table() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,13 +187,7 @@ async fn concurrent_execs_share_one_pull() {
     rt.set_pull("fake/missing:1", Err("manifest unknown".into()));
     let mut c = cfg("ok");
     c.image = "fake/missing:1".into();
-    let err = ex
-        .put(id("missing"), c)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap_err();
+    let err = failure(&ex, "missing", c).await;
     assert_eq!(err.kind, Kind::NotExist);
     assert!(err.to_string().contains("fake/missing:1"), "{err}");
 }
@@ -365,13 +364,7 @@ async fn docker_socket_and_aws_credentials_only_when_allowed_and_never_in_manife
 
     // Not allowed: the exec fails with NotAllowed and no container is created.
     let ex = start(&dir.path().join("strict"), rt.clone()).await;
-    let err = ex
-        .put(id("strict"), asking.clone())
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap_err();
+    let err = failure(&ex, "strict", asking.clone()).await;
     assert_eq!(err.kind, Kind::NotAllowed, "{err}");
     assert_eq!(rt.count("create "), 0);
 
@@ -479,13 +472,7 @@ async fn aws_credentials_with_no_source_fail_as_not_supported() {
         .unwrap();
     let mut asking = cfg("ok");
     asking.need_aws_creds = true;
-    let err = ex
-        .put(id("asks"), asking)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap_err();
+    let err = failure(&ex, "asks", asking).await;
     assert_eq!(err.kind, Kind::NotSupported, "{err}");
     assert!(err.to_string().contains("no source"), "{err}");
     assert_eq!(rt.count("create "), 0);
