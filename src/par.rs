@@ -1,6 +1,7 @@
-//! A minimal parallel map over a slice on scoped OS threads, for CPU- and disk-bound work such as
-//! hashing many files. Work is handed out one item at a time, so a few large items do not leave
-//! the other threads idle.
+//! Small concurrency helpers: a parallel map over a slice on scoped OS threads, for CPU- and
+//! disk-bound work such as hashing many files (work is handed out one item at a time, so a few
+//! large items do not leave the other threads idle); [`Task`], a spawned task aborted with its
+//! owner; and [`join_in_order`], futures run together on one task, first polled in order.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
