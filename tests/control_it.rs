@@ -629,10 +629,6 @@ async fn amqp_submit_wait_replies_through_its_own_queue_and_removes_it() {
     );
 }
 
-/// A client declares nothing before sending a command; on a broker no agent or client has
-/// prepared, the command comes back (it is sent `mandatory`), and the client declares the
-/// topology, dead-letter queue included, and sends it again: it waits there for the first
-/// agent.
 /// `submit --wait` that gives up (its `--timeout-secs` passed) removes its reply queue too,
 /// as it does once the outcome is printed, rather than leaving it to the broker's expiry.
 #[tokio::test]
@@ -675,6 +671,10 @@ async fn amqp_submit_wait_that_times_out_removes_its_queue() {
     assert_eq!(output(&done), (sha256sum(b"late\n"), true, false));
 }
 
+/// A client declares nothing before sending a command; on a broker no agent or client has
+/// prepared, the command comes back (it is sent `mandatory`), and the client declares the
+/// topology, dead-letter queue included, and sends it again: it waits there for the first
+/// agent.
 #[tokio::test]
 async fn amqp_submit_on_a_bare_broker_declares_the_topology_and_keeps_the_command() {
     let dir = tempfile::tempdir().unwrap();
