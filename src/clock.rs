@@ -34,13 +34,13 @@ impl ManualClock {
 
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: chrono::Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = crate::par::lock(&self.0);
         *t += d;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Time {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::par::lock(&self.0)
     }
 }

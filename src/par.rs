@@ -1,7 +1,8 @@
 //! Small concurrency helpers: a parallel map over a slice on scoped OS threads, for CPU- and
 //! disk-bound work such as hashing many files (work is handed out one item at a time, so a few
 //! large items do not leave the other threads idle); [`Task`], a spawned task aborted with its
-//! owner; and [`join_in_order`], futures run together on one task, first polled in order.
+//! owner; [`join_in_order`], futures run together on one task, first polled in order; and
+//! [`lock`], a mutex taken even when a panic poisoned it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,7 +40,7 @@ where
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
                     let r = f(item);
-                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                    lock(&results)[i] = Some(r);
                 }
             });
         }
@@ -123,6 +124,13 @@ pub async fn join_in_order<F: std::future::Future>(
     all.iter_mut()
         .filter_map(|f| f.as_mut().take_output())
         .collect()
+}
+
+/// Locks `m`, taking its value even when a thread panicked while holding it. Every value kept
+/// under these locks (maps, sets, lists, counters) is whole between statements, so a panic
+/// elsewhere leaves nothing half changed.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -15,9 +15,7 @@ static COUNTS: Mutex<BTreeMap<String, BTreeMap<String, u64>>> = Mutex::new(BTree
 
 /// Counts one request of `operation` to `service`.
 pub fn count(service: &str, operation: &str) {
-    let mut counts = COUNTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut counts = crate::par::lock(&COUNTS);
     match counts.get_mut(service) {
         Some(ops) => match ops.get_mut(operation) {
             Some(n) => *n += 1,
@@ -36,9 +34,7 @@ pub fn count(service: &str, operation: &str) {
 
 /// Every count so far: `(service, operation, requests)`, sorted.
 pub fn snapshot() -> Vec<(String, String, u64)> {
-    let counts = COUNTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let counts = crate::par::lock(&COUNTS);
     counts
         .iter()
         .flat_map(|(s, ops)| ops.iter().map(move |(o, n)| (s.clone(), o.clone(), *n)))

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use super::{BlobError, BlobInfo, BlobStore, Progress};
 use crate::digest::Digest;
+use crate::par::lock;
 
 #[derive(Debug, Clone)]
 struct Object {
@@ -28,10 +29,6 @@ pub struct MemoryStore {
     replace_on_download: Mutex<HashMap<(String, String), Vec<u8>>>,
     versions: AtomicU64,
     requests: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn at(bucket: &str, key: &str) -> (String, String) {

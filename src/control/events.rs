@@ -5,10 +5,7 @@ use super::*;
 
 impl Inner {
     pub(super) fn first_report(&self, what: &str) -> bool {
-        self.reported
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(what.to_string())
+        super::lock(&self.reported).insert(what.to_string())
     }
 
     /// An event caused by the agent itself (`cause` names the occasion, for its id).

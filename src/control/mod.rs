@@ -50,6 +50,7 @@ use crate::digest::Digest;
 use crate::error::{Classify, Kind, ReflowError};
 use crate::manifest::ExecState;
 use crate::model::ExecResult;
+use crate::par::lock;
 use crate::pool::{AllocMeta, Pool};
 use crate::protocol::{
     Command, Event, EventBody, JobSpec, PROTOCOL_VERSION, ProtocolError, Request, decode_command,
@@ -422,11 +423,6 @@ impl Control {
         publisher_stop.cancel();
         let _ = publisher.await;
     }
-}
-
-/// A poisoned lock's data is still consistent here (sets of ids): take it.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Debug, Clone, Copy)]

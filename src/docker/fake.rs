@@ -16,6 +16,7 @@ use super::{
     RegistryAuth, RuntimeError,
 };
 use crate::clock::Clock;
+use crate::par::lock;
 
 /// What a fake container does when started.
 #[derive(Debug, Clone, Default)]
@@ -82,10 +83,6 @@ impl std::fmt::Debug for FakeRuntime {
     }
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl FakeRuntime {
     /// A fake engine where `images` are present and containers behave as `script` says.
     pub fn new(images: &[&str], script: Script, clock: Arc<dyn Clock>) -> Arc<Self> {
@@ -103,10 +100,7 @@ impl FakeRuntime {
 
     /// Makes pulls of `image` succeed (`Ok`) or fail with a "not found" message (`Err`).
     pub fn set_pull(&self, image: &str, outcome: Result<(), String>) {
-        self.pull_outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_string(), outcome);
+        lock(&self.pull_outcome).insert(image.to_string(), outcome);
     }
 
     /// Makes the engine answer pings (`false`) or not (`true`), as a stopped dockerd.
@@ -249,12 +243,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn pull(&self, image: &str, _auth: Option<RegistryAuth>) -> Result<(), RuntimeError> {
         self.record(format!("pull {image}"));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let outcome = self
-            .pull_outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(image)
-            .cloned();
+        let outcome = lock(&self.pull_outcome).get(image).cloned();
         match outcome {
             Some(Ok(())) => {
                 lock(&self.state).images.insert(image.to_string());

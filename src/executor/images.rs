@@ -37,7 +37,7 @@ impl ImageLedger {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Time>> {
-        self.used.lock().unwrap_or_else(|p| p.into_inner())
+        crate::par::lock(&self.used)
     }
 
     /// `image` is used now.

@@ -45,6 +45,7 @@ use crate::error::{Classify, Kind, ReflowError};
 use crate::fileset::{File, Fileset};
 use crate::manifest::{ExecState, ExecType, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
 use crate::model::{ConfigError, ExecConfig, TYPE_EXEC};
+pub(super) use crate::par::lock;
 use crate::persist;
 use crate::repo::{FileRepository, RepoError, no_progress};
 use crate::resources::Resources;
@@ -359,13 +360,13 @@ impl Images {
             return Ok(());
         }
         let cell = {
-            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = lock(&self.inflight);
             m.entry(image.to_string()).or_default().clone()
         };
         let r = cell.get_or_init(|| self.check_or_pull(image)).await.clone();
         // Forget the shared outcome either way: a failure is retried by the next caller; a
         // success is remembered in `present` for a while.
-        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.inflight);
         if m.get(image).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             m.remove(image);
         }
@@ -457,11 +458,6 @@ pub(crate) struct Inner {
     dead: AtomicBool,
     integrity: watch::Sender<IntegritySignal>,
     resources: Mutex<Resources>,
-}
-
-/// Locks `m`, recovering the data if a panicking thread poisoned it.
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Inner {

@@ -309,17 +309,12 @@ impl KmsgMonitor {
 
     /// The OOM records kept.
     pub fn records(&self) -> Vec<OomRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        crate::par::lock(&self.records).iter().cloned().collect()
     }
 
     /// The sequence number of the last record read (any record, not only OOM ones).
     pub fn last_seq(&self) -> Option<u64> {
-        *self.last_seq.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::par::lock(&self.last_seq)
     }
 
     /// Waits until the reader has drained the log at some point after `since` (so every record
@@ -382,10 +377,10 @@ fn read_loop(
             Ok(n) if n > 0 => {
                 let line = String::from_utf8_lossy(&buf[..n]);
                 if let Some(seq) = line.split(',').nth(1).and_then(|s| s.parse().ok()) {
-                    *last_seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+                    *crate::par::lock(last_seq) = Some(seq);
                 }
                 if let Some(r) = parse_record(&line) {
-                    let mut q = records.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut q = crate::par::lock(records);
                     if q.len() == MAX_RECORDS {
                         q.pop_front();
                     }

@@ -221,12 +221,12 @@ impl Alloc {
 
     /// When it expires unless kept alive.
     pub fn expires(&self) -> Time {
-        self.times.lock().unwrap_or_else(|p| p.into_inner()).1
+        crate::par::lock(&self.times).1
     }
 
     /// Reflow's `AllocInspect`.
     pub fn inspect(&self) -> AllocInspect {
-        let (last, expires) = *self.times.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, expires) = *crate::par::lock(&self.times);
         AllocInspect {
             id: self.id.clone(),
             taskdb_alloc_id: self.row,
@@ -346,7 +346,7 @@ impl Zombie {
 }
 
 fn lock_ending(inner: &PoolInner) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Semaphore>>> {
-    inner.ending.lock().unwrap_or_else(|p| p.into_inner())
+    crate::par::lock(&inner.ending)
 }
 
 #[derive(Debug)]
@@ -832,7 +832,7 @@ impl Pool {
     fn extend(&self, a: &Alloc, granted: Duration) {
         let now = self.inner.clock.now();
         let expires = now + granted;
-        *a.times.lock().unwrap_or_else(|p| p.into_inner()) = (now, expires);
+        *crate::par::lock(&a.times) = (now, expires);
         let (db, row) = (self.inner.taskdb.clone(), a.row);
         tokio::spawn(async move {
             match tokio::time::timeout(

@@ -241,7 +241,7 @@ impl DirWake {
             let (n, arrived) = (n.clone(), arrived.clone());
             move |r: notify::Result<notify::Event>| {
                 use notify::event::{EventKind, ModifyKind};
-                let mut a = arrived.lock().unwrap_or_else(|p| p.into_inner());
+                let mut a = crate::par::lock(&arrived);
                 match r {
                     // Only arrivals: a file created or renamed in. Listing the directory itself
                     // raises open and access events, which must not wake the lister again.
@@ -324,7 +324,7 @@ impl DirWake {
     /// The names that arrived since the last call, or `None` when only a listing can tell
     /// (no notifications, or some were lost).
     fn arrivals(&self) -> Option<Vec<String>> {
-        let mut a = self.arrived.lock().unwrap_or_else(|p| p.into_inner());
+        let mut a = crate::par::lock(&self.arrived);
         let names = std::mem::take(&mut a.names);
         let lost = std::mem::take(&mut a.lost);
         (self.track && self.watcher.is_some() && !lost).then_some(names)

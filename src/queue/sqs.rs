@@ -489,12 +489,7 @@ impl SqsSink {
         if name.starts_with("https://") || name.starts_with("http://") {
             return Ok(name.clone());
         }
-        let known = self
-            .replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
+        let known = crate::par::lock(&self.replies).get(name).cloned();
         if let Some(url) = known {
             return Ok(url);
         }
@@ -508,7 +503,7 @@ impl SqsSink {
             .queue_url()
             .unwrap_or_default()
             .to_string();
-        let mut m = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::par::lock(&self.replies);
         if m.len() >= MAX_REPLY_QUEUES {
             m.clear();
         }

@@ -79,7 +79,7 @@ pub struct MemoryClaims {
 
 impl MemoryClaims {
     fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<String, Row>> {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+        crate::par::lock(&self.rows)
     }
 }
 

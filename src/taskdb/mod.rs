@@ -146,11 +146,11 @@ pub struct MemoryTaskDb {
 impl MemoryTaskDb {
     /// The calls so far.
     pub fn calls(&self) -> Vec<TaskDbCall> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::par::lock(&self.calls).clone()
     }
 
     fn push(&self, c: TaskDbCall) {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        crate::par::lock(&self.calls).push(c);
     }
 }
 
