@@ -5,7 +5,7 @@ use super::*;
 
 impl Inner {
     pub(super) fn first_report(&self, what: &str) -> bool {
-        super::lock(&self.reported).insert(what.to_string())
+        lock(&self.reported).insert(what.to_string())
     }
 
     /// An event caused by the agent itself (`cause` names the occasion, for its id).

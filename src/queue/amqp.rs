@@ -524,10 +524,11 @@ impl Publisher {
                         persistent(m.headers),
                     )
                 });
-                let mut confirms = Vec::new();
-                for sent in crate::par::join_in_order(sends).await {
-                    confirms.push(sent.map_err(amqp_err("publish"))?);
-                }
+                let confirms = crate::par::join_in_order(sends)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(amqp_err("publish"))?;
                 for confirm in confirms {
                     match confirm.await.map_err(amqp_err("publisher confirm"))? {
                         Confirmation::Nack(_) => return Err(nacked()),
