@@ -476,6 +476,81 @@ async fn amqp_queue_depth(name: &str, make: bool) -> Option<u32> {
     depth
 }
 
+/// An AMQP watch acks the events it took only once it has to wait for more. Events that
+/// arrived together are returned with no ack between them, so a watch that dies before it
+/// waits again (its connection closed under it) leaves them in its queue for whoever reads it
+/// next; a watch that waited leaves none (docs/protocol.md, "Watching events on AMQP").
+#[tokio::test]
+async fn amqp_watch_acks_what_it_took_once_it_waits() {
+    use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+    let url = amqp_ns("burst").await;
+    let raw = lapin::Connection::connect(&amqp(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = raw.create_channel().await.unwrap();
+    let mut queues = Vec::new();
+    for waits in [false, true] {
+        let client = queue::client(&url, &Default::default()).await.unwrap();
+        let (mut watch, queue) = client.watch_replies("burst").await.unwrap().unwrap();
+        for i in 0..3 {
+            let e = Event {
+                v: 1,
+                id: uniq(&format!("burst-{i}")),
+                agent: "burst".into(),
+                alloc: None,
+                exec: None,
+                correlation_id: None,
+                command: None,
+                time: reflow_agent::clock::Clock::now(&reflow_agent::clock::SystemClock),
+                body: EventBody::AgentDraining {},
+                labels: Default::default(),
+            };
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&e).unwrap(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+        // All three reach the watch's connection before it reads the first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        if waits {
+            let waited = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+            assert!(waited.is_err(), "no fourth event: {waited:?}");
+        }
+        // Time for any ack sent to reach the broker.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The watch dies: dropped unclosed, its connection (the client's) closed.
+        drop(watch);
+        client.close().await;
+        // The broker puts a closed channel's unacked deliveries back as it closes it.
+        let left = if waits { 0 } else { 3 };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut depth = amqp_queue_depth(&queue, false).await;
+        while depth != Some(left) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            depth = amqp_queue_depth(&queue, false).await;
+        }
+        assert_eq!(depth, Some(left), "waited: {waits}");
+        queues.push(queue);
+    }
+    for q in queues {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = raw.close(200, "done".into()).await;
+}
+
 /// `command` signed with `key`, with its send time.
 fn signed(key: &str, command: &[u8]) -> Vec<u8> {
     let mut env: serde_json::Value = serde_json::from_slice(command).unwrap();

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
@@ -1045,6 +1045,7 @@ impl AmqpClient {
             ),
             keys: keys.to_vec(),
             conn: None,
+            taken: Vec::new(),
         };
         // The queue is made here, so events from now on are kept for the watcher; on the
         // publisher's connection, so a command sent next needs no connection of its own.
@@ -1212,6 +1213,8 @@ struct AmqpWatch {
     /// The channel read, with its connection when the watch has one of its own (a reconnected
     /// watch); else it shares its client's publishing connection.
     conn: Option<(Option<Connection>, Channel, lapin::Consumer)>,
+    /// Deliveries returned by `next` and not yet acked (see [`AmqpWatch::take`]).
+    taken: Vec<lapin::Acker>,
 }
 
 impl AmqpWatch {
@@ -1259,6 +1262,47 @@ impl AmqpWatch {
         }
         consume_from(ch, &self.queue, "reflow-agent.watch", limit).await
     }
+
+    /// Takes a delivery: its event, or `None` (logged) when it does not decode. Its ack waits
+    /// until the watch next has to wait for the broker (or holds [`MAX_TAKEN`]), when all it
+    /// took is acked: a burst of events, such as a job's last states with its outcome, is
+    /// returned with no ack on the way, and `submit --wait` deletes its queue after the
+    /// outcome without acking that burst first (about a millisecond of the broker's time
+    /// before it answers the close). Deliveries not acked when the connection goes come again
+    /// (consumers dedupe by event id). Nothing is awaited between taking the delivery and
+    /// returning it: a caller that drops the future (a timeout, a select) loses no event.
+    fn take(&mut self, d: lapin::message::Delivery) -> Option<Event> {
+        self.taken.push(d.acker.clone());
+        if self.taken.len() >= MAX_TAKEN {
+            ack_taken(&mut self.taken, self.limit);
+        }
+        match serde_json::from_slice::<Event>(&d.data) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "Skipping an undecodable event.");
+                None
+            }
+        }
+    }
+}
+
+/// How many deliveries a watch takes before it acks them even while more are waiting.
+const MAX_TAKEN: usize = 64;
+
+/// Acks every delivery in `taken`, one by one (a shared channel may carry another watch's
+/// deliveries, which `multiple` would ack too), on a task of its own.
+fn ack_taken(taken: &mut Vec<lapin::Acker>, limit: Duration) {
+    if taken.is_empty() {
+        return;
+    }
+    let ackers = std::mem::take(taken);
+    tokio::spawn(async move {
+        // A failed ack is not retried: its event comes again.
+        let acks = ackers
+            .iter()
+            .map(|a| call("ack", limit, a.ack(BasicAckOptions::default())));
+        crate::par::join_in_order(acks).await;
+    });
 }
 
 #[async_trait]
@@ -1273,25 +1317,22 @@ impl super::EventWatch for AmqpWatch {
                 }
                 continue;
             };
-            let item = tokio::select! {
-                item = consumer.next() => Some(item),
-                () = tokio::time::sleep(LIVENESS_CHECK) => None,
+            // A delivery already here is taken without waiting; only a watch about to wait
+            // acks what it took before (`take`).
+            let item = match consumer.next().now_or_never() {
+                Some(item) => Some(item),
+                None => {
+                    ack_taken(&mut self.taken, self.limit);
+                    tokio::select! {
+                        item = consumer.next() => Some(item),
+                        () = tokio::time::sleep(LIVENESS_CHECK) => None,
+                    }
+                }
             };
             match item {
                 Some(Some(Ok(d))) => {
-                    // Acked once read: a watch that dies before this sees it again. The ack runs
-                    // on its own task, so nothing is awaited between taking the delivery and
-                    // returning it: a caller that drops this future (a timeout, a select) loses
-                    // no event.
-                    let (acker, limit) = (d.acker.clone(), self.limit);
-                    tokio::spawn(async move {
-                        let _ = call("ack", limit, acker.ack(BasicAckOptions::default())).await;
-                    });
-                    match serde_json::from_slice::<Event>(&d.data) {
-                        Ok(e) => return Ok(e),
-                        Err(e) => {
-                            tracing::warn!(error = %crate::error::chain(&e), "Skipping an undecodable event.")
-                        }
+                    if let Some(e) = self.take(d) {
+                        return Ok(e);
                     }
                 }
                 None if ch.status().connected()
@@ -1303,6 +1344,8 @@ impl super::EventWatch for AmqpWatch {
                     };
                     tracing::warn!(error = %why, "The event watch lost its connection; reconnecting.");
                     self.conn = None;
+                    // Unacked on a channel that is gone: the broker hands them out again.
+                    self.taken.clear();
                 }
             }
         }
