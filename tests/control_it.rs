@@ -476,6 +476,22 @@ async fn amqp_queue_depth(name: &str, make: bool) -> Option<u32> {
     depth
 }
 
+/// An `agent.draining` event of `agent` with id `id`, as a test puts it on a queue by hand.
+fn draining_event(id: &str, agent: &str) -> Event {
+    Event {
+        v: 1,
+        id: id.into(),
+        agent: agent.into(),
+        alloc: None,
+        exec: None,
+        correlation_id: None,
+        command: None,
+        time: reflow_agent::clock::Clock::now(&reflow_agent::clock::SystemClock),
+        body: EventBody::AgentDraining {},
+        labels: Default::default(),
+    }
+}
+
 /// An AMQP watch acks the events it took only once it has to wait for more. Events that
 /// arrived together are returned with no ack between them, so a watch that dies before it
 /// waits again (its connection closed under it) leaves them in its queue for whoever reads it
@@ -493,18 +509,7 @@ async fn amqp_watch_acks_what_it_took_once_it_waits() {
         let client = queue::client(&url, &Default::default()).await.unwrap();
         let (mut watch, queue) = client.watch_replies("burst").await.unwrap().unwrap();
         for i in 0..3 {
-            let e = Event {
-                v: 1,
-                id: uniq(&format!("burst-{i}")),
-                agent: "burst".into(),
-                alloc: None,
-                exec: None,
-                correlation_id: None,
-                command: None,
-                time: reflow_agent::clock::Clock::now(&reflow_agent::clock::SystemClock),
-                body: EventBody::AgentDraining {},
-                labels: Default::default(),
-            };
+            let e = draining_event(&uniq(&format!("burst-{i}")), "burst");
             ch.basic_publish(
                 "".into(),
                 queue.as_str().into(),
@@ -1389,7 +1394,6 @@ async fn a_cluster_node_that_leads_the_command_queue_stops_and_no_job_is_lost() 
 /// timeout (30 s), however often it gives up while a receive is under way.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_event_watch_loses_nothing_to_a_callers_timeouts() {
-    use reflow_agent::clock::Clock;
     let name = uniq("watch");
     let (_dir, _url, client) = sqs_queue(&name).await;
     let mut watch = client.watch(None).await.unwrap();
@@ -1405,18 +1409,7 @@ async fn sqs_event_watch_loses_nothing_to_a_callers_timeouts() {
         .to_string();
     let ids: Vec<String> = (0..30).map(|i| format!("{name}-ev-{i}")).collect();
     for id in &ids {
-        let e = Event {
-            v: 1,
-            id: id.clone(),
-            agent: name.clone(),
-            alloc: None,
-            exec: None,
-            correlation_id: None,
-            command: None,
-            time: reflow_agent::clock::SystemClock.now(),
-            body: EventBody::AgentDraining {},
-            labels: Default::default(),
-        };
+        let e = draining_event(id, &name);
         sqs.send_message()
             .queue_url(&results)
             .message_body(serde_json::to_string(&e).unwrap())

@@ -1272,7 +1272,7 @@ impl AmqpWatch {
     /// (consumers dedupe by event id). Nothing is awaited between taking the delivery and
     /// returning it: a caller that drops the future (a timeout, a select) loses no event.
     fn take(&mut self, d: lapin::message::Delivery) -> Option<Event> {
-        self.taken.push(d.acker.clone());
+        self.taken.push(d.acker);
         if self.taken.len() >= MAX_TAKEN {
             ack_taken(&mut self.taken, self.limit);
         }
